@@ -1,0 +1,58 @@
+//! `cloak`: turn container images into confidential-computing images.
+//!
+//! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad usage.
+
+mod commands;
+mod output;
+mod progress;
+mod registry_args;
+
+use clap::{Parser, Subcommand};
+
+/// Turn ordinary container images into confidential-computing images, daemonless.
+#[derive(Debug, Parser)]
+#[command(name = "cloak", version, about, propagate_version = true)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn", env = "CLOAK_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show an image's manifest, config and layers.
+    Inspect(commands::inspect::Args),
+    /// Copy an image between registries, OCI layouts and docker archives (like `skopeo copy`).
+    Copy(commands::copy::Args),
+    /// List the flattened file system of an image, with the sha256 of each regular file.
+    LsFiles(commands::ls_files::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let result = match cli.command {
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Copy(args) => commands::copy::run(args),
+        Command::LsFiles(args) => commands::ls_files::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("cloak: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,618 @@
+//! The flattened root file system of an image: layers applied in order with OCI whiteouts.
+//!
+//! Nothing is ever written at a path taken from a layer: entries are kept as metadata in a
+//! sorted map, and file contents are hashed (and optionally spooled to numbered files in a
+//! private directory). Tar hazards therefore cannot touch the host: `..` components are
+//! clamped at the image root, parent directories are resolved through the image's own
+//! symlinks without ever leaving the root, and hardlinks must name a file already in the image.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{Error, Result};
+use crate::image::{Image, Source};
+use crate::layer::decompress;
+use crate::spec;
+
+/// Maximum symlinks followed while resolving one path (as Linux's `MAXSYMLINKS`).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// What to keep of file contents.
+#[derive(Debug, Clone)]
+pub enum ContentMode {
+    /// Only sha256 and size (enough for listings and SGX trusted files).
+    HashOnly,
+    /// Also keep the bytes in numbered files under this directory (for repacking).
+    Spool(PathBuf),
+}
+
+/// The type of a file-system entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum EntryKind {
+    /// A directory.
+    Directory,
+    /// A regular file.
+    File,
+    /// A symbolic link; the target is stored as written (it is never followed on the host).
+    Symlink {
+        /// Link target.
+        target: String,
+    },
+    /// Another name of the regular file at `target` (the first path of the group, sorted).
+    Hardlink {
+        /// Absolute path of the file this links to.
+        target: String,
+    },
+    /// A character device (metadata only).
+    CharDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device (metadata only).
+    BlockDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
+}
+
+/// One entry of the flattened file system.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Absolute, normalised path (`/bin/sh`).
+    pub path: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: EntryKind,
+    /// Permission bits, including setuid, setgid and sticky (`0o7777` mask).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: u64,
+    /// Size in bytes of regular files and hardlinks; 0 otherwise.
+    pub size: u64,
+    /// sha256 of the content of regular files and hardlinks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Digest>,
+    /// Extended attributes (from PAX `SCHILY.xattr.*` records).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", serialize_with = "ser_xattrs")]
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    #[serde(skip)]
+    content: Option<u64>,
+    #[serde(skip)]
+    layer: usize,
+}
+
+fn ser_xattrs<S: serde::Serializer>(x: &BTreeMap<String, Vec<u8>>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_map(x.iter().map(|(k, v)| (k, hex::encode(v))))
+}
+
+impl Entry {
+    fn dir(layer: usize) -> Self {
+        Entry {
+            path: String::new(),
+            kind: EntryKind::Directory,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            sha256: None,
+            xattrs: BTreeMap::new(),
+            content: None,
+            layer,
+        }
+    }
+
+    /// Whether the entry has content (a regular file or a hardlink to one).
+    pub fn has_content(&self) -> bool {
+        self.content.is_some()
+    }
+}
+
+/// Applies layers one after another.
+#[derive(Debug)]
+pub struct Flattener {
+    mode: ContentMode,
+    nodes: BTreeMap<String, Entry>,
+    refs: HashMap<u64, u32>,
+    next_content: u64,
+    layer: usize,
+    warnings: Vec<String>,
+}
+
+fn split(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect()
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+impl Flattener {
+    /// Start with an empty root.
+    pub fn new(mode: ContentMode) -> Result<Self> {
+        if let ContentMode::Spool(dir) = &mode {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("create spool directory", dir, e))?;
+        }
+        Ok(Flattener {
+            mode,
+            nodes: BTreeMap::new(),
+            refs: HashMap::new(),
+            next_content: 0,
+            layer: 0,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn spool_path(&self, id: u64) -> Option<PathBuf> {
+        match &self.mode {
+            ContentMode::Spool(dir) => Some(dir.join(id.to_string())),
+            ContentMode::HashOnly => None,
+        }
+    }
+
+    fn release(&mut self, entry: &Entry) {
+        if let Some(id) = entry.content {
+            let n = self.refs.entry(id).or_insert(1);
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&id);
+                if let Some(p) = self.spool_path(id) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+
+    /// Remove `path` and everything under it, keeping entries for which `keep` is true.
+    fn remove_tree(&mut self, path: &str, keep: impl Fn(&Entry) -> bool) {
+        let prefix = format!("{path}/");
+        let mut doomed: Vec<String> = self
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, e)| !keep(e))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if self.nodes.get(path).is_some_and(|e| !keep(e)) {
+            doomed.push(path.to_string());
+        }
+        for k in doomed {
+            if let Some(e) = self.nodes.remove(&k) {
+                self.release(&e);
+            }
+        }
+    }
+
+    /// Resolve a directory path inside the image, following the image's symlinks but never
+    /// above its root. Missing directories are created (as tar extraction would) when `create`.
+    fn resolve_dir(&mut self, comps: &[String], create: bool, what: &str) -> Result<String> {
+        let mut cur: Vec<String> = Vec::new();
+        let mut queue: std::collections::VecDeque<String> = comps.iter().cloned().collect();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            if c == ".." {
+                cur.pop();
+                continue;
+            }
+            let candidate = join(&cur.join("/"), &c);
+            match self.nodes.get(&candidate).map(|e| e.kind.clone()) {
+                Some(EntryKind::Directory) => cur.push(c),
+                Some(EntryKind::Symlink { target }) => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(self.layer_err(format!("{what}: too many levels of symbolic links")));
+                    }
+                    if target.starts_with('/') {
+                        cur.clear();
+                    }
+                    for t in split(&target).into_iter().rev() {
+                        queue.push_front(t);
+                    }
+                }
+                Some(_) => {
+                    return Err(self.layer_err(format!(
+                        "{what}: /{candidate} is not a directory (the layer is inconsistent)"
+                    )))
+                }
+                None if create => {
+                    let mut d = Entry::dir(self.layer);
+                    d.path = format!("/{candidate}");
+                    self.nodes.insert(candidate, d);
+                    cur.push(c);
+                }
+                None => {
+                    return Err(self.layer_err(format!("{what}: /{candidate} does not exist in the image")));
+                }
+            }
+        }
+        Ok(cur.join("/"))
+    }
+
+    fn layer_err(&self, reason: String) -> Error {
+        Error::Layer {
+            layer: format!("#{}", self.layer),
+            reason,
+        }
+    }
+
+    /// Apply one layer blob (compressed or not); returns the digest of the uncompressed tar
+    /// (to compare with the config's `diff_ids`). `name` is used in messages.
+    pub fn apply_layer(&mut self, name: &str, blob: impl Read) -> Result<Digest> {
+        self.layer += 1;
+        let stream_err = |e: io::Error| Error::from_stream(format!("layer {name}"), e);
+        let plain = decompress(blob).map_err(stream_err)?;
+        let hashed = HashingReader::new(plain);
+        let mut archive = tar::Archive::new(hashed);
+        let entries = archive.entries().map_err(stream_err)?;
+        for entry in entries {
+            let entry = entry.map_err(stream_err)?;
+            self.apply_entry(name, entry)
+                .map_err(|e| match e {
+                    Error::Layer { reason, .. } => Error::Layer {
+                        layer: name.to_string(),
+                        reason,
+                    },
+                    other => other,
+                })?;
+        }
+        // Read to the very end so that the blob's digest and size are verified.
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
+        Ok(rest.finish())
+    }
+
+    fn apply_entry<R: Read>(&mut self, layer: &str, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).to_string();
+        let mut comps = split(&raw);
+        let escaped = {
+            let mut depth: i64 = 0;
+            let mut out = false;
+            for c in &comps {
+                depth += if c == ".." { -1 } else { 1 };
+                out |= depth < 0;
+            }
+            out || raw.starts_with('/')
+        };
+        if escaped {
+            self.warnings.push(format!(
+                "layer {layer}: entry {raw:?} reaches outside the image root; it was kept inside it"
+            ));
+        }
+        let Some(last) = comps.pop() else {
+            return Ok(()); // the root itself
+        };
+        let etype = entry.header().entry_type();
+        if last == ".." {
+            return Ok(()); // names a directory that some other entry defines
+        }
+        let parent = self.resolve_dir(&comps, true, &raw)?;
+        if let Some(hidden) = last.strip_prefix(".wh.") {
+            if hidden == ".wh..opq" {
+                let layer_no = self.layer;
+                let has_new_child = |dir: &str, nodes: &BTreeMap<String, Entry>| {
+                    let prefix = format!("{dir}/");
+                    nodes
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .any(|(_, e)| e.layer == layer_no)
+                };
+                let lower: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|(k, e)| is_under(k, &parent) && e.layer < layer_no)
+                    .filter(|(k, e)| !(e.kind == EntryKind::Directory && has_new_child(k, &self.nodes)))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in lower {
+                    if let Some(e) = self.nodes.remove(&k) {
+                        self.release(&e);
+                    }
+                }
+            } else {
+                let target = join(&parent, hidden);
+                let layer_no = self.layer;
+                self.remove_tree(&target, |e| e.layer == layer_no);
+            }
+            return Ok(());
+        }
+        let path = join(&parent, &last);
+        let header = entry.header().clone();
+        let mut node = Entry::dir(self.layer);
+        node.path = format!("/{path}");
+        node.mode = header.mode().map_err(|e| self.layer_err(format!("{raw}: bad mode: {e}")))? & 0o7777;
+        node.uid = header.uid().unwrap_or(0);
+        node.gid = header.gid().unwrap_or(0);
+        node.mtime = header.mtime().unwrap_or(0);
+        if let Ok(Some(pax)) = entry.pax_extensions() {
+            for ext in pax.flatten() {
+                let (Ok(key), value) = (ext.key(), ext.value_bytes()) else { continue };
+                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
+                    node.xattrs.insert(attr.to_string(), value.to_vec());
+                } else if let Ok(v) = std::str::from_utf8(value) {
+                    match key {
+                        "uid" => node.uid = v.parse().unwrap_or(node.uid),
+                        "gid" => node.gid = v.parse().unwrap_or(node.gid),
+                        "mtime" => node.mtime = v.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(node.mtime),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let existing_kind = self.nodes.get(&path).map(|e| e.kind.clone());
+        match etype {
+            tar::EntryType::Directory => {
+                if existing_kind == Some(EntryKind::Directory) {
+                    let e = self.nodes.get_mut(&path).expect("checked");
+                    e.mode = node.mode;
+                    e.uid = node.uid;
+                    e.gid = node.gid;
+                    e.mtime = node.mtime;
+                    e.xattrs = node.xattrs;
+                    e.layer = self.layer;
+                    return Ok(());
+                }
+                self.remove_tree(&path, |_| false);
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                node.kind = EntryKind::File;
+                let id = self.next_content;
+                self.next_content += 1;
+                let (digest, size) = self.store(&mut entry, id).map_err(|e| match e {
+                    Error::Io { .. } => e,
+                    other => other,
+                })?;
+                node.content = Some(id);
+                node.sha256 = Some(digest);
+                node.size = size;
+                self.refs.insert(id, 1);
+                self.remove_tree(&path, |_| false);
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).to_string())
+                    .unwrap_or_default();
+                node.kind = EntryKind::Symlink { target };
+                self.remove_tree(&path, |_| false);
+            }
+            tar::EntryType::Link => {
+                let target_raw = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).to_string())
+                    .unwrap_or_default();
+                let mut tcomps = split(&target_raw);
+                let tname = tcomps.pop().ok_or_else(|| self.layer_err(format!("{raw}: hardlink with an empty target")))?;
+                let what = format!("hardlink {raw} -> {target_raw}");
+                let tparent = self.resolve_dir(&tcomps, false, &what).map_err(|_| {
+                    self.layer_err(format!("{what}: the target is not a file of the image (links outside the image root are refused)"))
+                })?;
+                let tpath = join(&tparent, &tname);
+                if tpath == path {
+                    return Ok(());
+                }
+                let target = self.nodes.get(&tpath).cloned().ok_or_else(|| {
+                    self.layer_err(format!("{what}: the target is not a file of the image (links outside the image root are refused)"))
+                })?;
+                if target.kind == EntryKind::Directory {
+                    return Err(self.layer_err(format!("{what}: hardlinks to directories are not allowed")));
+                }
+                node = target;
+                node.path = format!("/{path}");
+                node.layer = self.layer;
+                if let Some(id) = node.content {
+                    *self.refs.entry(id).or_insert(0) += 1;
+                }
+                self.remove_tree(&path, |_| false);
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                node.kind = if etype == tar::EntryType::Char {
+                    EntryKind::CharDevice { major, minor }
+                } else {
+                    EntryKind::BlockDevice { major, minor }
+                };
+                self.remove_tree(&path, |_| false);
+            }
+            tar::EntryType::Fifo => {
+                node.kind = EntryKind::Fifo;
+                self.remove_tree(&path, |_| false);
+            }
+            other => {
+                self.warnings
+                    .push(format!("layer {layer}: entry {raw:?} of tar type {other:?} was skipped"));
+                return Ok(());
+            }
+        }
+        self.nodes.insert(path, node);
+        Ok(())
+    }
+
+    fn store<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, id: u64) -> Result<(Digest, u64)> {
+        let stream_err = |e: io::Error| Error::Stream {
+            what: "layer entry".into(),
+            source: e,
+        };
+        match self.spool_path(id) {
+            None => {
+                let mut w = HashingWriter::new(io::sink());
+                io::copy(entry, &mut w).map_err(stream_err)?;
+                let (d, n, _) = w.finish();
+                Ok((d, n))
+            }
+            Some(p) => {
+                let f = std::fs::File::create(&p).map_err(|e| Error::io("create spool file", &p, e))?;
+                let mut w = HashingWriter::new(io::BufWriter::with_capacity(128 * 1024, f));
+                io::copy(entry, &mut w).map_err(stream_err)?;
+                let (d, n, mut f) = w.finish();
+                f.flush().map_err(|e| Error::io("write spool file", &p, e))?;
+                Ok((d, n))
+            }
+        }
+    }
+
+    /// Finish: sort, and mark every name but the first of a hardlink group as a hardlink.
+    pub fn finish(self) -> FlatFs {
+        let mut first_of: HashMap<u64, String> = HashMap::new();
+        let mut entries = Vec::with_capacity(self.nodes.len());
+        for (_, mut e) in self.nodes {
+            if let Some(id) = e.content {
+                match first_of.get(&id) {
+                    Some(primary) => e.kind = EntryKind::Hardlink { target: primary.clone() },
+                    None => {
+                        first_of.insert(id, e.path.clone());
+                    }
+                }
+            }
+            entries.push(e);
+        }
+        FlatFs {
+            entries,
+            spool: match self.mode {
+                ContentMode::Spool(d) => Some(d),
+                ContentMode::HashOnly => None,
+            },
+            warnings: self.warnings,
+        }
+    }
+}
+
+/// Hashes what is read through it (the uncompressed layer → its diff_id).
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        use sha2::Digest as _;
+        HashingReader {
+            inner,
+            hasher: sha2::Sha256::new(),
+        }
+    }
+
+    fn finish(self) -> Digest {
+        use sha2::Digest as _;
+        Digest::from_sha256(self.hasher.finalize().into())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// A flattened file system: entries sorted by path, and their contents when spooled.
+#[derive(Debug)]
+pub struct FlatFs {
+    entries: Vec<Entry>,
+    spool: Option<PathBuf>,
+    warnings: Vec<String>,
+}
+
+impl FlatFs {
+    /// All entries, sorted by path (byte order).
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Notes about hazards that were neutralised (clamped `..` names, skipped entry types).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Look an entry up by absolute path.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// Open the content of a regular file or hardlink (spooled mode only).
+    pub fn open(&self, entry: &Entry) -> Result<std::fs::File> {
+        let (Some(dir), Some(id)) = (&self.spool, entry.content) else {
+            return Err(Error::Invalid(format!(
+                "{}: content is not available (not a regular file, or the image was flattened without spooling)",
+                entry.path
+            )));
+        };
+        let p = dir.join(id.to_string());
+        std::fs::File::open(&p).map_err(|e| Error::io("open spooled content of", Path::new(&entry.path), e))
+    }
+}
+
+/// Flatten `image` from `src`: stream each layer, verify its blob digest and its diff_id.
+pub async fn flatten(src: &Source, image: &Image, mode: ContentMode) -> Result<FlatFs> {
+    let mut flattener = Flattener::new(mode)?;
+    let diff_ids = &image.config.rootfs.diff_ids;
+    if diff_ids.len() != image.manifest.layers.len() {
+        return Err(Error::Invalid(format!(
+            "{}: the config lists {} diff_ids for {} layers",
+            image.reference,
+            diff_ids.len(),
+            image.manifest.layers.len()
+        )));
+    }
+    for (desc, diff_id) in image.manifest.layers.iter().zip(diff_ids) {
+        if spec::layer_compression(&desc.media_type).is_none() {
+            return Err(Error::UnsupportedMediaType {
+                what: format!("layer {} of {}", desc.digest, image.reference),
+                media_type: desc.media_type.clone(),
+            });
+        }
+        let reader = src.blob(desc).await?;
+        let name = desc.digest.to_string();
+        let (f, got) = tokio::task::spawn_blocking(move || {
+            let bridge = tokio_util::io::SyncIoBridge::new(reader);
+            let got = flattener.apply_layer(&name, bridge);
+            (flattener, got)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("layer worker failed: {e}")))?;
+        flattener = f;
+        let got = got?;
+        if got != *diff_id {
+            return Err(Error::DigestMismatch {
+                what: format!("uncompressed layer {} of {} (config diff_id)", desc.digest, image.reference),
+                expected: diff_id.to_string(),
+                actual: got.to_string(),
+            });
+        }
+    }
+    Ok(flattener.finish())
+}
+
+#[cfg(test)]
+mod tests;
