@@ -38,7 +38,9 @@ pub struct ArchiveSource {
 }
 
 fn normalize(name: &str) -> String {
-    name.trim_start_matches("./").trim_start_matches('/').to_string()
+    name.trim_start_matches("./")
+        .trim_start_matches('/')
+        .to_string()
 }
 
 impl ArchiveSource {
@@ -48,7 +50,8 @@ impl ArchiveSource {
             Some(t) => format!("docker-archive:{}:{t}", path.display()),
             None => format!("docker-archive:{}", path.display()),
         };
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io("open docker archive", path, e))?;
+        let mut file =
+            std::fs::File::open(path).map_err(|e| Error::io("open docker archive", path, e))?;
         let mut entries: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut links: BTreeMap<String, String> = BTreeMap::new();
         {
@@ -58,13 +61,19 @@ impl ArchiveSource {
                 .map_err(|e| Error::io("read docker archive", path, e))?;
             for entry in iter {
                 let entry = entry.map_err(|e| Error::io("read docker archive", path, e))?;
-                let name = normalize(&entry.path().map_err(|e| Error::io("read docker archive", path, e))?.to_string_lossy());
+                let name = normalize(
+                    &entry
+                        .path()
+                        .map_err(|e| Error::io("read docker archive", path, e))?
+                        .to_string_lossy(),
+                );
                 match entry.header().entry_type() {
                     tar::EntryType::Symlink | tar::EntryType::Link => {
                         if let Ok(Some(target)) = entry.link_name() {
                             let target = target.to_string_lossy().to_string();
                             let base = Path::new(&name).parent().unwrap_or(Path::new(""));
-                            let resolved = if entry.header().entry_type() == tar::EntryType::Symlink {
+                            let resolved = if entry.header().entry_type() == tar::EntryType::Symlink
+                            {
                                 lexical_join(base, &target)
                             } else {
                                 normalize(&target)
@@ -94,16 +103,19 @@ impl ArchiveSource {
                 hint: "the archive is incomplete or not a docker save archive".into(),
             })
         };
-        let read_small = |file: &mut std::fs::File, (off, size): (u64, u64), limit: u64| -> Result<Vec<u8>> {
-            if size > limit {
-                return Err(Error::Invalid(format!("{what}: metadata file of {size} bytes is too large")));
-            }
-            let mut buf = vec![0; size as usize];
-            file.seek(SeekFrom::Start(off))
-                .and_then(|_| file.read_exact(&mut buf))
-                .map_err(|e| Error::io("read docker archive", path, e))?;
-            Ok(buf)
-        };
+        let read_small =
+            |file: &mut std::fs::File, (off, size): (u64, u64), limit: u64| -> Result<Vec<u8>> {
+                if size > limit {
+                    return Err(Error::Invalid(format!(
+                        "{what}: metadata file of {size} bytes is too large"
+                    )));
+                }
+                let mut buf = vec![0; size as usize];
+                file.seek(SeekFrom::Start(off))
+                    .and_then(|_| file.read_exact(&mut buf))
+                    .map_err(|e| Error::io("read docker archive", path, e))?;
+                Ok(buf)
+            };
         let manifest_json = read_small(&mut file, locate("manifest.json")?, 1 << 20)?;
         let images: Vec<ArchiveEntry> = serde_json::from_slice(&manifest_json)
             .map_err(|e| Error::json(format!("manifest.json of {what}"), e))?;
@@ -153,7 +165,8 @@ impl ArchiveSource {
             // Uncompressed layers are named by their diff_id; others must be hashed once.
             let digest = match compression {
                 Compression::None => *diff_id,
-                _ => hash_range(&mut file, off, size).map_err(|e| Error::io("hash layer in", path, e))?,
+                _ => hash_range(&mut file, off, size)
+                    .map_err(|e| Error::io("hash layer in", path, e))?,
             };
             let media_type = match compression {
                 Compression::None => spec::OCI_LAYER_TAR,
@@ -194,20 +207,30 @@ impl ArchiveSource {
 
     /// Stream a blob from the archive, verified.
     pub async fn blob(&self, desc: &Descriptor) -> Result<BlobReader> {
-        let (off, size) = *self.blobs.get(&desc.digest).ok_or_else(|| Error::NotFound {
-            what: format!("blob {} in {}", desc.digest, self.describe()),
-            hint: String::new(),
-        })?;
+        let (off, size) = *self
+            .blobs
+            .get(&desc.digest)
+            .ok_or_else(|| Error::NotFound {
+                what: format!("blob {} in {}", desc.digest, self.describe()),
+                hint: String::new(),
+            })?;
         let mut file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| Error::io("open docker archive", &self.path, e))?;
         file.seek(SeekFrom::Start(off))
             .await
             .map_err(|e| Error::io("seek in docker archive", &self.path, e))?;
-        let limited = tokio::io::AsyncReadExt::take(tokio::io::BufReader::with_capacity(256 * 1024, file), size);
+        let limited = tokio::io::AsyncReadExt::take(
+            tokio::io::BufReader::with_capacity(256 * 1024, file),
+            size,
+        );
         Ok(Box::new(AsyncVerifyingReader::new(
             limited,
-            Verifier::new(format!("blob {} in {}", desc.digest, self.describe()), desc.digest, Some(desc.size)),
+            Verifier::new(
+                format!("blob {} in {}", desc.digest, self.describe()),
+                desc.digest,
+                Some(desc.size),
+            ),
         )))
     }
 }
@@ -216,7 +239,9 @@ fn lexical_join(base: &Path, target: &str) -> String {
     let mut parts: Vec<String> = if target.starts_with('/') {
         Vec::new()
     } else {
-        base.iter().map(|c| c.to_string_lossy().to_string()).collect()
+        base.iter()
+            .map(|c| c.to_string_lossy().to_string())
+            .collect()
     };
     for c in target.split('/') {
         match c {

@@ -72,9 +72,10 @@ impl Credentials {
     pub(crate) fn to_registry_auth(&self) -> oci_client::secrets::RegistryAuth {
         match self {
             Credentials::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                oci_client::secrets::RegistryAuth::Basic(username.clone(), password.expose().to_string())
-            }
+            Credentials::Basic { username, password } => oci_client::secrets::RegistryAuth::Basic(
+                username.clone(),
+                password.expose().to_string(),
+            ),
         }
     }
 }
@@ -150,7 +151,11 @@ fn normalize_key(key: &str) -> String {
 }
 
 /// Find credentials for `registry` (`host[:port]`): `explicit` if given, else the auth files.
-pub fn resolve(registry: &str, explicit: Option<&Credentials>, lookup: &AuthLookup) -> Result<Credentials> {
+pub fn resolve(
+    registry: &str,
+    explicit: Option<&Credentials>,
+    lookup: &AuthLookup,
+) -> Result<Credentials> {
     if let Some(creds) = explicit {
         return Ok(creds.clone());
     }
@@ -197,12 +202,14 @@ pub fn resolve(registry: &str, explicit: Option<&Credentials>, lookup: &AuthLook
 
 fn decode_entry(entry: &AuthEntry, registry: &str, path: &Path) -> Result<Option<Credentials>> {
     if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-        let bad = || Error::Credentials {
+        let bad = || {
+            Error::Credentials {
             registry: registry.into(),
             reason: format!(
                 "the \"auth\" entry in {} is not base64 of USER:PASSWORD; log in again or fix the file",
                 path.display()
             ),
+        }
         };
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
@@ -267,8 +274,11 @@ fn run_helper(helper: &str, registry: &str, lookup: &AuthLookup) -> Result<Crede
         }
         return Err(fail(format!("{program} get failed with {}", out.status)));
     }
-    let reply: HelperReply = serde_json::from_slice(&out.stdout)
-        .map_err(|_| fail(format!("{program} did not answer with {{\"Username\",\"Secret\"}} JSON")))?;
+    let reply: HelperReply = serde_json::from_slice(&out.stdout).map_err(|_| {
+        fail(format!(
+            "{program} did not answer with {{\"Username\",\"Secret\"}} JSON"
+        ))
+    })?;
     Ok(Credentials::Basic {
         username: reply.username,
         password: Secret::new(reply.secret),
@@ -297,19 +307,29 @@ mod tests {
         let lookup = files(&[f]);
         let creds = resolve("127.0.0.1:5000", None, &lookup).unwrap();
         assert_eq!(creds, Credentials::parse("alice:s3cret").unwrap());
-        assert_eq!(resolve("127.0.0.1:5001", None, &lookup).unwrap(), Credentials::Anonymous);
+        assert_eq!(
+            resolve("127.0.0.1:5001", None, &lookup).unwrap(),
+            Credentials::Anonymous
+        );
     }
 
     #[test]
     fn explicit_credentials_win() {
         let explicit = Credentials::parse("bob:pw").unwrap();
-        assert_eq!(resolve("x", Some(&explicit), &files(&[])).unwrap(), explicit);
+        assert_eq!(
+            resolve("x", Some(&explicit), &files(&[])).unwrap(),
+            explicit
+        );
     }
 
     #[test]
     fn bad_auth_entry_names_the_file_but_not_the_secret() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "config.json", r#"{"auths":{"r:1":{"auth":"!!notbase64"}}}"#);
+        let f = write(
+            dir.path(),
+            "config.json",
+            r#"{"auths":{"r:1":{"auth":"!!notbase64"}}}"#,
+        );
         let err = resolve("r:1", None, &files(&[f])).unwrap_err().to_string();
         assert!(err.contains("config.json"), "{err}");
         assert!(!err.contains("notbase64"), "{err}");
@@ -326,7 +346,11 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let f = write(dir.path(), "config.json", r#"{"credHelpers":{"reg:5":"cloaktest"}}"#);
+        let f = write(
+            dir.path(),
+            "config.json",
+            r#"{"credHelpers":{"reg:5":"cloaktest"}}"#,
+        );
         let lookup = AuthLookup {
             files: vec![f],
             helper_path: Some(format!("{}:/usr/bin:/bin", dir.path().display()).into()),

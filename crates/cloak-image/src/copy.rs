@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::image::{parse_index, parse_manifest, select_platform, Dest, PlatformSpec, RawManifest, Source};
+use crate::image::{
+    parse_index, parse_manifest, select_platform, Dest, PlatformSpec, RawManifest, Source,
+};
 use crate::registry::BlobReader;
 use crate::spec::{Descriptor, ManifestKind};
 
@@ -121,7 +123,12 @@ impl tokio::io::AsyncRead for Counting {
     }
 }
 
-async fn copy_blob(src: &Source, dst: &Dest, desc: &Descriptor, progress: &Arc<dyn Progress>) -> Result<BlobReport> {
+async fn copy_blob(
+    src: &Source,
+    dst: &Dest,
+    desc: &Descriptor,
+    progress: &Arc<dyn Progress>,
+) -> Result<BlobReport> {
     let report = |action| BlobReport {
         digest: desc.digest,
         size: desc.size,
@@ -147,9 +154,16 @@ async fn copy_blob(src: &Source, dst: &Dest, desc: &Descriptor, progress: &Arc<d
 }
 
 /// Copy the blobs of one image manifest (config first in the report, then layers).
-async fn copy_image_blobs(src: &Source, dst: &Dest, m: &RawManifest, opts: &CopyOptions) -> Result<Vec<BlobReport>> {
+async fn copy_image_blobs(
+    src: &Source,
+    dst: &Dest,
+    m: &RawManifest,
+    opts: &CopyOptions,
+) -> Result<Vec<BlobReport>> {
     let manifest = parse_manifest(m, &src.describe())?;
-    let descs: Vec<Descriptor> = std::iter::once(manifest.config).chain(manifest.layers).collect();
+    let descs: Vec<Descriptor> = std::iter::once(manifest.config)
+        .chain(manifest.layers)
+        .collect();
     stream::iter(descs.iter())
         .map(|d| copy_blob(src, dst, d, &opts.progress))
         .buffered(opts.jobs.max(1))

@@ -51,7 +51,11 @@ impl FromStr for Digest {
         if alg != "sha256" {
             return Err(invalid("only sha256 digests are supported"));
         }
-        if hex_part.len() != 64 || !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if hex_part.len() != 64
+            || !hex_part
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(invalid("a sha256 digest has 64 lower-case hex digits"));
         }
         let mut out = [0u8; 32];
@@ -240,7 +244,11 @@ impl<W: io::Write> HashingWriter<W> {
 
     /// The digest and size of everything written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
-        (Digest(self.hasher.finalize().into()), self.written, self.inner)
+        (
+            Digest(self.hasher.finalize().into()),
+            self.written,
+            self.inner,
+        )
     }
 }
 
@@ -279,19 +287,26 @@ mod tests {
     #[case::upper("sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824")]
     #[case::traversal("sha256:../../../../etc/passwd00000000000000000000000000000000000000")]
     fn rejects_bad_digests(#[case] input: &str) {
-        assert!(matches!(input.parse::<Digest>(), Err(Error::InvalidDigest { .. })));
+        assert!(matches!(
+            input.parse::<Digest>(),
+            Err(Error::InvalidDigest { .. })
+        ));
     }
 
     fn read_all(data: &[u8], digest: Digest, size: Option<u64>) -> Result<Vec<u8>> {
         let mut r = VerifyingReader::new(data, Verifier::new("blob", digest, size));
         let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| Error::from_stream("blob", e))?;
+        r.read_to_end(&mut out)
+            .map_err(|e| Error::from_stream("blob", e))?;
         Ok(out)
     }
 
     #[test]
     fn verifying_reader_accepts_matching_content() {
-        assert_eq!(read_all(b"abc", Digest::of(b"abc"), Some(3)).unwrap(), b"abc");
+        assert_eq!(
+            read_all(b"abc", Digest::of(b"abc"), Some(3)).unwrap(),
+            b"abc"
+        );
     }
 
     #[test]

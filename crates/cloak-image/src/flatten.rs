@@ -88,7 +88,10 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<Digest>,
     /// Extended attributes (from PAX `SCHILY.xattr.*` records).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty", serialize_with = "ser_xattrs")]
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "ser_xattrs"
+    )]
     pub xattrs: BTreeMap<String, Vec<u8>>,
     #[serde(skip)]
     content: Option<u64>,
@@ -96,7 +99,10 @@ pub struct Entry {
     layer: usize,
 }
 
-fn ser_xattrs<S: serde::Serializer>(x: &BTreeMap<String, Vec<u8>>, s: S) -> std::result::Result<S::Ok, S::Error> {
+fn ser_xattrs<S: serde::Serializer>(
+    x: &BTreeMap<String, Vec<u8>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.collect_map(x.iter().map(|(k, v)| (k, hex::encode(v))))
 }
 
@@ -142,7 +148,8 @@ fn split(path: &str) -> Vec<String> {
 }
 
 fn is_under(path: &str, dir: &str) -> bool {
-    dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+    dir.is_empty()
+        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -157,7 +164,8 @@ impl Flattener {
     /// Start with an empty root.
     pub fn new(mode: ContentMode) -> Result<Self> {
         if let ContentMode::Spool(dir) = &mode {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("create spool directory", dir, e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io("create spool directory", dir, e))?;
         }
         Ok(Flattener {
             mode,
@@ -226,7 +234,9 @@ impl Flattener {
                 Some(EntryKind::Symlink { target }) => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
-                        return Err(self.layer_err(format!("{what}: too many levels of symbolic links")));
+                        return Err(
+                            self.layer_err(format!("{what}: too many levels of symbolic links"))
+                        );
                     }
                     if target.starts_with('/') {
                         cur.clear();
@@ -247,7 +257,9 @@ impl Flattener {
                     cur.push(c);
                 }
                 None => {
-                    return Err(self.layer_err(format!("{what}: /{candidate} does not exist in the image")));
+                    return Err(
+                        self.layer_err(format!("{what}: /{candidate} does not exist in the image"))
+                    );
                 }
             }
         }
@@ -272,14 +284,13 @@ impl Flattener {
         let entries = archive.entries().map_err(stream_err)?;
         for entry in entries {
             let entry = entry.map_err(stream_err)?;
-            self.apply_entry(name, entry)
-                .map_err(|e| match e {
-                    Error::Layer { reason, .. } => Error::Layer {
-                        layer: name.to_string(),
-                        reason,
-                    },
-                    other => other,
-                })?;
+            self.apply_entry(name, entry).map_err(|e| match e {
+                Error::Layer { reason, .. } => Error::Layer {
+                    layer: name.to_string(),
+                    reason,
+                },
+                other => other,
+            })?;
         }
         // Read to the very end so that the blob's digest and size are verified.
         let mut rest = archive.into_inner();
@@ -326,7 +337,9 @@ impl Flattener {
                     .nodes
                     .iter()
                     .filter(|(k, e)| is_under(k, &parent) && e.layer < layer_no)
-                    .filter(|(k, e)| !(e.kind == EntryKind::Directory && has_new_child(k, &self.nodes)))
+                    .filter(|(k, e)| {
+                        !(e.kind == EntryKind::Directory && has_new_child(k, &self.nodes))
+                    })
                     .map(|(k, _)| k.clone())
                     .collect();
                 for k in lower {
@@ -345,20 +358,31 @@ impl Flattener {
         let header = entry.header().clone();
         let mut node = Entry::dir(self.layer);
         node.path = format!("/{path}");
-        node.mode = header.mode().map_err(|e| self.layer_err(format!("{raw}: bad mode: {e}")))? & 0o7777;
+        node.mode = header
+            .mode()
+            .map_err(|e| self.layer_err(format!("{raw}: bad mode: {e}")))?
+            & 0o7777;
         node.uid = header.uid().unwrap_or(0);
         node.gid = header.gid().unwrap_or(0);
         node.mtime = header.mtime().unwrap_or(0);
         if let Ok(Some(pax)) = entry.pax_extensions() {
             for ext in pax.flatten() {
-                let (Ok(key), value) = (ext.key(), ext.value_bytes()) else { continue };
+                let (Ok(key), value) = (ext.key(), ext.value_bytes()) else {
+                    continue;
+                };
                 if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
                     node.xattrs.insert(attr.to_string(), value.to_vec());
                 } else if let Ok(v) = std::str::from_utf8(value) {
                     match key {
                         "uid" => node.uid = v.parse().unwrap_or(node.uid),
                         "gid" => node.gid = v.parse().unwrap_or(node.gid),
-                        "mtime" => node.mtime = v.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(node.mtime),
+                        "mtime" => {
+                            node.mtime = v
+                                .split('.')
+                                .next()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(node.mtime)
+                        }
                         _ => {}
                     }
                 }
@@ -407,7 +431,9 @@ impl Flattener {
                     .map(|b| String::from_utf8_lossy(&b).to_string())
                     .unwrap_or_default();
                 let mut tcomps = split(&target_raw);
-                let tname = tcomps.pop().ok_or_else(|| self.layer_err(format!("{raw}: hardlink with an empty target")))?;
+                let tname = tcomps.pop().ok_or_else(|| {
+                    self.layer_err(format!("{raw}: hardlink with an empty target"))
+                })?;
                 let what = format!("hardlink {raw} -> {target_raw}");
                 let tparent = self.resolve_dir(&tcomps, false, &what).map_err(|_| {
                     self.layer_err(format!("{what}: the target is not a file of the image (links outside the image root are refused)"))
@@ -420,7 +446,9 @@ impl Flattener {
                     self.layer_err(format!("{what}: the target is not a file of the image (links outside the image root are refused)"))
                 })?;
                 if target.kind == EntryKind::Directory {
-                    return Err(self.layer_err(format!("{what}: hardlinks to directories are not allowed")));
+                    return Err(
+                        self.layer_err(format!("{what}: hardlinks to directories are not allowed"))
+                    );
                 }
                 node = target;
                 node.path = format!("/{path}");
@@ -445,8 +473,9 @@ impl Flattener {
                 self.remove_tree(&path, |_| false);
             }
             other => {
-                self.warnings
-                    .push(format!("layer {layer}: entry {raw:?} of tar type {other:?} was skipped"));
+                self.warnings.push(format!(
+                    "layer {layer}: entry {raw:?} of tar type {other:?} was skipped"
+                ));
                 return Ok(());
             }
         }
@@ -467,11 +496,13 @@ impl Flattener {
                 Ok((d, n))
             }
             Some(p) => {
-                let f = std::fs::File::create(&p).map_err(|e| Error::io("create spool file", &p, e))?;
+                let f =
+                    std::fs::File::create(&p).map_err(|e| Error::io("create spool file", &p, e))?;
                 let mut w = HashingWriter::new(io::BufWriter::with_capacity(128 * 1024, f));
                 io::copy(entry, &mut w).map_err(stream_err)?;
                 let (d, n, mut f) = w.finish();
-                f.flush().map_err(|e| Error::io("write spool file", &p, e))?;
+                f.flush()
+                    .map_err(|e| Error::io("write spool file", &p, e))?;
                 Ok((d, n))
             }
         }
@@ -484,7 +515,11 @@ impl Flattener {
         for (_, mut e) in self.nodes {
             if let Some(id) = e.content {
                 match first_of.get(&id) {
-                    Some(primary) => e.kind = EntryKind::Hardlink { target: primary.clone() },
+                    Some(primary) => {
+                        e.kind = EntryKind::Hardlink {
+                            target: primary.clone(),
+                        }
+                    }
                     None => {
                         first_of.insert(id, e.path.clone());
                     }
@@ -560,6 +595,42 @@ impl FlatFs {
             .map(|i| &self.entries[i])
     }
 
+    /// Follow symlinks from `path` (absolute) inside the image, never above its root, and
+    /// return the entry it finally names; `None` if it dangles or loops.
+    pub fn resolve(&self, path: &str) -> Option<&Entry> {
+        let mut queue: std::collections::VecDeque<String> = split(path).into();
+        let mut cur: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = queue.pop_front() {
+            if c == ".." {
+                cur.pop();
+                continue;
+            }
+            cur.push(c);
+            let here = format!("/{}", cur.join("/"));
+            let entry = self.get(&here)?;
+            if let EntryKind::Symlink { target } = &entry.kind {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return None;
+                }
+                cur.pop();
+                if target.starts_with('/') {
+                    cur.clear();
+                }
+                for t in split(target).into_iter().rev() {
+                    queue.push_front(t);
+                }
+            } else if !queue.is_empty() && entry.kind != EntryKind::Directory {
+                return None;
+            }
+        }
+        if cur.is_empty() {
+            return None;
+        }
+        self.get(&format!("/{}", cur.join("/")))
+    }
+
     /// Open the content of a regular file or hardlink (spooled mode only).
     pub fn open(&self, entry: &Entry) -> Result<std::fs::File> {
         let (Some(dir), Some(id)) = (&self.spool, entry.content) else {
@@ -569,7 +640,8 @@ impl FlatFs {
             )));
         };
         let p = dir.join(id.to_string());
-        std::fs::File::open(&p).map_err(|e| Error::io("open spooled content of", Path::new(&entry.path), e))
+        std::fs::File::open(&p)
+            .map_err(|e| Error::io("open spooled content of", Path::new(&entry.path), e))
     }
 }
 
@@ -605,7 +677,10 @@ pub async fn flatten(src: &Source, image: &Image, mode: ContentMode) -> Result<F
         let got = got?;
         if got != *diff_id {
             return Err(Error::DigestMismatch {
-                what: format!("uncompressed layer {} of {} (config diff_id)", desc.digest, image.reference),
+                what: format!(
+                    "uncompressed layer {} of {} (config diff_id)",
+                    desc.digest, image.reference
+                ),
                 expected: diff_id.to_string(),
                 actual: got.to_string(),
             });

@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 use crate::layout::{LayoutDest, LayoutSource};
 use crate::reference::ImageRef;
 use crate::registry::{BlobReader, Registry, RegistryOptions};
-use crate::spec::{self, Descriptor, ImageConfig, ImageIndex, ImageManifest, ManifestKind, Platform};
+use crate::spec::{
+    self, Descriptor, ImageConfig, ImageIndex, ImageManifest, ManifestKind, Platform,
+};
 
 /// Config blobs larger than this are refused.
 const MAX_CONFIG_SIZE: u64 = 8 * 1024 * 1024;
@@ -43,7 +45,11 @@ impl RawManifest {
 
     /// A descriptor pointing at this manifest.
     pub fn descriptor(&self) -> Descriptor {
-        Descriptor::new(self.media_type.clone(), self.digest, self.bytes.len() as u64)
+        Descriptor::new(
+            self.media_type.clone(),
+            self.digest,
+            self.bytes.len() as u64,
+        )
     }
 }
 
@@ -105,14 +111,20 @@ impl Source {
         Ok(match image {
             ImageRef::Registry(reference) => {
                 let registry = Registry::connect(reference, opts).await?;
-                registry.login(reference, oci_client::RegistryOperation::Pull).await?;
+                registry
+                    .login(reference, oci_client::RegistryOperation::Pull)
+                    .await?;
                 Source::Registry {
                     registry,
                     reference: reference.clone(),
                 }
             }
-            ImageRef::Layout { dir, tag } => Source::Layout(LayoutSource::open(dir, tag.as_deref())?),
-            ImageRef::Archive { path, tag } => Source::Archive(ArchiveSource::open(path, tag.as_deref())?),
+            ImageRef::Layout { dir, tag } => {
+                Source::Layout(LayoutSource::open(dir, tag.as_deref())?)
+            }
+            ImageRef::Archive { path, tag } => {
+                Source::Archive(ArchiveSource::open(path, tag.as_deref())?)
+            }
         })
     }
 
@@ -128,7 +140,10 @@ impl Source {
     /// The manifest or index the reference points at.
     pub async fn top_manifest(&self) -> Result<RawManifest> {
         match self {
-            Source::Registry { registry, reference } => {
+            Source::Registry {
+                registry,
+                reference,
+            } => {
                 let (bytes, media_type, digest) = registry.manifest(reference).await?;
                 Ok(RawManifest {
                     bytes,
@@ -144,7 +159,10 @@ impl Source {
     /// A manifest referenced by an index.
     pub async fn child_manifest(&self, desc: &Descriptor) -> Result<RawManifest> {
         match self {
-            Source::Registry { registry, reference } => {
+            Source::Registry {
+                registry,
+                reference,
+            } => {
                 let child = reference.clone_with_digest(desc.digest.to_string());
                 let (bytes, media_type, digest) = registry.manifest(&child).await?;
                 Ok(RawManifest {
@@ -164,7 +182,10 @@ impl Source {
     /// Stream a blob, verified against `desc`.
     pub async fn blob(&self, desc: &Descriptor) -> Result<BlobReader> {
         match self {
-            Source::Registry { registry, reference } => registry.blob(reference, desc).await,
+            Source::Registry {
+                registry,
+                reference,
+            } => registry.blob(reference, desc).await,
             Source::Layout(l) => l.blob(desc).await,
             Source::Archive(a) => a.blob(desc).await,
         }
@@ -182,10 +203,9 @@ impl Source {
         }
         let mut reader = self.blob(desc).await?;
         let mut buf = Vec::with_capacity(desc.size as usize);
-        reader
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| Error::from_stream(format!("blob {} of {}", desc.digest, self.describe()), e))?;
+        reader.read_to_end(&mut buf).await.map_err(|e| {
+            Error::from_stream(format!("blob {} of {}", desc.digest, self.describe()), e)
+        })?;
         Ok(buf.into())
     }
 }
@@ -269,7 +289,11 @@ impl PlatformSpec {
 }
 
 /// Pick the entry of an index that matches `platform`.
-pub fn select_platform<'a>(index: &'a ImageIndex, platform: &PlatformSpec, what: &str) -> Result<&'a Descriptor> {
+pub fn select_platform<'a>(
+    index: &'a ImageIndex,
+    platform: &PlatformSpec,
+    what: &str,
+) -> Result<&'a Descriptor> {
     index
         .manifests
         .iter()
@@ -280,7 +304,11 @@ pub fn select_platform<'a>(index: &'a ImageIndex, platform: &PlatformSpec, what:
             available: index
                 .manifests
                 .iter()
-                .map(|d| d.platform.as_ref().map_or("(none)".to_string(), |p| p.to_string()))
+                .map(|d| {
+                    d.platform
+                        .as_ref()
+                        .map_or("(none)".to_string(), |p| p.to_string())
+                })
                 .collect(),
         })
 }
@@ -316,8 +344,8 @@ pub async fn resolve(src: &Source, platform: &PlatformSpec) -> Result<Image> {
     };
     let manifest = parse_manifest(&raw_manifest, &what)?;
     let raw_config = src.small_blob(&manifest.config).await?;
-    let config: ImageConfig =
-        serde_json::from_slice(&raw_config).map_err(|e| Error::json(format!("config of {what}"), e))?;
+    let config: ImageConfig = serde_json::from_slice(&raw_config)
+        .map_err(|e| Error::json(format!("config of {what}"), e))?;
     Ok(Image {
         reference: what,
         index,
@@ -380,7 +408,10 @@ impl Dest {
     /// Whether the destination already has this blob.
     pub async fn has_blob(&self, desc: &Descriptor) -> Result<bool> {
         match self {
-            Dest::Registry { registry, reference } => registry.has_blob(reference, &desc.digest).await,
+            Dest::Registry {
+                registry,
+                reference,
+            } => registry.has_blob(reference, &desc.digest).await,
             Dest::Layout(l) => Ok(l.has_blob(desc)),
         }
     }
@@ -389,12 +420,17 @@ impl Dest {
     pub async fn try_mount(&self, src: &Source, desc: &Descriptor) -> bool {
         match (self, src) {
             (
-                Dest::Registry { registry, reference },
+                Dest::Registry {
+                    registry,
+                    reference,
+                },
                 Source::Registry {
                     registry: src_registry,
                     reference: src_ref,
                 },
-            ) if registry.name() == src_registry.name() && reference.repository() != src_ref.repository() => {
+            ) if registry.name() == src_registry.name()
+                && reference.repository() != src_ref.repository() =>
+            {
                 registry.mount_blob(reference, src_ref, &desc.digest).await
             }
             _ => false,
@@ -404,7 +440,10 @@ impl Dest {
     /// Write a blob from a verified stream.
     pub async fn put_blob(&self, desc: &Descriptor, data: BlobReader) -> Result<()> {
         match self {
-            Dest::Registry { registry, reference } => registry.push_blob(reference, desc, data).await,
+            Dest::Registry {
+                registry,
+                reference,
+            } => registry.push_blob(reference, desc, data).await,
             Dest::Layout(l) => l.put_blob(desc, data).await,
         }
     }
@@ -412,9 +451,14 @@ impl Dest {
     /// Write a manifest that an index refers to (by digest, untagged).
     pub async fn put_child_manifest(&self, m: &RawManifest) -> Result<()> {
         match self {
-            Dest::Registry { registry, reference } => {
+            Dest::Registry {
+                registry,
+                reference,
+            } => {
                 let by_digest = reference.clone_with_digest(m.digest.to_string());
-                registry.push_manifest(&by_digest, m.bytes.clone(), &m.media_type).await
+                registry
+                    .push_manifest(&by_digest, m.bytes.clone(), &m.media_type)
+                    .await
             }
             Dest::Layout(l) => l.put_manifest_blob(m),
         }
@@ -424,8 +468,13 @@ impl Dest {
     /// child manifest is written: this is what makes the image visible.
     pub async fn commit(&self, top: &RawManifest) -> Result<()> {
         match self {
-            Dest::Registry { registry, reference } => {
-                registry.push_manifest(reference, top.bytes.clone(), &top.media_type).await
+            Dest::Registry {
+                registry,
+                reference,
+            } => {
+                registry
+                    .push_manifest(reference, top.bytes.clone(), &top.media_type)
+                    .await
             }
             Dest::Layout(l) => {
                 l.put_manifest_blob(top)?;

@@ -107,7 +107,12 @@ pub struct WrittenLayer {
 
 fn tar_path(path: &str) -> Result<String> {
     let rel = path.trim_start_matches('/');
-    if !path.starts_with('/') || rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if !path.starts_with('/')
+        || rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(Error::Invalid(format!(
             "layer entry path {path:?} must be absolute and normalised (no '.', '..' or '//')"
         )));
@@ -125,7 +130,10 @@ pub fn write_layer(dir: &Path, entries: &[LayerEntry], mtime: u64) -> Result<Wri
         .collect::<Result<_>>()?;
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(Error::Invalid(format!("layer entry /{} is given twice", w[0].0)));
+        return Err(Error::Invalid(format!(
+            "layer entry /{} is given twice",
+            w[0].0
+        )));
     }
     let tmp = tempfile::Builder::new()
         .prefix(".layer-")
@@ -158,16 +166,24 @@ pub fn write_layer(dir: &Path, entries: &[LayerEntry], mtime: u64) -> Result<Wri
             LayerEntryKind::Symlink(target) => {
                 header.set_entry_type(tar::EntryType::Symlink);
                 header.set_size(0);
-                builder.append_link(&mut header, &path, target).map_err(io_err)?;
+                builder
+                    .append_link(&mut header, &path, target)
+                    .map_err(io_err)?;
             }
             LayerEntryKind::File(FileContent::Bytes(b)) => {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(b.len() as u64);
-                builder.append_data(&mut header, &path, b.as_slice()).map_err(io_err)?;
+                builder
+                    .append_data(&mut header, &path, b.as_slice())
+                    .map_err(io_err)?;
             }
             LayerEntryKind::File(FileContent::Path(p)) => {
-                let f = std::fs::File::open(p).map_err(|e| Error::io("open layer content", p, e))?;
-                let len = f.metadata().map_err(|e| Error::io("stat layer content", p, e))?.len();
+                let f =
+                    std::fs::File::open(p).map_err(|e| Error::io("open layer content", p, e))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| Error::io("stat layer content", p, e))?
+                    .len();
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(len);
                 builder
@@ -227,7 +243,10 @@ mod tests {
         let b = write_layer(d2.path(), &rev, 0).unwrap();
         assert_eq!(a.descriptor.digest, b.descriptor.digest);
         assert_eq!(a.diff_id, b.diff_id);
-        assert_eq!(std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap());
+        assert_eq!(
+            std::fs::read(&a.path).unwrap(),
+            std::fs::read(&b.path).unwrap()
+        );
         let c = write_layer(d2.path(), &sample(), 1).unwrap();
         assert_ne!(a.diff_id, c.diff_id, "mtime is part of the layer");
     }
@@ -239,7 +258,10 @@ mod tests {
         let blob = std::fs::read(&w.path).unwrap();
         assert_eq!(Digest::of(&blob), w.descriptor.digest);
         let mut plain = Vec::new();
-        decompress(blob.as_slice()).unwrap().read_to_end(&mut plain).unwrap();
+        decompress(blob.as_slice())
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
         assert_eq!(Digest::of(&plain), w.diff_id);
         let mut ar = tar::Archive::new(plain.as_slice());
         let names: Vec<(String, u32, u64, u64)> = ar
@@ -278,7 +300,10 @@ mod tests {
     #[test]
     fn sniffs_magic() {
         assert_eq!(sniff_compression(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
-        assert_eq!(sniff_compression(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            sniff_compression(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(sniff_compression(b"usta"), Compression::None);
         assert_eq!(sniff_compression(&[]), Compression::None);
     }

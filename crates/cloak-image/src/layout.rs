@@ -63,7 +63,12 @@ impl LayoutSource {
             Some(t) => index
                 .manifests
                 .iter()
-                .find(|d| d.annotations.get(spec::ANNOTATION_REF_NAME).map(String::as_str) == Some(t))
+                .find(|d| {
+                    d.annotations
+                        .get(spec::ANNOTATION_REF_NAME)
+                        .map(String::as_str)
+                        == Some(t)
+                })
                 .cloned()
                 .ok_or_else(|| Error::NotFound {
                     what: what.clone(),
@@ -197,13 +202,19 @@ impl LayoutDest {
     pub async fn put_blob(&self, desc: &Descriptor, mut data: BlobReader) -> Result<()> {
         let tmp = self.temp_file()?;
         let std_file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
-        let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
+        let mut file =
+            tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
         let what = format!("blob {} for {}", desc.digest, self.describe());
-        let mut verified = AsyncVerifyingReader::new(&mut data, Verifier::new(what.clone(), desc.digest, Some(desc.size)));
+        let mut verified = AsyncVerifyingReader::new(
+            &mut data,
+            Verifier::new(what.clone(), desc.digest, Some(desc.size)),
+        );
         tokio::io::copy(&mut verified, &mut file)
             .await
             .map_err(|e| Error::from_stream(what.clone(), e))?;
-        file.flush().await.map_err(|e| Error::io("write", tmp.path(), e))?;
+        file.flush()
+            .await
+            .map_err(|e| Error::io("write", tmp.path(), e))?;
         drop(file);
         self.persist(tmp, &desc.digest)
     }
@@ -215,11 +226,14 @@ impl LayoutDest {
 
     /// Write a small in-memory blob.
     pub fn put_bytes(&self, bytes: &[u8], digest: &Digest) -> Result<()> {
-        if std::fs::metadata(blob_path(&self.dir, digest)).is_ok_and(|m| m.len() == bytes.len() as u64) {
+        if std::fs::metadata(blob_path(&self.dir, digest))
+            .is_ok_and(|m| m.len() == bytes.len() as u64)
+        {
             return Ok(());
         }
         let mut tmp = self.temp_file()?;
-        tmp.write_all(bytes).map_err(|e| Error::io("write", tmp.path(), e))?;
+        tmp.write_all(bytes)
+            .map_err(|e| Error::io("write", tmp.path(), e))?;
         self.persist(tmp, digest)
     }
 

@@ -11,6 +11,7 @@
 
 pub mod archive;
 pub mod auth;
+pub mod build;
 pub mod copy;
 pub mod digest;
 pub mod error;

@@ -100,8 +100,20 @@ mod tests {
     use super::*;
 
     #[rstest::rstest]
-    #[case::registry_tag("docker://127.0.0.1:5000/app/web:1.0", "127.0.0.1:5000", "app/web", Some("1.0"), None)]
-    #[case::registry_default_tag("docker://localhost:5000/app", "localhost:5000", "app", Some("latest"), None)]
+    #[case::registry_tag(
+        "docker://127.0.0.1:5000/app/web:1.0",
+        "127.0.0.1:5000",
+        "app/web",
+        Some("1.0"),
+        None
+    )]
+    #[case::registry_default_tag(
+        "docker://localhost:5000/app",
+        "localhost:5000",
+        "app",
+        Some("latest"),
+        None
+    )]
     #[case::registry_digest(
         "docker://localhost:5000/app@sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
         "localhost:5000",

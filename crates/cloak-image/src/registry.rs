@@ -87,7 +87,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("registry", &self.registry).finish()
+        f.debug_struct("Registry")
+            .field("registry", &self.registry)
+            .finish()
     }
 }
 
@@ -193,7 +195,8 @@ impl Registry {
                 });
             }
         }
-        let media_type = crate::image::sniff_media_type(&body, &format!("docker://{}", reference.whole()))?;
+        let media_type =
+            crate::image::sniff_media_type(&body, &format!("docker://{}", reference.whole()))?;
         Ok((body, media_type, digest))
     }
 
@@ -223,7 +226,12 @@ impl Registry {
         self.client
             .blob_exists(reference, &digest.to_string())
             .await
-            .map_err(|e| self.err(format!("check blob {digest} in {}", reference.repository()), e))
+            .map_err(|e| {
+                self.err(
+                    format!("check blob {digest} in {}", reference.repository()),
+                    e,
+                )
+            })
     }
 
     /// Ask the registry to link a blob from another repository (cross-repo mount).
@@ -239,7 +247,12 @@ impl Registry {
     }
 
     /// Upload a blob from a stream of known size; the registry checks the digest.
-    pub async fn push_blob(&self, reference: &Reference, desc: &Descriptor, data: BlobReader) -> Result<()> {
+    pub async fn push_blob(
+        &self,
+        reference: &Reference,
+        desc: &Descriptor,
+        data: BlobReader,
+    ) -> Result<()> {
         // A failure of the source stream surfaces from reqwest as an opaque body error; keep
         // the typed cause aside so the user sees "digest mismatch", not "error sending request".
         let cause: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
@@ -268,11 +281,18 @@ impl Registry {
     }
 
     /// Upload a manifest under `reference`'s tag or digest.
-    pub async fn push_manifest(&self, reference: &Reference, body: Bytes, media_type: &str) -> Result<()> {
-        let content_type = media_type.parse().map_err(|_| Error::UnsupportedMediaType {
-            what: format!("manifest for docker://{}", reference.whole()),
-            media_type: media_type.to_string(),
-        })?;
+    pub async fn push_manifest(
+        &self,
+        reference: &Reference,
+        body: Bytes,
+        media_type: &str,
+    ) -> Result<()> {
+        let content_type = media_type
+            .parse()
+            .map_err(|_| Error::UnsupportedMediaType {
+                what: format!("manifest for docker://{}", reference.whole()),
+                media_type: media_type.to_string(),
+            })?;
         self.client
             .push_manifest_raw(reference, body, content_type)
             .await
@@ -291,5 +311,9 @@ async fn speaks_tls(registry: &str) -> bool {
     else {
         return false;
     };
-    client.get(format!("https://{registry}/v2/")).send().await.is_ok()
+    client
+        .get(format!("https://{registry}/v2/"))
+        .send()
+        .await
+        .is_ok()
 }

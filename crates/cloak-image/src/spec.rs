@@ -253,7 +253,10 @@ mod tests {
     #[case::oci_gzip(OCI_LAYER_GZIP, Some(Compression::Gzip))]
     #[case::oci_zstd(OCI_LAYER_ZSTD, Some(Compression::Zstd))]
     #[case::docker_gzip(DOCKER_LAYER_GZIP, Some(Compression::Gzip))]
-    #[case::nondistributable("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", Some(Compression::Gzip))]
+    #[case::nondistributable(
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        Some(Compression::Gzip)
+    )]
     #[case::encrypted("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", None)]
     #[case::artifact("application/vnd.cncf.helm.chart.content.v1.tar+gzip", None)]
     fn classifies_layers(#[case] media_type: &str, #[case] expected: Option<Compression>) {

@@ -63,7 +63,13 @@ fn paths(fs: &FlatFs) -> Vec<&str> {
 
 #[test]
 fn whiteout_removes_file_and_subtree_from_lower_layers() {
-    let l1 = layer(&[T::Dir("a/"), T::File("a/x", b"1"), T::Dir("d/"), T::File("d/y", b"2"), T::File("keep", b"k")]);
+    let l1 = layer(&[
+        T::Dir("a/"),
+        T::File("a/x", b"1"),
+        T::Dir("d/"),
+        T::File("d/y", b"2"),
+        T::File("keep", b"k"),
+    ]);
     let l2 = layer(&[T::File("a/.wh.x", b""), T::File(".wh.d", b"")]);
     let fs = flatten_layers(&[l1, l2]).unwrap();
     assert_eq!(paths(&fs), ["/a", "/keep"]);
@@ -71,8 +77,18 @@ fn whiteout_removes_file_and_subtree_from_lower_layers() {
 
 #[test]
 fn opaque_dir_hides_lower_children_but_keeps_same_layer_ones() {
-    let l1 = layer(&[T::Dir("o/"), T::File("o/old", b"1"), T::Dir("o/sub/"), T::File("o/sub/old2", b"1")]);
-    let l2 = layer(&[T::Dir("o/"), T::File("o/new", b"2"), T::File("o/.wh..wh..opq", b""), T::File("o/sub/new2", b"3")]);
+    let l1 = layer(&[
+        T::Dir("o/"),
+        T::File("o/old", b"1"),
+        T::Dir("o/sub/"),
+        T::File("o/sub/old2", b"1"),
+    ]);
+    let l2 = layer(&[
+        T::Dir("o/"),
+        T::File("o/new", b"2"),
+        T::File("o/.wh..wh..opq", b""),
+        T::File("o/sub/new2", b"3"),
+    ]);
     let fs = flatten_layers(&[l1, l2]).unwrap();
     assert_eq!(paths(&fs), ["/o", "/o/new", "/o/sub", "/o/sub/new2"]);
 }
@@ -91,15 +107,33 @@ fn upper_file_replaces_lower_dir_and_content_hash_is_recorded() {
 
 #[test]
 fn hardlinks_share_content_and_survive_deletion_of_the_first_name() {
-    let l1 = layer(&[T::File("f", b"data"), T::Hard("g", "f"), T::Hard("h", "./f")]);
-    let fs = flatten_layers(&[l1.clone()]).unwrap();
+    let l1 = layer(&[
+        T::File("f", b"data"),
+        T::Hard("g", "f"),
+        T::Hard("h", "./f"),
+    ]);
+    let fs = flatten_layers(std::slice::from_ref(&l1)).unwrap();
     assert_eq!(fs.get("/f").unwrap().kind, EntryKind::File);
-    assert_eq!(fs.get("/g").unwrap().kind, EntryKind::Hardlink { target: "/f".into() });
+    assert_eq!(
+        fs.get("/g").unwrap().kind,
+        EntryKind::Hardlink {
+            target: "/f".into()
+        }
+    );
     assert_eq!(fs.get("/h").unwrap().sha256, Some(Digest::of(b"data")));
     let l2 = layer(&[T::File(".wh.f", b"")]);
     let fs = flatten_layers(&[l1, l2]).unwrap();
-    assert_eq!(fs.get("/g").unwrap().kind, EntryKind::File, "g becomes the group's first name");
-    assert_eq!(fs.get("/h").unwrap().kind, EntryKind::Hardlink { target: "/g".into() });
+    assert_eq!(
+        fs.get("/g").unwrap().kind,
+        EntryKind::File,
+        "g becomes the group's first name"
+    );
+    assert_eq!(
+        fs.get("/h").unwrap().kind,
+        EntryKind::Hardlink {
+            target: "/g".into()
+        }
+    );
 }
 
 #[test]
@@ -122,15 +156,26 @@ fn writes_through_symlinks_stay_inside_the_root() {
         T::File("up/y", b"2"),
     ]);
     let fs = flatten_layers(&[l]).unwrap();
-    assert_eq!(paths(&fs), ["/etc", "/etc/evil", "/link", "/tmp", "/tmp/x", "/up", "/y"]);
-    assert_eq!(fs.get("/etc/evil").unwrap().kind, EntryKind::Symlink { target: "/etc/shadow".into() });
+    assert_eq!(
+        paths(&fs),
+        ["/etc", "/etc/evil", "/link", "/tmp", "/tmp/x", "/up", "/y"]
+    );
+    assert_eq!(
+        fs.get("/etc/evil").unwrap().kind,
+        EntryKind::Symlink {
+            target: "/etc/shadow".into()
+        }
+    );
 }
 
 #[test]
 fn hardlink_to_outside_is_refused_with_a_clear_error() {
     let l = layer(&[T::File("inside", b"x"), T::Hard("h", "../../outside")]);
     let err = flatten_layers(&[l]).unwrap_err().to_string();
-    assert!(err.contains("L0") && err.contains("../../outside") && err.contains("refused"), "{err}");
+    assert!(
+        err.contains("L0") && err.contains("../../outside") && err.contains("refused"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,12 +189,19 @@ fn symlink_loop_is_an_error_not_a_hang() {
 fn spooled_content_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut f = Flattener::new(ContentMode::Spool(dir.path().join("s"))).unwrap();
-    f.apply_layer("L", layer(&[T::File("a", b"alpha"), T::File("b", b"beta")]).as_slice())
+    f.apply_layer(
+        "L",
+        layer(&[T::File("a", b"alpha"), T::File("b", b"beta")]).as_slice(),
+    )
+    .unwrap();
+    f.apply_layer("M", layer(&[T::File("a", b"replaced")]).as_slice())
         .unwrap();
-    f.apply_layer("M", layer(&[T::File("a", b"replaced")]).as_slice()).unwrap();
     let fs = f.finish();
     let mut s = String::new();
-    fs.open(fs.get("/a").unwrap()).unwrap().read_to_string(&mut s).unwrap();
+    fs.open(fs.get("/a").unwrap())
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
     assert_eq!(s, "replaced");
     // The overwritten content's spool file is gone: two files remain.
     assert_eq!(std::fs::read_dir(dir.path().join("s")).unwrap().count(), 2);
@@ -175,4 +227,24 @@ fn truncated_layer_is_an_error() {
     let tarball = layer(&[T::File("big", &[1u8; 4096])]);
     let err = flatten_layers(&[tarball[..1024].to_vec()]).unwrap_err();
     assert!(err.to_string().contains("L0"), "{err}");
+}
+
+#[test]
+fn resolve_follows_symlinks_inside_the_root() {
+    let l = layer(&[
+        T::Dir("lib/"),
+        T::File("lib/libc.so.6", b"libc"),
+        T::Sym("lib/libc.so", "libc.so.6"),
+        T::Sym("lib64", "/lib"),
+        T::Sym("escape", "../../../lib/libc.so"),
+        T::Sym("loop", "loop"),
+        T::Sym("dangling", "/nope"),
+    ]);
+    let fs = flatten_layers(&[l]).unwrap();
+    let target = |p: &str| fs.resolve(p).map(|e| e.path.clone());
+    assert_eq!(target("/lib64/libc.so").as_deref(), Some("/lib/libc.so.6"));
+    assert_eq!(target("/escape").as_deref(), Some("/lib/libc.so.6"));
+    assert_eq!(target("/loop"), None);
+    assert_eq!(target("/dangling"), None);
+    assert_eq!(target("/lib/libc.so.6/x"), None);
 }

@@ -1,0 +1,15 @@
+//! Errors of the conversion pipeline.
+
+/// Result alias of `cloak-convert`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in a conversion; each message names the input and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The options are invalid or contradict the image.
+    #[error("invalid conversion options: {0}")]
+    Options(String),
+    /// Reading or writing an image failed.
+    #[error(transparent)]
+    Image(#[from] cloak_image::Error),
+}

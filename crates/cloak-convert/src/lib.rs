@@ -1,0 +1,9 @@
+//! The conversion pipeline shared by the SGX and Nitro targets:
+//! resolve → flatten → amend → measure → package.
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod error;
+pub mod options;
+
+pub use error::{Error, Result};

@@ -1,0 +1,218 @@
+//! Conversion options, in the shapes of the seed APIs: the EnclaveOS `/convert-image` body
+//! (camelCase) for SGX and the CCM `converter_options` / `nitro_enclaves_options` (snake_case)
+//! for Nitro. The CLI maps its flags onto the same structs, and `--options FILE` reads them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Certificate the launcher requests from the manager at start-up (seed `CertificateConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// `MANAGER_CA` (default), `NODE` or `SELF_IAS`.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// Subject common name, typically a DNS name.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Key type; only `RSA`.
+    #[serde(default = "default_key_type")]
+    pub key_type: String,
+    /// Key parameters (e.g. `{"size": 2048}`).
+    #[serde(default)]
+    pub key_param: Option<serde_json::Value>,
+    /// Where the key appears in the application's file system.
+    #[serde(default)]
+    pub key_path: Option<String>,
+    /// Where the certificate appears in the application's file system.
+    #[serde(default)]
+    pub cert_path: Option<String>,
+}
+
+fn default_issuer() -> String {
+    "MANAGER_CA".into()
+}
+fn default_key_type() -> String {
+    "RSA".into()
+}
+
+/// Seed `SigningKeyConfig`: `{"default": {}}` or a key cloak can use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// Sign with cloak's default key (generated once, kept in its config directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    /// Sign with the key at this URI (`file:key.pem`, `pkcs11:…`); cloak's extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+}
+
+/// Options of `POST /convert-image` (EnclaveOS), for the SGX target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SgxOptions {
+    /// Enclave product id (`sgx.isvprodid`).
+    #[serde(default)]
+    pub isvprodid: Option<u16>,
+    /// Enclave security version (`sgx.isvsvn`).
+    #[serde(default)]
+    pub isvsvn: Option<u16>,
+    /// Enclave size with K/M/G suffix; a power of two (`sgx.enclave_size`).
+    #[serde(default)]
+    pub mem_size: Option<String>,
+    /// Enclave threads (`sgx.max_threads`), 1..=4096.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// Debug enclave and verbose logging.
+    #[serde(default)]
+    pub debug: Option<bool>,
+    /// Replace the image's Entrypoint.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Replace the image's Cmd.
+    #[serde(default)]
+    pub entrypoint_args: Option<Vec<String>>,
+    /// Directories encrypted with keys provisioned at run time.
+    #[serde(default)]
+    pub encrypted_dirs: Option<Vec<String>>,
+    /// Extra manifest keys (dotted TOML keys → values) merged into the generated manifest.
+    #[serde(default)]
+    pub manifest_options: Option<BTreeMap<String, serde_json::Value>>,
+    /// Certificates to request from the manager at start-up.
+    #[serde(default)]
+    pub certificates: Option<Vec<CertificateConfig>>,
+    /// Signing key.
+    #[serde(default)]
+    pub signing_key: Option<SigningKeyConfig>,
+    /// Template for core dump file paths.
+    #[serde(default)]
+    pub core_dump_pattern: Option<String>,
+    /// Path of the runtime's log file.
+    #[serde(default)]
+    pub log_file_path: Option<String>,
+    /// Java runtime mode (`OPENJDK`, …); recorded, tunes defaults.
+    #[serde(default)]
+    pub java_mode: Option<String>,
+    /// Integrity-protected (trusted) directories.
+    #[serde(default)]
+    pub ro_dirs: Option<Vec<String>>,
+    /// Unprotected read-write files and directories.
+    #[serde(default)]
+    pub rw_dirs: Option<Vec<String>>,
+    /// Accept command-line arguments at run time.
+    #[serde(default)]
+    pub allow_cmdline_args: Option<bool>,
+    /// Fixed, measured environment (`NAME=value`).
+    #[serde(default)]
+    pub manifest_env: Option<Vec<String>>,
+    /// Environment defaults the operator may override at run time (`NAME=value`).
+    #[serde(default)]
+    pub mutable_env: Option<Vec<String>>,
+}
+
+/// Seed `ConverterOptions` (CCM), for the Nitro target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConverterOptions {
+    /// Add the manager's CA certificates into the application.
+    #[serde(default)]
+    pub add_ccm_ca_certificates: Option<bool>,
+    /// Accept command-line arguments at run time.
+    #[serde(default)]
+    pub allow_cmdline_args: Option<bool>,
+    /// Debug mode.
+    #[serde(default)]
+    pub debug: Option<bool>,
+    /// Replace the image's Entrypoint.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Replace the image's Cmd.
+    #[serde(default)]
+    pub entrypoint_args: Option<Vec<String>>,
+    /// Fixed, measured environment (`NAME=value`).
+    #[serde(default)]
+    pub env_vars: Option<Vec<String>>,
+    /// Environment defaults the operator may override (`NAME=value`).
+    #[serde(default)]
+    pub mutable_env_vars: Option<Vec<String>>,
+    /// Java runtime mode.
+    #[serde(default)]
+    pub java_mode: Option<String>,
+}
+
+/// Seed `NitroEnclavesConversionRequestOptions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NitroEnclavesOptions {
+    /// vCPUs of the enclave.
+    #[serde(default)]
+    pub cpu_count: Option<u32>,
+    /// Enclave memory in MiB.
+    #[serde(default)]
+    pub mem_size: Option<u64>,
+    /// Keep overlay file system changes across restarts.
+    #[serde(default)]
+    pub enable_overlay_filesystem_persistence: Option<bool>,
+}
+
+/// The Nitro options file: both seed objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NitroOptions {
+    /// Application options.
+    #[serde(default)]
+    pub converter_options: ConverterOptions,
+    /// Enclave sizing.
+    #[serde(default)]
+    pub nitro_enclaves_options: NitroEnclavesOptions,
+}
+
+/// Split `NAME=value`, refusing entries without `=` or with an empty name.
+pub fn split_env(entry: &str) -> Option<(&str, &str)> {
+    entry.split_once('=').filter(|(k, _)| !k.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_sgx_body_parses() {
+        let body = r#"{"isvprodid":7,"isvsvn":2,"memSize":"2048M","threads":8,"debug":false,
+            "entrypoint":["/bin/app"],"entrypointArgs":["--serve"],"encryptedDirs":["/data"],
+            "manifestOptions":{"sgx.file_check_policy":"strict"},
+            "certificates":[{"issuer":"MANAGER_CA","subject":"app.example","keyPath":"/k","certPath":"/c"}],
+            "signingKey":{"default":{}},"roDirs":["/"],"rwDirs":["/etc/hosts"],
+            "allowCmdlineArgs":false,"manifestEnv":["A=1"],"mutableEnv":["B=2"]}"#;
+        let o: SgxOptions = serde_json::from_str(body).unwrap();
+        assert_eq!(o.mem_size.as_deref(), Some("2048M"));
+        assert_eq!(o.certificates.unwrap()[0].key_type, "RSA");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_str::<SgxOptions>(r#"{"memsize":"1G"}"#).unwrap_err();
+        assert!(err.to_string().contains("memsize"), "{err}");
+    }
+
+    #[test]
+    fn seed_nitro_body_parses() {
+        let body = r#"{"converter_options":{"allow_cmdline_args":true,"env_vars":["A=1"],"mutable_env_vars":["B=2"]},
+            "nitro_enclaves_options":{"cpu_count":2,"mem_size":2048,"enable_overlay_filesystem_persistence":false}}"#;
+        let o: NitroOptions = serde_json::from_str(body).unwrap();
+        assert_eq!(o.nitro_enclaves_options.mem_size, Some(2048));
+        assert_eq!(o.converter_options.allow_cmdline_args, Some(true));
+    }
+
+    #[rstest::rstest]
+    #[case("A=1", Some(("A", "1")))]
+    #[case("A=", Some(("A", "")))]
+    #[case("A=b=c", Some(("A", "b=c")))]
+    #[case("=x", None)]
+    #[case("novalue", None)]
+    fn env_entries(#[case] input: &str, #[case] expected: Option<(&str, &str)>) {
+        assert_eq!(split_env(input), expected);
+    }
+}
