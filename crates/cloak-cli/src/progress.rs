@@ -18,9 +18,11 @@ impl Progress for Bars {
     fn start(&self, digest: &Digest, size: u64) {
         let bar = self.multi.add(ProgressBar::new(size));
         bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar.set_prefix(digest.hex()[..12].to_string());
         self.bars.lock().expect("not poisoned").insert(*digest, bar);
@@ -36,7 +38,9 @@ impl Progress for Bars {
         if let Some(b) = self.bars.lock().expect("not poisoned").remove(digest) {
             b.finish_with_message(format!("{action:?}"));
             self.multi.remove(&b);
-            let _ = self.multi.println(format!("{} {action:?}", &digest.hex()[..12]));
+            let _ = self
+                .multi
+                .println(format!("{} {action:?}", &digest.hex()[..12]));
         }
     }
 }

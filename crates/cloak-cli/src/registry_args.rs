@@ -62,14 +62,24 @@ fn options(
 impl SourceArgs {
     /// Registry options for the source.
     pub fn options(&self) -> anyhow::Result<RegistryOptions> {
-        options(&self.src_creds, self.src_tls_verify, &self.src_cert_dir, &self.authfile)
+        options(
+            &self.src_creds,
+            self.src_tls_verify,
+            &self.src_cert_dir,
+            &self.authfile,
+        )
     }
 }
 
 impl DestArgs {
     /// Registry options for the destination (`authfile` comes from the source flags).
     pub fn options(&self, authfile: &Option<PathBuf>) -> anyhow::Result<RegistryOptions> {
-        options(&self.dest_creds, self.dest_tls_verify, &self.dest_cert_dir, authfile)
+        options(
+            &self.dest_creds,
+            self.dest_tls_verify,
+            &self.dest_cert_dir,
+            authfile,
+        )
     }
 }
 

@@ -194,6 +194,16 @@ impl Error {
             let inner = err.into_inner().expect("checked above");
             return *inner.downcast::<Error>().expect("checked above");
         }
+        // oci-client verifies pulled blobs too; report its verdict in our words.
+        if let Some(oci_client::errors::DigestError::VerificationError { expected, actual }) =
+            err.get_ref().and_then(|e| e.downcast_ref())
+        {
+            return Error::DigestMismatch {
+                what: what.into(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            };
+        }
         Error::Stream {
             what: what.into(),
             source: err,

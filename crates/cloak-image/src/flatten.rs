@@ -631,6 +631,11 @@ impl FlatFs {
         self.get(&format!("/{}", cur.join("/")))
     }
 
+    /// Where the spooled content of a regular file or hardlink lives (spooled mode only).
+    pub fn content_path(&self, entry: &Entry) -> Option<PathBuf> {
+        Some(self.spool.as_ref()?.join(entry.content?.to_string()))
+    }
+
     /// Open the content of a regular file or hardlink (spooled mode only).
     pub fn open(&self, entry: &Entry) -> Result<std::fs::File> {
         let (Some(dir), Some(id)) = (&self.spool, entry.content) else {

@@ -6,8 +6,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
-
 use crate::digest::{AsyncVerifyingReader, Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::image::{sniff_media_type, RawManifest};
@@ -199,23 +197,25 @@ impl LayoutDest {
     }
 
     /// Stream a blob into place; on any error nothing is left under its final name.
-    pub async fn put_blob(&self, desc: &Descriptor, mut data: BlobReader) -> Result<()> {
+    /// `data` must already be verified against `desc` (every [`crate::Source`] stream is);
+    /// only its size is checked again here.
+    pub async fn put_blob(&self, desc: &Descriptor, data: BlobReader) -> Result<()> {
         let tmp = self.temp_file()?;
-        let std_file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
-        let mut file =
-            tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(std_file));
+        let file = tmp.reopen().map_err(|e| Error::io("open", tmp.path(), e))?;
         let what = format!("blob {} for {}", desc.digest, self.describe());
-        let mut verified = AsyncVerifyingReader::new(
-            &mut data,
-            Verifier::new(what.clone(), desc.digest, Some(desc.size)),
-        );
-        tokio::io::copy(&mut verified, &mut file)
-            .await
-            .map_err(|e| Error::from_stream(what.clone(), e))?;
-        file.flush()
-            .await
-            .map_err(|e| Error::io("write", tmp.path(), e))?;
-        drop(file);
+        let size = desc.size;
+        let checked = AsyncVerifyingReader::new(data, Verifier::size_only(what.clone(), size));
+        // Blocking writes on a worker thread: tokio's file type would hop threads per write.
+        let tmp = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile> {
+            let mut reader = tokio_util::io::SyncIoBridge::new(checked);
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            std::io::copy(&mut reader, &mut out)
+                .map_err(|e| Error::from_stream(what.clone(), e))?;
+            out.flush().map_err(|e| Error::io("write", tmp.path(), e))?;
+            Ok(tmp)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("blob writer failed: {e}")))??;
         self.persist(tmp, &desc.digest)
     }
 

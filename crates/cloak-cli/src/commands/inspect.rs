@@ -64,10 +64,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let reference: ImageRef = args.image.parse()?;
     let platform: PlatformSpec = args.platform.parse()?;
     let opts = args.source.options()?;
-    let image = runtime()?.block_on(async {
-        let src = Source::open(&reference, &opts).await?;
-        resolve(&src, &platform).await
-    }).with_context(|| format!("while inspecting {reference}"))?;
+    let image = runtime()?
+        .block_on(async {
+            let src = Source::open(&reference, &opts).await?;
+            resolve(&src, &platform).await
+        })
+        .with_context(|| format!("while inspecting {reference}"))?;
     if args.raw {
         println!("{}", String::from_utf8_lossy(&image.raw_manifest.bytes));
         return Ok(ExitCode::SUCCESS);
@@ -101,7 +103,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 diff_id: diff_ids.get(i).copied(),
             })
             .collect(),
-        total_size: image.manifest.layers.iter().map(|l| l.size).sum::<u64>() + image.manifest.config.size,
+        total_size: image.manifest.layers.iter().map(|l| l.size).sum::<u64>()
+            + image.manifest.config.size,
     };
     match args.output {
         Format::Json => print_json(&report)?,
@@ -121,7 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             for e in &report.env {
                 println!("Env:         {e}");
             }
-            println!("Layers:      {} ({} bytes in all)", report.layers.len(), report.total_size);
+            println!(
+                "Layers:      {} ({} bytes in all)",
+                report.layers.len(),
+                report.total_size
+            );
             for l in &report.layers {
                 let enc = if l.encrypted { " encrypted" } else { "" };
                 println!("  {}  {:>12}  {}{enc}", l.digest, l.size, l.media_type);

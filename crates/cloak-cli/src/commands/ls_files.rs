@@ -60,7 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let tail = match &e.kind {
                     EntryKind::Symlink { target } => format!(" -> {target}"),
                     EntryKind::Hardlink { target } => format!(" => {target}"),
-                    EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+                    EntryKind::CharDevice { major, minor }
+                    | EntryKind::BlockDevice { major, minor } => {
                         format!(" ({major},{minor})")
                     }
                     _ => String::new(),

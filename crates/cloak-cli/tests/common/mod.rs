@@ -1,0 +1,66 @@
+//! Shared support for the CLI's end-to-end suites.
+#![allow(dead_code)]
+
+pub mod fake;
+pub mod images;
+pub mod registry;
+pub mod tree;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The `cloak` binary built for these tests.
+pub fn cloak() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cloak"))
+}
+
+/// Run a command, returning its output; panic with stderr when it fails and `ok` is expected.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/install-deps.sh)"))
+}
+
+/// Run and require success.
+pub fn ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run and require failure; returns stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// `skopeo` with arguments.
+pub fn skopeo(args: &[&str]) -> Command {
+    let mut c = Command::new("skopeo");
+    c.args(args);
+    c
+}
+
+/// `umoci unpack` of `layout:tag` into `bundle` (as root: owners are kept); returns the rootfs path.
+pub fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> std::path::PathBuf {
+    ok(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(bundle));
+    bundle.join("rootfs")
+}
+
+/// `cloak ls-files -o json IMAGE [extra args]` as a tree snapshot.
+pub fn cloak_tree(image: &str, extra: &[&str]) -> tree::Tree {
+    let out = ok(cloak()
+        .args(["ls-files", "-o", "json"])
+        .args(extra)
+        .arg(image));
+    tree::from_ls_files(&out.stdout)
+}

@@ -1,0 +1,3 @@
+//! The SGX target: a Gramine enclave image with cloak's own manifest, measurement and signature.
+
+pub mod runtime;

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Benchmark: `cloak copy` against `skopeo copy` on the same multi-layer image (default 640 MiB of files, ~480 MiB of gzip blobs), in one run:
+# registry→registry (two separate registries, so nothing can be mounted) and registry→OCI layout.
+# Each case runs RUNS times (default 3) alternating the two tools; the median wall time and the
+# peak RSS (GNU time) are printed with the cloak/skopeo ratio, as a Markdown table.
+# Usage: scripts/bench-copy.sh [SIZE_MIB] ; environment: RUNS, BENCH_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+size_mib=${1:-640}
+runs=${RUNS:-3}
+bench=${BENCH_DIR:-$root/.work/bench}
+source scripts/lib/registry.sh
+trap 'registry_stop "$bench"/reg-*' EXIT
+cargo build --release --locked -p cloak-cli >/dev/null
+cloak="$root/target/release/cloak"
+mkdir -p "$bench"
+image="$bench/image-${size_mib}m"
+
+if [ ! -f "$image/.complete" ]; then
+  echo "building a ${size_mib} MiB test image in $image (once; cached)" >&2
+  rm -rf "$image" "$bench/bundle"
+  umoci init --layout "$image" >/dev/null
+  umoci new --image "$image:bench"
+  layers=5
+  per=$((size_mib / layers))
+  for i in $(seq 1 $layers); do
+    umoci unpack --rootless --image "$image:bench" "$bench/bundle" >/dev/null
+    d="$bench/bundle/rootfs/data/layer$i"
+    mkdir -p "$d"
+    # Three quarters incompressible, one quarter text, in files of 8 MiB.
+    for j in $(seq 1 $((per / 8))); do
+      if [ $((j % 4)) -eq 0 ]; then
+        head -c $((8 << 20)) < <(yes "cloak benchmark line $i $j: the quick brown fox jumps over the lazy dog") > "$d/text$j.txt"
+      else
+        head -c $((8 << 20)) /dev/urandom > "$d/random$j.bin"
+      fi
+    done
+    umoci repack --image "$image:bench" "$bench/bundle"
+    rm -rf "$bench/bundle"
+  done
+  umoci config --image "$image:bench" --config.cmd /bin/true
+  touch "$image/.complete"
+fi
+
+src=$(registry_start "$bench/reg-src")
+skopeo copy --quiet --dest-tls-verify=false "oci:$image:bench" "docker://$src/bench/image:1"
+blob_bytes=$(du -sb "$image/blobs" | cut -f1)
+
+# measure LABEL CMD... → appends "wall_seconds peak_rss_kib" to $bench/LABEL.samples
+measure() {
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$bench/$label.last" "$@" >/dev/null
+  cat "$bench/$label.last" >> "$bench/$label.samples"
+}
+median() { sort -n -k1 "$1" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+
+rm -f "$bench"/*.samples
+for r in $(seq 1 "$runs"); do
+  # Fresh destinations for every run; skopeo's blob-info cache is kept out of the way (HOME).
+  for tool in cloak skopeo; do
+    rm -rf "$bench/reg-dst" "$bench/oci-dst" "$bench/home"
+    mkdir -p "$bench/home"
+    dst=$(registry_start "$bench/reg-dst")
+    if [ "$tool" = cloak ]; then
+      measure cloak-r2r "$cloak" copy --quiet --src-tls-verify=false --dest-tls-verify=false \
+        "docker://$src/bench/image:1" "docker://$dst/bench/copy:1"
+      measure cloak-r2o "$cloak" copy --quiet --src-tls-verify=false \
+        "docker://$src/bench/image:1" "oci:$bench/oci-dst:1"
+    else
+      measure skopeo-r2r env HOME="$bench/home" skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false \
+        "docker://$src/bench/image:1" "docker://$dst/bench/copy:1"
+      measure skopeo-r2o env HOME="$bench/home" skopeo copy --quiet --src-tls-verify=false \
+        "docker://$src/bench/image:1" "oci:$bench/oci-dst:1"
+    fi
+    registry_stop "$bench/reg-dst"
+  done
+done
+
+echo
+echo "Image: $(( blob_bytes >> 20 )) MiB of blobs in 5 layers (3/4 random, 1/4 text), $runs runs each, median wall time."
+echo
+echo "| case | cloak wall (s) | skopeo wall (s) | ratio cloak/skopeo | cloak peak RSS (MiB) | skopeo peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|"
+for case in r2r r2o; do
+  read -r cw cr < <(median "$bench/cloak-$case.samples")
+  read -r sw sr < <(median "$bench/skopeo-$case.samples")
+  name=$([ $case = r2r ] && echo "registry → registry" || echo "registry → OCI layout")
+  awk -v n="$name" -v cw="$cw" -v sw="$sw" -v cr="$cr" -v sr="$sr" \
+    'BEGIN { printf "| %s | %.2f | %.2f | %.2f | %.1f | %.1f |\n", n, cw, sw, cw/sw, cr/1024, sr/1024 }'
+done

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The main job on embedded defaults: build an example image without Docker, push it to a local
+# registry started for the purpose (loopback, port chosen at run time), inspect it, list its
+# files and copy it back into an OCI layout. Everything lives under .work/demo and is removed
+# at the next run; the registry is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bash scripts/install-deps.sh
+cargo build --release --locked -p cloak-cli
+cloak="$root/target/release/cloak"
+
+work="$root/.work/demo"
+rm -rf "$work" && mkdir -p "$work"
+cd "$work"
+
+echo "== building the example image (busybox from Debian's busybox-static, with umoci)"
+umoci init --layout example >/dev/null
+umoci new --image example:1.0
+umoci unpack --rootless --image example:1.0 bundle >/dev/null
+mkdir -p bundle/rootfs/bin bundle/rootfs/etc bundle/rootfs/srv
+cp /bin/busybox bundle/rootfs/bin/busybox
+for app in sh echo cat ls env id; do ln -sf busybox "bundle/rootfs/bin/$app"; done
+printf 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/srv:/bin/sh\n' > bundle/rootfs/etc/passwd
+printf 'root:x:0:\napp:x:1000:\n' > bundle/rootfs/etc/group
+printf 'hello from a cloak demo image\n' > bundle/rootfs/srv/greeting.txt
+umoci repack --image example:1.0 bundle
+umoci config --image example:1.0 --config.entrypoint /bin/sh --config.cmd -c \
+  --config.cmd 'cat /srv/greeting.txt; id' --config.workingdir /srv --config.env GREETING=hello
+
+echo "== starting a registry on a free loopback port"
+source "$root/scripts/lib/registry.sh"
+trap 'registry_stop "$work/registry"' EXIT
+reg=$(registry_start "$work/registry")
+
+echo "== cloak copy oci:example:1.0 docker://$reg/demo/example:1.0"
+"$cloak" copy --dest-tls-verify=false oci:example:1.0 "docker://$reg/demo/example:1.0"
+echo "== cloak inspect docker://$reg/demo/example:1.0"
+"$cloak" inspect --tls-verify=false "docker://$reg/demo/example:1.0"
+echo "== cloak ls-files docker://$reg/demo/example:1.0"
+"$cloak" ls-files --tls-verify=false "docker://$reg/demo/example:1.0" | head -n 20
+echo "== cloak copy docker://$reg/demo/example:1.0 oci:copied:1.0"
+"$cloak" copy --src-tls-verify=false "docker://$reg/demo/example:1.0" oci:copied:1.0
+# DEMO-EXTENSIONS: the SGX and Nitro conversions are appended here.
+echo "== done: results in $work"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install (with apt) everything the demo and the test suite need. Idempotent: apt runs only
+# when something is missing. The list is the single place to add a system dependency.
+set -euo pipefail
+packages=(
+  docker-registry   # the real OCI registry the tests and the demo push to
+  skopeo umoci      # independent peers the tests compare against
+  busybox-static    # the example/test images' userland
+  apache2-utils     # htpasswd for the TLS + auth registry
+  openssl curl jq time python3
+  cpio zstd file
+  softhsm2          # PKCS#11 token for signing-key tests
+  qemu-system-x86   # boots Nitro EIF kernels for `cloak run`
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

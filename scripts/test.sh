@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, then every test of the workspace (unit tests and the
+# end-to-end suites against a real registry, skopeo and umoci). This is what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n== %s\n' "$*"; start=$(date +%s); }
+done_step() { echo "   ($(( $(date +%s) - start )) s)"; }
+
+step "installing test dependencies"; bash scripts/install-deps.sh; done_step
+step "cargo fmt --check"; cargo fmt --all --check; done_step
+step "cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings; done_step
+step "cargo test"; cargo test --workspace --locked; done_step

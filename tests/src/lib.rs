@@ -1,1 +1,0 @@
-//! End-to-end suites live in tests/*.rs; this library is empty.
