@@ -9,6 +9,9 @@ pub enum Error {
     /// The options are invalid or contradict the image.
     #[error("invalid conversion options: {0}")]
     Options(String),
+    /// Measuring or signing the enclave failed.
+    #[error(transparent)]
+    Sgx(#[from] cloak_sgx::Error),
     /// Reading or writing an image failed.
     #[error(transparent)]
     Image(#[from] cloak_image::Error),

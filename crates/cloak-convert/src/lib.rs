@@ -3,7 +3,6 @@
 #![deny(missing_docs)]
 
 pub mod app;
-pub mod elf;
 pub mod error;
 pub mod options;
 pub mod sgx;

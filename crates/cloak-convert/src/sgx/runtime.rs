@@ -9,8 +9,8 @@ use cloak_image::flatten::{EntryKind, FlatFs};
 use cloak_image::layer::{FileContent, LayerEntry};
 use cloak_image::Digest;
 
-use crate::elf::dynamic_info;
 use crate::error::{Error, Result};
+use cloak_sgx::elf::dynamic_info;
 
 /// Where official Gramine images (and the Debian/Ubuntu packages) install Gramine.
 pub const GRAMINE_DIR: &str = "/usr/lib/x86_64-linux-gnu/gramine";

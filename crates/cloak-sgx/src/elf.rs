@@ -1,4 +1,5 @@
-//! Just enough ELF64 to find what a dynamic executable needs: `PT_INTERP` and `DT_NEEDED`.
+//! Just enough ELF64 for enclaves: the `PT_LOAD` segments of the PAL (measured into
+//! MRENCLAVE) and, for the untrusted loader, `PT_INTERP` and `DT_NEEDED`.
 
 use crate::error::{Error, Result};
 
@@ -20,9 +21,11 @@ pub struct DynamicInfo {
 
 struct Phdr {
     kind: u32,
+    flags: u32,
     offset: u64,
     vaddr: u64,
     filesz: u64,
+    memsz: u64,
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -44,10 +47,11 @@ fn cstr(b: &[u8], off: usize) -> Option<String> {
     String::from_utf8(rest[..end].to_vec()).ok()
 }
 
-/// Parse `bytes` (a whole ELF file) named `what`.
-pub fn dynamic_info(bytes: &[u8], what: &str) -> Result<DynamicInfo> {
-    let bad =
-        |reason: &str| Error::Options(format!("{what} is not a usable x86_64 ELF file: {reason}"));
+fn program_headers(bytes: &[u8], what: &str) -> Result<Vec<Phdr>> {
+    let bad = |reason: &str| Error::Elf {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    };
     if bytes.get(..4) != Some(b"\x7fELF") {
         return Err(bad("no ELF magic"));
     }
@@ -62,15 +66,79 @@ pub fn dynamic_info(bytes: &[u8], what: &str) -> Result<DynamicInfo> {
     }
     let mut phdrs = Vec::with_capacity(phnum);
     for i in 0..phnum {
-        let at = phoff + i * phentsize;
+        let at = phoff
+            .checked_add(i * phentsize)
+            .ok_or_else(|| bad("bad program header offset"))?;
         let field = |o| u64_at(bytes, at + o).ok_or_else(|| bad("truncated program headers"));
         phdrs.push(Phdr {
             kind: u32_at(bytes, at).ok_or_else(|| bad("truncated program headers"))?,
+            flags: u32_at(bytes, at + 4).ok_or_else(|| bad("truncated program headers"))?,
             offset: field(8)?,
             vaddr: field(16)?,
             filesz: field(32)?,
+            memsz: field(40)?,
         });
     }
+    Ok(phdrs)
+}
+
+/// A `PT_LOAD` segment with its file bytes.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// Virtual address.
+    pub vaddr: u64,
+    /// Size in memory (≥ `filesz`; the rest is zero, e.g. bss).
+    pub memsz: u64,
+    /// Bytes in the file.
+    pub filesz: u64,
+    /// Offset in the file.
+    pub offset: u64,
+    /// `p_flags` (R = 4, W = 2, X = 1).
+    pub flags: u32,
+    /// The file bytes `[offset, offset + filesz)`.
+    pub data: Vec<u8>,
+}
+
+/// The entry point and the `PT_LOAD` segments, in program-header order.
+pub fn load_segments(bytes: &[u8]) -> Result<(u64, Vec<Segment>)> {
+    let what = "libpal.so";
+    let bad = |reason: &str| Error::Elf {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    };
+    let phdrs = program_headers(bytes, what)?;
+    let entry = u64_at(bytes, 0x18).ok_or_else(|| bad("truncated header"))?;
+    let mut segments = Vec::new();
+    for p in phdrs.iter().filter(|p| p.kind == PT_LOAD) {
+        if p.filesz > p.memsz {
+            return Err(bad("a PT_LOAD segment has filesz > memsz"));
+        }
+        let data = bytes
+            .get(p.offset as usize..(p.offset + p.filesz) as usize)
+            .ok_or_else(|| bad("a PT_LOAD segment lies outside the file"))?
+            .to_vec();
+        segments.push(Segment {
+            vaddr: p.vaddr,
+            memsz: p.memsz,
+            filesz: p.filesz,
+            offset: p.offset,
+            flags: p.flags,
+            data,
+        });
+    }
+    if segments.is_empty() {
+        return Err(bad("no PT_LOAD segment"));
+    }
+    Ok((entry, segments))
+}
+
+/// Parse `bytes` (a whole ELF file) named `what`.
+pub fn dynamic_info(bytes: &[u8], what: &str) -> Result<DynamicInfo> {
+    let bad = |reason: &str| Error::Elf {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    };
+    let phdrs = program_headers(bytes, what)?;
     let mut info = DynamicInfo::default();
     if let Some(p) = phdrs.iter().find(|p| p.kind == PT_INTERP) {
         info.interpreter =
