@@ -9,4 +9,5 @@ done_step() { echo "   ($(( $(date +%s) - start )) s)"; }
 step "installing test dependencies"; bash scripts/install-deps.sh; done_step
 step "cargo fmt --check"; cargo fmt --all --check; done_step
 step "cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings; done_step
+step "static launcher (used by conversion and launcher tests)"; bash scripts/build-launcher.sh; done_step
 step "cargo test"; cargo test --workspace --locked; done_step

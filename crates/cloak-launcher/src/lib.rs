@@ -1,0 +1,340 @@
+//! The launcher inside every converted image. It reads [`RunConfig`] (written by the converter at
+//! [`CONFIG_PATH`], measured with the image) and starts the application with docker-run
+//! semantics: argv, environment (fixed, plus mutable defaults the operator may override), working
+//! directory and user. It is linked statically so it runs on any base distribution.
+//!
+//! The logic is pure and tested here; the system calls sit behind [`Sys`].
+#![deny(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the converter writes the run configuration.
+pub const CONFIG_PATH: &str = "/cloak/run.json";
+
+/// The contract between the converter and the launcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Full argv of the application; argv[0] without `/` is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Fixed environment (`NAME=value`), image Env merged with the fixed overrides.
+    pub env: Vec<String>,
+    /// Defaults (`NAME=value`) used unless the operator's environment sets the name.
+    #[serde(default)]
+    pub mutable_env: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// `USER` as in the image: `""`, `uid`, `uid:gid`, `name` or `name:group`.
+    #[serde(default)]
+    pub user: String,
+    /// Append the launcher's own extra arguments to argv.
+    #[serde(default)]
+    pub allow_cmdline_args: bool,
+}
+
+/// What went wrong; printed with the `cloak-launcher:` prefix before exiting 127.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is missing or malformed.
+    #[error("cannot use {path}: {reason}")]
+    Config {
+        /// Its path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Extra arguments were given but the image does not allow them.
+    #[error("command-line arguments are not allowed for this image ({0:?}); it was converted without allowCmdlineArgs")]
+    ArgsRefused(Vec<String>),
+    /// The user or group cannot be resolved.
+    #[error("user {user:?}: {reason}")]
+    User {
+        /// As written.
+        user: String,
+        /// Why.
+        reason: String,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was attempted.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The process the launcher will exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// argv.
+    pub argv: Vec<String>,
+    /// Environment, `NAME=value`, sorted by first appearance.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// uid, gid and supplementary groups, when not running as root.
+    pub ids: Option<(u32, u32, Vec<u32>)>,
+}
+
+fn parse_table(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect()
+}
+
+/// Resolve `USER` with the image's `/etc/passwd` and `/etc/group` texts (no NSS).
+pub fn resolve_user(
+    user: &str,
+    passwd: &str,
+    group: &str,
+) -> Result<Option<(u32, u32, Vec<u32>)>, Error> {
+    if user.is_empty() || user == "root" || user == "0" {
+        return Ok(None);
+    }
+    let err = |reason: &str| Error::User {
+        user: user.to_string(),
+        reason: reason.to_string(),
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = parse_table(passwd);
+    let groups = parse_table(group);
+    let entry = passwd
+        .iter()
+        .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
+    let (uid, name, primary) = match (u.parse::<u32>(), entry) {
+        (Ok(uid), e) => (
+            uid,
+            e.map(|f| f[0].clone()),
+            e.and_then(|f| f[3].parse().ok()).unwrap_or(uid),
+        ),
+        (Err(_), Some(f)) => (
+            f[2].parse().map_err(|_| err("bad uid in /etc/passwd"))?,
+            Some(f[0].clone()),
+            f[3].parse().map_err(|_| err("bad gid in /etc/passwd"))?,
+        ),
+        (Err(_), None) => return Err(err("no such user in the image's /etc/passwd")),
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => groups
+                .iter()
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| err("no such group in the image's /etc/group"))?,
+        },
+    };
+    let mut extra: Vec<u32> = match &name {
+        Some(n) => groups
+            .iter()
+            .filter(|f| f.len() >= 4 && f[3].split(',').any(|m| m == n))
+            .filter_map(|f| f[2].parse().ok())
+            .collect(),
+        None => Vec::new(),
+    };
+    extra.retain(|x| *x != gid);
+    extra.insert(0, gid);
+    extra.dedup();
+    Ok(Some((uid, gid, extra)))
+}
+
+/// Assemble the process from the configuration, the operator's environment and extra args.
+pub fn plan(
+    cfg: &RunConfig,
+    outer_env: &BTreeMap<String, String>,
+    extra_args: &[String],
+    passwd: &str,
+    group: &str,
+) -> Result<Plan, Error> {
+    if !extra_args.is_empty() && !cfg.allow_cmdline_args {
+        return Err(Error::ArgsRefused(extra_args.to_vec()));
+    }
+    if cfg.argv.is_empty() {
+        return Err(Error::Config {
+            path: CONFIG_PATH.into(),
+            reason: "argv is empty".into(),
+        });
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    fn put(order: &mut Vec<String>, values: &mut BTreeMap<String, String>, k: &str, v: &str) {
+        if !values.contains_key(k) {
+            order.push(k.to_string());
+        }
+        values.insert(k.to_string(), v.to_string());
+    }
+    for e in &cfg.env {
+        if let Some((k, v)) = e.split_once('=') {
+            put(&mut order, &mut values, k, v);
+        }
+    }
+    for e in &cfg.mutable_env {
+        if let Some((k, v)) = e.split_once('=') {
+            put(
+                &mut order,
+                &mut values,
+                k,
+                outer_env.get(k).map(String::as_str).unwrap_or(v),
+            );
+        }
+    }
+    let ids = resolve_user(&cfg.user, passwd, group)?;
+    if let (Some((uid, _, _)), false) = (&ids, values.contains_key("HOME")) {
+        let home = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 6 && f[2] == uid.to_string())
+            .map(|f| f[5].to_string())
+            .unwrap_or_else(|| "/".into());
+        put(&mut order, &mut values, "HOME", &home);
+    }
+    let env = order
+        .into_iter()
+        .map(|k| format!("{k}={}", values[&k]))
+        .collect();
+    Ok(Plan {
+        argv: cfg.argv.iter().chain(extra_args).cloned().collect(),
+        env,
+        workdir: if cfg.workdir.is_empty() {
+            "/".into()
+        } else {
+            cfg.workdir.clone()
+        },
+        ids,
+    })
+}
+
+/// The system calls the launcher makes; a recording fake implements it in tests.
+pub trait Sys {
+    /// Read a whole file.
+    fn read(&mut self, path: &str) -> std::io::Result<String>;
+    /// Change directory.
+    fn chdir(&mut self, dir: &str) -> std::io::Result<()>;
+    /// Drop privileges to uid/gid/groups.
+    fn set_ids(&mut self, uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()>;
+    /// Replace the process (returns only on failure).
+    fn exec(&mut self, argv: &[String], env: &[String]) -> std::io::Error;
+}
+
+/// Read the configuration and exec the application. Returns only with an error.
+pub fn launch(
+    sys: &mut dyn Sys,
+    outer_env: &BTreeMap<String, String>,
+    extra_args: &[String],
+) -> Error {
+    let cfg = match sys.read(CONFIG_PATH) {
+        Ok(text) => match serde_json::from_str::<RunConfig>(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                return Error::Config {
+                    path: CONFIG_PATH.into(),
+                    reason: e.to_string(),
+                }
+            }
+        },
+        Err(e) => {
+            return Error::Config {
+                path: CONFIG_PATH.into(),
+                reason: e.to_string(),
+            }
+        }
+    };
+    let passwd = sys.read("/etc/passwd").unwrap_or_default();
+    let group = sys.read("/etc/group").unwrap_or_default();
+    let plan = match plan(&cfg, outer_env, extra_args, &passwd, &group) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if let Err(e) = sys.chdir(&plan.workdir) {
+        return Error::Sys {
+            what: format!("chdir to WORKDIR {}", plan.workdir),
+            source: e,
+        };
+    }
+    if let Some((uid, gid, groups)) = &plan.ids {
+        if let Err(e) = sys.set_ids(*uid, *gid, groups) {
+            return Error::Sys {
+                what: format!("switch to user {}", cfg.user),
+                source: e,
+            };
+        }
+    }
+    let e = sys.exec(&plan.argv, &plan.env);
+    Error::Sys {
+        what: format!("exec {}", plan.argv[0]),
+        source: e,
+    }
+}
+
+/// The real system.
+#[derive(Debug, Default)]
+pub struct RealSys;
+
+fn cstrings(v: &[String]) -> Vec<CString> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).unwrap_or_default())
+        .collect()
+}
+
+impl Sys for RealSys {
+    fn read(&mut self, path: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn chdir(&mut self, dir: &str) -> std::io::Result<()> {
+        std::env::set_current_dir(dir)
+    }
+    fn set_ids(&mut self, uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
+        let gids: Vec<libc::gid_t> = groups.to_vec();
+        // SAFETY: plain system calls with valid pointers and lengths.
+        unsafe {
+            if libc::setgroups(gids.len(), gids.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+    fn exec(&mut self, argv: &[String], env: &[String]) -> std::io::Error {
+        // PATH lookup uses the application's PATH, as docker does.
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let candidates: Vec<String> = if argv[0].contains('/') {
+            vec![argv[0].clone()]
+        } else {
+            path.split(':')
+                .map(|d| format!("{d}/{}", argv[0]))
+                .collect()
+        };
+        let args = cstrings(argv);
+        let envs = cstrings(env);
+        let mut argp: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argp.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = envs.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let mut last = std::io::Error::from_raw_os_error(libc::ENOENT);
+        for c in candidates {
+            let Ok(prog) = CString::new(c) else { continue };
+            // SAFETY: NUL-terminated arrays of valid C strings that outlive the call.
+            unsafe { libc::execve(prog.as_ptr(), argp.as_ptr(), envp.as_ptr()) };
+            last = std::io::Error::last_os_error();
+        }
+        last
+    }
+}
+
+#[cfg(test)]
+mod tests;
