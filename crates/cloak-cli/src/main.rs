@@ -28,6 +28,12 @@ enum Command {
     Copy(commands::copy::Args),
     /// List the flattened file system of an image, with the sha256 of each regular file.
     LsFiles(commands::ls_files::Args),
+    /// Convert an image into a confidential-computing image (SGX with Gramine, or Nitro).
+    Convert(Box<commands::convert::Args>),
+    /// Recompute a converted image's measurements and check them against its SIGSTRUCTs.
+    Measure(commands::measure::Args),
+    /// Low-level SGX tools: measure, sign, view SIGSTRUCTs.
+    Sgx(commands::sgx::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +43,9 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Copy(args) => commands::copy::run(args),
         Command::LsFiles(args) => commands::ls_files::run(args),
+        Command::Convert(args) => commands::convert::run(*args),
+        Command::Measure(args) => commands::measure::run(args),
+        Command::Sgx(args) => commands::sgx::run(args),
     };
     match result {
         Ok(code) => code,

@@ -28,6 +28,8 @@ pub enum ContentMode {
     HashOnly,
     /// Also keep the bytes in numbered files under this directory (for repacking).
     Spool(PathBuf),
+    /// Keep the bytes only of files under these absolute directories (hash the rest).
+    SpoolUnder(PathBuf, Vec<String>),
 }
 
 /// The type of a file-system entry.
@@ -163,7 +165,7 @@ fn join(dir: &str, name: &str) -> String {
 impl Flattener {
     /// Start with an empty root.
     pub fn new(mode: ContentMode) -> Result<Self> {
-        if let ContentMode::Spool(dir) = &mode {
+        if let ContentMode::Spool(dir) | ContentMode::SpoolUnder(dir, _) = &mode {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io("create spool directory", dir, e))?;
         }
@@ -179,8 +181,21 @@ impl Flattener {
 
     fn spool_path(&self, id: u64) -> Option<PathBuf> {
         match &self.mode {
-            ContentMode::Spool(dir) => Some(dir.join(id.to_string())),
+            ContentMode::Spool(dir) | ContentMode::SpoolUnder(dir, _) => {
+                Some(dir.join(id.to_string()))
+            }
             ContentMode::HashOnly => None,
+        }
+    }
+
+    fn spools(&self, path: &str) -> bool {
+        match &self.mode {
+            ContentMode::Spool(_) => true,
+            ContentMode::SpoolUnder(_, dirs) => dirs.iter().any(|d| {
+                path.strip_prefix(d.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+            }),
+            ContentMode::HashOnly => false,
         }
     }
 
@@ -407,10 +422,8 @@ impl Flattener {
                 node.kind = EntryKind::File;
                 let id = self.next_content;
                 self.next_content += 1;
-                let (digest, size) = self.store(&mut entry, id).map_err(|e| match e {
-                    Error::Io { .. } => e,
-                    other => other,
-                })?;
+                let spool = self.spools(&node.path);
+                let (digest, size) = self.store(&mut entry, id, spool)?;
                 node.content = Some(id);
                 node.sha256 = Some(digest);
                 node.size = size;
@@ -483,12 +496,17 @@ impl Flattener {
         Ok(())
     }
 
-    fn store<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, id: u64) -> Result<(Digest, u64)> {
+    fn store<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        id: u64,
+        spool: bool,
+    ) -> Result<(Digest, u64)> {
         let stream_err = |e: io::Error| Error::Stream {
             what: "layer entry".into(),
             source: e,
         };
-        match self.spool_path(id) {
+        match self.spool_path(id).filter(|_| spool) {
             None => {
                 let mut w = HashingWriter::new(io::sink());
                 io::copy(entry, &mut w).map_err(stream_err)?;
@@ -530,7 +548,7 @@ impl Flattener {
         FlatFs {
             entries,
             spool: match self.mode {
-                ContentMode::Spool(d) => Some(d),
+                ContentMode::Spool(d) | ContentMode::SpoolUnder(d, _) => Some(d),
                 ContentMode::HashOnly => None,
             },
             warnings: self.warnings,
@@ -633,7 +651,7 @@ impl FlatFs {
 
     /// Where the spooled content of a regular file or hardlink lives (spooled mode only).
     pub fn content_path(&self, entry: &Entry) -> Option<PathBuf> {
-        Some(self.spool.as_ref()?.join(entry.content?.to_string()))
+        Some(self.spool.as_ref()?.join(entry.content?.to_string())).filter(|p| p.exists())
     }
 
     /// Open the content of a regular file or hardlink (spooled mode only).

@@ -1,5 +1,8 @@
 //! One module per verb: each has an `Args` struct and a `run` function.
 
+pub mod convert;
 pub mod copy;
 pub mod inspect;
 pub mod ls_files;
+pub mod measure;
+pub mod sgx;

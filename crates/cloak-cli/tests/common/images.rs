@@ -256,3 +256,79 @@ pub fn single_layer(dir: &Path, entries: &[T]) -> PathBuf {
         .finish("1", "amd64", json!({"Cmd": ["/x"]}));
     dir.to_path_buf()
 }
+
+fn gcc_shared(dir: &Path, name: &str, source: &str) -> Vec<u8> {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = dir.join(name);
+    let status = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-nostdlib", "-O1", "-o"])
+        .arg(&out)
+        .arg(&c)
+        .status()
+        .expect("gcc is installed");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+/// A Gramine runtime image built from real ELF files, as no Gramine build is reachable here:
+/// a PAL and a libsysdb compiled with gcc, the host's `/bin/true` as the untrusted loader (its
+/// real library closure, libc and ld.so, is in the image), a stand-in `runtime/glibc`.
+/// `with_libpal = false` leaves the PAL out. Tag `1`.
+pub fn gramine_runtime(dir: &Path, with_libpal: bool) -> PathBuf {
+    let work = dir.with_extension("src");
+    std::fs::create_dir_all(&work).unwrap();
+    let pal = gcc_shared(&work, "libpal.so", "int pal_data[1024] = {1}; int pal_bss[4096]; int pal_entry(void) { return pal_data[0] + pal_bss[0]; }\n");
+    let sysdb = gcc_shared(
+        &work,
+        "libsysdb.so",
+        "int libos_init(void) { return 42; }\n",
+    );
+    let libc = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    let ld = std::fs::read("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2").unwrap();
+    let loader = std::fs::read("/bin/true").unwrap();
+    let g = "usr/lib/x86_64-linux-gnu/gramine";
+    let mut entries = vec![
+        T::Dir("usr/", 0o755, 0),
+        T::Dir("usr/lib/", 0o755, 0),
+        T::Dir("usr/lib/x86_64-linux-gnu/", 0o755, 0),
+        T::Dir("lib/", 0o755, 0),
+        T::Dir("lib/x86_64-linux-gnu/", 0o755, 0),
+        T::File("lib/x86_64-linux-gnu/libc.so.6", 0o755, 0, &libc),
+        T::File("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", 0o755, 0, &ld),
+        T::Dir("lib64/", 0o755, 0),
+        T::Sym(
+            "lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ),
+    ];
+    let names: Vec<String> = [
+        "/",
+        "/sgx/",
+        "/runtime/",
+        "/runtime/glibc/",
+        "/sgx/loader",
+        "/libsysdb.so",
+        "/runtime/glibc/libc.so.6",
+        "/sgx/libpal.so",
+    ]
+    .iter()
+    .map(|p| format!("{g}{p}"))
+    .collect();
+    entries.push(T::Dir(&names[0], 0o755, 0));
+    entries.push(T::Dir(&names[1], 0o755, 0));
+    entries.push(T::Dir(&names[2], 0o755, 0));
+    entries.push(T::Dir(&names[3], 0o755, 0));
+    entries.push(T::File(&names[4], 0o755, 0, &loader));
+    entries.push(T::File(&names[5], 0o755, 0, &sysdb));
+    entries.push(T::File(&names[6], 0o755, 0, &sysdb));
+    if with_libpal {
+        entries.push(T::File(&names[7], 0o755, 0, &pal));
+    }
+    Layout::new(dir).layer(Comp::Gzip, tar(&entries)).finish(
+        "1",
+        "amd64",
+        json!({"Cmd": ["/bin/true"]}),
+    );
+    dir.to_path_buf()
+}

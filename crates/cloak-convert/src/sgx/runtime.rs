@@ -136,7 +136,10 @@ pub fn collect(fs: &FlatFs, image: &str, gramine_dir: &str) -> Result<Runtime> {
     if let Some(interp) = &loader_info.interpreter {
         let e = file_of(fs, interp, image, "the loader's ELF interpreter is missing")?;
         let name = interp.rsplit('/').next().unwrap_or("ld.so").to_string();
-        add_file(&format!("lib/{name}"), e, 0o755, &mut entries);
+        // libc usually lists the interpreter among its DT_NEEDED; ship it once.
+        if !seen.contains(&name) {
+            add_file(&format!("lib/{name}"), e, 0o755, &mut entries);
+        }
         loader_argv.extend([
             format!("{RUNTIME_DIR}/lib/{name}"),
             "--library-path".to_string(),

@@ -1,0 +1,130 @@
+//! `cloak sgx …`: low-level SGX tools for pipelines and cross-checks with Gramine's own.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cloak_sgx::{manifest, measure, sigstruct};
+
+use crate::output::{print_json, Format};
+
+/// Arguments of `cloak sgx`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Sub,
+}
+
+/// `cloak sgx` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Print MRENCLAVE of a manifest (size, threads and EDMM read from it, Gramine's defaults).
+    Mrenclave {
+        /// The `.manifest.sgx` file.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The PAL (`sgx/libpal.so`).
+        #[arg(long)]
+        libpal: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Measure and sign a manifest, writing the SIGSTRUCT.
+    Sign {
+        /// The `.manifest.sgx` file.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The PAL (`sgx/libpal.so`).
+        #[arg(long)]
+        libpal: PathBuf,
+        /// Signing key: default, file:KEY.pem or a pkcs11: URI.
+        #[arg(long, default_value = "default")]
+        key: String,
+        /// SIGSTRUCT date, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        /// Where to write the SIGSTRUCT (`APP.sig`).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Print the fields of a SIGSTRUCT, MRSIGNER included (like gramine-sgx-sigstruct-view).
+    Sigstruct {
+        /// The `.sig` file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("while reading {}", p.display()))
+}
+
+/// Run `cloak sgx`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Sub::Mrenclave {
+            manifest: m,
+            libpal,
+            output,
+        } => {
+            let bytes = read(&m)?;
+            let measured = manifest::read(&bytes, &m.display().to_string())?;
+            let mrenclave = measure::mrenclave(&bytes, &read(&libpal)?, &measured.layout())?;
+            match output {
+                Format::Json => print_json(&serde_json::json!({
+                    "mrenclave": hex::encode(mrenclave),
+                    "enclaveSize": measured.enclave_size,
+                    "threads": measured.threads,
+                    "edmm": measured.edmm,
+                }))?,
+                Format::Text => println!("{}", hex::encode(mrenclave)),
+            }
+        }
+        Sub::Sign {
+            manifest: m,
+            libpal,
+            key,
+            date,
+            output,
+        } => {
+            let signer = cloak_sgx::key::open(&key)?;
+            let date = sigstruct::parse_date(&date)?;
+            let signed =
+                cloak_sgx::measure_and_sign(&read(&m)?, &read(&libpal)?, signer.as_ref(), date)?;
+            std::fs::write(&output, signed.sigstruct)
+                .with_context(|| format!("while writing {}", output.display()))?;
+            println!(
+                "mrenclave: {}\nmrsigner:  {}",
+                hex::encode(signed.mrenclave),
+                hex::encode(signed.mrsigner)
+            );
+        }
+        Sub::Sigstruct { file, output } => {
+            let what = file.display().to_string();
+            let s = sigstruct::parse(&read(&file)?, &what)?;
+            let view = sigstruct::view(&s, &what);
+            match output {
+                Format::Json => print_json(&view)?,
+                Format::Text => {
+                    println!("mr_enclave = \"{}\"", view.mr_enclave);
+                    println!("mr_signer = \"{}\"", view.mr_signer);
+                    println!("isv_prod_id = {}", view.isv_prod_id);
+                    println!("isv_svn = {}", view.isv_svn);
+                    println!("date = \"{}\"", view.date);
+                    println!("flags = \"{}\"", view.flags);
+                    println!("xfrms = \"{}\"", view.xfrm);
+                    println!("misc_select = \"{}\"", view.misc_select);
+                    println!("debug = {}", view.debug);
+                    println!("signature_valid = {}", view.signature_valid);
+                }
+            }
+            if !view.signature_valid {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
