@@ -11,37 +11,14 @@ size_mib=${1:-640}
 runs=${RUNS:-3}
 bench=${BENCH_DIR:-$root/.work/bench}
 source scripts/lib/registry.sh
+source scripts/lib/bench.sh
 trap 'registry_stop "$bench"/reg-*' EXIT
 cargo build --release --locked -p cloak-cli >/dev/null
 cloak="$root/target/release/cloak"
 mkdir -p "$bench"
 image="$bench/image-${size_mib}m"
 
-if [ ! -f "$image/.complete" ]; then
-  echo "building a ${size_mib} MiB test image in $image (once; cached)" >&2
-  rm -rf "$image" "$bench/bundle"
-  umoci init --layout "$image" >/dev/null
-  umoci new --image "$image:bench"
-  layers=5
-  per=$((size_mib / layers))
-  for i in $(seq 1 $layers); do
-    umoci unpack --rootless --image "$image:bench" "$bench/bundle" >/dev/null
-    d="$bench/bundle/rootfs/data/layer$i"
-    mkdir -p "$d"
-    # Three quarters incompressible, one quarter text, in files of 8 MiB.
-    for j in $(seq 1 $((per / 8))); do
-      if [ $((j % 4)) -eq 0 ]; then
-        head -c $((8 << 20)) < <(yes "cloak benchmark line $i $j: the quick brown fox jumps over the lazy dog") > "$d/text$j.txt"
-      else
-        head -c $((8 << 20)) /dev/urandom > "$d/random$j.bin"
-      fi
-    done
-    umoci repack --image "$image:bench" "$bench/bundle"
-    rm -rf "$bench/bundle"
-  done
-  umoci config --image "$image:bench" --config.cmd /bin/true
-  touch "$image/.complete"
-fi
+bench_image "$image" "$size_mib"
 
 src=$(registry_start "$bench/reg-src")
 skopeo copy --quiet --dest-tls-verify=false "oci:$image:bench" "docker://$src/bench/image:1"

@@ -34,6 +34,12 @@ enum Command {
     Measure(commands::measure::Args),
     /// Low-level SGX tools: measure, sign, view SIGSTRUCTs.
     Sgx(commands::sgx::Args),
+    /// Low-level EIF tools: build an EIF from its parts.
+    Eif(commands::eif::Args),
+    /// Show an EIF's sections, PCRs and CRC check (like nitro-cli describe-eif).
+    DescribeEif(commands::eif::DescribeArgs),
+    /// Boot a Nitro image or EIF under qemu and exit with the application's status.
+    Run(commands::run::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +52,9 @@ fn main() -> std::process::ExitCode {
         Command::Convert(args) => commands::convert::run(*args),
         Command::Measure(args) => commands::measure::run(args),
         Command::Sgx(args) => commands::sgx::run(args),
+        Command::Eif(args) => commands::eif::run(args),
+        Command::DescribeEif(args) => commands::eif::describe(args),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,9 @@ pub enum Error {
     /// Measuring or signing the enclave failed.
     #[error(transparent)]
     Sgx(#[from] cloak_sgx::Error),
+    /// Building the ramdisks or the EIF failed.
+    #[error(transparent)]
+    Nitro(#[from] cloak_nitro::Error),
     /// Reading or writing an image failed.
     #[error(transparent)]
     Image(#[from] cloak_image::Error),

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod error;
+pub mod nitro;
 pub mod options;
 pub mod sgx;
 

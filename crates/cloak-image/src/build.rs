@@ -134,16 +134,15 @@ async fn file_reader(path: &Path) -> Result<crate::registry::BlobReader> {
     Ok(Box::new(tokio::io::BufReader::with_capacity(256 * 1024, f)))
 }
 
-/// Write the derived image to `dst`: base layers (skipped when present, mounted or streamed
-/// from `src`), then new layers, then the config, and the manifest last.
-pub async fn push(
+/// Copy the base image's layers to `dst` (skipped when present, mounted or streamed from `src`).
+/// Converters run this concurrently with their own reading of the layers; until the manifest is
+/// written the blobs are invisible, so this never publishes anything by itself.
+pub async fn copy_base_layers(
     src: &Source,
     base: &Image,
-    amend: &Amendment<'_>,
     dst: &Dest,
-    progress: Arc<dyn Progress>,
-) -> Result<PushedImage> {
-    let (config_bytes, manifest) = derive(base, amend)?;
+    progress: &Arc<dyn Progress>,
+) -> Result<()> {
     for desc in &base.manifest.layers {
         progress.start(&desc.digest, desc.size);
         let action = if dst.has_blob(desc).await? {
@@ -156,6 +155,20 @@ pub async fn push(
         };
         progress.finish(&desc.digest, action);
     }
+    Ok(())
+}
+
+/// Write the derived image to `dst`: base layers (see [`copy_base_layers`]), then new layers,
+/// then the config, and the manifest last.
+pub async fn push(
+    src: &Source,
+    base: &Image,
+    amend: &Amendment<'_>,
+    dst: &Dest,
+    progress: Arc<dyn Progress>,
+) -> Result<PushedImage> {
+    let (config_bytes, manifest) = derive(base, amend)?;
+    copy_base_layers(src, base, dst, &progress).await?;
     for l in amend.layers {
         if !dst.has_blob(&l.descriptor).await? {
             dst.put_blob(&l.descriptor, file_reader(&l.path).await?)

@@ -11,6 +11,8 @@ use std::ffi::CString;
 
 use serde::{Deserialize, Serialize};
 
+pub mod init;
+
 /// Where the converter writes the run configuration.
 pub const CONFIG_PATH: &str = "/cloak/run.json";
 

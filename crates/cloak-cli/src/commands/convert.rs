@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use cloak_convert::options::{CertificateConfig, SgxOptions};
+use cloak_convert::nitro::{self, NitroRequest};
+use cloak_convert::options::{CertificateConfig, NitroOptions, SgxOptions};
 use cloak_convert::sgx::{self, SgxRequest};
 use cloak_image::{ImageRef, PlatformSpec};
 
@@ -31,7 +32,7 @@ pub struct Args {
     pub target: Target,
     /// Input image: docker://HOST/REPO:TAG, oci:DIR[:TAG] or docker-archive:FILE.
     pub input: String,
-    /// Output image: docker://HOST/REPO:TAG or oci:DIR[:TAG].
+    /// Output image: docker://HOST/REPO:TAG or oci:DIR[:TAG] (`-` with --target nitro --eif: no image).
     pub output: String,
     /// JSON options file (the seed API's request body); flags override it.
     #[arg(long, value_name = "FILE")]
@@ -107,6 +108,31 @@ pub struct Args {
     #[arg(long, value_name = "NAME=VALUE")]
     pub mutable_env: Vec<String>,
 
+    /// Nitro: also write the EIF to this file.
+    #[arg(long, value_name = "FILE")]
+    pub eif: Option<PathBuf>,
+    /// Nitro: kernel bzImage (default: the blobs folder's bzImage).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Nitro: kernel config, for the EIF metadata.
+    #[arg(long, value_name = "FILE")]
+    pub kernel_config: Option<PathBuf>,
+    /// Nitro: a nitro-cli blobs folder (bzImage, bzImage.config, cmdline, nsm.ko).
+    #[arg(long, value_name = "DIR")]
+    pub blobs: Option<PathBuf>,
+    /// Nitro: kernel command line (default: the blobs' cmdline, else nitro-cli's).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Nitro: vCPUs of the enclave.
+    #[arg(long)]
+    pub cpu_count: Option<u32>,
+    /// Nitro: enable overlay file-system persistence (recorded).
+    #[arg(long)]
+    pub enable_overlay_filesystem_persistence: Option<bool>,
+    /// Nitro: fixed environment NAME=value (repeatable; alias of --manifest-env).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env_vars: Vec<String>,
+
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -181,6 +207,55 @@ fn sgx_options(a: &Args) -> anyhow::Result<SgxOptions> {
     Ok(o)
 }
 
+fn nitro_options(a: &Args) -> anyhow::Result<NitroOptions> {
+    let mut o: NitroOptions = match &a.options {
+        Some(p) => {
+            let text = std::fs::read(p)
+                .with_context(|| format!("while reading --options {}", p.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("while parsing --options {}", p.display()))?
+        }
+        None => NitroOptions::default(),
+    };
+    let c = &mut o.converter_options;
+    if let Some(v) = some_vec(&a.entrypoint) {
+        c.entrypoint = Some(v);
+    }
+    if let Some(v) = some_vec(&a.entrypoint_args) {
+        c.entrypoint_args = Some(v);
+    }
+    let fixed: Vec<String> = a.env_vars.iter().chain(&a.manifest_env).cloned().collect();
+    if !fixed.is_empty() {
+        c.env_vars = Some(fixed);
+    }
+    if let Some(v) = some_vec(&a.mutable_env) {
+        c.mutable_env_vars = Some(v);
+    }
+    if a.allow_cmdline_args {
+        c.allow_cmdline_args = Some(true);
+    }
+    if a.debug {
+        c.debug = Some(true);
+    }
+    if let Some(j) = &a.java_mode {
+        c.java_mode = Some(j.clone());
+    }
+    let n = &mut o.nitro_enclaves_options;
+    if let Some(v) = a.cpu_count {
+        n.cpu_count = Some(v);
+    }
+    if let Some(m) = &a.mem_size {
+        n.mem_size = Some(
+            m.parse()
+                .with_context(|| format!("--mem-size {m:?}: Nitro takes MiB as a whole number"))?,
+        );
+    }
+    if let Some(v) = a.enable_overlay_filesystem_persistence {
+        n.enable_overlay_filesystem_persistence = Some(v);
+    }
+    Ok(o)
+}
+
 /// Where the static launcher is when `--launcher` is not given.
 fn default_launcher() -> PathBuf {
     let exe = std::env::current_exe().ok();
@@ -206,7 +281,14 @@ fn default_launcher() -> PathBuf {
 /// Run `cloak convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let input: ImageRef = args.input.parse()?;
-    let output: ImageRef = args.output.parse()?;
+    let output: ImageRef = if args.output == "-" {
+        ImageRef::Layout {
+            dir: "-".into(),
+            tag: None,
+        }
+    } else {
+        args.output.parse()?
+    };
     let src_opts = args.src.options()?;
     let dst_opts = args.dest.options(&args.src.authfile)?;
     let platform: PlatformSpec = args.platform.parse()?;
@@ -247,8 +329,60 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Target::Nitro => anyhow::bail!(
-            "--target nitro is not available in this build of cloak yet; only --target sgx converts"
-        ),
+        Target::Nitro => {
+            let options = nitro_options(&args)?;
+            let blob = |name: &str| {
+                args.blobs
+                    .as_ref()
+                    .map(|d| d.join(name))
+                    .filter(|p| p.exists())
+            };
+            let kernel = args
+                .kernel
+                .clone()
+                .or_else(|| blob("bzImage"))
+                .context("--target nitro needs --kernel bzImage or --blobs DIR (scripts/fetch-kernel.sh fetches one)")?;
+            let cmdline = match (&args.cmdline, blob("cmdline")) {
+                (Some(c), _) => Some(c.clone()),
+                (None, Some(p)) => Some(
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("while reading {}", p.display()))?,
+                ),
+                _ => None,
+            };
+            let output = (args.output != "-").then_some(output);
+            let req = NitroRequest {
+                input: input.clone(),
+                output,
+                eif: args.eif.clone(),
+                source_options: src_opts,
+                dest_options: dst_opts,
+                launcher: args.launcher.clone().unwrap_or_else(default_launcher),
+                kernel,
+                kernel_config: args
+                    .kernel_config
+                    .clone()
+                    .or_else(|| blob("bzImage.config")),
+                cmdline,
+                nsm_ko: blob("nsm.ko"),
+                options,
+                platform,
+                progress: crate::progress::for_stderr(args.quiet),
+            };
+            let report = runtime()?
+                .block_on(nitro::convert(req))
+                .with_context(|| format!("while converting {input} for Nitro Enclaves"))?;
+            for w in &report.warnings {
+                tracing::warn!("{w}");
+            }
+            match args.output_format {
+                Format::Json => print_json(&report)?,
+                Format::Text => {
+                    let a = &report.attributes["nitro_enclave"];
+                    println!("PCR0: {}\nPCR1: {}\nPCR2: {}", a.pcr0, a.pcr1, a.pcr2);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -2,7 +2,9 @@
 
 pub mod convert;
 pub mod copy;
+pub mod eif;
 pub mod inspect;
 pub mod ls_files;
 pub mod measure;
+pub mod run;
 pub mod sgx;

@@ -222,8 +222,26 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     .await?;
     let runtime = runtime::collect(&rt_fs, &rt_image.reference, runtime::GRAMINE_DIR)?;
 
-    // flatten: the input's files, hashed as they stream
-    let fs = flatten(&src, &image, ContentMode::HashOnly).await?;
+    // Refuse conflicting manifestOptions now, before any blob moves.
+    let mut probe = cloak_sgx::manifest::ManifestSpec {
+        extra: extra.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &o.log_file_path {
+        probe
+            .extra
+            .insert("loader.log_file".into(), toml::Value::String(path.clone()));
+    }
+    probe.render()?;
+    let dst = Dest::open(&req.output, &req.dest_options).await?;
+
+    // flatten: the input's files, hashed as they stream, while its layers are copied over
+    let (fs, copied) = tokio::join!(
+        flatten(&src, &image, ContentMode::HashOnly),
+        build::copy_base_layers(&src, &image, &dst, &req.progress)
+    );
+    let fs = fs?;
+    copied?;
     if let Some(e) = fs
         .entries()
         .iter()
@@ -429,7 +447,6 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         labels,
         annotations,
     };
-    let dst = Dest::open(&req.output, &req.dest_options).await?;
     let pushed = build::push(&src, &image, &amend, &dst, req.progress.clone()).await?;
     Ok(SgxReport {
         new_image: pushed.reference,

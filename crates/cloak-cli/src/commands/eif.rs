@@ -1,0 +1,111 @@
+//! `cloak eif build` and `cloak describe-eif`: EIFs from given parts, and what an EIF holds.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use cloak_nitro::eif;
+
+use crate::output::{print_json, Format};
+
+/// Arguments of `cloak eif`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Sub,
+}
+
+/// `cloak eif` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Build an EIF from a kernel, a command line and ramdisks taken as given, in order.
+    Build {
+        /// bzImage.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Kernel command line.
+        #[arg(long)]
+        cmdline: String,
+        /// Ramdisk (repeat; the first is the bootstrap ramdisk).
+        #[arg(long, required = true)]
+        ramdisk: Vec<PathBuf>,
+        /// Image name for the metadata.
+        #[arg(long, default_value = "cloak")]
+        name: String,
+        /// Image version for the metadata.
+        #[arg(long, default_value = "0")]
+        version: String,
+        /// Where to write the EIF.
+        #[arg(long)]
+        output: PathBuf,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+}
+
+/// Arguments of `cloak describe-eif`.
+#[derive(Debug, clap::Args)]
+pub struct DescribeArgs {
+    /// The EIF.
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// Run `cloak eif`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Sub::Build {
+        kernel,
+        cmdline,
+        ramdisk,
+        name,
+        version,
+        output,
+        format,
+    } = args.command;
+    let m = eif::write(
+        &eif::EifSpec {
+            kernel,
+            cmdline,
+            ramdisks: ramdisk,
+            metadata: serde_json::json!({"ImageName": name, "ImageVersion": version,
+                "BuildMetadata": {"BuildTool": "cloak", "BuildToolVersion": env!("CARGO_PKG_VERSION")}}),
+        },
+        &output,
+    )
+    .with_context(|| format!("while building {}", output.display()))?;
+    match format {
+        Format::Json => print_json(&serde_json::json!({ "Measurements": m }))?,
+        Format::Text => println!("PCR0: {}\nPCR1: {}\nPCR2: {}", m.pcr0, m.pcr1, m.pcr2),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `cloak describe-eif`.
+pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
+    let info =
+        eif::read(&args.file).with_context(|| format!("while reading {}", args.file.display()))?;
+    match args.output {
+        Format::Json => print_json(&info)?,
+        Format::Text => {
+            println!("EIF version: {}", info.version);
+            for s in &info.sections {
+                println!("  {:?} at {} ({} bytes)", s.kind, s.offset, s.size);
+            }
+            println!("CRC check: {}", if info.crc_ok { "ok" } else { "FAILED" });
+            println!(
+                "PCR0: {}\nPCR1: {}\nPCR2: {}",
+                info.measurements.pcr0, info.measurements.pcr1, info.measurements.pcr2
+            );
+            println!("Signed: {}", info.signed);
+            println!("Cmdline: {}", info.cmdline);
+        }
+    }
+    Ok(if info.crc_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

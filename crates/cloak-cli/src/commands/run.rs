@@ -1,0 +1,81 @@
+//! `cloak run --target nitro IMAGE|EIF [-- args]`: boot a converted image under qemu, the
+//! development stand-in for `nitro-cli run-enclave`, exiting with the application's status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cloak_convert::nitro::EIF_PATH;
+use cloak_image::flatten::{flatten, ContentMode};
+use cloak_image::image::{resolve, Source};
+use cloak_image::{ImageRef, PlatformSpec};
+use cloak_nitro::{eif, vm};
+
+use crate::registry_args::{runtime, SourceArgs};
+
+/// Arguments of `cloak run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only `nitro` runs locally.
+    #[arg(long, value_enum)]
+    pub target: crate::commands::convert::Target,
+    /// An EIF file, or an image converted with --target nitro.
+    pub image: String,
+    /// vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpu_count: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u64,
+    /// Use KVM (default: TCG, which works everywhere).
+    #[arg(long)]
+    pub kvm: bool,
+    /// Stop the enclave after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// Run `cloak run`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.target != crate::commands::convert::Target::Nitro {
+        anyhow::bail!("only --target nitro runs locally (under qemu); SGX images run with Gramine on SGX hardware");
+    }
+    let work = tempfile::tempdir().context("while creating a temporary directory")?;
+    let eif_path: PathBuf = if std::path::Path::new(&args.image).is_file() {
+        PathBuf::from(&args.image)
+    } else {
+        let reference: ImageRef = args.image.parse()?;
+        let opts = args.source.options()?;
+        let dir = work.path().join("image");
+        let fs = runtime()?
+            .block_on(async {
+                let src = Source::open(&reference, &opts).await?;
+                let image = resolve(&src, &PlatformSpec::default()).await?;
+                flatten(
+                    &src,
+                    &image,
+                    ContentMode::SpoolUnder(dir, vec!["/cloak".into()]),
+                )
+                .await
+            })
+            .with_context(|| format!("while reading {reference}"))?;
+        let entry = fs.get(EIF_PATH).with_context(|| {
+            format!("{reference} holds no {EIF_PATH}; convert it with --target nitro first")
+        })?;
+        fs.content_path(entry).context("the EIF was not kept")?
+    };
+    let (kernel, cmdline, ramdisks) = eif::extract(&eif_path, work.path())?;
+    let initrd = work.path().join("initrd");
+    vm::concat_ramdisks(&ramdisks, &initrd)?;
+    let opts = vm::VmOptions {
+        cpus: args.cpu_count,
+        mem_mib: args.memory,
+        kvm: args.kvm,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let status = vm::boot(&kernel, &cmdline, &initrd, &opts, &mut std::io::stdout())?;
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+}

@@ -1,0 +1,498 @@
+//! The Nitro Enclaves target: ramdisks straight from the image layers (no Docker, no linuxkit),
+//! an EIF with its PCRs, and optionally an OCI image carrying the EIF.
+//!
+//! Ramdisk 0 (bootstrap): `/dev`, `/dev/console`, `/init` (cloak's static launcher, which runs
+//! as PID 1), optionally `/nsm.ko`. Ramdisk 1 (application): `/rootfs/…`, the flattened image
+//! with `/rootfs/cloak/run.json`. Both are newc cpio, sorted by path, mtime normalised, inodes
+//! numbered in order, hardlinks kept, xattrs dropped (with a warning).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cloak_image::build::{self, Amendment};
+use cloak_image::copy::Progress;
+use cloak_image::flatten::{flatten, ContentMode, EntryKind, FlatFs};
+use cloak_image::image::{resolve, Dest, Image, RawManifest, Source};
+use cloak_image::layer::{source_date_epoch, write_layer, FileContent, LayerEntry};
+use cloak_image::spec::{self, ImageConfig, ImageManifest};
+use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
+use cloak_launcher::RunConfig;
+use cloak_nitro::cpio::{Entry as CpioEntry, Kind, Writer};
+use cloak_nitro::eif::{self, EifSpec, Measurements};
+use serde::Serialize;
+
+use crate::app::{app_spec, AppOverrides};
+use crate::error::{Error, Result};
+use crate::options::NitroOptions;
+
+/// nitro-cli's default x86_64 kernel command line.
+pub const DEFAULT_CMDLINE: &str =
+    "reboot=k panic=30 pci=off nomodules console=ttyS0 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on";
+/// Where the EIF sits in the output image.
+pub const EIF_PATH: &str = "/cloak/enclave.eif";
+/// Annotation prefix.
+pub const ANNOTATION_PREFIX: &str = "io.cloak.nitro.";
+
+/// One Nitro conversion.
+pub struct NitroRequest {
+    /// The image to convert.
+    pub input: ImageRef,
+    /// Where to push an OCI image holding the EIF (optional).
+    pub output: Option<ImageRef>,
+    /// Where to write the EIF file (optional; one of the two outputs is required).
+    pub eif: Option<PathBuf>,
+    /// Registry settings for the input.
+    pub source_options: RegistryOptions,
+    /// Registry settings for the output.
+    pub dest_options: RegistryOptions,
+    /// The static launcher (becomes `/init`).
+    pub launcher: PathBuf,
+    /// The kernel (bzImage).
+    pub kernel: PathBuf,
+    /// The kernel config, for the metadata's KernelVersion (optional).
+    pub kernel_config: Option<PathBuf>,
+    /// Kernel command line (default: nitro-cli's).
+    pub cmdline: Option<String>,
+    /// `nsm.ko` to ship in the bootstrap ramdisk (optional).
+    pub nsm_ko: Option<PathBuf>,
+    /// CCM options.
+    pub options: NitroOptions,
+    /// Platform selected from a multi-arch input.
+    pub platform: PlatformSpec,
+    /// Progress sink.
+    pub progress: Arc<dyn Progress>,
+}
+
+/// Seed-shaped `nitro_enclave` attributes.
+#[derive(Debug, Clone, Serialize)]
+pub struct NitroAttributes {
+    /// Always `Sha384`.
+    pub hash_algorithm: String,
+    /// PCR0.
+    pub pcr0: String,
+    /// PCR1.
+    pub pcr1: String,
+    /// PCR2.
+    pub pcr2: String,
+}
+
+/// The report, shaped like the CCM Build response.
+#[derive(Debug, Clone, Serialize)]
+pub struct NitroReport {
+    /// Image facts.
+    pub docker_info: serde_json::Value,
+    /// Enclave facts (empty measurements for SGX fields).
+    pub enclave_info: serde_json::Value,
+    /// `{"nitro_enclave": {...}}`.
+    pub attributes: BTreeMap<String, NitroAttributes>,
+    /// Enclave memory in MiB.
+    pub mem_size: u64,
+    /// vCPUs.
+    pub cpu_count: u32,
+    /// Entrypoint and related settings used.
+    pub advanced_settings: serde_json::Value,
+    /// EIF file written, if any.
+    pub eif: Option<String>,
+    /// EIF size in bytes.
+    pub eif_size: u64,
+    /// Output image, if any.
+    pub output_image: Option<String>,
+    /// Things dropped or adjusted on the way (xattrs…).
+    pub warnings: Vec<String>,
+}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    Error::Options(format!("{what}: {e}"))
+}
+
+/// Write the bootstrap ramdisk.
+fn bootstrap(path: &PathBuf, launcher: &PathBuf, nsm: Option<&PathBuf>, mtime: u32) -> Result<()> {
+    let f = std::fs::File::create(path).map_err(|e| io_err("creating the bootstrap ramdisk", e))?;
+    let mut w = Writer::new(BufWriter::new(f));
+    let meta = |name: &str, kind: Kind, mode: u32| CpioEntry {
+        name: name.into(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime,
+        link_group: None,
+    };
+    let err = |e| io_err("writing the bootstrap ramdisk", e);
+    w.entry(&meta("dev", Kind::Dir, 0o755), 1, true, None)
+        .map_err(err)?;
+    w.entry(&meta("dev/console", Kind::Char(5, 1), 0o600), 1, true, None)
+        .map_err(err)?;
+    let mut add = |name: &str, src: &PathBuf| -> Result<()> {
+        let mut f = std::fs::File::open(src)
+            .map_err(|e| io_err(&format!("reading {}", src.display()), e))?;
+        let size = f.metadata().map_err(|e| io_err("stat", e))?.len();
+        w.entry(
+            &meta(name, Kind::File { size }, 0o755),
+            1,
+            true,
+            Some(&mut f),
+        )
+        .map_err(err)
+    };
+    add("init", launcher)?;
+    if let Some(n) = nsm {
+        add("nsm.ko", n)?;
+    }
+    w.finish().map_err(err)?;
+    Ok(())
+}
+
+/// Write the application ramdisk from the flattened image and the run configuration.
+fn application(
+    path: &PathBuf,
+    fs: &FlatFs,
+    run_json: &[u8],
+    mtime: u32,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    // Every name, sorted; extra directories the init needs, and the run configuration.
+    enum Item<'a> {
+        Image(&'a cloak_image::flatten::Entry),
+        Dir,
+        RunJson,
+    }
+    let mut items: BTreeMap<String, Item<'_>> = BTreeMap::new();
+    items.insert("rootfs".into(), Item::Dir);
+    for e in fs.entries() {
+        items.insert(format!("rootfs{}", e.path), Item::Image(e));
+        if !e.xattrs.is_empty() {
+            warnings.push(format!(
+                "{}: extended attributes dropped ({})",
+                e.path,
+                e.xattrs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    for d in ["dev", "proc", "run", "sys", "tmp", "cloak"] {
+        items.entry(format!("rootfs/{d}")).or_insert(Item::Dir);
+    }
+    items.insert("rootfs/cloak/run.json".into(), Item::RunJson);
+    // Hardlink groups: members, and which name (the last) carries the data.
+    let mut groups: HashMap<String, (u32, String)> = HashMap::new();
+    for (name, item) in &items {
+        if let Item::Image(e) = item {
+            let key = match &e.kind {
+                EntryKind::Hardlink { target } => target.clone(),
+                EntryKind::File => e.path.clone(),
+                _ => continue,
+            };
+            let g = groups.entry(key).or_insert((0, String::new()));
+            g.0 += 1;
+            g.1 = name.clone();
+        }
+    }
+    let group_ids: HashMap<&String, u64> = groups
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (k, i as u64))
+        .collect();
+    let f =
+        std::fs::File::create(path).map_err(|e| io_err("creating the application ramdisk", e))?;
+    let mut w = Writer::new(BufWriter::with_capacity(1 << 20, f));
+    let err = |e| io_err("writing the application ramdisk", e);
+    for (name, item) in &items {
+        let mut entry = CpioEntry {
+            name: name.clone(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime,
+            link_group: None,
+        };
+        match item {
+            Item::Dir => w.entry(&entry, 1, true, None).map_err(err)?,
+            Item::RunJson => {
+                entry.kind = Kind::File {
+                    size: run_json.len() as u64,
+                };
+                entry.mode = 0o644;
+                w.entry(&entry, 1, true, Some(&mut &run_json[..]))
+                    .map_err(err)?;
+            }
+            Item::Image(e) => {
+                entry.mode = e.mode;
+                entry.uid = u32::try_from(e.uid).unwrap_or(u32::MAX);
+                entry.gid = u32::try_from(e.gid).unwrap_or(u32::MAX);
+                match &e.kind {
+                    EntryKind::Directory => w.entry(&entry, 1, true, None).map_err(err)?,
+                    EntryKind::Symlink { target } => {
+                        entry.kind = Kind::Symlink(target.clone());
+                        w.entry(&entry, 1, true, None).map_err(err)?
+                    }
+                    EntryKind::CharDevice { major, minor } => {
+                        entry.kind = Kind::Char(*major, *minor);
+                        w.entry(&entry, 1, true, None).map_err(err)?
+                    }
+                    EntryKind::BlockDevice { major, minor } => {
+                        entry.kind = Kind::Block(*major, *minor);
+                        w.entry(&entry, 1, true, None).map_err(err)?
+                    }
+                    EntryKind::Fifo => {
+                        entry.kind = Kind::Fifo;
+                        w.entry(&entry, 1, true, None).map_err(err)?
+                    }
+                    EntryKind::File | EntryKind::Hardlink { .. } => {
+                        let key = match &e.kind {
+                            EntryKind::Hardlink { target } => target.clone(),
+                            _ => e.path.clone(),
+                        };
+                        let (nlink, last) = groups[&key].clone();
+                        entry.kind = Kind::File { size: e.size };
+                        if nlink > 1 {
+                            entry.link_group = Some(group_ids[&key]);
+                        }
+                        let carries = &last == name;
+                        if carries && e.size > 0 {
+                            let mut f = fs.open(e)?;
+                            w.entry(&entry, nlink, true, Some(&mut f)).map_err(err)?;
+                        } else {
+                            w.entry(&entry, nlink, carries, None).map_err(err)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    w.finish().map_err(err)?;
+    Ok(())
+}
+
+fn kernel_version(config: Option<&PathBuf>) -> String {
+    config
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| {
+            t.lines()
+                .nth(2)
+                .map(|l| l.trim_start_matches("# ").to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Convert an image into an EIF (and optionally an OCI image holding it).
+pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
+    if req.output.is_none() && req.eif.is_none() {
+        return Err(Error::Options(
+            "give an output image, --eif FILE, or both".into(),
+        ));
+    }
+    cloak_nitro::eif::check_bzimage(&req.kernel)?;
+    let launcher = std::fs::metadata(&req.launcher).map_err(|e| {
+        Error::Options(format!(
+            "cannot read the launcher {}: {e}; build it with scripts/build-launcher.sh or pass --launcher",
+            req.launcher.display()
+        ))
+    })?;
+    let _ = launcher;
+    let co = &req.options.converter_options;
+    let no = &req.options.nitro_enclaves_options;
+    let cpu_count = no.cpu_count.unwrap_or(2);
+    if cpu_count == 0 {
+        return Err(Error::Options("cpu_count must be at least 1".into()));
+    }
+    let src = Source::open(&req.input, &req.source_options).await?;
+    let image = resolve(&src, &req.platform).await?;
+    if image.config.architecture != "amd64" || image.config.os != "linux" {
+        return Err(Error::Options(format!(
+            "{} is a {}/{} image; Nitro Enclaves on x86_64 need linux/amd64 (pick another platform with --platform or rebuild the image)",
+            image.reference, image.config.os, image.config.architecture
+        )));
+    }
+    let app = app_spec(
+        &image.reference,
+        &image.config,
+        &AppOverrides {
+            entrypoint: co.entrypoint.clone(),
+            args: co.entrypoint_args.clone(),
+            fixed_env: co.env_vars.clone().unwrap_or_default(),
+            mutable_env: co.mutable_env_vars.clone().unwrap_or_default(),
+            allow_cmdline_args: co.allow_cmdline_args.unwrap_or(false),
+        },
+    )?;
+    let run = RunConfig {
+        argv: app.argv.clone(),
+        env: app.env.clone(),
+        mutable_env: app.mutable_env.clone(),
+        workdir: app.workdir.clone(),
+        user: app.user.clone(),
+        allow_cmdline_args: app.allow_cmdline_args,
+    };
+    let run_json = serde_json::to_vec_pretty(&run).expect("RunConfig serialises");
+    let work = tempfile::tempdir().map_err(|e| io_err("creating a temporary directory", e))?;
+    let fs = flatten(
+        &src,
+        &image,
+        ContentMode::Spool(work.path().join("content")),
+    )
+    .await?;
+    if let Some(e) = fs
+        .entries()
+        .iter()
+        .find(|e| e.path == "/cloak" || e.path.starts_with("/cloak/"))
+    {
+        return Err(Error::Options(format!(
+            "{} already contains {}; cloak needs /cloak for itself",
+            image.reference, e.path
+        )));
+    }
+    let mtime = u32::try_from(source_date_epoch()).unwrap_or(0);
+    let boot = work.path().join("bootstrap.cpio");
+    let appdisk = work.path().join("application.cpio");
+    let mut warnings: Vec<String> = fs.warnings().to_vec();
+    bootstrap(&boot, &req.launcher, req.nsm_ko.as_ref(), mtime)?;
+    application(&appdisk, &fs, &run_json, mtime, &mut warnings)?;
+    drop(fs);
+    let cmdline = req
+        .cmdline
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CMDLINE.into());
+    let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let eif_size = 548
+        + 12 * 5
+        + size(&req.kernel)
+        + cmdline.len() as u64
+        + size(&boot)
+        + size(&appdisk)
+        + 1024;
+    let needed_mib = (4 * eif_size).div_ceil(1 << 20);
+    let mem_size = match no.mem_size {
+        Some(m) if m < needed_mib => {
+            return Err(Error::Options(format!(
+                "mem_size {m} MiB is below 4 × the EIF size ({} MiB): the enclave could not unpack its ramdisks; use at least {needed_mib}",
+                eif_size >> 20
+            )))
+        }
+        Some(m) => m,
+        None => needed_mib.max(512).div_ceil(64) * 64,
+    };
+    let metadata = serde_json::json!({
+        "ImageName": image.reference,
+        "ImageVersion": image.raw_manifest.digest.to_string(),
+        "BuildMetadata": {
+            "BuildTool": "cloak",
+            "BuildToolVersion": env!("CARGO_PKG_VERSION"),
+            "OperatingSystem": "Linux",
+            "KernelVersion": kernel_version(req.kernel_config.as_ref()),
+        },
+        "DockerInfo": { "Id": image.manifest.config.digest.to_string(), "Config": image.config.config },
+        "CustomMetadata": null,
+    });
+    let eif_path = req
+        .eif
+        .clone()
+        .unwrap_or_else(|| work.path().join("enclave.eif"));
+    let m: Measurements = eif::write(
+        &EifSpec {
+            kernel: req.kernel.clone(),
+            cmdline,
+            ramdisks: vec![boot, appdisk],
+            metadata,
+        },
+        &eif_path,
+    )?;
+    let real_size = size(&eif_path);
+    let mut output_image = None;
+    if let Some(out) = &req.output {
+        let layer = write_layer(
+            work.path(),
+            &[
+                LayerEntry::dir("/cloak", 0o755),
+                LayerEntry::file(EIF_PATH, 0o644, FileContent::Path(eif_path.clone())),
+            ],
+            u64::from(mtime),
+        )?;
+        let mut annotations = BTreeMap::new();
+        annotations.insert(format!("{ANNOTATION_PREFIX}pcr0"), m.pcr0.clone());
+        annotations.insert(format!("{ANNOTATION_PREFIX}pcr1"), m.pcr1.clone());
+        annotations.insert(format!("{ANNOTATION_PREFIX}pcr2"), m.pcr2.clone());
+        let base = empty_image(&image);
+        let amend = Amendment {
+            layers: std::slice::from_ref(&layer),
+            history: vec![format!(
+                "cloak convert --target nitro from {}",
+                image.raw_manifest.digest
+            )],
+            entrypoint: None,
+            cmd: None,
+            labels: annotations.clone(),
+            annotations,
+        };
+        let dst = Dest::open(out, &req.dest_options).await?;
+        let pushed = build::push(&src, &base, &amend, &dst, req.progress.clone()).await?;
+        output_image = Some(format!("{}@{}", pushed.reference, pushed.digest));
+    }
+    let attrs = NitroAttributes {
+        hash_algorithm: "Sha384".into(),
+        pcr0: m.pcr0,
+        pcr1: m.pcr1,
+        pcr2: m.pcr2,
+    };
+    let layers_size: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
+    Ok(NitroReport {
+        docker_info: serde_json::json!({
+            "docker_image_name": image.reference,
+            "docker_image_sha": image.raw_manifest.digest.to_string(),
+            "docker_image_size": layers_size >> 20,
+        }),
+        enclave_info: serde_json::json!({}),
+        attributes: BTreeMap::from([("nitro_enclave".to_string(), attrs)]),
+        mem_size,
+        cpu_count,
+        advanced_settings: serde_json::json!({
+            "entrypoint": app.argv,
+            "env_vars": app.env,
+            "mutable_env_vars": app.mutable_env,
+            "workdir": app.workdir,
+            "user": app.user,
+            "allow_cmdline_args": app.allow_cmdline_args,
+        }),
+        eif: req.eif.as_ref().map(|p| p.display().to_string()),
+        eif_size: real_size,
+        output_image,
+        warnings,
+    })
+}
+
+/// A base with no layers, for an output image that holds only the EIF.
+fn empty_image(input: &Image) -> Image {
+    let config = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        variant: None,
+        config: None,
+        rootfs: spec::RootFs {
+            kind: "layers".into(),
+            diff_ids: Vec::new(),
+        },
+        extra: BTreeMap::new(),
+    };
+    let raw_config = spec::to_canonical_json(&config);
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(spec::OCI_MANIFEST.into()),
+        config: spec::Descriptor::new(
+            spec::OCI_CONFIG,
+            Digest::of(&raw_config),
+            raw_config.len() as u64,
+        ),
+        layers: Vec::new(),
+        annotations: BTreeMap::new(),
+        extra: BTreeMap::new(),
+    };
+    Image {
+        reference: input.reference.clone(),
+        index: None,
+        raw_manifest: RawManifest::new(spec::to_canonical_json(&manifest), spec::OCI_MANIFEST),
+        manifest,
+        raw_config: raw_config.into(),
+        config,
+    }
+}

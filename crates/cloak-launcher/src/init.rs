@@ -1,0 +1,179 @@
+//! PID 1 in a Nitro enclave (or its qemu stand-in): prepare the system the way nitro-cli's init
+//! does, then run the application with docker semantics, reap every child, report the
+//! application's exit status on the console and restart the VM (which ends it: Nitro enclaves
+//! and `qemu -no-reboot` both stop on reboot).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+
+use crate::{launch, RealSys};
+
+/// The line `cloak run` looks for on the console.
+pub const STATUS_PREFIX: &str = "cloak-launcher: exit status ";
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("static paths have no NUL")
+}
+
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (s, t, f, d) = (c(source), c(target), c(fstype), c(data));
+    // SAFETY: valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            eprintln!("cloak-launcher: mount {fstype} on {target}: {e}");
+        }
+    }
+}
+
+fn console() {
+    let path = c("/dev/console");
+    // SAFETY: plain system calls on descriptors we own.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            for target in 0..3 {
+                libc::dup2(fd, target);
+            }
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+fn load_module(path: &str) {
+    let Ok(f) = std::fs::File::open(path) else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    let params = c("");
+    // SAFETY: the descriptor is open for the duration of the call.
+    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
+    if rc != 0 {
+        eprintln!(
+            "cloak-launcher: loading {path}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Tell the Nitro hypervisor the enclave booted: 0xB7 to CID 3 (the parent), port 9000.
+fn ready_signal() {
+    // SAFETY: a socket we own, a fully initialised sockaddr_vm.
+    unsafe {
+        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return; // no vsock: not on Nitro
+        }
+        let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_cid = 3;
+        addr.svm_port = 9000;
+        let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        if libc::connect(fd, (&addr as *const libc::sockaddr_vm).cast(), len) == 0 {
+            let b = [0xb7u8];
+            libc::write(fd, b.as_ptr().cast(), 1);
+            let mut r = [0u8];
+            libc::read(fd, r.as_mut_ptr().cast(), 1);
+        }
+        libc::close(fd);
+    }
+}
+
+fn loopback_up() {
+    // SAFETY: an ioctl on a socket we own with an initialised ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        libc::close(fd);
+    }
+}
+
+fn enter_rootfs() {
+    if !std::path::Path::new("/rootfs").is_dir() {
+        return; // a flat ramdisk: the root is already the image
+    }
+    for (src, target, fstype) in [
+        ("proc", "/rootfs/proc", "proc"),
+        ("sysfs", "/rootfs/sys", "sysfs"),
+        ("devtmpfs", "/rootfs/dev", "devtmpfs"),
+        ("tmpfs", "/rootfs/tmp", "tmpfs"),
+        ("tmpfs", "/rootfs/run", "tmpfs"),
+    ] {
+        mount(src, target, fstype, 0, "");
+    }
+    mount("devpts", "/rootfs/dev/pts", "devpts", 0, "");
+    mount("tmpfs", "/rootfs/dev/shm", "tmpfs", 0, "");
+    let root = c("/rootfs");
+    let dot = c(".");
+    let slash = c("/");
+    // SAFETY: plain system calls with valid paths.
+    unsafe {
+        if libc::chdir(root.as_ptr()) != 0
+            || libc::chroot(dot.as_ptr()) != 0
+            || libc::chdir(slash.as_ptr()) != 0
+        {
+            eprintln!(
+                "cloak-launcher: entering /rootfs: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Run as PID 1; never returns.
+pub fn run_as_init() -> ! {
+    mount("devtmpfs", "/dev", "devtmpfs", 0, "");
+    console();
+    load_module("/nsm.ko");
+    ready_signal();
+    enter_rootfs();
+    loopback_up();
+    let outer: BTreeMap<String, String> = std::env::vars().collect();
+    // SAFETY: fork in a single-threaded process; the child only execs or exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: plain system call.
+        unsafe { libc::setsid() };
+        let err = launch(&mut RealSys, &outer, &[]);
+        eprintln!("cloak-launcher: {err}");
+        std::process::exit(127);
+    }
+    let mut code = 127;
+    loop {
+        let mut status = 0;
+        // SAFETY: reaping our children.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            break; // no children left
+        }
+        if pid == child {
+            code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+        }
+    }
+    println!("{STATUS_PREFIX}{code}");
+    // SAFETY: flushing and restarting the VM is the end of PID 1.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    std::process::exit(code)
+}

@@ -1,0 +1,409 @@
+//! Enclave Image Files, version 4: a streaming writer that never holds a ramdisk in memory and
+//! never leaves a half-written file at the output path, a reader that checks the CRC and
+//! recomputes the PCRs, and the PCR formulas (SHA-384, as `shared/notes/nitro-eif.md` gives).
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha384};
+
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 4] = b".eif";
+const VERSION: u16 = 4;
+const HEADER_SIZE: u64 = 548;
+const SECTION_HEADER_SIZE: u64 = 12;
+const MAX_SECTIONS: usize = 32;
+
+/// Section types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SectionKind {
+    /// The kernel (bzImage on x86_64).
+    Kernel = 1,
+    /// The kernel command line (no trailing NUL).
+    Cmdline = 2,
+    /// A newc cpio ramdisk.
+    Ramdisk = 3,
+    /// The PCR8 signature (CBOR).
+    Signature = 4,
+    /// JSON metadata (not measured).
+    Metadata = 5,
+}
+
+impl SectionKind {
+    fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::Kernel,
+            2 => Self::Cmdline,
+            3 => Self::Ramdisk,
+            4 => Self::Signature,
+            5 => Self::Metadata,
+            _ => return None,
+        })
+    }
+}
+
+/// PCR0/1/2 (hex SHA-384), in nitro-cli's field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Measurements {
+    /// Always `Sha384`.
+    #[serde(rename = "HashAlgorithm")]
+    pub hash_algorithm: String,
+    /// Kernel, cmdline and every ramdisk.
+    #[serde(rename = "PCR0")]
+    pub pcr0: String,
+    /// Kernel, cmdline and the bootstrap ramdisk.
+    #[serde(rename = "PCR1")]
+    pub pcr1: String,
+    /// The application ramdisks.
+    #[serde(rename = "PCR2")]
+    pub pcr2: String,
+}
+
+/// `SHA384(0^48 ‖ digest)`: a TPM-style extend of a zero register.
+fn extend(h: Sha384) -> String {
+    let inner = h.finalize();
+    let mut outer = Sha384::new();
+    outer.update([0u8; 48]);
+    outer.update(inner);
+    hex::encode(outer.finalize())
+}
+
+struct Pcrs {
+    p0: Sha384,
+    p1: Sha384,
+    p2: Sha384,
+}
+
+impl Pcrs {
+    fn new() -> Self {
+        Pcrs {
+            p0: Sha384::new(),
+            p1: Sha384::new(),
+            p2: Sha384::new(),
+        }
+    }
+    fn update(&mut self, kind: SectionKind, ramdisk_index: usize, data: &[u8]) {
+        match kind {
+            SectionKind::Kernel | SectionKind::Cmdline => {
+                self.p0.update(data);
+                self.p1.update(data);
+            }
+            SectionKind::Ramdisk if ramdisk_index == 0 => {
+                self.p0.update(data);
+                self.p1.update(data);
+            }
+            SectionKind::Ramdisk => {
+                self.p0.update(data);
+                self.p2.update(data);
+            }
+            _ => {}
+        }
+    }
+    fn finish(self) -> Measurements {
+        Measurements {
+            hash_algorithm: "Sha384".into(),
+            pcr0: extend(self.p0),
+            pcr1: extend(self.p1),
+            pcr2: extend(self.p2),
+        }
+    }
+}
+
+/// Check that `kernel` is an x86 bzImage (`HdrS` at 0x202).
+pub fn check_bzimage(kernel: &Path) -> Result<()> {
+    let mut f = File::open(kernel).map_err(|e| Error::io("open kernel", kernel, e))?;
+    let mut magic = [0u8; 4];
+    let ok = f.seek(SeekFrom::Start(0x202)).is_ok()
+        && f.read_exact(&mut magic).is_ok()
+        && &magic == b"HdrS";
+    if !ok {
+        return Err(Error::Input(format!(
+            "{} is not an x86 bzImage (no \"HdrS\" at 0x202); pass the kernel from a nitro-cli blobs folder or a distribution's vmlinuz",
+            kernel.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What goes into an EIF.
+#[derive(Debug, Clone)]
+pub struct EifSpec {
+    /// bzImage.
+    pub kernel: PathBuf,
+    /// Command line (trimmed; written without NUL).
+    pub cmdline: String,
+    /// Ramdisks in order: bootstrap first, then the application's.
+    pub ramdisks: Vec<PathBuf>,
+    /// Metadata JSON (deterministic: no build time unless the caller puts one).
+    pub metadata: serde_json::Value,
+}
+
+enum Source<'a> {
+    File(&'a Path),
+    Bytes(&'a [u8]),
+}
+
+/// Write the EIF to `out` (via a temporary file renamed at the end) and return its PCRs.
+pub fn write(spec: &EifSpec, out: &Path) -> Result<Measurements> {
+    check_bzimage(&spec.kernel)?;
+    let cmdline = spec.cmdline.trim().as_bytes().to_vec();
+    let metadata = serde_json::to_vec(&spec.metadata).expect("metadata serialises");
+    let mut sections: Vec<(SectionKind, Source<'_>, u64)> = Vec::new();
+    let size_of = |p: &Path| -> Result<u64> {
+        Ok(std::fs::metadata(p)
+            .map_err(|e| Error::io("stat", p, e))?
+            .len())
+    };
+    sections.push((
+        SectionKind::Kernel,
+        Source::File(&spec.kernel),
+        size_of(&spec.kernel)?,
+    ));
+    sections.push((
+        SectionKind::Cmdline,
+        Source::Bytes(&cmdline),
+        cmdline.len() as u64,
+    ));
+    sections.push((
+        SectionKind::Metadata,
+        Source::Bytes(&metadata),
+        metadata.len() as u64,
+    ));
+    for r in &spec.ramdisks {
+        sections.push((SectionKind::Ramdisk, Source::File(r), size_of(r)?));
+    }
+    if sections.len() > MAX_SECTIONS {
+        return Err(Error::Input(format!(
+            "{} sections; an EIF holds at most {MAX_SECTIONS}",
+            sections.len()
+        )));
+    }
+    let mut header = vec![0u8; HEADER_SIZE as usize];
+    header[..4].copy_from_slice(MAGIC);
+    header[4..6].copy_from_slice(&VERSION.to_be_bytes());
+    header[6..8].copy_from_slice(&0u16.to_be_bytes());
+    header[8..16].copy_from_slice(&(1u64 << 30).to_be_bytes());
+    header[16..24].copy_from_slice(&2u64.to_be_bytes());
+    header[26..28].copy_from_slice(&(sections.len() as u16).to_be_bytes());
+    let mut offset = HEADER_SIZE;
+    for (i, (_, _, size)) in sections.iter().enumerate() {
+        header[0x1c + 8 * i..0x1c + 8 * i + 8].copy_from_slice(&offset.to_be_bytes());
+        header[0x11c + 8 * i..0x11c + 8 * i + 8].copy_from_slice(&size.to_be_bytes());
+        offset += SECTION_HEADER_SIZE + size;
+    }
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".eif-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create temporary EIF in", dir, e))?;
+    let io_err = |e| Error::io("write EIF", out, e);
+    let mut w = BufWriter::with_capacity(1 << 20, tmp.reopen().map_err(io_err)?);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[..544]);
+    w.write_all(&header).map_err(io_err)?;
+    let mut pcrs = Pcrs::new();
+    let mut ramdisk_index = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for (kind, src, size) in &sections {
+        let mut sh = [0u8; 12];
+        sh[..2].copy_from_slice(&(*kind as u16).to_be_bytes());
+        sh[4..12].copy_from_slice(&size.to_be_bytes());
+        crc.update(&sh);
+        w.write_all(&sh).map_err(io_err)?;
+        match src {
+            Source::Bytes(b) => {
+                crc.update(b);
+                pcrs.update(*kind, ramdisk_index, b);
+                w.write_all(b).map_err(io_err)?;
+            }
+            Source::File(p) => {
+                let mut f = File::open(p).map_err(|e| Error::io("open", p, e))?;
+                let mut total = 0u64;
+                loop {
+                    let n = f.read(&mut buf).map_err(|e| Error::io("read", p, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    crc.update(&buf[..n]);
+                    pcrs.update(*kind, ramdisk_index, &buf[..n]);
+                    w.write_all(&buf[..n]).map_err(io_err)?;
+                    total += n as u64;
+                }
+                if total != *size {
+                    return Err(Error::Input(format!(
+                        "{} changed size while the EIF was written",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        if *kind == SectionKind::Ramdisk {
+            ramdisk_index += 1;
+        }
+    }
+    let mut file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
+    file.seek(SeekFrom::Start(0x220)).map_err(io_err)?;
+    file.write_all(&crc.finalize().to_be_bytes())
+        .map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    drop(file);
+    tmp.persist(out)
+        .map_err(|e| Error::io("rename EIF into place", out, e.error))?;
+    Ok(pcrs.finish())
+}
+
+/// One section as found in a file.
+#[derive(Debug, Clone, Serialize)]
+pub struct SectionInfo {
+    /// Its type.
+    pub kind: SectionKind,
+    /// File offset of its header.
+    pub offset: u64,
+    /// Data size.
+    pub size: u64,
+}
+
+/// What `describe-eif` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct EifInfo {
+    /// Format version.
+    pub version: u16,
+    /// Header flags (0 = x86_64).
+    pub flags: u16,
+    /// Sections in file order.
+    pub sections: Vec<SectionInfo>,
+    /// CRC stored in the header.
+    pub stored_crc: u32,
+    /// Whether the recomputed CRC matches.
+    pub crc_ok: bool,
+    /// Recomputed PCRs.
+    pub measurements: Measurements,
+    /// The command line.
+    pub cmdline: String,
+    /// The metadata JSON, if any.
+    pub metadata: Option<serde_json::Value>,
+    /// Whether a signature section is present (cloak does not verify PCR8 signatures yet).
+    pub signed: bool,
+}
+
+/// Read and check an EIF, streaming every section once.
+pub fn read(path: &Path) -> Result<EifInfo> {
+    let bad =
+        |reason: String| Error::Input(format!("{} is not a valid EIF: {reason}", path.display()));
+    let mut f = BufReader::with_capacity(
+        1 << 20,
+        File::open(path).map_err(|e| Error::io("open", path, e))?,
+    );
+    let mut header = vec![0u8; HEADER_SIZE as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| bad("shorter than its 548-byte header".into()))?;
+    if &header[..4] != MAGIC {
+        return Err(bad("no .eif magic".into()));
+    }
+    let be16 = |o: usize| u16::from_be_bytes([header[o], header[o + 1]]);
+    let be64 = |o: usize| u64::from_be_bytes(header[o..o + 8].try_into().expect("8 bytes"));
+    let version = be16(4);
+    let flags = be16(6);
+    let n = be16(26) as usize;
+    if n > MAX_SECTIONS {
+        return Err(bad(format!("{n} sections")));
+    }
+    let stored_crc = u32::from_be_bytes(header[0x220..0x224].try_into().expect("4 bytes"));
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[..544]);
+    let mut pcrs = Pcrs::new();
+    let mut sections = Vec::new();
+    let (mut cmdline, mut metadata, mut signed) = (String::new(), None, false);
+    let mut offset = HEADER_SIZE;
+    let mut ramdisk_index = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..n {
+        if be64(0x1c + 8 * i) != offset {
+            return Err(bad(format!("section {i} is not where the header says")));
+        }
+        let mut sh = [0u8; 12];
+        f.read_exact(&mut sh)
+            .map_err(|_| bad(format!("truncated at section {i}")))?;
+        let kind = SectionKind::from_u16(u16::from_be_bytes([sh[0], sh[1]]))
+            .ok_or_else(|| bad(format!("section {i} has an unknown type")))?;
+        let size = u64::from_be_bytes(sh[4..12].try_into().expect("8 bytes"));
+        if size != be64(0x11c + 8 * i) {
+            return Err(bad(format!("section {i} size disagrees with the header")));
+        }
+        crc.update(&sh);
+        let mut left = size;
+        let mut small = Vec::new();
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            f.read_exact(&mut buf[..want])
+                .map_err(|_| bad(format!("section {i} is truncated")))?;
+            crc.update(&buf[..want]);
+            pcrs.update(kind, ramdisk_index, &buf[..want]);
+            if matches!(kind, SectionKind::Cmdline | SectionKind::Metadata) && small.len() < 1 << 20
+            {
+                small.extend_from_slice(&buf[..want]);
+            }
+            left -= want as u64;
+        }
+        match kind {
+            SectionKind::Cmdline => cmdline = String::from_utf8_lossy(&small).to_string(),
+            SectionKind::Metadata => metadata = serde_json::from_slice(&small).ok(),
+            SectionKind::Signature => signed = true,
+            SectionKind::Ramdisk => ramdisk_index += 1,
+            SectionKind::Kernel => {}
+        }
+        sections.push(SectionInfo { kind, offset, size });
+        offset += SECTION_HEADER_SIZE + size;
+    }
+    Ok(EifInfo {
+        version,
+        flags,
+        sections,
+        stored_crc,
+        crc_ok: crc.finalize() == stored_crc,
+        measurements: pcrs.finish(),
+        cmdline,
+        metadata,
+        signed,
+    })
+}
+
+/// Read the kernel, cmdline and ramdisks of an EIF back out (for booting it under qemu).
+pub fn extract(path: &Path, dir: &Path) -> Result<(PathBuf, String, Vec<PathBuf>)> {
+    let info = read(path)?;
+    if !info.crc_ok {
+        return Err(Error::Input(format!(
+            "{}: CRC mismatch; the file is corrupt",
+            path.display()
+        )));
+    }
+    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut kernel = None;
+    let mut ramdisks = Vec::new();
+    for (i, s) in info.sections.iter().enumerate() {
+        let target = match s.kind {
+            SectionKind::Kernel => dir.join("kernel"),
+            SectionKind::Ramdisk => dir.join(format!("ramdisk{i}")),
+            _ => continue,
+        };
+        f.seek(SeekFrom::Start(s.offset + SECTION_HEADER_SIZE))
+            .map_err(|e| Error::io("seek", path, e))?;
+        let mut out = File::create(&target).map_err(|e| Error::io("create", &target, e))?;
+        io::copy(&mut (&mut f).take(s.size), &mut out)
+            .map_err(|e| Error::io("extract", &target, e))?;
+        if s.kind == SectionKind::Kernel {
+            kernel = Some(target);
+        } else {
+            ramdisks.push(target);
+        }
+    }
+    let kernel =
+        kernel.ok_or_else(|| Error::Input(format!("{} has no kernel section", path.display())))?;
+    Ok((kernel, info.cmdline, ramdisks))
+}
