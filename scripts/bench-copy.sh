@@ -11,7 +11,7 @@ size_mib=${1:-640}
 runs=${RUNS:-3}
 bench=${BENCH_DIR:-$root/.work/bench}
 source scripts/lib/registry.sh
-source scripts/lib/bench.sh
+source scripts/lib/images.sh
 trap 'registry_stop "$bench"/reg-*' EXIT
 cargo build --release --locked -p cloak-cli >/dev/null
 cloak="$root/target/release/cloak"

@@ -10,4 +10,7 @@ step "installing test dependencies"; bash scripts/install-deps.sh; done_step
 step "cargo fmt --check"; cargo fmt --all --check; done_step
 step "cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings; done_step
 step "static launcher (used by conversion and launcher tests)"; bash scripts/build-launcher.sh; done_step
+step "kernel for Nitro boot tests (Debian cloud kernel)"; bash scripts/fetch-kernel.sh; done_step
+step "EIF oracle (aws-nitro-enclaves-image-format, own lock file)"
+cargo build --release --quiet --locked --manifest-path tools/eif-oracle/Cargo.toml; done_step
 step "cargo test"; cargo test --workspace --locked; done_step

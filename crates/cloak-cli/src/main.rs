@@ -74,3 +74,12 @@ fn init_tracing(level: &str) {
         .with_target(false)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -373,18 +373,20 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         Some(m) => m,
         None => needed_mib.max(512).div_ceil(64) * 64,
     };
-    let metadata = serde_json::json!({
-        "ImageName": image.reference,
-        "ImageVersion": image.raw_manifest.digest.to_string(),
-        "BuildMetadata": {
-            "BuildTool": "cloak",
-            "BuildToolVersion": env!("CARGO_PKG_VERSION"),
-            "OperatingSystem": "Linux",
-            "KernelVersion": kernel_version(req.kernel_config.as_ref()),
-        },
-        "DockerInfo": { "Id": image.manifest.config.digest.to_string(), "Config": image.config.config },
-        "CustomMetadata": null,
-    });
+    let created = image
+        .config
+        .extra
+        .get("created")
+        .and_then(|v| v.as_str())
+        .unwrap_or("1970-01-01T00:00:00Z")
+        .to_string();
+    let metadata = eif::identity(
+        &image.reference,
+        &image.raw_manifest.digest.to_string(),
+        &kernel_version(req.kernel_config.as_ref()),
+        &created,
+        serde_json::json!({ "Id": image.manifest.config.digest.to_string(), "Config": image.config.config }),
+    );
     let eif_path = req
         .eif
         .clone()

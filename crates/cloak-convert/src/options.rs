@@ -14,19 +14,19 @@ pub struct CertificateConfig {
     #[serde(default = "default_issuer")]
     pub issuer: String,
     /// Subject common name, typically a DNS name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     /// Key type; only `RSA`.
     #[serde(default = "default_key_type")]
     pub key_type: String,
     /// Key parameters (e.g. `{"size": 2048}`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_param: Option<serde_json::Value>,
     /// Where the key appears in the application's file system.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_path: Option<String>,
     /// Where the certificate appears in the application's file system.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_path: Option<String>,
 }
 
@@ -54,61 +54,61 @@ pub struct SigningKeyConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SgxOptions {
     /// Enclave product id (`sgx.isvprodid`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isvprodid: Option<u16>,
     /// Enclave security version (`sgx.isvsvn`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isvsvn: Option<u16>,
     /// Enclave size with K/M/G suffix; a power of two (`sgx.enclave_size`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_size: Option<String>,
     /// Enclave threads (`sgx.max_threads`), 1..=4096.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<u32>,
     /// Debug enclave and verbose logging.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<bool>,
     /// Replace the image's Entrypoint.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
     /// Replace the image's Cmd.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint_args: Option<Vec<String>>,
     /// Directories encrypted with keys provisioned at run time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted_dirs: Option<Vec<String>>,
     /// Extra manifest keys (dotted TOML keys → values) merged into the generated manifest.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_options: Option<BTreeMap<String, serde_json::Value>>,
     /// Certificates to request from the manager at start-up.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<CertificateConfig>>,
     /// Signing key.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<SigningKeyConfig>,
     /// Template for core dump file paths.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub core_dump_pattern: Option<String>,
     /// Path of the runtime's log file.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_file_path: Option<String>,
     /// Java runtime mode (`OPENJDK`, …); recorded, tunes defaults.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub java_mode: Option<String>,
     /// Integrity-protected (trusted) directories.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ro_dirs: Option<Vec<String>>,
     /// Unprotected read-write files and directories.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rw_dirs: Option<Vec<String>>,
     /// Accept command-line arguments at run time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_cmdline_args: Option<bool>,
     /// Fixed, measured environment (`NAME=value`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_env: Option<Vec<String>>,
     /// Environment defaults the operator may override at run time (`NAME=value`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutable_env: Option<Vec<String>>,
 }
 
@@ -117,28 +117,28 @@ pub struct SgxOptions {
 #[serde(deny_unknown_fields)]
 pub struct ConverterOptions {
     /// Add the manager's CA certificates into the application.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_ccm_ca_certificates: Option<bool>,
     /// Accept command-line arguments at run time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_cmdline_args: Option<bool>,
     /// Debug mode.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<bool>,
     /// Replace the image's Entrypoint.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
     /// Replace the image's Cmd.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint_args: Option<Vec<String>>,
     /// Fixed, measured environment (`NAME=value`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<Vec<String>>,
     /// Environment defaults the operator may override (`NAME=value`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutable_env_vars: Option<Vec<String>>,
     /// Java runtime mode.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub java_mode: Option<String>,
 }
 
@@ -147,13 +147,13 @@ pub struct ConverterOptions {
 #[serde(deny_unknown_fields)]
 pub struct NitroEnclavesOptions {
     /// vCPUs of the enclave.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_count: Option<u32>,
     /// Enclave memory in MiB.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_size: Option<u64>,
     /// Keep overlay file system changes across restarts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_overlay_filesystem_persistence: Option<bool>,
 }
 

@@ -128,6 +128,30 @@ pub fn check_bzimage(kernel: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The metadata section in the shape AWS's readers require (`EifIdentityInfo`). `build_time`
+/// should be deterministic (the image's creation time) so that EIF bytes are reproducible.
+pub fn identity(
+    name: &str,
+    version: &str,
+    kernel_version: &str,
+    build_time: &str,
+    docker_info: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "ImageName": name,
+        "ImageVersion": version,
+        "BuildMetadata": {
+            "BuildTime": build_time,
+            "BuildTool": "cloak",
+            "BuildToolVersion": env!("CARGO_PKG_VERSION"),
+            "OperatingSystem": "Linux",
+            "KernelVersion": kernel_version,
+        },
+        "DockerInfo": docker_info,
+        "CustomMetadata": null,
+    })
+}
+
 /// What goes into an EIF.
 #[derive(Debug, Clone)]
 pub struct EifSpec {

@@ -69,10 +69,10 @@ pub struct Args {
     #[arg(long)]
     pub debug: bool,
     /// Replace the image's Entrypoint (repeat for each word).
-    #[arg(long, value_name = "WORD")]
+    #[arg(long, value_name = "WORD", allow_hyphen_values = true)]
     pub entrypoint: Vec<String>,
     /// Replace the image's Cmd (repeat for each word).
-    #[arg(long, value_name = "WORD")]
+    #[arg(long, value_name = "WORD", allow_hyphen_values = true)]
     pub entrypoint_args: Vec<String>,
     /// Encrypted directories (repeatable).
     #[arg(long, value_name = "DIR")]

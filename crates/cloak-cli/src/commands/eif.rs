@@ -31,10 +31,10 @@ pub enum Sub {
         ramdisk: Vec<PathBuf>,
         /// Image name for the metadata.
         #[arg(long, default_value = "cloak")]
-        name: String,
+        image_name: String,
         /// Image version for the metadata.
         #[arg(long, default_value = "0")]
-        version: String,
+        image_version: String,
         /// Where to write the EIF.
         #[arg(long)]
         output: PathBuf,
@@ -60,8 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         kernel,
         cmdline,
         ramdisk,
-        name,
-        version,
+        image_name,
+        image_version,
         output,
         format,
     } = args.command;
@@ -70,8 +70,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             kernel,
             cmdline,
             ramdisks: ramdisk,
-            metadata: serde_json::json!({"ImageName": name, "ImageVersion": version,
-                "BuildMetadata": {"BuildTool": "cloak", "BuildToolVersion": env!("CARGO_PKG_VERSION")}}),
+            metadata: eif::identity(
+                &image_name,
+                &image_version,
+                "",
+                "1970-01-01T00:00:00Z",
+                serde_json::Value::Null,
+            ),
         },
         &output,
     )

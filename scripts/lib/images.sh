@@ -1,4 +1,4 @@
-# Shared by the benchmark scripts: test images built once with umoci and cached.
+# Test images for the demo and the benchmarks, built with umoci (no Docker) and cached.
 
 # bench_image DIR SIZE_MIB: a 5-layer image of SIZE_MIB MiB of files (3/4 random, 1/4 text).
 bench_image() {

@@ -1,0 +1,288 @@
+//! `cloak convert --target nitro`: PCRs and CRC checked by AWS's own EIF crate (tools/eif-oracle),
+//! reproducible EIF bytes, real boots of the Debian cloud kernel under qemu, and refusals.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::images::{busybox, multilayer, tar, Comp, Layout, T};
+use common::registry::Registry;
+use common::*;
+use serde_json::json;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn kernel() -> PathBuf {
+    let k = workspace().join(".work/kernel/vmlinuz");
+    if !k.exists() {
+        ok(std::process::Command::new("bash").arg(workspace().join("scripts/fetch-kernel.sh")));
+    }
+    k
+}
+
+fn oracle(eif: &Path) -> serde_json::Value {
+    let bin = workspace().join("tools/eif-oracle/target/release/eif-oracle");
+    assert!(
+        bin.exists(),
+        "{} is missing: scripts/test.sh builds it",
+        bin.display()
+    );
+    serde_json::from_slice(&ok(std::process::Command::new(bin).arg(eif)).stdout).unwrap()
+}
+
+fn convert(input: &str, eif: &Path, extra: &[&str]) -> std::process::Output {
+    run(cloak()
+        .args([
+            "convert",
+            "--target",
+            "nitro",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ])
+        .arg("--kernel")
+        .arg(kernel())
+        .arg("--eif")
+        .arg(eif)
+        .args(extra)
+        .arg(input)
+        .arg("-"))
+}
+
+fn pcrs(report: &serde_json::Value) -> [String; 3] {
+    let a = &report["attributes"]["nitro_enclave"];
+    ["pcr0", "pcr1", "pcr2"].map(|k| a[k].as_str().unwrap().to_string())
+}
+
+/// An image whose entrypoint checks docker semantics from the inside.
+fn semantics_image(dir: &Path) -> PathBuf {
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let l = tar(&[
+        T::Dir("bin/", 0o755, 0),
+        T::File("bin/busybox", 0o755, 0, &bb),
+        T::Sym("bin/sh", "busybox"),
+        T::Dir("etc/", 0o755, 0),
+        T::File(
+            "etc/passwd",
+            0o644,
+            0,
+            b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        ),
+        T::File("etc/group", 0o644, 0, b"root:x:0:\napp:x:1000:\n"),
+        T::Dir("srv/", 0o755, 1000),
+        T::Dir("home/", 0o755, 0),
+        T::Dir("home/app/", 0o755, 1000),
+    ]);
+    Layout::new(dir).layer(Comp::Gzip, l).finish(
+        "1",
+        "amd64",
+        json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["test \"$(/bin/busybox pwd)\" = /srv && test \"$(/bin/busybox id -u):$(/bin/busybox id -g)\" = 1000:1000 && test \"$GREETING $HOME\" = \"hello /home/app\" && echo SEMANTICS-OK; exit 5"],
+            "WorkingDir": "/srv",
+            "User": "app",
+            "Env": ["PATH=/bin", "GREETING=hello"]
+        }),
+    );
+    dir.to_path_buf()
+}
+
+#[test]
+fn pcrs_and_crc_match_aws_eif_crate_and_eifs_are_reproducible() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, layout) in [
+        ("busybox", busybox(&tmp.path().join("bb"))),
+        ("multilayer", multilayer(&tmp.path().join("ml"), false)),
+    ] {
+        let src = format!("oci:{}:1", layout.display());
+        let a = tmp.path().join(format!("{name}-a.eif"));
+        let b = tmp.path().join(format!("{name}-b.eif"));
+        let out = convert(&src, &a, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let o = oracle(&a);
+        assert_eq!(o["crc_ok"], true, "{name}");
+        assert_eq!(
+            pcrs(&report),
+            [
+                o["PCR0"].as_str().unwrap(),
+                o["PCR1"].as_str().unwrap(),
+                o["PCR2"].as_str().unwrap()
+            ]
+        );
+        ok(cloak().args(["describe-eif"]).arg(&a));
+        assert!(convert(&src, &b, &[]).status.success());
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&b).unwrap(),
+            "{name}: EIFs differ"
+        );
+    }
+    // Low-level builds with 1 to 3 ramdisks, one empty and one of 3 MiB.
+    let r0 = tmp.path().join("r0");
+    let r1 = tmp.path().join("r1");
+    let r2 = tmp.path().join("r2");
+    std::fs::write(&r0, b"bootstrap").unwrap();
+    std::fs::write(&r1, vec![7u8; 3 << 20]).unwrap();
+    std::fs::write(&r2, b"").unwrap();
+    for ramdisks in [vec![&r0], vec![&r0, &r1], vec![&r0, &r1, &r2]] {
+        let eif = tmp.path().join(format!("low-{}.eif", ramdisks.len()));
+        let mut cmd = cloak();
+        cmd.args([
+            "eif",
+            "build",
+            "--cmdline",
+            "console=ttyS0 quiet",
+            "--kernel",
+        ])
+        .arg(kernel());
+        for r in &ramdisks {
+            cmd.arg("--ramdisk").arg(r);
+        }
+        let out = ok(cmd.arg("--output").arg(&eif));
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let o = oracle(&eif);
+        assert_eq!(o["crc_ok"], true);
+        for k in ["PCR0", "PCR1", "PCR2"] {
+            assert_eq!(
+                m["Measurements"][k],
+                o[k],
+                "{} ramdisks: {k}",
+                ramdisks.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn converted_images_boot_under_qemu_with_docker_semantics() {
+    let reg = Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    // busybox: its own output and its own exit code
+    let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    let eif = tmp.path().join("bb.eif");
+    let out = convert(
+        &bb,
+        &eif,
+        &[
+            "--entrypoint",
+            "/bin/sh",
+            "--entrypoint-args",
+            "-c",
+            "--entrypoint-args",
+            "echo hello from the enclave; exit 7",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booted = run(cloak().args(["run", "--target", "nitro"]).arg(&eif));
+    let console = String::from_utf8_lossy(&booted.stdout);
+    assert!(console.contains("hello from the enclave"), "{console}");
+    assert_eq!(booted.status.code(), Some(7), "{console}");
+
+    // Entrypoint + Cmd, WORKDIR, USER and Env from the inside, booted from a pushed image
+    let sem = format!(
+        "oci:{}:1",
+        semantics_image(&tmp.path().join("sem")).display()
+    );
+    let remote = format!("docker://{}/nitro/semantics:1", reg.addr());
+    let out = run(cloak()
+        .args([
+            "convert",
+            "--target",
+            "nitro",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--kernel",
+        ])
+        .arg(kernel())
+        .arg(&sem)
+        .arg(&remote));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inspect: serde_json::Value = serde_json::from_slice(
+        &ok(cloak().args(["inspect", "-o", "json", "--tls-verify=false", &remote])).stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        inspect["labels"]["io.cloak.nitro.pcr0"],
+        report["attributes"]["nitro_enclave"]["pcr0"]
+    );
+    let booted = run(cloak().args(["run", "--target", "nitro", "--tls-verify=false", &remote]));
+    let console = String::from_utf8_lossy(&booted.stdout);
+    assert!(console.contains("SEMANTICS-OK"), "{console}");
+    assert_eq!(booted.status.code(), Some(5));
+}
+
+#[test]
+fn bad_input_is_refused_before_any_output_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    Layout::new(&empty)
+        .layer(Comp::Gzip, tar(&[T::File("x", 0o644, 0, b"x")]))
+        .finish("1", "amd64", json!({}));
+    let arm = tmp.path().join("arm");
+    Layout::new(&arm)
+        .layer(Comp::Gzip, tar(&[T::File("x", 0o644, 0, b"x")]))
+        .finish("1", "arm64", json!({"Cmd": ["/x"]}));
+    let not_kernel = tmp.path().join("not-a-bzimage");
+    std::fs::write(&not_kernel, vec![0u8; 4096]).unwrap();
+    let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    let cases: Vec<(&str, String, Vec<String>, &str)> = vec![
+        (
+            "nocmd",
+            format!("oci:{}:1", empty.display()),
+            vec![],
+            "neither Entrypoint nor Cmd",
+        ),
+        (
+            "arm64",
+            format!("oci:{}:1", arm.display()),
+            vec![],
+            "linux/arm64",
+        ),
+        (
+            "kernel",
+            bb.clone(),
+            vec!["--kernel".into(), not_kernel.display().to_string()],
+            "not an x86 bzImage",
+        ),
+        (
+            "memory",
+            bb.clone(),
+            vec!["--mem-size".into(), "16".into()],
+            "below 4 × the EIF size",
+        ),
+    ];
+    for (name, input, extra, msg) in cases {
+        let eif = tmp.path().join(format!("{name}.eif"));
+        let mut cmd = cloak();
+        cmd.args(["convert", "--target", "nitro", "--quiet"]);
+        if !extra.contains(&"--kernel".to_string()) {
+            cmd.arg("--kernel").arg(kernel());
+        }
+        let out = run(cmd.args(&extra).arg("--eif").arg(&eif).arg(&input).arg("-"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(msg), "{name}: {err}");
+        assert!(!eif.exists(), "{name}: an EIF was written");
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".eif-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{name}: temporary EIF left behind");
+    }
+}
