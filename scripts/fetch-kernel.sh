@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-$PWD/.work/kernel}
-if [ -f "$dest/vmlinuz" ]; then echo "$dest/vmlinuz"; exit 0; fi
+if [ -f "$dest/vmlinuz" ] && [ -d "$dest/modules" ]; then echo "$dest/vmlinuz"; exit 0; fi
 mkdir -p "$dest"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -17,6 +17,16 @@ if [ -z "$pkg" ]; then
 fi
 apt-get download "$pkg" >/dev/null 2>&1
 dpkg-deb -x ./*.deb extracted
+# virtio-net and its dependencies, in load order (from their modinfo depends=), for `cloak run --publish` (Debian 12's modules
+# are uncompressed .ko files; the launcher loads them with finit_module).
+mkdir -p "$dest/modules"
+n=10
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover \
+         drivers/net/net_failover drivers/net/virtio_net; do
+  cp extracted/lib/modules/*/kernel/$m.ko "$dest/modules/$n-$(basename $m).ko"
+  n=$((n + 1))
+done
 cp extracted/boot/vmlinuz-* "$dest/vmlinuz"
 cp extracted/boot/config-* "$dest/config" 2>/dev/null || true
 echo "$pkg" > "$dest/package"

@@ -286,3 +286,80 @@ fn bad_input_is_refused_before_any_output_is_written() {
         assert!(leftovers.is_empty(), "{name}: temporary EIF left behind");
     }
 }
+
+#[test]
+fn a_converted_http_server_answers_through_a_published_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let l = tar(&[
+        T::Dir("bin/", 0o755, 0),
+        T::File("bin/busybox", 0o755, 0, &bb),
+        T::Dir("www/", 0o755, 0),
+        T::File(
+            "www/index.html",
+            0o644,
+            0,
+            b"hello over http from the enclave\n",
+        ),
+    ]);
+    let dir = tmp.path().join("web");
+    Layout::new(&dir).layer(Comp::Gzip, l).finish(
+        "1",
+        "amd64",
+        json!({"Entrypoint": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]}),
+    );
+    let eif = tmp.path().join("web.eif");
+    let out = convert(&format!("oci:{}:1", dir.display()), &eif, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut vm = cloak()
+        .args([
+            "run",
+            "--target",
+            "nitro",
+            "--timeout",
+            "120",
+            "--publish",
+            &format!("{port}:8080"),
+        ])
+        .arg("--kernel-modules")
+        .arg(workspace().join(".work/kernel/modules"))
+        .arg(&eif)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut body = String::new();
+    while std::time::Instant::now() < deadline {
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let _ = s.write_all(b"GET / HTTP/1.0\r\nHost: enclave\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.contains("200 OK") {
+                body = r;
+                break;
+            }
+        }
+        assert!(
+            vm.try_wait().unwrap().is_none(),
+            "the enclave stopped before serving"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let _ = vm.kill();
+    let _ = vm.wait();
+    assert!(
+        body.contains("hello over http from the enclave"),
+        "no answer through the published port: {body:?}"
+    );
+}

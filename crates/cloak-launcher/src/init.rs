@@ -61,6 +61,71 @@ fn load_module(path: &str) {
     let _ = std::fs::remove_file(path);
 }
 
+/// Directory of kernel modules `cloak run --publish` adds in an extra ramdisk (qemu only).
+const MODULES_DIR: &str = "/cloak-modules";
+
+/// Load every module of [`MODULES_DIR`] in name order; configure qemu's user-mode network
+/// (10.0.2.15/24) when the `net` marker is there. Nitro enclaves have no such ramdisk.
+fn local_network() {
+    let Ok(dir) = std::fs::read_dir(MODULES_DIR) else {
+        return;
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.ends_with(".ko"))
+        .collect();
+    names.sort();
+    for m in &names {
+        load_module(m);
+    }
+    if !std::path::Path::new(MODULES_DIR).join("net").exists() {
+        return;
+    }
+    // SAFETY: ioctls on a socket we own with initialised ifreq structures.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"eth0\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        // The NIC appears when virtio_net has probed; give it a moment, boundedly.
+        let mut found = false;
+        for _ in 0..50 {
+            if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
+                found = true;
+                break;
+            }
+            libc::usleep(20_000);
+        }
+        if !found {
+            eprintln!("cloak-launcher: no eth0 for the published ports");
+            libc::close(fd);
+            return;
+        }
+        let set_addr = |req: &mut libc::ifreq, ip: [u8; 4], op: libc::c_ulong| {
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(ip);
+            std::ptr::copy_nonoverlapping(
+                (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                (&mut req.ifr_ifru as *mut libc::__c_anonymous_ifr_ifru).cast::<u8>(),
+                std::mem::size_of::<libc::sockaddr_in>(),
+            );
+            libc::ioctl(fd, op, req as *mut libc::ifreq)
+        };
+        set_addr(&mut req, [10, 0, 2, 15], libc::SIOCSIFADDR);
+        set_addr(&mut req, [255, 255, 255, 0], libc::SIOCSIFNETMASK);
+        libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        libc::close(fd);
+    }
+}
+
 /// Tell the Nitro hypervisor the enclave booted: 0xB7 to CID 3 (the parent), port 9000.
 fn ready_signal() {
     // SAFETY: a socket we own, a fully initialised sockaddr_vm.
@@ -140,6 +205,7 @@ pub fn run_as_init() -> ! {
     mount("devtmpfs", "/dev", "devtmpfs", 0, "");
     console();
     load_module("/nsm.ko");
+    local_network();
     ready_signal();
     enter_rootfs();
     loopback_up();

@@ -23,6 +23,69 @@ pub struct VmOptions {
     pub kvm: bool,
     /// Give up and kill the VM after this long.
     pub timeout: Duration,
+    /// TCP port forwards `(host, guest)` on 127.0.0.1 (qemu user-mode networking + virtio-net).
+    pub publish: Vec<(u16, u16)>,
+}
+
+/// A ramdisk with the virtio-net modules (`NN-name.ko`, loaded in name order) and the `net`
+/// marker that makes the launcher configure eth0 as 10.0.2.15/24.
+pub fn network_ramdisk(modules: &Path, out: &Path) -> Result<()> {
+    use crate::cpio::{Entry, Kind, Writer};
+    let mut names: Vec<PathBuf> = std::fs::read_dir(modules)
+        .map_err(|e| Error::io("read kernel modules in", modules, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(Error::Input(format!(
+            "{} holds no .ko modules (scripts/fetch-kernel.sh extracts them)",
+            modules.display()
+        )));
+    }
+    let f = std::fs::File::create(out).map_err(|e| Error::io("create", out, e))?;
+    let mut w = Writer::new(std::io::BufWriter::new(f));
+    let meta = |name: String, kind: Kind| Entry {
+        name,
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        link_group: None,
+    };
+    let err = |e| Error::io("write", out, e);
+    w.entry(&meta("cloak-modules".into(), Kind::Dir), 1, true, None)
+        .map_err(err)?;
+    for p in &names {
+        let mut file = std::fs::File::open(p).map_err(|e| Error::io("open", p, e))?;
+        let size = file.metadata().map_err(|e| Error::io("stat", p, e))?.len();
+        let name = format!(
+            "cloak-modules/{}",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        );
+        w.entry(&meta(name, Kind::File { size }), 1, true, Some(&mut file))
+            .map_err(err)?;
+    }
+    w.entry(
+        &meta("cloak-modules/net".into(), Kind::File { size: 0 }),
+        1,
+        true,
+        None,
+    )
+    .map_err(err)?;
+    w.finish().map_err(err)?;
+    Ok(())
+}
+
+/// The command line for a local boot with networking: Nitro's `pci=off` and `nomodules` would
+/// hide virtio-net. Only the local stand-in changes; the EIF and its PCRs do not.
+pub fn cmdline_with_network(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .filter(|t| *t != "pci=off" && *t != "nomodules")
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Concatenate ramdisks into one initrd (the kernel unpacks concatenated newc archives in order).
@@ -72,10 +135,32 @@ pub fn boot(
     .arg(kernel)
     .arg("-initrd")
     .arg(initrd)
-    .args(["-append", cmdline])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    .args(["-append", cmdline]);
+    if !opts.publish.is_empty() {
+        let fwd: String = opts
+            .publish
+            .iter()
+            .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+            .collect();
+        cmd.args([
+            "-netdev",
+            &format!("user,id=n0{fwd}"),
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]);
+    }
+    // qemu must not outlive us, whatever ends this process.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         Error::Input(format!(
             "cannot start qemu-system-x86_64: {e} (apt-get install qemu-system-x86)"

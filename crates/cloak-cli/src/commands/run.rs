@@ -34,6 +34,12 @@ pub struct Args {
     /// Stop the enclave after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// Forward 127.0.0.1:HOST to the enclave's GUEST port (repeatable; local runs only).
+    #[arg(long, value_name = "HOST:GUEST")]
+    pub publish: Vec<String>,
+    /// Kernel modules for --publish (virtio-net and its dependencies, NN-name.ko).
+    #[arg(long, value_name = "DIR", env = "CLOAK_KERNEL_MODULES")]
+    pub kernel_modules: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -67,7 +73,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })?;
         fs.content_path(entry).context("the EIF was not kept")?
     };
-    let (kernel, cmdline, ramdisks) = eif::extract(&eif_path, work.path())?;
+    let (kernel, mut cmdline, mut ramdisks) = eif::extract(&eif_path, work.path())?;
+    let publish = args
+        .publish
+        .iter()
+        .map(|p| {
+            let (h, g) = p
+                .split_once(':')
+                .with_context(|| format!("--publish {p:?} is not HOST:GUEST"))?;
+            Ok((
+                h.parse::<u16>()
+                    .with_context(|| format!("--publish {p:?}: bad host port"))?,
+                g.parse::<u16>()
+                    .with_context(|| format!("--publish {p:?}: bad guest port"))?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !publish.is_empty() {
+        let modules = args
+            .kernel_modules
+            .clone()
+            .context("--publish needs --kernel-modules DIR (scripts/fetch-kernel.sh puts them in .work/kernel/modules)")?;
+        let net = work.path().join("network.cpio");
+        vm::network_ramdisk(&modules, &net)?;
+        ramdisks.push(net);
+        cmdline = vm::cmdline_with_network(&cmdline);
+    }
     let initrd = work.path().join("initrd");
     vm::concat_ramdisks(&ramdisks, &initrd)?;
     let opts = vm::VmOptions {
@@ -75,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mem_mib: args.memory,
         kvm: args.kvm,
         timeout: Duration::from_secs(args.timeout),
+        publish,
     };
     let status = vm::boot(&kernel, &cmdline, &initrd, &opts, &mut std::io::stdout())?;
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))

@@ -1,1 +1,0 @@
-//! cloak-crypt

@@ -1,1 +1,0 @@
-//! Test support for cloak's suites.
