@@ -209,6 +209,20 @@ fn converts_busybox_and_a_script_entrypoint_image_reproducibly() {
         assert_eq!(view["mr_enclave"], report["mrenclave"]);
         assert_eq!(view["mr_signer"], report["mrsigner"]);
         assert_eq!(view["signature_valid"], true);
+        let from_image = ok(cloak().args([
+            "sgx",
+            "sigstruct",
+            "-o",
+            "json",
+            "--tls-verify=false",
+            "--edmm",
+            &output,
+        ]));
+        let view2: serde_json::Value = serde_json::from_slice(&from_image.stdout).unwrap();
+        assert_eq!(
+            view2["mr_enclave"], report["mrenclave2"],
+            "sigstruct read from the image"
+        );
         let low = ok(cloak()
             .args(["sgx", "mrenclave", "--manifest"])
             .arg(rootfs.join("cloak/app-edmm.manifest.sgx"))

@@ -50,8 +50,13 @@ pub enum Sub {
     },
     /// Print the fields of a SIGSTRUCT, MRSIGNER included (like gramine-sgx-sigstruct-view).
     Sigstruct {
-        /// The `.sig` file.
-        file: PathBuf,
+        /// A `.sig` file, or an image converted with --target sgx (its /cloak/app.sig).
+        file: String,
+        /// With an image: the EDMM (SGX2) SIGSTRUCT instead.
+        #[arg(long)]
+        edmm: bool,
+        #[command(flatten)]
+        source: crate::registry_args::SourceArgs,
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: Format,
@@ -60,6 +65,42 @@ pub enum Sub {
 
 fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("while reading {}", p.display()))
+}
+
+/// Read one file of an image (resolving the default platform).
+fn image_file(
+    image: &str,
+    path: &str,
+    source: &crate::registry_args::SourceArgs,
+) -> anyhow::Result<Vec<u8>> {
+    use cloak_image::flatten::{flatten, ContentMode};
+    use cloak_image::image::{resolve, Source};
+    let reference: cloak_image::ImageRef = image
+        .parse()
+        .with_context(|| format!("{image} is neither a file nor an image reference"))?;
+    let opts = source.options()?;
+    let work = tempfile::tempdir()?;
+    let dir = std::path::Path::new(path)
+        .parent()
+        .unwrap_or(std::path::Path::new("/"))
+        .display()
+        .to_string();
+    let fs = crate::registry_args::runtime()?.block_on(async {
+        let src = Source::open(&reference, &opts).await?;
+        let img = resolve(&src, &cloak_image::PlatformSpec::default()).await?;
+        flatten(
+            &src,
+            &img,
+            ContentMode::SpoolUnder(work.path().to_path_buf(), vec![dir]),
+        )
+        .await
+    })?;
+    let entry = fs
+        .resolve(path)
+        .filter(|e| e.has_content())
+        .with_context(|| format!("{image} has no {path}; was it converted with --target sgx?"))?;
+    let p = fs.content_path(entry).context("the file was not kept")?;
+    std::fs::read(&p).with_context(|| format!("while reading {path} of {image}"))
 }
 
 /// Run `cloak sgx`.
@@ -102,9 +143,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 hex::encode(signed.mrsigner)
             );
         }
-        Sub::Sigstruct { file, output } => {
-            let what = file.display().to_string();
-            let s = sigstruct::parse(&read(&file)?, &what)?;
+        Sub::Sigstruct {
+            file,
+            output,
+            edmm,
+            source,
+        } => {
+            let (bytes, what) = if std::path::Path::new(&file).is_file() {
+                (read(&PathBuf::from(&file))?, file.clone())
+            } else {
+                let path = if edmm {
+                    "/cloak/app-edmm.sig"
+                } else {
+                    "/cloak/app.sig"
+                };
+                (image_file(&file, path, &source)?, format!("{file}:{path}"))
+            };
+            let s = sigstruct::parse(&bytes, &what)?;
             let view = sigstruct::view(&s, &what);
             match output {
                 Format::Json => print_json(&view)?,
