@@ -145,14 +145,16 @@ fn bootstrap(path: &PathBuf, launcher: &PathBuf, nsm: Option<&PathBuf>, mtime: u
     Ok(())
 }
 
-/// Write the application ramdisk from the flattened image and the run configuration.
-fn application(
-    path: &PathBuf,
+/// Write the application ramdisk from the flattened image and the run configuration into `w`
+/// (a [`cloak_nitro::cpio::counting`] writer sizes it without reading any content); returns
+/// its length.
+fn application<W: std::io::Write>(
+    mut w: Writer<W>,
     fs: &FlatFs,
     run_json: &[u8],
     mtime: u32,
     warnings: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<u64> {
     // Every name, sorted; extra directories the init needs, and the run configuration.
     enum Item<'a> {
         Image(&'a cloak_image::flatten::Entry),
@@ -194,9 +196,6 @@ fn application(
         .enumerate()
         .map(|(i, k)| (k, i as u64))
         .collect();
-    let f =
-        std::fs::File::create(path).map_err(|e| io_err("creating the application ramdisk", e))?;
-    let mut w = Writer::new(BufWriter::with_capacity(1 << 20, f));
     let err = |e| io_err("writing the application ramdisk", e);
     for (name, item) in &items {
         let mut entry = CpioEntry {
@@ -262,8 +261,8 @@ fn application(
             }
         }
     }
-    w.finish().map_err(err)?;
-    Ok(())
+    let (_, len) = w.finish().map_err(err)?;
+    Ok(len)
 }
 
 fn kernel_version(config: Option<&PathBuf>) -> String {
@@ -345,23 +344,23 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     }
     let mtime = u32::try_from(source_date_epoch()).unwrap_or(0);
     let boot = work.path().join("bootstrap.cpio");
-    let appdisk = work.path().join("application.cpio");
     let mut warnings: Vec<String> = fs.warnings().to_vec();
     bootstrap(&boot, &req.launcher, req.nsm_ko.as_ref(), mtime)?;
-    application(&appdisk, &fs, &run_json, mtime, &mut warnings)?;
-    drop(fs);
+    // The application ramdisk streams straight into the EIF: size it first without reading data.
+    let app_size = application(
+        cloak_nitro::cpio::counting(),
+        &fs,
+        &run_json,
+        mtime,
+        &mut warnings,
+    )?;
     let cmdline = req
         .cmdline
         .clone()
         .unwrap_or_else(|| DEFAULT_CMDLINE.into());
     let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let eif_size = 548
-        + 12 * 5
-        + size(&req.kernel)
-        + cmdline.len() as u64
-        + size(&boot)
-        + size(&appdisk)
-        + 1024;
+    let eif_size =
+        548 + 12 * 5 + size(&req.kernel) + cmdline.len() as u64 + size(&boot) + app_size + 1024;
     let needed_mib = (4 * eif_size).div_ceil(1 << 20);
     let mem_size = match no.mem_size {
         Some(m) if m < needed_mib => {
@@ -391,15 +390,27 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         .eif
         .clone()
         .unwrap_or_else(|| work.path().join("enclave.eif"));
+    let generate = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
+        application(Writer::new(out), &fs, &run_json, mtime, &mut Vec::new())
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    };
     let m: Measurements = eif::write(
-        &EifSpec {
+        EifSpec {
             kernel: req.kernel.clone(),
             cmdline,
-            ramdisks: vec![boot, appdisk],
+            ramdisks: vec![
+                eif::Part::File(boot),
+                eif::Part::Generated {
+                    size: app_size,
+                    write: Box::new(generate),
+                },
+            ],
             metadata,
         },
         &eif_path,
     )?;
+    drop(fs);
     let real_size = size(&eif_path);
     let mut output_image = None;
     if let Some(out) = &req.output {

@@ -49,6 +49,8 @@ pub struct Entry {
 /// Streams entries into a newc archive.
 pub struct Writer<W: Write> {
     out: W,
+    /// Count only: file data is not read, only its length counted (to size an archive).
+    counting: bool,
     written: u64,
     next_ino: u32,
     groups: std::collections::HashMap<u64, u32>,
@@ -58,11 +60,20 @@ fn pad4(n: u64) -> usize {
     ((4 - (n % 4)) % 4) as usize
 }
 
+/// A writer that produces nothing and reads no file data: running the same entries through it
+/// gives the exact length of the archive, so an EIF section can be sized before it streams.
+pub fn counting() -> Writer<io::Sink> {
+    let mut w = Writer::new(io::sink());
+    w.counting = true;
+    w
+}
+
 impl<W: Write> Writer<W> {
     /// Start an archive.
     pub fn new(out: W) -> Self {
         Writer {
             out,
+            counting: false,
             written: 0,
             next_ino: 1,
             groups: Default::default(),
@@ -159,7 +170,9 @@ impl<W: Write> Writer<W> {
             Kind::File { size } => {
                 let size_here = if carries { *size } else { 0 };
                 self.header(ino, 0o100000 | perm, e, nlink, size_here, (0, 0), &e.name)?;
-                if size_here > 0 {
+                if size_here > 0 && self.counting {
+                    self.written += size_here + pad4(size_here) as u64;
+                } else if size_here > 0 {
                     let data = data.ok_or_else(|| {
                         io::Error::new(
                             io::ErrorKind::InvalidInput,
@@ -193,6 +206,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Write the trailer and return the writer and the archive's length.
+    /// (For a [`counting`] writer only the length is meaningful.)
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         let t = Entry {
             name: "TRAILER!!!".into(),

@@ -152,26 +152,105 @@ pub fn identity(
     })
 }
 
+/// Writes a generated ramdisk into the EIF stream.
+pub type Producer<'a> = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + 'a>;
+
+/// A ramdisk: a file, or bytes generated straight into the EIF (of a size known in advance).
+pub enum Part<'a> {
+    /// A file on disk.
+    File(PathBuf),
+    /// Written by the closure into the EIF stream; it must write exactly `size` bytes.
+    Generated {
+        /// Exact length.
+        size: u64,
+        /// Producer.
+        write: Producer<'a>,
+    },
+}
+
+impl std::fmt::Debug for Part<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Part::File(p) => write!(f, "File({})", p.display()),
+            Part::Generated { size, .. } => write!(f, "Generated({size} bytes)"),
+        }
+    }
+}
+
 /// What goes into an EIF.
-#[derive(Debug, Clone)]
-pub struct EifSpec {
+#[derive(Debug)]
+pub struct EifSpec<'a> {
     /// bzImage.
     pub kernel: PathBuf,
     /// Command line (trimmed; written without NUL).
     pub cmdline: String,
     /// Ramdisks in order: bootstrap first, then the application's.
-    pub ramdisks: Vec<PathBuf>,
+    pub ramdisks: Vec<Part<'a>>,
     /// Metadata JSON (deterministic: no build time unless the caller puts one).
     pub metadata: serde_json::Value,
 }
 
 enum Source<'a> {
-    File(&'a Path),
+    File(PathBuf),
     Bytes(&'a [u8]),
+    Generated(Producer<'a>),
+}
+
+/// Receives a section's bytes: CRC, PCRs and the file, in 1 MiB chunks. Application ramdisks
+/// feed two SHA-384s (PCR0 and PCR2); one of them runs on the second core.
+struct SectionSink<'s, W: Write> {
+    out: &'s mut W,
+    crc: &'s mut crc32fast::Hasher,
+    pcrs: &'s mut Pcrs,
+    kind: SectionKind,
+    ramdisk_index: usize,
+    buf: Vec<u8>,
+    total: u64,
+}
+
+impl<W: Write> SectionSink<'_, W> {
+    fn process(&mut self) -> io::Result<()> {
+        let chunk = &self.buf[..];
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.total += chunk.len() as u64;
+        if self.kind == SectionKind::Ramdisk && self.ramdisk_index > 0 {
+            let Pcrs { p0, p2, .. } = &mut *self.pcrs;
+            let (crc, out) = (&mut *self.crc, &mut *self.out);
+            std::thread::scope(|scope| -> io::Result<()> {
+                scope.spawn(|| p0.update(chunk));
+                p2.update(chunk);
+                crc.update(chunk);
+                out.write_all(chunk)
+            })?;
+        } else {
+            self.crc.update(chunk);
+            self.pcrs.update(self.kind, self.ramdisk_index, chunk);
+            self.out.write_all(chunk)?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for SectionSink<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = self.buf.capacity() - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.buf.capacity() {
+            self.process()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.process()
+    }
 }
 
 /// Write the EIF to `out` (via a temporary file renamed at the end) and return its PCRs.
-pub fn write(spec: &EifSpec, out: &Path) -> Result<Measurements> {
+pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
     check_bzimage(&spec.kernel)?;
     let cmdline = spec.cmdline.trim().as_bytes().to_vec();
     let metadata = serde_json::to_vec(&spec.metadata).expect("metadata serialises");
@@ -183,7 +262,7 @@ pub fn write(spec: &EifSpec, out: &Path) -> Result<Measurements> {
     };
     sections.push((
         SectionKind::Kernel,
-        Source::File(&spec.kernel),
+        Source::File(spec.kernel.clone()),
         size_of(&spec.kernel)?,
     ));
     sections.push((
@@ -196,8 +275,16 @@ pub fn write(spec: &EifSpec, out: &Path) -> Result<Measurements> {
         Source::Bytes(&metadata),
         metadata.len() as u64,
     ));
-    for r in &spec.ramdisks {
-        sections.push((SectionKind::Ramdisk, Source::File(r), size_of(r)?));
+    for r in spec.ramdisks {
+        match r {
+            Part::File(p) => {
+                let size = size_of(&p)?;
+                sections.push((SectionKind::Ramdisk, Source::File(p), size));
+            }
+            Part::Generated { size, write } => {
+                sections.push((SectionKind::Ramdisk, Source::Generated(write), size))
+            }
+        }
     }
     if sections.len() > MAX_SECTIONS {
         return Err(Error::Input(format!(
@@ -233,54 +320,44 @@ pub fn write(spec: &EifSpec, out: &Path) -> Result<Measurements> {
     w.write_all(&header).map_err(io_err)?;
     let mut pcrs = Pcrs::new();
     let mut ramdisk_index = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    for (kind, src, size) in &sections {
+    for (kind, src, size) in sections {
         let mut sh = [0u8; 12];
-        sh[..2].copy_from_slice(&(*kind as u16).to_be_bytes());
+        sh[..2].copy_from_slice(&(kind as u16).to_be_bytes());
         sh[4..12].copy_from_slice(&size.to_be_bytes());
         crc.update(&sh);
         w.write_all(&sh).map_err(io_err)?;
+        let mut sink = SectionSink {
+            out: &mut w,
+            crc: &mut crc,
+            pcrs: &mut pcrs,
+            kind,
+            ramdisk_index,
+            buf: Vec::with_capacity(1 << 20),
+            total: 0,
+        };
+        let what = match &src {
+            Source::File(p) => p.display().to_string(),
+            Source::Bytes(_) => format!("{kind:?}"),
+            Source::Generated(_) => format!("generated ramdisk {ramdisk_index}"),
+        };
         match src {
-            Source::Bytes(b) => {
-                crc.update(b);
-                pcrs.update(*kind, ramdisk_index, b);
-                w.write_all(b).map_err(io_err)?;
-            }
+            Source::Bytes(b) => sink.write_all(b).map_err(io_err)?,
             Source::File(p) => {
-                let mut f = File::open(p).map_err(|e| Error::io("open", p, e))?;
-                let mut total = 0u64;
-                loop {
-                    let n = f.read(&mut buf).map_err(|e| Error::io("read", p, e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    // Application ramdisks feed two SHA-384s (PCR0 and PCR2): run one of them
-                    // on the second core while this thread does the other, the CRC and the write.
-                    let chunk = &buf[..n];
-                    if *kind == SectionKind::Ramdisk && ramdisk_index > 0 {
-                        let Pcrs { p0, p2, .. } = &mut pcrs;
-                        std::thread::scope(|scope| -> Result<()> {
-                            scope.spawn(|| p0.update(chunk));
-                            p2.update(chunk);
-                            crc.update(chunk);
-                            w.write_all(chunk).map_err(io_err)
-                        })?;
-                    } else {
-                        crc.update(chunk);
-                        pcrs.update(*kind, ramdisk_index, chunk);
-                        w.write_all(chunk).map_err(io_err)?;
-                    }
-                    total += n as u64;
-                }
-                if total != *size {
-                    return Err(Error::Input(format!(
-                        "{} changed size while the EIF was written",
-                        p.display()
-                    )));
-                }
+                let mut f = File::open(&p).map_err(|e| Error::io("open", &p, e))?;
+                io::copy(&mut f, &mut sink).map_err(|e| Error::io("read", &p, e))?;
+            }
+            Source::Generated(write) => {
+                write(&mut sink).map_err(|e| Error::Input(format!("{what}: {e}")))?
             }
         }
-        if *kind == SectionKind::Ramdisk {
+        sink.flush().map_err(io_err)?;
+        if sink.total != size {
+            return Err(Error::Input(format!(
+                "{what}: {} bytes where {size} were announced",
+                sink.total
+            )));
+        }
+        if kind == SectionKind::Ramdisk {
             ramdisk_index += 1;
         }
     }

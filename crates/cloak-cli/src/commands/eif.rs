@@ -66,10 +66,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         format,
     } = args.command;
     let m = eif::write(
-        &eif::EifSpec {
+        eif::EifSpec {
             kernel,
             cmdline,
-            ramdisks: ramdisk,
+            ramdisks: ramdisk.into_iter().map(eif::Part::File).collect(),
             metadata: eif::identity(
                 &image_name,
                 &image_version,
