@@ -6,16 +6,12 @@
 # Usage: scripts/bench-copy.sh [SIZE_MIB] ; environment: RUNS, BENCH_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 size_mib=${1:-640}
-runs=${RUNS:-3}
-bench=${BENCH_DIR:-$root/.work/bench}
 source scripts/lib/registry.sh
 source scripts/lib/images.sh
+source scripts/lib/bench.sh
 trap 'registry_stop "$bench"/reg-*' EXIT
-cargo build --release --locked -p cloak-cli >/dev/null
-cloak="$root/target/release/cloak"
-mkdir -p "$bench"
+bench_setup
 image="$bench/image-${size_mib}m"
 
 bench_image "$image" "$size_mib"
@@ -24,13 +20,6 @@ src=$(registry_start "$bench/reg-src")
 skopeo copy --quiet --dest-tls-verify=false "oci:$image:bench" "docker://$src/bench/image:1"
 blob_bytes=$(du -sb "$image/blobs" | cut -f1)
 
-# measure LABEL CMD... → appends "wall_seconds peak_rss_kib" to $bench/LABEL.samples
-measure() {
-  local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$bench/$label.last" "$@" >/dev/null
-  cat "$bench/$label.last" >> "$bench/$label.samples"
-}
-median() { sort -n -k1 "$1" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 
 rm -f "$bench"/*.samples
 for r in $(seq 1 "$runs"); do

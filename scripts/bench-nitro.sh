@@ -4,26 +4,15 @@
 # with both wall times, the ratio and both peak RSS. Usage: scripts/bench-nitro.sh [SIZE_MIB]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 size_mib=${1:-1280}
-runs=${RUNS:-3}
-bench=${BENCH_DIR:-$root/.work/bench}
 source scripts/lib/registry.sh
 source scripts/lib/images.sh
+source scripts/lib/bench.sh
 trap 'registry_stop "$bench"/reg-*' EXIT
-cargo build --release --locked -p cloak-cli >/dev/null
-launcher=$(bash scripts/build-launcher.sh)
+bench_setup
 kernel=$(bash scripts/fetch-kernel.sh)
-cloak="$root/target/release/cloak"
-mkdir -p "$bench"
 image="$bench/image-${size_mib}m"
 bench_image "$image" "$size_mib"
-median() { sort -n -k1 "$1" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
-measure() {
-  local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$bench/$label.last" "$@" >/dev/null
-  cat "$bench/$label.last" >> "$bench/$label.samples"
-}
 rm -f "$bench"/nitro-*.samples
 src=$(registry_start "$bench/reg-src")
 skopeo copy --quiet --dest-tls-verify=false "oci:$image:bench" "docker://$src/bench/image:1"

@@ -6,26 +6,15 @@
 # Prints Markdown tables. Usage: scripts/bench-sgx.sh [SIZE_MIB]; environment: RUNS, BENCH_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 size_mib=${1:-640}
-runs=${RUNS:-3}
-bench=${BENCH_DIR:-$root/.work/bench}
 source scripts/lib/registry.sh
 source scripts/lib/images.sh
+source scripts/lib/bench.sh
 trap 'registry_stop "$bench"/reg-*' EXIT
-cargo build --release --locked -p cloak-cli >/dev/null
-launcher=$(bash scripts/build-launcher.sh)
-cloak="$root/target/release/cloak"
-mkdir -p "$bench"
+bench_setup
 image="$bench/image-${size_mib}m"
 bench_image "$image" "$size_mib"
 gramine_runtime_image "$bench/gramine-runtime"
-median() { sort -n -k1 "$1" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
-measure() {
-  local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$bench/$label.last" "$@" >/dev/null
-  cat "$bench/$label.last" >> "$bench/$label.samples"
-}
 rm -f "$bench"/*.samples
 
 # 1. 64 GiB measurement

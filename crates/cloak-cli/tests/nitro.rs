@@ -124,6 +124,66 @@ fn pcrs_and_crc_match_aws_eif_crate_and_eifs_are_reproducible() {
             "{name}: EIFs differ"
         );
     }
+    // Signed: PCR8 and the COSE signature as AWS's crate sees them; still reproducible.
+    let key = tmp.path().join("key.pem");
+    let cert = tmp.path().join("cert.pem");
+    ok(std::process::Command::new("openssl")
+        .args(["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out"])
+        .arg(&key));
+    ok(std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=cloak signer",
+            "-key",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb-signed")).display());
+    let (s1, s2) = (
+        tmp.path().join("signed-1.eif"),
+        tmp.path().join("signed-2.eif"),
+    );
+    let sign_args = [
+        "--signing-key",
+        key.to_str().unwrap(),
+        "--signing-cert",
+        cert.to_str().unwrap(),
+    ];
+    let out = convert(&bb, &s1, &sign_args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let o = oracle(&s1);
+    assert_eq!(o["signature_ok"], true, "{o}");
+    assert_eq!(o["crc_ok"], true);
+    assert_eq!(report["attributes"]["nitro_enclave"]["pcr8"], o["PCR8"]);
+    assert_eq!(report["attributes"]["nitro_enclave"]["pcr0"], o["PCR0"]);
+    let described = ok(cloak().args(["describe-eif", "-o", "json"]).arg(&s1));
+    let d: serde_json::Value = serde_json::from_slice(&described.stdout).unwrap();
+    assert_eq!(d["signature"]["valid"], true);
+    assert!(convert(&bb, &s2, &sign_args).status.success());
+    assert_eq!(
+        std::fs::read(&s1).unwrap(),
+        std::fs::read(&s2).unwrap(),
+        "signed EIFs differ"
+    );
+    // A flipped byte in the signature is reported by both readers.
+    let mut bytes = std::fs::read(&s1).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 1;
+    std::fs::write(&s2, &bytes).unwrap();
+    let bad = run(cloak().args(["describe-eif"]).arg(&s2));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stdout).contains("INVALID"));
+
     // Low-level builds with 1 to 3 ramdisks, one empty and one of 3 MiB.
     let r0 = tmp.path().join("r0");
     let r1 = tmp.path().join("r1");

@@ -57,6 +57,8 @@ pub struct NitroRequest {
     pub cmdline: Option<String>,
     /// `nsm.ko` to ship in the bootstrap ramdisk (optional).
     pub nsm_ko: Option<PathBuf>,
+    /// P-384 key and certificate to sign the EIF with (adds PCR8).
+    pub signing: Option<(PathBuf, PathBuf)>,
     /// CCM options.
     pub options: NitroOptions,
     /// Platform selected from a multi-arch input.
@@ -76,6 +78,9 @@ pub struct NitroAttributes {
     pub pcr1: String,
     /// PCR2.
     pub pcr2: String,
+    /// PCR8 (signed EIFs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcr8: Option<String>,
 }
 
 /// The report, shaped like the CCM Build response.
@@ -284,6 +289,10 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         ));
     }
     cloak_nitro::eif::check_bzimage(&req.kernel)?;
+    let signer = match &req.signing {
+        Some((key, cert)) => Some(cloak_nitro::sign::EifSigner::from_files(key, cert)?),
+        None => None,
+    };
     let launcher = std::fs::metadata(&req.launcher).map_err(|e| {
         Error::Options(format!(
             "cannot read the launcher {}: {e}; build it with scripts/build-launcher.sh or pass --launcher",
@@ -407,6 +416,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
                 },
             ],
             metadata,
+            signer: signer.as_ref(),
         },
         &eif_path,
     )?;
@@ -426,6 +436,9 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         annotations.insert(format!("{ANNOTATION_PREFIX}pcr0"), m.pcr0.clone());
         annotations.insert(format!("{ANNOTATION_PREFIX}pcr1"), m.pcr1.clone());
         annotations.insert(format!("{ANNOTATION_PREFIX}pcr2"), m.pcr2.clone());
+        if let Some(p8) = &m.pcr8 {
+            annotations.insert(format!("{ANNOTATION_PREFIX}pcr8"), p8.clone());
+        }
         let base = empty_image(&image);
         let amend = Amendment {
             layers: std::slice::from_ref(&layer),
@@ -447,6 +460,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         pcr0: m.pcr0,
         pcr1: m.pcr1,
         pcr2: m.pcr2,
+        pcr8: m.pcr8,
     };
     let layers_size: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
     Ok(NitroReport {

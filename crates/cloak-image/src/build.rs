@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::copy::{BlobAction, Progress};
+use crate::copy::Progress;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{Dest, Image, RawManifest, Source};
@@ -144,16 +144,7 @@ pub async fn copy_base_layers(
     progress: &Arc<dyn Progress>,
 ) -> Result<()> {
     for desc in &base.manifest.layers {
-        progress.start(&desc.digest, desc.size);
-        let action = if dst.has_blob(desc).await? {
-            BlobAction::Skipped
-        } else if dst.try_mount(src, desc).await {
-            BlobAction::Mounted
-        } else {
-            dst.put_blob(desc, src.blob(desc).await?).await?;
-            BlobAction::Copied
-        };
-        progress.finish(&desc.digest, action);
+        crate::copy::copy_blob(src, dst, desc, progress).await?;
     }
     Ok(())
 }

@@ -123,7 +123,8 @@ impl tokio::io::AsyncRead for Counting {
     }
 }
 
-async fn copy_blob(
+/// Copy one blob: skipped when present, mounted within a registry, otherwise streamed.
+pub(crate) async fn copy_blob(
     src: &Source,
     dst: &Dest,
     desc: &Descriptor,

@@ -60,6 +60,9 @@ pub struct Measurements {
     /// The application ramdisks.
     #[serde(rename = "PCR2")]
     pub pcr2: String,
+    /// The signing certificate, when signed.
+    #[serde(rename = "PCR8", skip_serializing_if = "Option::is_none")]
+    pub pcr8: Option<String>,
 }
 
 /// `SHA384(0^48 ‖ digest)`: a TPM-style extend of a zero register.
@@ -108,6 +111,7 @@ impl Pcrs {
             pcr0: extend(self.p0),
             pcr1: extend(self.p1),
             pcr2: extend(self.p2),
+            pcr8: None,
         }
     }
 }
@@ -188,6 +192,8 @@ pub struct EifSpec<'a> {
     pub ramdisks: Vec<Part<'a>>,
     /// Metadata JSON (deterministic: no build time unless the caller puts one).
     pub metadata: serde_json::Value,
+    /// Sign the EIF (adds the signature section and PCR8).
+    pub signer: Option<&'a crate::sign::EifSigner>,
 }
 
 enum Source<'a> {
@@ -286,25 +292,14 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
             }
         }
     }
-    if sections.len() > MAX_SECTIONS {
+    if sections.len() + usize::from(spec.signer.is_some()) > MAX_SECTIONS {
         return Err(Error::Input(format!(
-            "{} sections; an EIF holds at most {MAX_SECTIONS}",
-            sections.len()
+            "too many sections; an EIF holds at most {MAX_SECTIONS}"
         )));
     }
-    let mut header = vec![0u8; HEADER_SIZE as usize];
-    header[..4].copy_from_slice(MAGIC);
-    header[4..6].copy_from_slice(&VERSION.to_be_bytes());
-    header[6..8].copy_from_slice(&0u16.to_be_bytes());
-    header[8..16].copy_from_slice(&(1u64 << 30).to_be_bytes());
-    header[16..24].copy_from_slice(&2u64.to_be_bytes());
-    header[26..28].copy_from_slice(&(sections.len() as u16).to_be_bytes());
-    let mut offset = HEADER_SIZE;
-    for (i, (_, _, size)) in sections.iter().enumerate() {
-        header[0x1c + 8 * i..0x1c + 8 * i + 8].copy_from_slice(&offset.to_be_bytes());
-        header[0x11c + 8 * i..0x11c + 8 * i + 8].copy_from_slice(&size.to_be_bytes());
-        offset += SECTION_HEADER_SIZE + size;
-    }
+    let signer = spec.signer;
+    // (kind, size) of every section written, for the header built at the end.
+    let mut layout: Vec<(SectionKind, u64)> = Vec::new();
     let dir = out
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -315,12 +310,14 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
         .map_err(|e| Error::io("create temporary EIF in", dir, e))?;
     let io_err = |e| Error::io("write EIF", out, e);
     let mut w = BufWriter::with_capacity(1 << 20, tmp.reopen().map_err(io_err)?);
+    // The header goes in last (the signature's size is known only then); the CRC of the
+    // sections is combined with the header's afterwards.
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&header[..544]);
-    w.write_all(&header).map_err(io_err)?;
+    w.write_all(&[0u8; HEADER_SIZE as usize]).map_err(io_err)?;
     let mut pcrs = Pcrs::new();
     let mut ramdisk_index = 0;
     for (kind, src, size) in sections {
+        layout.push((kind, size));
         let mut sh = [0u8; 12];
         sh[..2].copy_from_slice(&(kind as u16).to_be_bytes());
         sh[4..12].copy_from_slice(&size.to_be_bytes());
@@ -361,15 +358,44 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
             ramdisk_index += 1;
         }
     }
+    let mut m = pcrs.finish();
+    if let Some(signer) = signer {
+        let pcr0 = hex::decode(&m.pcr0).expect("hex we produced");
+        let section = signer.section(&pcr0);
+        let mut sh = [0u8; 12];
+        sh[..2].copy_from_slice(&(SectionKind::Signature as u16).to_be_bytes());
+        sh[4..12].copy_from_slice(&(section.len() as u64).to_be_bytes());
+        crc.update(&sh);
+        crc.update(&section);
+        w.write_all(&sh).map_err(io_err)?;
+        w.write_all(&section).map_err(io_err)?;
+        layout.push((SectionKind::Signature, section.len() as u64));
+        m.pcr8 = Some(crate::sign::pcr8(signer.cert_pem())?);
+    }
+    let mut header = vec![0u8; HEADER_SIZE as usize];
+    header[..4].copy_from_slice(MAGIC);
+    header[4..6].copy_from_slice(&VERSION.to_be_bytes());
+    header[8..16].copy_from_slice(&(1u64 << 30).to_be_bytes());
+    header[16..24].copy_from_slice(&2u64.to_be_bytes());
+    header[26..28].copy_from_slice(&(layout.len() as u16).to_be_bytes());
+    let mut offset = HEADER_SIZE;
+    for (i, (_, size)) in layout.iter().enumerate() {
+        header[0x1c + 8 * i..0x1c + 8 * i + 8].copy_from_slice(&offset.to_be_bytes());
+        header[0x11c + 8 * i..0x11c + 8 * i + 8].copy_from_slice(&size.to_be_bytes());
+        offset += SECTION_HEADER_SIZE + size;
+    }
+    let mut total = crc32fast::Hasher::new();
+    total.update(&header[..544]);
+    total.combine(&crc);
+    header[0x220..0x224].copy_from_slice(&total.finalize().to_be_bytes());
     let mut file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.seek(SeekFrom::Start(0x220)).map_err(io_err)?;
-    file.write_all(&crc.finalize().to_be_bytes())
-        .map_err(io_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    file.write_all(&header).map_err(io_err)?;
     file.sync_all().map_err(io_err)?;
     drop(file);
     tmp.persist(out)
         .map_err(|e| Error::io("rename EIF into place", out, e.error))?;
-    Ok(pcrs.finish())
+    Ok(m)
 }
 
 /// One section as found in a file.
@@ -402,8 +428,8 @@ pub struct EifInfo {
     pub cmdline: String,
     /// The metadata JSON, if any.
     pub metadata: Option<serde_json::Value>,
-    /// Whether a signature section is present (cloak does not verify PCR8 signatures yet).
-    pub signed: bool,
+    /// The signature section's verdict (PCR8, COSE signature over PCR0), when signed.
+    pub signature: Option<crate::sign::SignatureCheck>,
 }
 
 /// Read and check an EIF, streaming every section once.
@@ -433,7 +459,7 @@ pub fn read(path: &Path) -> Result<EifInfo> {
     crc.update(&header[..544]);
     let mut pcrs = Pcrs::new();
     let mut sections = Vec::new();
-    let (mut cmdline, mut metadata, mut signed) = (String::new(), None, false);
+    let (mut cmdline, mut metadata, mut signature) = (String::new(), None, None::<Vec<u8>>);
     let mut offset = HEADER_SIZE;
     let mut ramdisk_index = 0;
     let mut buf = vec![0u8; 1 << 20];
@@ -459,7 +485,10 @@ pub fn read(path: &Path) -> Result<EifInfo> {
                 .map_err(|_| bad(format!("section {i} is truncated")))?;
             crc.update(&buf[..want]);
             pcrs.update(kind, ramdisk_index, &buf[..want]);
-            if matches!(kind, SectionKind::Cmdline | SectionKind::Metadata) && small.len() < 1 << 20
+            if matches!(
+                kind,
+                SectionKind::Cmdline | SectionKind::Metadata | SectionKind::Signature
+            ) && small.len() < 1 << 20
             {
                 small.extend_from_slice(&buf[..want]);
             }
@@ -468,23 +497,33 @@ pub fn read(path: &Path) -> Result<EifInfo> {
         match kind {
             SectionKind::Cmdline => cmdline = String::from_utf8_lossy(&small).to_string(),
             SectionKind::Metadata => metadata = serde_json::from_slice(&small).ok(),
-            SectionKind::Signature => signed = true,
+            SectionKind::Signature => signature = Some(small),
             SectionKind::Ramdisk => ramdisk_index += 1,
             SectionKind::Kernel => {}
         }
         sections.push(SectionInfo { kind, offset, size });
         offset += SECTION_HEADER_SIZE + size;
     }
+    let mut measurements = pcrs.finish();
+    let signature = match signature {
+        Some(bytes) => {
+            let pcr0 = hex::decode(&measurements.pcr0).expect("hex we produced");
+            let check = crate::sign::check(&bytes, &pcr0)?;
+            measurements.pcr8 = Some(check.pcr8.clone());
+            Some(check)
+        }
+        None => None,
+    };
     Ok(EifInfo {
         version,
         flags,
         sections,
         stored_crc,
         crc_ok: crc.finalize() == stored_crc,
-        measurements: pcrs.finish(),
+        measurements,
         cmdline,
         metadata,
-        signed,
+        signature,
     })
 }
 

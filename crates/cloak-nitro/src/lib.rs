@@ -5,6 +5,7 @@
 pub mod cpio;
 pub mod eif;
 pub mod error;
+pub mod sign;
 pub mod vm;
 
 pub use error::{Error, Result};

@@ -123,6 +123,9 @@ pub struct Args {
     /// Nitro: kernel command line (default: the blobs' cmdline, else nitro-cli's).
     #[arg(long)]
     pub cmdline: Option<String>,
+    /// Nitro: certificate (PEM) of the P-384 --signing-key; signs the EIF and adds PCR8.
+    #[arg(long, value_name = "FILE")]
+    pub signing_cert: Option<PathBuf>,
     /// Nitro: vCPUs of the enclave.
     #[arg(long)]
     pub cpu_count: Option<u32>,
@@ -365,6 +368,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .or_else(|| blob("bzImage.config")),
                 cmdline,
                 nsm_ko: blob("nsm.ko"),
+                signing: match (&args.signing_key, &args.signing_cert) {
+                    (Some(k), Some(c)) => Some((PathBuf::from(k.strip_prefix("file:").unwrap_or(k)), c.clone())),
+                    (None, None) => None,
+                    _ => anyhow::bail!("--target nitro signs with both --signing-key KEY.pem and --signing-cert CERT.pem"),
+                },
                 options,
                 platform,
                 progress: crate::progress::for_stderr(args.quiet),

@@ -38,6 +38,12 @@ pub enum Sub {
         /// Where to write the EIF.
         #[arg(long)]
         output: PathBuf,
+        /// P-384 private key (PEM) to sign with; needs --signing-cert.
+        #[arg(long, requires = "signing_cert")]
+        signing_key: Option<PathBuf>,
+        /// Certificate (PEM) of the signing key.
+        #[arg(long, requires = "signing_key")]
+        signing_cert: Option<PathBuf>,
         /// Report format.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
@@ -57,6 +63,8 @@ pub struct DescribeArgs {
 /// Run `cloak eif`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Sub::Build {
+        signing_key,
+        signing_cert,
         kernel,
         cmdline,
         ramdisk,
@@ -65,11 +73,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output,
         format,
     } = args.command;
+    let signer = match (&signing_key, &signing_cert) {
+        (Some(k), Some(c)) => Some(cloak_nitro::sign::EifSigner::from_files(k, c)?),
+        _ => None,
+    };
     let m = eif::write(
         eif::EifSpec {
             kernel,
             cmdline,
             ramdisks: ramdisk.into_iter().map(eif::Part::File).collect(),
+            signer: signer.as_ref(),
             metadata: eif::identity(
                 &image_name,
                 &image_version,
@@ -104,7 +117,20 @@ pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
                 "PCR0: {}\nPCR1: {}\nPCR2: {}",
                 info.measurements.pcr0, info.measurements.pcr1, info.measurements.pcr2
             );
-            println!("Signed: {}", info.signed);
+            match &info.signature {
+                Some(sig) => {
+                    println!("PCR8: {}", sig.pcr8);
+                    println!(
+                        "Signature: {}",
+                        if sig.valid {
+                            "valid".to_string()
+                        } else {
+                            format!("INVALID ({})", sig.problem.clone().unwrap_or_default())
+                        }
+                    );
+                }
+                None => println!("Signed: no"),
+            }
             println!("Cmdline: {}", info.cmdline);
         }
     }
