@@ -423,3 +423,69 @@ fn a_converted_http_server_answers_through_a_published_port() {
         "no answer through the published port: {body:?}"
     );
 }
+
+#[test]
+fn a_nitro_cli_blobs_folder_supplies_kernel_cmdline_and_nsm_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs = tmp.path().join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::copy(kernel(), blobs.join("bzImage")).unwrap();
+    std::fs::write(
+        blobs.join("cmdline"),
+        "reboot=k panic=30 pci=off nomodules console=ttyS0 cloak.test=1\n",
+    )
+    .unwrap();
+    std::fs::write(blobs.join("nsm.ko"), b"stand-in module").unwrap();
+    std::fs::write(blobs.join("bzImage.config"), "#\n# Automatically generated file; DO NOT EDIT.\n# Linux/x86_64 6.1.0 Kernel Configuration\n").unwrap();
+    let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    let eif = tmp.path().join("blobs.eif");
+    let out = run(cloak()
+        .args(["convert", "--target", "nitro", "--quiet", "--blobs"])
+        .arg(&blobs)
+        .arg("--eif")
+        .arg(&eif)
+        .arg(&bb)
+        .arg("-"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value =
+        serde_json::from_slice(&ok(cloak().args(["describe-eif", "-o", "json"]).arg(&eif)).stdout)
+            .unwrap();
+    assert_eq!(
+        d["cmdline"],
+        "reboot=k panic=30 pci=off nomodules console=ttyS0 cloak.test=1"
+    );
+    assert_eq!(
+        d["metadata"]["BuildMetadata"]["KernelVersion"],
+        "Linux/x86_64 6.1.0 Kernel Configuration"
+    );
+    // The bootstrap ramdisk (first ramdisk section) carries /nsm.ko.
+    let dir = tmp.path().join("parts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sections = d["sections"].as_array().unwrap();
+    let first_ramdisk = sections.iter().find(|s| s["kind"] == "Ramdisk").unwrap();
+    let bytes = std::fs::read(&eif).unwrap();
+    let (off, size) = (
+        first_ramdisk["offset"].as_u64().unwrap() as usize + 12,
+        first_ramdisk["size"].as_u64().unwrap() as usize,
+    );
+    let listing = std::process::Command::new("cpio")
+        .args(["-t", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&bytes[off..off + size])?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        ["dev", "dev/console", "init", "nsm.ko"]
+    );
+}
