@@ -7,7 +7,7 @@ packages=(
   skopeo umoci      # independent peers the tests compare against
   busybox-static    # the example/test images' userland
   apache2-utils     # htpasswd for the TLS + auth registry
-  openssl curl jq time python3
+  openssl curl jq time python3 gcc libssl-dev pkg-config
   cpio zstd file
   softhsm2          # PKCS#11 token for signing-key tests
   qemu-system-x86   # boots Nitro EIF kernels for `cloak run`
