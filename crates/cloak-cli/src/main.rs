@@ -38,6 +38,8 @@ enum Command {
     Eif(commands::eif::Args),
     /// Show an EIF's sections, PCRs and CRC check (like nitro-cli describe-eif).
     DescribeEif(commands::eif::DescribeArgs),
+    /// Decrypt an ocicrypt-encrypted image (JWE/RSA recipients), verifying HMACs and diff_ids.
+    Decrypt(commands::decrypt::Args),
     /// Boot a Nitro image or EIF under qemu and exit with the application's status.
     Run(commands::run::Args),
 }
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Eif(args) => commands::eif::run(args),
         Command::DescribeEif(args) => commands::eif::describe(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Decrypt(args) => commands::decrypt::run(args),
     };
     match result {
         Ok(code) => code,

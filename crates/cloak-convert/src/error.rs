@@ -15,6 +15,9 @@ pub enum Error {
     /// Building the ramdisks or the EIF failed.
     #[error(transparent)]
     Nitro(#[from] cloak_nitro::Error),
+    /// Decrypting a layer failed.
+    #[error(transparent)]
+    Crypt(#[from] cloak_crypt::Error),
     /// Reading or writing an image failed.
     #[error(transparent)]
     Image(#[from] cloak_image::Error),

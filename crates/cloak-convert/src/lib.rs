@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod decrypt;
 pub mod error;
 pub mod nitro;
 pub mod options;

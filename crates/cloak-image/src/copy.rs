@@ -124,7 +124,7 @@ impl tokio::io::AsyncRead for Counting {
 }
 
 /// Copy one blob: skipped when present, mounted within a registry, otherwise streamed.
-pub(crate) async fn copy_blob(
+pub async fn copy_blob(
     src: &Source,
     dst: &Dest,
     desc: &Descriptor,

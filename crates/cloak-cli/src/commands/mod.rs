@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod copy;
+pub mod decrypt;
 pub mod eif;
 pub mod inspect;
 pub mod ls_files;
