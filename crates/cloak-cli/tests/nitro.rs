@@ -176,13 +176,20 @@ fn pcrs_and_crc_match_aws_eif_crate_and_eifs_are_reproducible() {
         std::fs::read(&s2).unwrap(),
         "signed EIFs differ"
     );
-    // A flipped byte in the signature is reported by both readers.
-    let mut bytes = std::fs::read(&s1).unwrap();
-    let n = bytes.len();
-    bytes[n - 20] ^= 1;
-    std::fs::write(&s2, &bytes).unwrap();
-    let bad = run(cloak().args(["describe-eif"]).arg(&s2));
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stdout).contains("INVALID"));
+    // A flipped byte anywhere in the signature section is reported, whatever byte it hits.
+    let good = std::fs::read(&s1).unwrap();
+    let n = good.len();
+    for back in [5, 20, 60, 300] {
+        let mut bytes = good.clone();
+        bytes[n - back] ^= 1;
+        std::fs::write(&s2, &bytes).unwrap();
+        let bad = run(cloak().args(["describe-eif"]).arg(&s2));
+        let text = String::from_utf8_lossy(&bad.stdout);
+        assert!(
+            !bad.status.success() && text.contains("Signature: INVALID"),
+            "byte -{back}: {text}"
+        );
+    }
 
     // Low-level builds with 1 to 3 ramdisks, one empty and one of 3 MiB.
     let r0 = tmp.path().join("r0");

@@ -508,9 +508,18 @@ pub fn read(path: &Path) -> Result<EifInfo> {
     let signature = match signature {
         Some(bytes) => {
             let pcr0 = hex::decode(&measurements.pcr0).expect("hex we produced");
-            let check = crate::sign::check(&bytes, &pcr0)?;
-            measurements.pcr8 = Some(check.pcr8.clone());
-            Some(check)
+            // A malformed section is a failed signature check, not a failure to describe the EIF.
+            match crate::sign::check(&bytes, &pcr0) {
+                Ok(check) => {
+                    measurements.pcr8 = Some(check.pcr8.clone());
+                    Some(check)
+                }
+                Err(e) => Some(crate::sign::SignatureCheck {
+                    pcr8: String::new(),
+                    valid: false,
+                    problem: Some(e.to_string()),
+                }),
+            }
         }
         None => None,
     };

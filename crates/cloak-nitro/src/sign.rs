@@ -283,7 +283,7 @@ impl Reader<'_> {
 pub fn check(section: &[u8], pcr0: &[u8]) -> Result<SignatureCheck> {
     let bad = || Error::Input("the signature section is not the CBOR nitro-cli writes".into());
     let mut r = Reader { b: section, at: 0 };
-    if r.head().ok_or_else(bad)?.0 != 4 || r.head().ok_or_else(bad)?.0 != 5 {
+    if r.head() != Some((4, 1)) || r.head() != Some((5, 2)) {
         return Err(bad());
     }
     let (mut cert, mut cose) = (None, None);
@@ -306,6 +306,9 @@ pub fn check(section: &[u8], pcr0: &[u8]) -> Result<SignatureCheck> {
     }
     let payload_bytes = c.bytes().ok_or_else(bad)?;
     let sig = c.bytes().ok_or_else(bad)?;
+    if r.at != section.len() || c.at != cose.len() {
+        return Err(bad()); // trailing bytes: not what nitro-cli writes
+    }
     let verdict = (|| -> std::result::Result<(), String> {
         if payload_bytes != payload(pcr0) {
             return Err("the signed payload is not this EIF's PCR0".into());
@@ -365,6 +368,18 @@ mod tests {
         assert!(ok.valid, "{:?}", ok.problem);
         let other = check(&section, &[8u8; 48]).unwrap();
         assert!(!other.valid && other.problem.unwrap().contains("PCR0"));
+        // Every single-bit flip in the structure or the COSE part is malformed or invalid.
+        // (The certificate PEM is not covered by the signature: PCR8, over its DER, binds it.)
+        let cose_start = section
+            .windows(10)
+            .position(|w| w == b"\x69signature")
+            .unwrap();
+        for at in (0..4).chain((cose_start..section.len()).step_by(3)) {
+            let mut t = section.clone();
+            t[at] ^= 1;
+            let caught = check(&t, &pcr0).map_or(true, |c| !c.valid);
+            assert!(caught, "flip at {at} goes unnoticed");
+        }
         assert_eq!(
             s.section(&pcr0),
             section,
