@@ -38,7 +38,10 @@ enum Command {
     Eif(commands::eif::Args),
     /// Show an EIF's sections, PCRs and CRC check (like nitro-cli describe-eif).
     DescribeEif(commands::eif::DescribeArgs),
-    /// Decrypt an ocicrypt-encrypted image (JWE/RSA recipients), verifying HMACs and diff_ids.
+    /// Encrypt an image's layers for recipients (ocicrypt: JWE, PKCS7, keyprovider), or change
+    /// the recipients of an encrypted image without re-encrypting it.
+    Encrypt(commands::encrypt::Args),
+    /// Decrypt an ocicrypt-encrypted image, verifying HMACs, digests and diff_ids.
     Decrypt(commands::decrypt::Args),
     /// Boot a Nitro image or EIF under qemu and exit with the application's status.
     Run(commands::run::Args),
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Eif(args) => commands::eif::run(args),
         Command::DescribeEif(args) => commands::eif::describe(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Encrypt(args) => commands::encrypt::run(args),
         Command::Decrypt(args) => commands::decrypt::run(args),
     };
     match result {

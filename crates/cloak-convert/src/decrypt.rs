@@ -1,23 +1,28 @@
 //! `cloak decrypt`: an ocicrypt-encrypted image back to plain layers, verified three ways before
 //! anything is written: the ciphertext's digest (as every blob), its HMAC, and the plaintext's
 //! `diff_id` from the config. The nonce is taken only from the private options; public cipher
-//! options that try to set it are refused (the reference silently decrypts to garbage).
+//! options that try to set it are refused (the reference silently decrypts to garbage). Layers
+//! are decrypted in parallel into a staging directory; the output is opened only once every
+//! layer has passed, so a failure leaves nothing behind.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cloak_crypt::jwe::{self, PrivateKey};
+use cloak_crypt::keyprovider::Config as ProviderConfig;
+use cloak_crypt::keys::{KeySpec, PrivateKey};
+use cloak_crypt::keywrap;
 use cloak_crypt::{blockcipher::Decryptor, spec};
 use cloak_image::copy::{copy_blob, Progress};
-use cloak_image::image::{resolve, Dest, RawManifest, Source};
+use cloak_image::image::{resolve, staging_dir_for, Dest, RawManifest, Source};
 use cloak_image::layer::decompress;
 use cloak_image::spec::{Descriptor, ImageManifest};
 use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
 use serde::Serialize;
 use sha2::Digest as _;
 
+use crate::encrypt::{bounded, worker_count};
 use crate::error::{Error, Result};
 
 /// One decryption.
@@ -30,10 +35,14 @@ pub struct DecryptRequest {
     pub source_options: RegistryOptions,
     /// Registry settings of the output.
     pub dest_options: RegistryOptions,
-    /// Private key files (PEM).
-    pub keys: Vec<PathBuf>,
+    /// Private keys (each tried against every recipient).
+    pub keys: Vec<KeySpec>,
+    /// Keyprovider configuration file (else `$OCICRYPT_KEYPROVIDER_CONFIG`).
+    pub provider_config: Option<PathBuf>,
     /// Platform selected from a multi-arch input.
     pub platform: PlatformSpec,
+    /// Parallel layer workers (0 = one per CPU).
+    pub jobs: usize,
     /// Progress sink.
     pub progress: Arc<dyn Progress>,
 }
@@ -50,187 +59,284 @@ pub struct DecryptReport {
     pub decrypted_layers: Vec<String>,
 }
 
-fn meta(layer: &Descriptor, reason: impl Into<String>) -> Error {
+pub(crate) fn meta(layer: &Descriptor, reason: impl Into<String>) -> Error {
     Error::Crypt(cloak_crypt::Error::Metadata {
         layer: layer.digest.to_string(),
         reason: reason.into(),
     })
 }
 
-/// Summary of the recipients of a layer, for the missing-key message.
-pub fn recipients(annotations: &BTreeMap<String, String>) -> String {
-    let keys = spec::wrapped_keys(annotations);
-    if keys.is_empty() {
-        return "no recipients".into();
-    }
-    keys.iter()
-        .map(|(scheme, entries)| {
-            // One JWE message can hold several recipients.
-            let n: usize = entries
-                .iter()
-                .map(|e| {
-                    serde_json::from_slice::<serde_json::Value>(e)
-                        .ok()
-                        .and_then(|v| v.get("recipients").and_then(|r| r.as_array()).map(Vec::len))
-                        .unwrap_or(1)
-                })
-                .sum();
-            format!("{scheme} ({n} recipient{})", if n == 1 { "" } else { "s" })
+/// Read every `--key`.
+pub(crate) fn load_keys(specs: &[KeySpec]) -> Result<Vec<PrivateKey>> {
+    specs
+        .iter()
+        .map(|k| PrivateKey::from_spec(k).map_err(Error::Crypt))
+        .collect()
+}
+
+/// Unwrap a layer's private options with the keys and providers at hand.
+pub(crate) fn open_layer(
+    desc: &Descriptor,
+    keys: &[PrivateKey],
+    providers: &ProviderConfig,
+) -> Result<Vec<u8>> {
+    let missing = || {
+        Error::Crypt(cloak_crypt::Error::MissingKey {
+            layer: desc.digest.to_string(),
+            recipients: keywrap::describe(&desc.annotations),
+            keys: keys.len(),
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+    };
+    match keywrap::unwrap(&desc.annotations, keys, providers) {
+        Ok(Some(opened)) => Ok(opened.privopts),
+        Ok(None) => Err(missing()),
+        Err(cloak_crypt::Error::Provider { name, reason }) => {
+            Err(Error::Crypt(cloak_crypt::Error::Provider { name, reason }))
+        }
+        Err(e) => Err(meta(
+            desc,
+            format!("{e}; and no key given opens another entry"),
+        )),
+    }
+}
+
+/// A reader over chunks sent from another thread.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Decrypt one blob into `path`: `(blob digest, size, diff_id)`. The plaintext is
+/// decompressed and hashed on a second thread in the same pass; the HMAC is checked at the end.
+fn decrypt_to_file(
+    reader: cloak_image::registry::BlobReader,
+    path: &Path,
+    key: &[u8],
+    nonce: &[u8; 16],
+    hmac: &[u8],
+    layer: &str,
+) -> Result<(Digest, u64, std::io::Result<Digest>)> {
+    let io = |e: std::io::Error| Error::Options(format!("decrypting layer {layer}: {e}"));
+    let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    let mut dec = Decryptor::new(bridge, key, nonce).expect("key and nonce lengths checked");
+    let mut out = std::fs::File::create(path).map_err(io)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let differ = std::thread::spawn(move || -> std::io::Result<Digest> {
+        let mut r = decompress(ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        })?;
+        let mut h = sha2::Sha256::new();
+        std::io::copy(&mut r, &mut h)?;
+        Ok(Digest::from_sha256(h.finalize().into()))
+    });
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let n = dec.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        hasher.update(&buf);
+        out.write_all(&buf).map_err(io)?;
+        size += n as u64;
+        // The decompressor may stop early on garbage; its verdict comes from join below.
+        let _ = tx.send(buf);
+    }
+    drop(tx);
+    out.sync_data().map_err(io)?;
+    let diff_id = differ
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("decompressor panicked")));
+    if !dec.verify(hmac) {
+        return Err(Error::Crypt(cloak_crypt::Error::Hmac {
+            layer: layer.to_string(),
+        }));
+    }
+    Ok((Digest::from_sha256(hasher.finalize().into()), size, diff_id))
+}
+
+/// Decrypt and verify one layer into `dir`.
+async fn decrypt_layer(
+    src: Arc<Source>,
+    desc: Descriptor,
+    index: usize,
+    expected_diff_id: Option<Digest>,
+    dir: PathBuf,
+    keys: Arc<Vec<PrivateKey>>,
+    providers: Arc<ProviderConfig>,
+) -> Result<(Descriptor, PathBuf)> {
+    let plain_type = spec::decrypted_media_type(&desc.media_type)
+        .expect("only encrypted layers are decrypted")
+        .to_string();
+    let pubopts = spec::public_options(&desc.annotations)
+        .ok_or_else(|| {
+            meta(
+                &desc,
+                "no public cipher options (org.opencontainers.image.enc.pubopts)",
+            )
+        })?
+        .map_err(|e| meta(&desc, e))?;
+    if pubopts.cipher != "AES_256_CTR_HMAC_SHA256" {
+        return Err(meta(
+            &desc,
+            format!("unsupported cipher {}", pubopts.cipher),
+        ));
+    }
+    if pubopts.cipher_options.contains_key("nonce") {
+        return Err(meta(
+            &desc,
+            "the public cipher options try to set the nonce; refusing (only the wrapped private options may)",
+        ));
+    }
+    let d = desc.clone();
+    let privopts = tokio::task::spawn_blocking(move || open_layer(&d, &keys, &providers))
+        .await
+        .map_err(|e| Error::Options(format!("key unwrapping worker failed: {e}")))??;
+    let privopts: spec::PrivateOptions = serde_json::from_slice(&privopts)
+        .map_err(|e| meta(&desc, format!("private options: {e}")))?;
+    let nonce = privopts
+        .nonce()
+        .ok_or_else(|| meta(&desc, "the private options carry no 16-byte nonce"))?;
+    if privopts.symkey.len() != 32 {
+        return Err(meta(&desc, "the symmetric key is not 32 bytes"));
+    }
+    let reader = src.blob(&desc).await?;
+    let path = dir.join(format!("layer{index}"));
+    let (p, key, hmac, name) = (
+        path.clone(),
+        privopts.symkey.clone(),
+        pubopts.hmac.clone(),
+        desc.digest.to_string(),
+    );
+    let (digest, size, diff_id) = tokio::task::spawn_blocking(move || {
+        decrypt_to_file(reader, &p, &key, &nonce, &hmac, &name)
+    })
+    .await
+    .map_err(|e| Error::Options(format!("decryption worker failed: {e}")))??;
+    // The plaintext must be the layer the config names.
+    let diff_id = diff_id.map_err(|e| {
+        meta(
+            &desc,
+            format!("the decrypted layer does not decompress: {e}"),
+        )
+    })?;
+    if Some(diff_id) != expected_diff_id {
+        return Err(meta(
+            &desc,
+            format!(
+                "the decrypted layer's diff_id {diff_id} is not the config's {} (a layer was swapped or the config edited)",
+                expected_diff_id.map(|d| d.to_string()).unwrap_or_else(|| "(none)".into())
+            ),
+        ));
+    }
+    // The private options name the blob that was encrypted. skopeo records the gzip source's
+    // digest when it recompresses to zstd, so for zstd layers a mismatch is only reported;
+    // for the others it means the blob is not the one the key was made for.
+    if !privopts.digest.is_empty() && privopts.digest != digest.to_string() {
+        if plain_type.ends_with("+zstd") {
+            tracing::warn!(layer = %desc.digest, recorded = %privopts.digest, actual = %digest,
+                "the private options record another digest (skopeo does this when it recompresses to zstd); the diff_id matched");
+        } else {
+            return Err(meta(
+                &desc,
+                format!(
+                    "the decrypted blob is {digest} but the private options were made for {}",
+                    privopts.digest
+                ),
+            ));
+        }
+    }
+    let mut plain = Descriptor::new(plain_type, digest, size);
+    plain.annotations = desc
+        .annotations
+        .iter()
+        .filter(|(k, _)| !k.starts_with(spec::ENC_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((plain, path))
 }
 
 /// Decrypt `req.input` into `req.output`.
 pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
-    let keys = req
-        .keys
-        .iter()
-        .map(|k| PrivateKey::from_pem_file(k).map_err(Error::Crypt))
-        .collect::<Result<Vec<_>>>()?;
-    let src = Source::open(&req.input, &req.source_options).await?;
+    let keys = Arc::new(load_keys(&req.keys)?);
+    let providers =
+        Arc::new(ProviderConfig::load(req.provider_config.as_deref()).map_err(Error::Crypt)?);
+    if keys.is_empty() && providers.providers.is_empty() {
+        return Err(Error::Options(
+            "no keys: give --key PRIVATE-KEY (or configure a key provider)".into(),
+        ));
+    }
+    let src = Arc::new(Source::open(&req.input, &req.source_options).await?);
     let image = resolve(&src, &req.platform).await?;
-    let work = tempfile::tempdir()
-        .map_err(|e| Error::Options(format!("cannot create a temporary directory: {e}")))?;
-    let mut layers: Vec<Descriptor> = Vec::new();
+    let staging = staging_dir_for(&req.output)?;
+    let futures: Vec<_> = image
+        .manifest
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, desc)| {
+            let work = spec::decrypted_media_type(&desc.media_type).map(|_| {
+                decrypt_layer(
+                    src.clone(),
+                    desc.clone(),
+                    i,
+                    image.config.rootfs.diff_ids.get(i).copied(),
+                    staging.path().to_path_buf(),
+                    keys.clone(),
+                    providers.clone(),
+                )
+            });
+            async move {
+                match work {
+                    Some(w) => w.await.map(Some),
+                    None => Ok(None),
+                }
+            }
+        })
+        .collect();
+    let results = bounded(worker_count(req.jobs), futures).await;
+    let mut layers = Vec::new();
     let mut files: BTreeMap<Digest, PathBuf> = BTreeMap::new();
     let mut decrypted = Vec::new();
-    for (i, desc) in image.manifest.layers.iter().enumerate() {
-        let Some(plain_type) = spec::decrypted_media_type(&desc.media_type) else {
-            layers.push(desc.clone());
-            continue;
-        };
-        let pubopts = spec::public_options(&desc.annotations)
-            .ok_or_else(|| {
-                meta(
-                    desc,
-                    "no public cipher options (org.opencontainers.image.enc.pubopts)",
-                )
-            })?
-            .map_err(|e| meta(desc, e))?;
-        if pubopts.cipher != "AES_256_CTR_HMAC_SHA256" {
-            return Err(meta(desc, format!("unsupported cipher {}", pubopts.cipher)));
-        }
-        if pubopts.cipher_options.contains_key("nonce") {
-            return Err(meta(
-                desc,
-                "the public cipher options try to set the nonce; refusing (only the wrapped private options may)",
-            ));
-        }
-        let mut privopts = None;
-        for entry in spec::wrapped_keys(&desc.annotations)
-            .get("jwe")
-            .into_iter()
-            .flatten()
-        {
-            if let Some(p) = jwe::unwrap(entry, &keys).map_err(Error::Crypt)? {
-                privopts = Some(p);
-                break;
+    for (i, r) in results.into_iter().enumerate() {
+        match r? {
+            Some((plain, path)) => {
+                decrypted.push(plain.digest.to_string());
+                files.insert(plain.digest, path);
+                layers.push(plain);
             }
+            None => layers.push(image.manifest.layers[i].clone()),
         }
-        let privopts = privopts.ok_or_else(|| {
-            Error::Crypt(cloak_crypt::Error::MissingKey {
-                layer: desc.digest.to_string(),
-                recipients: recipients(&desc.annotations),
-                keys: keys.len(),
-            })
-        })?;
-        let privopts: spec::PrivateOptions = serde_json::from_slice(&privopts)
-            .map_err(|e| meta(desc, format!("private options: {e}")))?;
-        let nonce = privopts
-            .nonce()
-            .ok_or_else(|| meta(desc, "the private options carry no 16-byte nonce"))?;
-        if privopts.symkey.len() != 32 {
-            return Err(meta(desc, "the symmetric key is not 32 bytes"));
-        }
-        // Ciphertext (digest-verified) → CTR → temporary file, hashing the plaintext blob.
-        let reader = src.blob(desc).await?;
-        let tmp = work.path().join(format!("layer{i}"));
-        let (tmp_path, key, hmac) = (tmp.clone(), privopts.symkey.clone(), pubopts.hmac.clone());
-        let layer_name = desc.digest.to_string();
-        let (digest, size) = tokio::task::spawn_blocking(move || -> Result<(Digest, u64)> {
-            let bridge = tokio_util::io::SyncIoBridge::new(reader);
-            let mut dec =
-                Decryptor::new(bridge, &key, &nonce).expect("key and nonce lengths checked");
-            let mut out = std::io::BufWriter::new(
-                std::fs::File::create(&tmp_path)
-                    .map_err(|e| Error::Options(format!("writing a temporary layer: {e}")))?,
-            );
-            let mut hasher = sha2::Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut size = 0u64;
-            loop {
-                let n = dec
-                    .read(&mut buf)
-                    .map_err(|e| Error::Options(format!("reading layer {layer_name}: {e}")))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])
-                    .map_err(|e| Error::Options(format!("writing a temporary layer: {e}")))?;
-                size += n as u64;
-            }
-            out.flush()
-                .map_err(|e| Error::Options(format!("writing a temporary layer: {e}")))?;
-            if !dec.verify(&hmac) {
-                return Err(Error::Crypt(cloak_crypt::Error::Hmac { layer: layer_name }));
-            }
-            Ok((Digest::from_sha256(hasher.finalize().into()), size))
-        })
-        .await
-        .map_err(|e| Error::Options(format!("decryption worker failed: {e}")))??;
-        // The plaintext must be the layer the config names.
-        let expected = image.config.rootfs.diff_ids.get(i).copied();
-        let tmp_check = tmp.clone();
-        let diff_id = tokio::task::spawn_blocking(move || -> std::io::Result<Digest> {
-            let mut r = decompress(std::fs::File::open(&tmp_check)?)?;
-            let mut h = sha2::Sha256::new();
-            std::io::copy(&mut r, &mut h)?;
-            Ok(Digest::from_sha256(h.finalize().into()))
-        })
-        .await
-        .map_err(|e| Error::Options(format!("verification worker failed: {e}")))?
-        .map_err(|e| {
-            meta(
-                desc,
-                format!("the decrypted layer does not decompress: {e}"),
-            )
-        })?;
-        if Some(diff_id) != expected {
-            return Err(meta(
-                desc,
-                format!(
-                    "the decrypted layer's diff_id {diff_id} is not the config's {} (a layer was swapped or the config edited)",
-                    expected.map(|d| d.to_string()).unwrap_or_else(|| "(none)".into())
-                ),
-            ));
-        }
-        let mut plain = Descriptor::new(plain_type, digest, size);
-        plain.annotations = desc
-            .annotations
-            .iter()
-            .filter(|(k, _)| !k.starts_with(spec::ENC_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        decrypted.push(digest.to_string());
-        files.insert(digest, tmp);
-        layers.push(plain);
     }
     // package: blobs first, manifest last
     let dst = Dest::open(&req.output, &req.dest_options).await?;
     copy_blob(&src, &dst, &image.manifest.config, &req.progress).await?;
     for l in &layers {
         match files.get(&l.digest) {
-            Some(path) => {
-                if !dst.has_blob(l).await? {
-                    let f = tokio::fs::File::open(path)
-                        .await
-                        .map_err(|e| Error::Options(format!("reading a decrypted layer: {e}")))?;
-                    dst.put_blob(l, Box::new(tokio::io::BufReader::new(f)))
-                        .await?;
-                }
-            }
+            Some(path) => dst.put_file(l, path).await?,
             None => {
                 copy_blob(&src, &dst, l, &req.progress).await?;
             }
@@ -243,6 +349,7 @@ pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
     let media_type = image.raw_manifest.media_type.clone();
     let raw = RawManifest::new(cloak_image::spec::to_canonical_json(&manifest), media_type);
     dst.commit(&raw).await?;
+    drop(staging);
     Ok(DecryptReport {
         destination: dst.describe(),
         digest: raw.digest.to_string(),

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod decrypt;
+pub mod encrypt;
 pub mod error;
 pub mod nitro;
 pub mod options;

@@ -30,6 +30,28 @@ pub enum Error {
         /// Layer digest.
         layer: String,
     },
+    /// Wrapping a layer key for a recipient failed.
+    #[error("cannot wrap the layer key: {0}")]
+    Wrap(String),
+    /// A wrapped key is malformed.
+    #[error("malformed wrapped key: {0}")]
+    Unwrap(String),
+    /// A recipient argument cannot be used.
+    #[error("recipient {spec}: {reason}")]
+    Recipient {
+        /// The argument as given.
+        spec: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// A key provider failed.
+    #[error("key provider {name}: {reason}")]
+    Provider {
+        /// Provider name.
+        name: String,
+        /// What happened.
+        reason: String,
+    },
     /// A key file cannot be used.
     #[error("key {path}: {reason}")]
     Key {

@@ -7,6 +7,10 @@
 pub mod blockcipher;
 pub mod error;
 pub mod jwe;
+pub mod keyprovider;
+pub mod keys;
+pub mod keywrap;
+pub mod pkcs7;
 pub mod spec;
 
 pub use error::{Error, Result};

@@ -3,7 +3,12 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+/// Go's `[]byte` JSON: standard base64 with padding.
+pub fn b64_encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
 
 /// Public cipher options (`org.opencontainers.image.enc.pubopts`).
 pub const PUBOPTS: &str = "org.opencontainers.image.enc.pubopts";
@@ -12,12 +17,40 @@ pub const KEYS_PREFIX: &str = "org.opencontainers.image.enc.keys.";
 /// Every encryption annotation starts with this.
 pub const ENC_PREFIX: &str = "org.opencontainers.image.enc.";
 
+/// The encrypted media type of a plain layer type, or `None` when ocicrypt has none for it.
+pub fn encrypted_media_type(media_type: &str) -> Option<String> {
+    const PLAIN: [&str; 8] = [
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.diff.tar",
+    ];
+    if !PLAIN.contains(&media_type) {
+        return None;
+    }
+    // Docker layer types have no encrypted form: ocicrypt writes the OCI one.
+    Some(match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip+encrypted".into()
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => {
+            "application/vnd.oci.image.layer.v1.tar+encrypted".into()
+        }
+        m => format!("{m}+encrypted"),
+    })
+}
+
 /// The plain media type of an encrypted one (`…tar+gzip+encrypted` → `…tar+gzip`).
 pub fn decrypted_media_type(media_type: &str) -> Option<&str> {
     media_type.strip_suffix("+encrypted")
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
+/// Decode Go's `[]byte` JSON form.
+pub fn b64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s.trim())
         .ok()
@@ -90,4 +123,83 @@ pub fn wrapped_keys(annotations: &BTreeMap<String, String>) -> BTreeMap<String, 
         .filter_map(|(k, v)| Some((k.strip_prefix(KEYS_PREFIX)?.to_string(), v)))
         .map(|(scheme, v)| (scheme, v.split(',').filter_map(b64).collect()))
         .collect()
+}
+
+/// The public options ocicrypt writes: the cipher and the HMAC, never a nonce.
+pub fn public_options_json(hmac: &[u8]) -> String {
+    #[derive(Serialize)]
+    struct P<'a> {
+        cipher: &'a str,
+        hmac: String,
+        cipheroptions: BTreeMap<String, String>,
+    }
+    let json = serde_json::to_vec(&P {
+        cipher: "AES_256_CTR_HMAC_SHA256",
+        hmac: b64_encode(hmac),
+        cipheroptions: BTreeMap::new(),
+    })
+    .expect("JSON");
+    b64_encode(&json)
+}
+
+/// The private options JSON for one layer (the bytes every recipient's wrapper carries).
+pub fn private_options_json(symkey: &[u8; 32], digest: &str, nonce: &[u8; 16]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct P<'a> {
+        symkey: String,
+        digest: &'a str,
+        cipheroptions: BTreeMap<&'a str, String>,
+    }
+    serde_json::to_vec(&P {
+        symkey: b64_encode(symkey),
+        digest,
+        cipheroptions: [("nonce", b64_encode(nonce))].into_iter().collect(),
+    })
+    .expect("JSON")
+}
+
+/// The annotation value for a list of wrapped-key entries.
+pub fn join_entries(entries: &[Vec<u8>]) -> String {
+    entries
+        .iter()
+        .map(|e| b64_encode(e))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_options_have_gos_shape_and_round_trip() {
+        let json = private_options_json(&[1; 32], "sha256:ab", &[2; 16]);
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["digest"], "sha256:ab");
+        assert_eq!(v["cipheroptions"]["nonce"], "AgICAgICAgICAgICAgICAg==");
+        let p: PrivateOptions = serde_json::from_slice(&json).unwrap();
+        assert_eq!(p.nonce(), Some([2; 16]));
+        assert_eq!(p.symkey, vec![1; 32]);
+        let mut a = BTreeMap::new();
+        a.insert(PUBOPTS.to_string(), public_options_json(&[5; 32]));
+        let o = public_options(&a).unwrap().unwrap();
+        assert_eq!(o.hmac, vec![5; 32]);
+        assert!(o.cipher_options.is_empty());
+    }
+
+    #[test]
+    fn docker_layers_become_oci_encrypted_types() {
+        assert_eq!(
+            encrypted_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip").as_deref(),
+            Some("application/vnd.oci.image.layer.v1.tar+gzip+encrypted")
+        );
+        assert_eq!(
+            encrypted_media_type("application/vnd.oci.image.layer.v1.tar+zstd").as_deref(),
+            Some("application/vnd.oci.image.layer.v1.tar+zstd+encrypted")
+        );
+        assert_eq!(
+            encrypted_media_type("application/vnd.oci.image.config.v1+json"),
+            None
+        );
+    }
 }

@@ -356,6 +356,24 @@ pub async fn resolve(src: &Source, platform: &PlatformSpec) -> Result<Image> {
     })
 }
 
+/// A directory for staging blobs before `image` is opened for writing, on the same
+/// filesystem as an OCI layout destination (next to it) so [`Dest::put_file`] can rename;
+/// the system's temporary directory for a registry. Removed when dropped.
+pub fn staging_dir_for(image: &ImageRef) -> Result<tempfile::TempDir> {
+    let parent = match image {
+        ImageRef::Layout { dir, .. } => match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        },
+        _ => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io("create", &parent, e))?;
+    tempfile::Builder::new()
+        .prefix(".cloak-staging-")
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io("create a staging directory in", &parent, e))
+}
+
 /// Where images are written.
 pub enum Dest {
     /// A registry repository; the manifest is pushed last, after every blob.
@@ -445,6 +463,27 @@ impl Dest {
                 reference,
             } => registry.push_blob(reference, desc, data).await,
             Dest::Layout(l) => l.put_blob(desc, data).await,
+        }
+    }
+
+    /// Write a blob from a finished local file whose digest and size `desc` gives (computed
+    /// by the caller while writing it). A layout destination renames it into place.
+    pub async fn put_file(&self, desc: &Descriptor, path: &std::path::Path) -> Result<()> {
+        match self {
+            Dest::Layout(l) => l.put_file(desc, path),
+            Dest::Registry { .. } => {
+                if self.has_blob(desc).await? {
+                    return Ok(());
+                }
+                let f = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| Error::io("open", path, e))?;
+                self.put_blob(
+                    desc,
+                    Box::new(tokio::io::BufReader::with_capacity(1 << 20, f)),
+                )
+                .await
+            }
         }
     }
 

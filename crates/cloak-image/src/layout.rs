@@ -219,6 +219,26 @@ impl LayoutDest {
         self.persist(tmp, &desc.digest)
     }
 
+    /// Move a finished file (its digest and size already computed by the caller) into place.
+    pub fn put_file(&self, desc: &Descriptor, path: &Path) -> Result<()> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        if meta.len() != desc.size {
+            return Err(Error::Invalid(format!(
+                "staged blob {} is {} bytes, its descriptor says {}",
+                desc.digest,
+                meta.len(),
+                desc.size
+            )));
+        }
+        let target = blob_path(&self.dir, &desc.digest);
+        if std::fs::rename(path, &target).is_err() {
+            let tmp = self.temp_file()?;
+            std::fs::copy(path, tmp.path()).map_err(|e| Error::io("copy", path, e))?;
+            self.persist(tmp, &desc.digest)?;
+        }
+        Ok(())
+    }
+
     /// Write a manifest (or any small blob) whose bytes are in memory.
     pub fn put_manifest_blob(&self, m: &RawManifest) -> Result<()> {
         self.put_bytes(&m.bytes, &m.digest)

@@ -1,14 +1,31 @@
-//! `cloak decrypt SRC DST --key KEY.pem`: an ocicrypt-encrypted image back to plain layers.
+//! `cloak decrypt SRC DST --key KEY`: an ocicrypt-encrypted image back to plain layers.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use cloak_convert::decrypt::{decrypt, DecryptRequest};
+use cloak_crypt::keys::KeySpec;
 use cloak_image::{ImageRef, PlatformSpec};
 
 use crate::output::{print_json, Format};
 use crate::registry_args::{runtime, DestArgs, SourceArgs};
+
+/// Key and worker options shared by `cloak encrypt` and `cloak decrypt`.
+#[derive(Debug, clap::Args)]
+pub struct KeyArgs {
+    /// Private key: PEM or DER (PKCS#1, PKCS#8, SEC1, encrypted PKCS#8) or JWK; RSA or EC
+    /// P-256/P-384/P-521. A password goes after `:pass:`, `:file:` or `:env:`
+    /// (`key.pem:env:KEY_PASSWORD`). Repeatable; every key is tried on every recipient.
+    #[arg(long, value_name = "KEY[:pass:|:file:|:env:PASSWORD]")]
+    pub key: Vec<KeySpec>,
+    /// Keyprovider configuration (default: $OCICRYPT_KEYPROVIDER_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    pub keyprovider_config: Option<PathBuf>,
+    /// Layers processed in parallel (default: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+}
 
 /// Arguments of `cloak decrypt`.
 #[derive(Debug, clap::Args)]
@@ -17,9 +34,8 @@ pub struct Args {
     pub source: String,
     /// Where to write the decrypted image.
     pub destination: String,
-    /// RSA private key (PEM, PKCS#1 or PKCS#8) for JWE recipients (repeatable; each is tried).
-    #[arg(long, required = true, value_name = "KEY.pem")]
-    pub key: Vec<PathBuf>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     /// Platform to select from a multi-arch image.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
@@ -44,8 +60,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output: output.clone(),
         source_options: args.src.options()?,
         dest_options: args.dest.options(&args.src.authfile)?,
-        keys: args.key.clone(),
+        keys: args.keys.key.clone(),
+        provider_config: args.keys.keyprovider_config.clone(),
         platform: args.platform.parse::<PlatformSpec>()?,
+        jobs: args.keys.jobs,
         progress: crate::progress::for_stderr(args.quiet),
     };
     let report = runtime()?

@@ -4,6 +4,7 @@ pub mod convert;
 pub mod copy;
 pub mod decrypt;
 pub mod eif;
+pub mod encrypt;
 pub mod inspect;
 pub mod ls_files;
 pub mod measure;
