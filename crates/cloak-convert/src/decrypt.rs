@@ -252,19 +252,21 @@ async fn decrypt_layer(
             ),
         ));
     }
-    // The private options name the blob that was encrypted. skopeo records the gzip source's
-    // digest when it recompresses to zstd, so for zstd layers a mismatch is only reported;
-    // for the others it means the blob is not the one the key was made for.
-    if !privopts.digest.is_empty() && privopts.digest != digest.to_string() {
+    // The private options name the blob that was handed to the encryptor. skopeo records the
+    // source blob even when it recompresses on the way: an uncompressed source (whose digest
+    // is the diff_id) or a gzip source recompressed to zstd. Those cases are accepted (the
+    // diff_id above already matched); any other mismatch means the blob is not the one the
+    // key was made for.
+    let recorded = privopts.digest.as_str();
+    if !recorded.is_empty() && recorded != digest.to_string() && recorded != diff_id.to_string() {
         if plain_type.ends_with("+zstd") {
-            tracing::warn!(layer = %desc.digest, recorded = %privopts.digest, actual = %digest,
+            tracing::warn!(layer = %desc.digest, recorded, actual = %digest,
                 "the private options record another digest (skopeo does this when it recompresses to zstd); the diff_id matched");
         } else {
             return Err(meta(
                 &desc,
                 format!(
-                    "the decrypted blob is {digest} but the private options were made for {}",
-                    privopts.digest
+                    "the decrypted blob is {digest} but the private options were made for {recorded}"
                 ),
             ));
         }

@@ -136,6 +136,17 @@ pub struct Args {
     #[arg(long, value_name = "NAME=VALUE")]
     pub env_vars: Vec<String>,
 
+    /// Encrypt the converted image's layers (ocicrypt) as the last step; needs --recipient.
+    /// The plain result is staged next to the output and never pushed.
+    #[arg(long, requires = "recipient")]
+    pub encrypt_layers: bool,
+    /// Recipient of --encrypt-layers: jwe:PUBLIC-KEY, pkcs7:CERT or provider:NAME[:PARAMS].
+    #[arg(long, value_name = "SCHEME:FILE", requires = "encrypt_layers")]
+    pub recipient: Vec<String>,
+    /// Keyprovider configuration for provider: recipients (default: $OCICRYPT_KEYPROVIDER_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    pub keyprovider_config: Option<PathBuf>,
+
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -281,10 +292,46 @@ fn default_launcher() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cloak-launcher"))
 }
 
+/// With `--encrypt-layers`: where the plain result is staged, and the real destination.
+struct Encryption {
+    staging: tempfile::TempDir,
+    staged: ImageRef,
+    output: ImageRef,
+    dest_options: cloak_image::RegistryOptions,
+}
+
+impl Encryption {
+    /// Encrypt the staged image into the real output; the report's `encryption` member.
+    fn finish(self, args: &Args) -> anyhow::Result<cloak_convert::encrypt::EncryptReport> {
+        let req = cloak_convert::encrypt::EncryptRequest {
+            input: self.staged.clone(),
+            output: self.output.clone(),
+            source_options: Default::default(),
+            dest_options: self.dest_options,
+            recipients: args.recipient.clone(),
+            layers: Vec::new(),
+            add: Vec::new(),
+            remove: Vec::new(),
+            keys: Vec::new(),
+            provider_config: args.keyprovider_config.clone(),
+            platform: args.platform.parse()?,
+            jobs: 0,
+            progress: crate::progress::for_stderr(args.quiet),
+        };
+        let report = runtime()?
+            .block_on(cloak_convert::encrypt::encrypt(req))
+            .with_context(|| {
+                format!("while encrypting the converted image into {}", self.output)
+            })?;
+        drop(self.staging);
+        Ok(report)
+    }
+}
+
 /// Run `cloak convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let input: ImageRef = args.input.parse()?;
-    let output: ImageRef = if args.output == "-" {
+    let mut output: ImageRef = if args.output == "-" {
         ImageRef::Layout {
             dir: "-".into(),
             tag: None,
@@ -293,7 +340,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.output.parse()?
     };
     let src_opts = args.src.options()?;
-    let dst_opts = args.dest.options(&args.src.authfile)?;
+    let mut dst_opts = args.dest.options(&args.src.authfile)?;
+    let mut encryption = None;
+    if args.encrypt_layers {
+        if args.output == "-" {
+            anyhow::bail!("--encrypt-layers needs an output image, not -");
+        }
+        // Recipients are checked before any work is done.
+        for r in &args.recipient {
+            cloak_crypt::keywrap::Recipient::parse(r)?;
+        }
+        let staging = cloak_image::image::staging_dir_for(&output)?;
+        let staged = ImageRef::Layout {
+            dir: staging.path().join("plain"),
+            tag: Some("converted".into()),
+        };
+        encryption = Some(Encryption {
+            staging,
+            staged: staged.clone(),
+            output: std::mem::replace(&mut output, staged),
+            dest_options: std::mem::take(&mut dst_opts),
+        });
+    }
     let platform: PlatformSpec = args.platform.parse()?;
     match args.target {
         Target::Sgx => {
@@ -318,11 +386,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 platform,
                 progress: crate::progress::for_stderr(args.quiet),
             };
-            let report = runtime()?
+            let mut report = runtime()?
                 .block_on(sgx::convert(req))
                 .with_context(|| format!("while converting {input} for SGX into {output}"))?;
+            let encrypted = match encryption {
+                Some(e) => {
+                    let enc = e.finish(&args)?;
+                    report.new_image = enc.destination.clone();
+                    report.image_digest = enc.digest.clone();
+                    Some(enc)
+                }
+                None => None,
+            };
             match args.output_format {
-                Format::Json => print_json(&report)?,
+                Format::Json => print_json(&with_encryption(&report, encrypted)?)?,
                 Format::Text => {
                     println!("Image:      {} ({})", report.new_image, report.image_digest);
                     println!("MRENCLAVE:  {}", report.mrenclave);
@@ -377,14 +454,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 platform,
                 progress: crate::progress::for_stderr(args.quiet),
             };
-            let report = runtime()?
+            let mut report = runtime()?
                 .block_on(nitro::convert(req))
                 .with_context(|| format!("while converting {input} for Nitro Enclaves"))?;
+            let encrypted = match encryption {
+                Some(e) => {
+                    let enc = e.finish(&args)?;
+                    report.output_image = Some(format!("{}@{}", enc.destination, enc.digest));
+                    Some(enc)
+                }
+                None => None,
+            };
             for w in &report.warnings {
                 tracing::warn!("{w}");
             }
             match args.output_format {
-                Format::Json => print_json(&report)?,
+                Format::Json => print_json(&with_encryption(&report, encrypted)?)?,
                 Format::Text => {
                     let a = &report.attributes["nitro_enclave"];
                     println!("PCR0: {}\nPCR1: {}\nPCR2: {}", a.pcr0, a.pcr1, a.pcr2);
@@ -393,4 +478,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The report as JSON, with an `encryption` member when the layers were encrypted.
+fn with_encryption(
+    report: &impl serde::Serialize,
+    encrypted: Option<cloak_convert::encrypt::EncryptReport>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(report)?;
+    if let (Some(e), Some(o)) = (encrypted, v.as_object_mut()) {
+        o.insert("encryption".into(), serde_json::to_value(e)?);
+    }
+    Ok(v)
 }

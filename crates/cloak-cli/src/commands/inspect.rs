@@ -37,7 +37,17 @@ struct LayerInfo {
     media_type: String,
     compression: Option<Compression>,
     encrypted: bool,
+    /// For encrypted layers: scheme → number of recipients (no key material).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<Encryption>,
     diff_id: Option<Digest>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Encryption {
+    cipher: Option<String>,
+    recipients: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Serialize)]
@@ -100,6 +110,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 media_type: l.media_type.clone(),
                 compression: spec::layer_compression(&l.media_type),
                 encrypted: l.media_type.ends_with("+encrypted"),
+                encryption: l.media_type.ends_with("+encrypted").then(|| Encryption {
+                    cipher: cloak_crypt::spec::public_options(&l.annotations)
+                        .and_then(|p| p.ok())
+                        .map(|p| p.cipher),
+                    recipients: cloak_crypt::keywrap::summary(&l.annotations)
+                        .into_iter()
+                        .collect(),
+                }),
                 diff_id: diff_ids.get(i).copied(),
             })
             .collect(),
@@ -130,7 +148,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 report.total_size
             );
             for l in &report.layers {
-                let enc = if l.encrypted { " encrypted" } else { "" };
+                let enc = match &l.encryption {
+                    Some(e) if e.recipients.is_empty() => " (encrypted, no recipients)".into(),
+                    Some(e) => format!(
+                        " (encrypted for {})",
+                        e.recipients
+                            .iter()
+                            .map(|(s, n)| format!("{s}: {n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => String::new(),
+                };
                 println!("  {}  {:>12}  {}{enc}", l.digest, l.size, l.media_type);
             }
         }
