@@ -496,3 +496,79 @@ fn a_nitro_cli_blobs_folder_supplies_kernel_cmdline_and_nsm_module() {
         ["dev", "dev/console", "init", "nsm.ko"]
     );
 }
+
+#[test]
+fn encrypt_layers_pushes_only_the_encrypted_image_and_skopeo_decrypts_it() {
+    let reg = Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("ec.pem");
+    let public = tmp.path().join("ec.pub.pem");
+    ok(std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+        ])
+        .arg(&key));
+    ok(std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public));
+    let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    let remote = format!("docker://{}/nitro/encrypted:1", reg.addr());
+    let out = ok(cloak()
+        .args([
+            "convert",
+            "--target",
+            "nitro",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg("--kernel")
+        .arg(kernel())
+        .args(["--encrypt-layers", "--recipient"])
+        .arg(format!("jwe:{}", public.display()))
+        .arg(&bb)
+        .arg(&remote));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = report["encryption"]["layers"].as_array().unwrap();
+    assert!(
+        !layers.is_empty() && layers.iter().all(|l| l["encrypted"] == true),
+        "{report}"
+    );
+    assert!(report["output_image"]
+        .as_str()
+        .unwrap()
+        .ends_with(report["encryption"]["digest"].as_str().unwrap()));
+    // Only the encrypted image ever reached the registry.
+    assert!(reg.has_tag("nitro/encrypted:1"));
+    let tags = ok(skopeo(&["list-tags", "--tls-verify=false"]).arg(&remote[..remote.len() - 2]));
+    let tags: serde_json::Value = serde_json::from_slice(&tags.stdout).unwrap();
+    assert_eq!(tags["Tags"], serde_json::json!(["1"]));
+    // skopeo decrypts it; the EIF inside has the PCRs the report gave.
+    let dec = tmp.path().join("dec");
+    ok(
+        skopeo(&["copy", "-q", "--src-tls-verify=false", "--decryption-key"])
+            .arg(&key)
+            .arg(&remote)
+            .arg(format!("oci:{}:1", dec.display())),
+    );
+    let rootfs = umoci_unpack(&dec, "1", &tmp.path().join("bundle"));
+    let described: serde_json::Value = serde_json::from_slice(
+        &ok(cloak()
+            .args(["describe-eif", "-o", "json"])
+            .arg(rootfs.join("cloak/enclave.eif")))
+        .stdout,
+    )
+    .unwrap();
+    let pcr0 = &report["attributes"]["nitro_enclave"]["pcr0"];
+    assert_eq!(
+        &described.to_string().contains(pcr0.as_str().unwrap()),
+        &true,
+        "{described}"
+    );
+}
