@@ -23,3 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# grpcio: an independent gRPC peer for the keyprovider tests, installed for the python3 on PATH
+# (which may not be Debian's, so python3-grpcio would not be seen); the wheel takes seconds.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  echo "installing: grpcio (PyPI)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check grpcio 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  python3 -c 'import grpc'
+fi

@@ -784,6 +784,127 @@ else:
     sys.exit("unknown op")
 "#;
 
+/// The same provider behind grpcio (an independent HTTP/2 + gRPC stack), with the service and
+/// message shapes of ocicrypt's `keyprovider.proto` encoded by hand (one `bytes` field, 1).
+const GRPC_PROVIDER: &str = r#"
+import base64, json, sys, grpc
+from concurrent import futures
+def decode(msg):
+    assert msg[0] == 0x0a, msg[:4]
+    n, shift, i = 0, 0, 1
+    while True:
+        b = msg[i]; i += 1
+        n |= (b & 0x7f) << shift; shift += 7
+        if not b & 0x80:
+            break
+    return msg[i:i + n]
+def encode(data):
+    out, n = bytearray([0x0a]), len(data)
+    while n >= 0x80:
+        out.append((n & 0x7f) | 0x80); n >>= 7
+    out.append(n)
+    return bytes(out) + data
+def xor(data, key):
+    return bytes(b ^ key[i % len(key)] for i, b in enumerate(data))
+def wrap(request, context):
+    req = json.loads(decode(request))
+    assert req["op"] == "keywrap", req
+    key = base64.b64decode(req["keywrapparams"]["ec"]["Parameters"]["grpctest"][0])
+    opts = base64.b64decode(req["keywrapparams"]["optsdata"])
+    blob = key + b":" + xor(opts, key)
+    return encode(json.dumps({"keywrapresults": {"annotation": list(blob)}}).encode())
+def unwrap(request, context):
+    req = json.loads(decode(request))
+    assert req["op"] == "keyunwrap", req
+    key, wrapped = base64.b64decode(req["keyunwrapparams"]["annotation"]).split(b":", 1)
+    if key != b"grpc-k3y":
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "not attested")
+    opts = xor(wrapped, key)
+    return encode(json.dumps({"keyunwrapresults": {"optsdata": base64.b64encode(opts).decode()}}).encode())
+ident = lambda b: b
+handler = grpc.method_handlers_generic_handler("keyprovider.KeyProviderService", {
+    "WrapKey": grpc.unary_unary_rpc_method_handler(wrap, request_deserializer=ident, response_serializer=ident),
+    "UnWrapKey": grpc.unary_unary_rpc_method_handler(unwrap, request_deserializer=ident, response_serializer=ident),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+server.wait_for_termination()
+"#;
+
+#[test]
+fn grpc_keyproviders_speak_gos_protocol() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let script = t.join("grpc_provider.py");
+    std::fs::write(&script, GRPC_PROVIDER).unwrap();
+    let server = Command::new("python3")
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio (scripts/install-deps.sh installs it)");
+    let mut line = String::new();
+    let mut server = server;
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = KillOnDrop(server);
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the gRPC provider did not start: {line:?}"));
+    let config = t.join("ocicrypt.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"key-providers": {"grpctest": {"grpc": format!("127.0.0.1:{port}")}}})
+            .to_string(),
+    )
+    .unwrap();
+    let bb = busybox(&t.join("bb"));
+    for (params, expect_ok) in [("grpc-k3y", true), ("other", false)] {
+        let enc = t.join(format!("enc-{params}"));
+        ok(cloak()
+            .args(["encrypt", "-q", "--keyprovider-config"])
+            .arg(&config)
+            .arg("--recipient")
+            .arg(format!("provider:grpctest:{params}"))
+            .arg(oci(&bb))
+            .arg(oci(&enc)));
+        let dec = t.join(format!("dec-{params}"));
+        let out = run(cloak()
+            .args(["decrypt", "-q", "--keyprovider-config"])
+            .arg(&config)
+            .arg(oci(&enc))
+            .arg(oci(&dec)));
+        if expect_ok {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(layer_digests(&dec), layer_digests(&bb));
+        } else {
+            // The provider's refusal (a gRPC status) reaches the user; nothing is written.
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("grpctest") && err.contains("not attested"),
+                "{err}"
+            );
+            assert!(!dec.exists());
+        }
+    }
+}
+
 #[test]
 fn keyprovider_commands_speak_gos_protocol() {
     let tmp = tempfile::tempdir().unwrap();
