@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: build an example image without Docker, push it to a local
 # registry started for the purpose (loopback, port chosen at run time), inspect it, list its
-# files and copy it back into an OCI layout. Everything lives under .work/demo and is removed
+# files, copy it back into an OCI layout, encrypt and decrypt it (cross-checked with skopeo),
+# convert it for SGX and for Nitro Enclaves and boot the Nitro image under qemu. Everything lives under .work/demo and is removed
 # at the next run; the registry is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,20 @@ echo "== cloak ls-files docker://$reg/demo/example:1.0"
 "$cloak" ls-files --tls-verify=false "docker://$reg/demo/example:1.0" | head -n 20
 echo "== cloak copy docker://$reg/demo/example:1.0 oci:copied:1.0"
 "$cloak" copy --src-tls-verify=false "docker://$reg/demo/example:1.0" oci:copied:1.0
+
+echo "== cloak encrypt for an EC P-384 key (ocicrypt JWE), pushed; then decrypted by cloak and by skopeo"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 -out "$work/image-key.pem" 2>/dev/null
+openssl pkey -in "$work/image-key.pem" -pubout -out "$work/image-key.pub"
+"$cloak" encrypt --quiet --dest-tls-verify=false --recipient "jwe:$work/image-key.pub" \
+  oci:example:1.0 "docker://$reg/demo/example-encrypted:1.0"
+"$cloak" inspect --tls-verify=false "docker://$reg/demo/example-encrypted:1.0" | tail -n 2
+"$cloak" decrypt --quiet --src-tls-verify=false --key "$work/image-key.pem" \
+  "docker://$reg/demo/example-encrypted:1.0" oci:decrypted:1.0
+skopeo copy --quiet --src-tls-verify=false --decryption-key "$work/image-key.pem" \
+  "docker://$reg/demo/example-encrypted:1.0" oci:decrypted-by-skopeo:1.0
+echo "layers: original $("$cloak" inspect -o json oci:example:1.0 | jq -c '[.layers[].digest]')"
+echo "        cloak    $("$cloak" inspect -o json oci:decrypted:1.0 | jq -c '[.layers[].digest]')"
+echo "        skopeo   $("$cloak" inspect -o json oci:decrypted-by-skopeo:1.0 | jq -c '[.layers[].digest]')"
 
 echo "== cloak convert --target sgx (Gramine runtime image built from real ELF files: no Gramine build is reachable here)"
 source "$root/scripts/lib/images.sh"

@@ -469,6 +469,24 @@ fn cloak_encrypted_images_decrypt_with_skopeo_to_the_same_root_filesystem() {
         vec![format!("jwe:{}", s(&pub_jwk))],
         vec![vec![k.ec[1].0.clone()]],
     ));
+    // A JWK's "alg" picks the algorithm (as in ocicrypt >= 1.1.10); skopeo 1.9.3 reads both.
+    let mut oaep256 = jwk(&k.rsa.0, false);
+    oaep256["alg"] = "RSA-OAEP-256".into();
+    let oaep256_path = t.join("rsa-oaep-256.jwk");
+    std::fs::write(&oaep256_path, oaep256.to_string()).unwrap();
+    let mut a128kw = jwk(&k.ec[0].0, false);
+    a128kw["alg"] = "ECDH-ES+A128KW".into();
+    let a128kw_path = t.join("ec-a128kw.jwk");
+    std::fs::write(&a128kw_path, a128kw.to_string()).unwrap();
+    cases.push((
+        "jwk-alg",
+        &bb,
+        vec![
+            format!("jwe:{}", s(&oaep256_path)),
+            format!("jwe:{}", s(&a128kw_path)),
+        ],
+        vec![vec![k.rsa.0.clone()], vec![k.ec[0].0.clone()]],
+    ));
     cases.push((
         "zstd",
         &zstd,
@@ -515,6 +533,25 @@ fn cloak_encrypted_images_decrypt_with_skopeo_to_the_same_root_filesystem() {
                 assert_eq!(pubopts["cipher"], "AES_256_CTR_HMAC_SHA256");
                 assert_eq!(pubopts["cipheroptions"], serde_json::json!({}));
             }
+        }
+        if name == "jwk-alg" {
+            use base64::Engine;
+            let entry = layers[0]["annotations"]["org.opencontainers.image.enc.keys.jwe"]
+                .as_str()
+                .unwrap();
+            let jwe: serde_json::Value = serde_json::from_slice(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(entry)
+                    .unwrap(),
+            )
+            .unwrap();
+            let algs: Vec<&str> = jwe["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["header"]["alg"].as_str().unwrap())
+                .collect();
+            assert_eq!(algs, ["RSA-OAEP-256", "ECDH-ES+A128KW"]);
         }
         let original = (name != "zstd")
             .then(|| from_dir(&umoci_unpack(fixture, "1", &t.join(format!("{name}-orig")))));

@@ -11,40 +11,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cloak_crypt::keyprovider::Config as ProviderConfig;
-use cloak_crypt::keys::{KeySpec, PrivateKey};
-use cloak_crypt::keywrap;
+use cloak_crypt::keys::PrivateKey;
 use cloak_crypt::{blockcipher::Decryptor, spec};
-use cloak_image::copy::{copy_blob, Progress};
+use cloak_image::copy::copy_blob;
 use cloak_image::image::{resolve, staging_dir_for, Dest, RawManifest, Source};
 use cloak_image::layer::decompress;
 use cloak_image::spec::{Descriptor, ImageManifest};
-use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
+use cloak_image::Digest;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::encrypt::{bounded, worker_count};
+use crate::crypt::{bounded, meta, open_layer, worker_count, KeyMaterial, Transfer};
 use crate::error::{Error, Result};
 
 /// One decryption.
 pub struct DecryptRequest {
-    /// Encrypted image.
-    pub input: ImageRef,
-    /// Where to write the plain image.
-    pub output: ImageRef,
-    /// Registry settings of the input.
-    pub source_options: RegistryOptions,
-    /// Registry settings of the output.
-    pub dest_options: RegistryOptions,
-    /// Private keys (each tried against every recipient).
-    pub keys: Vec<KeySpec>,
-    /// Keyprovider configuration file (else `$OCICRYPT_KEYPROVIDER_CONFIG`).
-    pub provider_config: Option<PathBuf>,
-    /// Platform selected from a multi-arch input.
-    pub platform: PlatformSpec,
-    /// Parallel layer workers (0 = one per CPU).
-    pub jobs: usize,
-    /// Progress sink.
-    pub progress: Arc<dyn Progress>,
+    /// Input, output and how.
+    pub transfer: Transfer,
+    /// Keys that open the layers.
+    pub keys: KeyMaterial,
 }
 
 /// The result.
@@ -57,47 +42,6 @@ pub struct DecryptReport {
     pub digest: String,
     /// Layers that were decrypted (their new digests).
     pub decrypted_layers: Vec<String>,
-}
-
-pub(crate) fn meta(layer: &Descriptor, reason: impl Into<String>) -> Error {
-    Error::Crypt(cloak_crypt::Error::Metadata {
-        layer: layer.digest.to_string(),
-        reason: reason.into(),
-    })
-}
-
-/// Read every `--key`.
-pub(crate) fn load_keys(specs: &[KeySpec]) -> Result<Vec<PrivateKey>> {
-    specs
-        .iter()
-        .map(|k| PrivateKey::from_spec(k).map_err(Error::Crypt))
-        .collect()
-}
-
-/// Unwrap a layer's private options with the keys and providers at hand.
-pub(crate) fn open_layer(
-    desc: &Descriptor,
-    keys: &[PrivateKey],
-    providers: &ProviderConfig,
-) -> Result<Vec<u8>> {
-    let missing = || {
-        Error::Crypt(cloak_crypt::Error::MissingKey {
-            layer: desc.digest.to_string(),
-            recipients: keywrap::describe(&desc.annotations),
-            keys: keys.len(),
-        })
-    };
-    match keywrap::unwrap(&desc.annotations, keys, providers) {
-        Ok(Some(opened)) => Ok(opened.privopts),
-        Ok(None) => Err(missing()),
-        Err(cloak_crypt::Error::Provider { name, reason }) => {
-            Err(Error::Crypt(cloak_crypt::Error::Provider { name, reason }))
-        }
-        Err(e) => Err(meta(
-            desc,
-            format!("{e}; and no key given opens another entry"),
-        )),
-    }
 }
 
 /// A reader over chunks sent from another thread.
@@ -281,19 +225,19 @@ async fn decrypt_layer(
     Ok((plain, path))
 }
 
-/// Decrypt `req.input` into `req.output`.
+/// Decrypt the input into the output.
 pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
-    let keys = Arc::new(load_keys(&req.keys)?);
-    let providers =
-        Arc::new(ProviderConfig::load(req.provider_config.as_deref()).map_err(Error::Crypt)?);
+    let t = &req.transfer;
+    let (keys, providers) = req.keys.load()?;
+    let (keys, providers) = (Arc::new(keys), Arc::new(providers));
     if keys.is_empty() && providers.providers.is_empty() {
         return Err(Error::Options(
             "no keys: give --key PRIVATE-KEY (or configure a key provider)".into(),
         ));
     }
-    let src = Arc::new(Source::open(&req.input, &req.source_options).await?);
-    let image = resolve(&src, &req.platform).await?;
-    let staging = staging_dir_for(&req.output)?;
+    let src = Arc::new(Source::open(&t.input, &t.source_options).await?);
+    let image = resolve(&src, &t.platform).await?;
+    let staging = staging_dir_for(&t.output)?;
     let futures: Vec<_> = image
         .manifest
         .layers
@@ -319,7 +263,7 @@ pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
             }
         })
         .collect();
-    let results = bounded(worker_count(req.jobs), futures).await;
+    let results = bounded(worker_count(t.jobs), futures).await;
     let mut layers = Vec::new();
     let mut files: BTreeMap<Digest, PathBuf> = BTreeMap::new();
     let mut decrypted = Vec::new();
@@ -334,13 +278,13 @@ pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
         }
     }
     // package: blobs first, manifest last
-    let dst = Dest::open(&req.output, &req.dest_options).await?;
-    copy_blob(&src, &dst, &image.manifest.config, &req.progress).await?;
+    let dst = Dest::open(&t.output, &t.dest_options).await?;
+    copy_blob(&src, &dst, &image.manifest.config, &t.progress).await?;
     for l in &layers {
         match files.get(&l.digest) {
             Some(path) => dst.put_file(l, path).await?,
             None => {
-                copy_blob(&src, &dst, l, &req.progress).await?;
+                copy_blob(&src, &dst, l, &t.progress).await?;
             }
         }
     }

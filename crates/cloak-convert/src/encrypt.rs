@@ -15,30 +15,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cloak_crypt::keyprovider::Config as ProviderConfig;
-use cloak_crypt::keys::{KeySpec, PrivateKey};
 use cloak_crypt::keywrap::{self, Recipient};
 use cloak_crypt::{blockcipher::Encryptor, spec};
-use cloak_image::copy::{copy_blob, Progress};
+use cloak_image::copy::copy_blob;
 use cloak_image::image::{resolve, staging_dir_for, Dest, Image, RawManifest, Source};
 use cloak_image::spec::{Descriptor, ImageManifest};
-use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
+use cloak_image::Digest;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::decrypt::{load_keys, meta, open_layer};
+use crate::crypt::{bounded, meta, open_layer, worker_count, KeyMaterial, Transfer};
 use crate::error::{Error, Result};
 
 /// One encryption (or recipient change).
 pub struct EncryptRequest {
-    /// Plain (or, to change recipients, encrypted) image.
-    pub input: ImageRef,
-    /// Where to write the result.
-    pub output: ImageRef,
-    /// Registry settings of the input.
-    pub source_options: RegistryOptions,
-    /// Registry settings of the output.
-    pub dest_options: RegistryOptions,
+    /// Input (plain, or encrypted to change recipients), output and how.
+    pub transfer: Transfer,
     /// `--recipient` arguments (encrypting a plain image).
     pub recipients: Vec<String>,
     /// Layer indices to encrypt (negative counts from the top); all when empty.
@@ -47,16 +40,8 @@ pub struct EncryptRequest {
     pub add: Vec<String>,
     /// `--remove-recipient` arguments.
     pub remove: Vec<String>,
-    /// Keys that open the existing recipients (rewrapping).
-    pub keys: Vec<KeySpec>,
-    /// Keyprovider configuration file (else `$OCICRYPT_KEYPROVIDER_CONFIG`).
-    pub provider_config: Option<PathBuf>,
-    /// Platform selected from a multi-arch input.
-    pub platform: PlatformSpec,
-    /// Parallel layer workers (0 = one per CPU).
-    pub jobs: usize,
-    /// Progress sink.
-    pub progress: Arc<dyn Progress>,
+    /// Keys that open the existing recipients (rewrapping), and providers.
+    pub keys: KeyMaterial,
 }
 
 /// One layer of the result.
@@ -189,26 +174,6 @@ async fn encrypt_layer(
     Ok(Staged { desc: out, path })
 }
 
-/// Run `futures` with at most `jobs` at once, keeping their order.
-pub(crate) async fn bounded<T, F>(jobs: usize, futures: Vec<F>) -> Vec<T>
-where
-    F: std::future::Future<Output = T>,
-{
-    use futures_util::stream::StreamExt;
-    futures_util::stream::iter(futures)
-        .buffered(jobs.max(1))
-        .collect()
-        .await
-}
-
-pub(crate) fn worker_count(jobs: usize) -> usize {
-    if jobs > 0 {
-        jobs
-    } else {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    }
-}
-
 /// The OCI manifest of the result: Docker manifests become OCI ones (ocicrypt's encrypted
 /// layer types exist only in OCI), the config bytes are kept.
 fn output_manifest(image: &Image, layers: Vec<Descriptor>) -> RawManifest {
@@ -244,7 +209,7 @@ fn layer_reports(layers: &[Descriptor]) -> Vec<LayerReport> {
         .collect()
 }
 
-/// Encrypt `req.input` into `req.output`, or change its recipients.
+/// Encrypt the input into the output, or change the input's recipients.
 pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
     let rewrap = !req.add.is_empty() || !req.remove.is_empty();
     if rewrap && !req.recipients.is_empty() {
@@ -257,12 +222,13 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
             "no recipients: give --recipient jwe:PUBLIC-KEY (or pkcs7:CERT, provider:NAME)".into(),
         ));
     }
-    let providers =
-        Arc::new(ProviderConfig::load(req.provider_config.as_deref()).map_err(Error::Crypt)?);
-    let src = Arc::new(Source::open(&req.input, &req.source_options).await?);
-    let image = resolve(&src, &req.platform).await?;
+    let t = &req.transfer;
+    let (keys, providers) = req.keys.load()?;
+    let providers = Arc::new(providers);
+    let src = Arc::new(Source::open(&t.input, &t.source_options).await?);
+    let image = resolve(&src, &t.platform).await?;
     if rewrap {
-        return rewrap_image(&req, &src, &image, &providers).await;
+        return rewrap_image(&req, &src, &image, &keys, &providers).await;
     }
     let recipients = Arc::new(parse_recipients(&req.recipients)?);
     let picked = select_layers(&req.layers, image.manifest.layers.len())?;
@@ -274,7 +240,7 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
             )));
         }
     }
-    let staging = staging_dir_for(&req.output)?;
+    let staging = staging_dir_for(&t.output)?;
     let mut work = Vec::new();
     for (i, l) in image.manifest.layers.iter().enumerate() {
         if picked[i] {
@@ -296,7 +262,7 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
             None => Ok(None),
         }
     });
-    let staged = bounded(worker_count(req.jobs), futures.collect()).await;
+    let staged = bounded(worker_count(t.jobs), futures.collect()).await;
     let mut layers = Vec::new();
     let mut files = BTreeMap::new();
     for (i, s) in staged.into_iter().enumerate() {
@@ -308,13 +274,13 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
             None => layers.push(image.manifest.layers[i].clone()),
         }
     }
-    let dst = Dest::open(&req.output, &req.dest_options).await?;
-    copy_blob(&src, &dst, &image.manifest.config, &req.progress).await?;
+    let dst = Dest::open(&t.output, &t.dest_options).await?;
+    copy_blob(&src, &dst, &image.manifest.config, &t.progress).await?;
     for l in &layers {
         match files.get(&l.digest) {
             Some(path) => dst.put_file(l, path).await?,
             None => {
-                copy_blob(&src, &dst, l, &req.progress).await?;
+                copy_blob(&src, &dst, l, &t.progress).await?;
             }
         }
     }
@@ -332,11 +298,12 @@ async fn rewrap_image(
     req: &EncryptRequest,
     src: &Source,
     image: &Image,
+    keys: &[cloak_crypt::keys::PrivateKey],
     providers: &ProviderConfig,
 ) -> Result<EncryptReport> {
+    let t = &req.transfer;
     let add = parse_recipients(&req.add)?;
     let remove = parse_recipients(&req.remove)?;
-    let keys: Vec<PrivateKey> = load_keys(&req.keys)?;
     if !add.is_empty() && keys.is_empty() && providers.providers.is_empty() {
         return Err(Error::Options(
             "adding a recipient needs the layer keys: give --key with a private key of a current recipient".into(),
@@ -353,7 +320,7 @@ async fn rewrap_image(
         any = true;
         let mut out = l.clone();
         if !add.is_empty() {
-            let privopts = open_layer(l, &keys, providers)?;
+            let privopts = open_layer(l, keys, providers)?;
             let wrapped = keywrap::wrap(&privopts, &add, providers)?;
             keywrap::append(&mut out.annotations, wrapped);
         }
@@ -383,10 +350,10 @@ async fn rewrap_image(
         }
         let _ = r;
     }
-    let dst = Dest::open(&req.output, &req.dest_options).await?;
-    copy_blob(src, &dst, &image.manifest.config, &req.progress).await?;
+    let dst = Dest::open(&t.output, &t.dest_options).await?;
+    copy_blob(src, &dst, &image.manifest.config, &t.progress).await?;
     for l in &image.manifest.layers {
-        copy_blob(src, &dst, l, &req.progress).await?;
+        copy_blob(src, &dst, l, &t.progress).await?;
     }
     let raw = output_manifest(image, layers.clone());
     dst.commit(&raw).await?;

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod crypt;
 pub mod decrypt;
 pub mod encrypt;
 pub mod error;

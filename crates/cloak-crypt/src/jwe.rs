@@ -96,27 +96,68 @@ fn kw_unwrap(kek: &[u8], wrapped: &[u8]) -> Option<Vec<u8>> {
     .ok()
 }
 
+/// One recipient of a JWE message.
+#[derive(Clone, Debug)]
+pub struct JweRecipient {
+    /// Its public key.
+    pub key: PublicKey,
+    /// Key management algorithm; `None` is ocicrypt's default (`RSA-OAEP` for RSA,
+    /// `ECDH-ES+A256KW` for EC). A JWK's `alg` sets it, as in ocicrypt ≥ 1.1.10.
+    pub alg: Option<String>,
+    /// Written into the recipient's header.
+    pub kid: Option<String>,
+}
+
+/// The key management algorithms cloak writes for a key type.
+pub fn check_alg(key: &PublicKey, alg: &str) -> std::result::Result<(), String> {
+    let ok = match key {
+        PublicKey::Rsa(_) => ["RSA-OAEP", "RSA-OAEP-256"].contains(&alg),
+        _ => ["ECDH-ES+A128KW", "ECDH-ES+A192KW", "ECDH-ES+A256KW"].contains(&alg),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "alg {alg} does not fit a {} key (RSA: RSA-OAEP, RSA-OAEP-256; EC: ECDH-ES+A128KW, ECDH-ES+A192KW, ECDH-ES+A256KW)",
+            key.kind()
+        ))
+    }
+}
+
 /// `(header, encrypted_key)` for one recipient of a 32-byte CEK.
-fn wrap_for(to: &PublicKey, cek: &[u8], kid: Option<&String>) -> Result<(Value, Vec<u8>)> {
-    let (mut header, key) = wrap_key(to, cek)?;
-    if let Some(kid) = kid {
+fn wrap_for(r: &JweRecipient, cek: &[u8]) -> Result<(Value, Vec<u8>)> {
+    let (mut header, key) = wrap_key(&r.key, cek, r.alg.as_deref())?;
+    if let Some(kid) = &r.kid {
         header["kid"] = kid.as_str().into();
     }
     Ok((header, key))
 }
 
-fn wrap_key(to: &PublicKey, cek: &[u8]) -> Result<(Value, Vec<u8>)> {
-    const ALG: &str = "ECDH-ES+A256KW";
+fn wrap_key(to: &PublicKey, cek: &[u8], alg: Option<&str>) -> Result<(Value, Vec<u8>)> {
+    if let Some(alg) = alg {
+        check_alg(to, alg).map_err(Error::Wrap)?;
+    }
     let ec = |(epk, z): (Value, Vec<u8>)| {
-        let kek = concat_kdf(&z, ALG, &[], &[], 32);
-        (json!({"alg": ALG, "epk": epk}), kw_wrap(&kek, cek))
+        let alg = alg.unwrap_or("ECDH-ES+A256KW");
+        let len = match alg {
+            "ECDH-ES+A128KW" => 16,
+            "ECDH-ES+A192KW" => 24,
+            _ => 32,
+        };
+        let kek = concat_kdf(&z, alg, &[], &[], len);
+        (json!({"alg": alg, "epk": epk}), kw_wrap(&kek, cek))
     };
     Ok(match to {
         PublicKey::Rsa(k) => {
-            let wrapped = k
-                .encrypt(&mut rand::rngs::OsRng, Oaep::new::<sha1::Sha1>(), cek)
-                .map_err(|e| Error::Wrap(format!("RSA-OAEP: {e}")))?;
-            (json!({"alg": "RSA-OAEP"}), wrapped)
+            let alg = alg.unwrap_or("RSA-OAEP");
+            let mut rng = rand::rngs::OsRng;
+            let wrapped = if alg == "RSA-OAEP-256" {
+                k.encrypt(&mut rng, Oaep::new::<sha2::Sha256>(), cek)
+            } else {
+                k.encrypt(&mut rng, Oaep::new::<sha1::Sha1>(), cek)
+            }
+            .map_err(|e| Error::Wrap(format!("{alg}: {e}")))?;
+            (json!({ "alg": alg }), wrapped)
         }
         PublicKey::P256(k) => ec(ecdh_ephemeral(k)),
         PublicKey::P384(k) => ec(ecdh_ephemeral(k)),
@@ -124,18 +165,22 @@ fn wrap_key(to: &PublicKey, cek: &[u8]) -> Result<(Value, Vec<u8>)> {
     })
 }
 
-/// Wrap `payload` (the private options JSON) for `recipients`, as go-jose's
-/// `NewMultiEncrypter(A256GCM, …).FullSerialize()` does.
+/// Wrap `payload` (the private options JSON) for `recipients` with ocicrypt's default
+/// algorithms, as go-jose's `NewMultiEncrypter(A256GCM, …).FullSerialize()` does.
 pub fn wrap(payload: &[u8], recipients: &[PublicKey]) -> Result<Vec<u8>> {
-    wrap_with_kids(payload, recipients, &[])
+    let recipients: Vec<JweRecipient> = recipients
+        .iter()
+        .map(|k| JweRecipient {
+            key: k.clone(),
+            alg: None,
+            kid: None,
+        })
+        .collect();
+    wrap_recipients(payload, &recipients)
 }
 
-/// [`wrap`], with a `kid` in each recipient's header (`kids[i]` for `recipients[i]`).
-pub fn wrap_with_kids(
-    payload: &[u8],
-    recipients: &[PublicKey],
-    kids: &[String],
-) -> Result<Vec<u8>> {
+/// [`wrap`], with per-recipient algorithm and `kid`.
+pub fn wrap_recipients(payload: &[u8], recipients: &[JweRecipient]) -> Result<Vec<u8>> {
     if recipients.is_empty() {
         return Err(Error::Wrap("no JWE recipients".into()));
     }
@@ -144,8 +189,8 @@ pub fn wrap_with_kids(
     rand::rngs::OsRng.fill_bytes(&mut cek);
     rand::rngs::OsRng.fill_bytes(&mut iv);
     let mut headers = Vec::new();
-    for (i, r) in recipients.iter().enumerate() {
-        headers.push(wrap_for(r, &cek, kids.get(i))?);
+    for r in recipients {
+        headers.push(wrap_for(r, &cek)?);
     }
     let protected = if headers.len() == 1 {
         let mut h = headers[0].0.clone();
@@ -415,6 +460,51 @@ mod tests {
         assert_eq!(p["enc"], "A256GCM");
         assert_eq!(p["epk"]["crv"], "P-384");
         assert!(v.get("recipients").is_none());
+    }
+
+    #[test]
+    fn other_algorithms_and_the_compact_form_are_read() {
+        let mut rng = rand::rngs::OsRng;
+        let rsa = key(Secret::Rsa(Box::new(
+            rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+        )));
+        let ec = key(Secret::P256(p256::SecretKey::random(&mut rng)));
+        for (k, alg) in [
+            (&rsa, "RSA-OAEP-256"),
+            (&ec, "ECDH-ES+A128KW"),
+            (&ec, "ECDH-ES+A192KW"),
+        ] {
+            let r = JweRecipient {
+                key: k.public(),
+                alg: Some(alg.into()),
+                kid: Some("k1".into()),
+            };
+            let msg = wrap_recipients(b"opts", std::slice::from_ref(&r)).unwrap();
+            let v: Value = serde_json::from_slice(&msg).unwrap();
+            let p: Value =
+                serde_json::from_slice(&B64URL.decode(v["protected"].as_str().unwrap()).unwrap())
+                    .unwrap();
+            assert_eq!(
+                (p["alg"].as_str(), p["kid"].as_str()),
+                (Some(alg), Some("k1"))
+            );
+            assert_eq!(
+                unwrap(&msg, std::slice::from_ref(k)).unwrap().as_deref(),
+                Some(&b"opts"[..])
+            );
+            // The same message in compact serialization.
+            let compact = ["protected", "encrypted_key", "iv", "ciphertext", "tag"]
+                .map(|f| v[f].as_str().unwrap().to_string())
+                .join(".");
+            assert_eq!(
+                unwrap(compact.as_bytes(), std::slice::from_ref(k))
+                    .unwrap()
+                    .as_deref(),
+                Some(&b"opts"[..])
+            );
+        }
+        assert!(check_alg(&rsa.public(), "ECDH-ES+A256KW").is_err());
+        assert!(check_alg(&ec.public(), "RSA-OAEP").is_err());
     }
 
     #[test]

@@ -286,8 +286,19 @@ fn jwk_bytes(v: &Value, k: &str) -> std::result::Result<Vec<u8>, String> {
         .ok_or_else(|| format!("JWK without a valid \"{k}\""))
 }
 
+/// Only the members elliptic-curve's JWK reader accepts (it refuses `alg`, `kid`, `use`…).
+fn ec_jwk_text(v: &Value) -> String {
+    let mut m = serde_json::Map::new();
+    for k in ["kty", "crv", "x", "y", "d"] {
+        if let Some(x) = v.get(k) {
+            m.insert(k.into(), x.clone());
+        }
+    }
+    Value::Object(m).to_string()
+}
+
 fn jwk_private(v: &Value) -> std::result::Result<Secret, String> {
-    let text = v.to_string();
+    let text = ec_jwk_text(v);
     match v.get("kty").and_then(Value::as_str) {
         Some("RSA") => {
             let n = |k| jwk_bytes(v, k).map(|b| rsa::BigUint::from_bytes_be(&b));
@@ -397,7 +408,11 @@ fn cert_public(der: &[u8]) -> std::result::Result<PublicKey, String> {
 }
 
 fn jwk_public(v: &Value) -> std::result::Result<PublicKey, String> {
-    let text = v.to_string();
+    let mut public = v.clone();
+    if let Some(o) = public.as_object_mut() {
+        o.remove("d");
+    }
+    let text = ec_jwk_text(&public);
     match v.get("kty").and_then(Value::as_str) {
         Some("RSA") => {
             let n = |k| jwk_bytes(v, k).map(|b| rsa::BigUint::from_bytes_be(&b));

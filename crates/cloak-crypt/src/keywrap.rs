@@ -23,6 +23,8 @@ pub enum Recipient {
         spec: String,
         /// The key.
         key: PublicKey,
+        /// A JWK's `alg`, if it names one.
+        alg: Option<String>,
     },
     /// `pkcs7:FILE`: an X.509 certificate with an RSA key.
     Pkcs7 {
@@ -51,10 +53,22 @@ impl Recipient {
             err("give the scheme: jwe:PUBLIC-KEY, pkcs7:CERTIFICATE or provider:NAME[:PARAMS]")
         })?;
         match scheme {
-            "jwe" => Ok(Recipient::Jwe {
-                spec: spec.into(),
-                key: keys::public_key_from_file(rest.as_ref())?,
-            }),
+            "jwe" => {
+                let key = keys::public_key_from_file(rest.as_ref())?;
+                // A JWK may name its algorithm (ocicrypt ≥ 1.1.10 honours it too).
+                let alg = std::fs::read(rest)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    .and_then(|v| v.get("alg").and_then(Value::as_str).map(str::to_string));
+                if let Some(alg) = &alg {
+                    jwe::check_alg(&key, alg).map_err(|e| err(&e))?;
+                }
+                Ok(Recipient::Jwe {
+                    spec: spec.into(),
+                    key,
+                    alg,
+                })
+            }
             "pkcs7" => Ok(Recipient::Pkcs7 {
                 spec: spec.into(),
                 cert: keys::certificate_from_file(rest.as_ref())?,
@@ -125,18 +139,21 @@ pub fn wrap(
     providers: &Config,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut out = BTreeMap::new();
-    let jwe_keys: Vec<PublicKey> = recipients
+    let jwe_recipients: Vec<jwe::JweRecipient> = recipients
         .iter()
         .filter_map(|r| match r {
-            Recipient::Jwe { key, .. } => Some(key.clone()),
+            Recipient::Jwe { key, alg, .. } => Some(jwe::JweRecipient {
+                key: key.clone(),
+                alg: alg.clone(),
+                kid: Some(thumbprint(key)),
+            }),
             _ => None,
         })
         .collect();
-    if !jwe_keys.is_empty() {
-        let kids: Vec<String> = jwe_keys.iter().map(thumbprint).collect();
+    if !jwe_recipients.is_empty() {
         out.insert(
             "jwe".to_string(),
-            jwe::wrap_with_kids(privopts, &jwe_keys, &kids)?,
+            jwe::wrap_recipients(privopts, &jwe_recipients)?,
         );
     }
     let certs: Vec<Certificate> = recipients

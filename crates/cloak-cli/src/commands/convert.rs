@@ -304,19 +304,23 @@ impl Encryption {
     /// Encrypt the staged image into the real output; the report's `encryption` member.
     fn finish(self, args: &Args) -> anyhow::Result<cloak_convert::encrypt::EncryptReport> {
         let req = cloak_convert::encrypt::EncryptRequest {
-            input: self.staged.clone(),
-            output: self.output.clone(),
-            source_options: Default::default(),
-            dest_options: self.dest_options,
+            transfer: cloak_convert::crypt::Transfer {
+                input: self.staged.clone(),
+                output: self.output.clone(),
+                source_options: Default::default(),
+                dest_options: self.dest_options,
+                platform: args.platform.parse()?,
+                jobs: 0,
+                progress: crate::progress::for_stderr(args.quiet),
+            },
             recipients: args.recipient.clone(),
             layers: Vec::new(),
             add: Vec::new(),
             remove: Vec::new(),
-            keys: Vec::new(),
-            provider_config: args.keyprovider_config.clone(),
-            platform: args.platform.parse()?,
-            jobs: 0,
-            progress: crate::progress::for_stderr(args.quiet),
+            keys: cloak_convert::crypt::KeyMaterial {
+                keys: Vec::new(),
+                provider_config: args.keyprovider_config.clone(),
+            },
         };
         let report = runtime()?
             .block_on(cloak_convert::encrypt::encrypt(req))

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cloak_convert::crypt::{KeyMaterial, Transfer};
 use cloak_convert::decrypt::{decrypt, DecryptRequest};
 use cloak_crypt::keys::KeySpec;
-use cloak_image::{ImageRef, PlatformSpec};
+use cloak_image::PlatformSpec;
 
 use crate::output::{print_json, Format};
 use crate::registry_args::{runtime, DestArgs, SourceArgs};
@@ -27,15 +28,23 @@ pub struct KeyArgs {
     pub jobs: usize,
 }
 
-/// Arguments of `cloak decrypt`.
+impl KeyArgs {
+    /// The keys and provider configuration, as the pipeline takes them.
+    pub fn material(&self) -> KeyMaterial {
+        KeyMaterial {
+            keys: self.key.clone(),
+            provider_config: self.keyprovider_config.clone(),
+        }
+    }
+}
+
+/// Input, output and reporting flags shared by `cloak encrypt` and `cloak decrypt`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Encrypted image: docker://…, oci:DIR[:TAG] or docker-archive:FILE.
+pub struct PairArgs {
+    /// Input image: docker://…, oci:DIR[:TAG] or docker-archive:FILE.
     pub source: String,
-    /// Where to write the decrypted image.
+    /// Where to write the result: docker://… or oci:DIR[:TAG].
     pub destination: String,
-    #[command(flatten)]
-    pub keys: KeyArgs,
     /// Platform to select from a multi-arch image.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
@@ -51,25 +60,42 @@ pub struct Args {
     pub dest: DestArgs,
 }
 
+impl PairArgs {
+    /// The parsed references and registry settings.
+    pub fn transfer(&self, jobs: usize) -> anyhow::Result<Transfer> {
+        Ok(Transfer {
+            input: self.source.parse()?,
+            output: self.destination.parse()?,
+            source_options: self.src.options()?,
+            dest_options: self.dest.options(&self.src.authfile)?,
+            platform: self.platform.parse::<PlatformSpec>()?,
+            jobs,
+            progress: crate::progress::for_stderr(self.quiet),
+        })
+    }
+}
+
+/// Arguments of `cloak decrypt`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub pair: PairArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
 /// Run `cloak decrypt`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let input: ImageRef = args.source.parse()?;
-    let output: ImageRef = args.destination.parse()?;
+    let transfer = args.pair.transfer(args.keys.jobs)?;
+    let (input, output) = (transfer.input.clone(), transfer.output.clone());
     let req = DecryptRequest {
-        input: input.clone(),
-        output: output.clone(),
-        source_options: args.src.options()?,
-        dest_options: args.dest.options(&args.src.authfile)?,
-        keys: args.keys.key.clone(),
-        provider_config: args.keys.keyprovider_config.clone(),
-        platform: args.platform.parse::<PlatformSpec>()?,
-        jobs: args.keys.jobs,
-        progress: crate::progress::for_stderr(args.quiet),
+        transfer,
+        keys: args.keys.material(),
     };
     let report = runtime()?
         .block_on(decrypt(req))
         .with_context(|| format!("while decrypting {input} into {output}"))?;
-    match args.output {
+    match args.pair.output {
         Format::Json => print_json(&report)?,
         Format::Text => println!(
             "Decrypted {} layer(s) into {} ({})",

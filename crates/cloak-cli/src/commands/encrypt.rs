@@ -5,19 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cloak_convert::encrypt::{encrypt, EncryptRequest};
-use cloak_image::{ImageRef, PlatformSpec};
 
-use super::decrypt::KeyArgs;
+use super::decrypt::{KeyArgs, PairArgs};
 use crate::output::{print_json, Format};
-use crate::registry_args::{runtime, DestArgs, SourceArgs};
+use crate::registry_args::runtime;
 
 /// Arguments of `cloak encrypt`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Image to encrypt: docker://…, oci:DIR[:TAG] or docker-archive:FILE.
-    pub source: String,
-    /// Where to write the encrypted image.
-    pub destination: String,
+    #[command(flatten)]
+    pub pair: PairArgs,
     /// Who can decrypt: jwe:PUBLIC-KEY (RSA or EC, PEM/DER/JWK/certificate), pkcs7:CERT
     /// (RSA X.509) or provider:NAME[:PARAMS] (a configured keyprovider). Repeatable.
     #[arg(long, value_name = "SCHEME:FILE")]
@@ -34,44 +31,24 @@ pub struct Args {
     pub remove_recipient: Vec<String>,
     #[command(flatten)]
     pub keys: KeyArgs,
-    /// Platform to select from a multi-arch image.
-    #[arg(long, default_value = "linux/amd64")]
-    pub platform: String,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t)]
-    pub output: Format,
-    #[command(flatten)]
-    pub src: SourceArgs,
-    #[command(flatten)]
-    pub dest: DestArgs,
 }
 
 /// Run `cloak encrypt`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let input: ImageRef = args.source.parse()?;
-    let output: ImageRef = args.destination.parse()?;
+    let transfer = args.pair.transfer(args.keys.jobs)?;
+    let (input, output) = (transfer.input.clone(), transfer.output.clone());
     let req = EncryptRequest {
-        input: input.clone(),
-        output: output.clone(),
-        source_options: args.src.options()?,
-        dest_options: args.dest.options(&args.src.authfile)?,
+        transfer,
         recipients: args.recipient.clone(),
         layers: args.layer.clone(),
         add: args.add_recipient.clone(),
         remove: args.remove_recipient.clone(),
-        keys: args.keys.key.clone(),
-        provider_config: args.keys.keyprovider_config.clone(),
-        platform: args.platform.parse::<PlatformSpec>()?,
-        jobs: args.keys.jobs,
-        progress: crate::progress::for_stderr(args.quiet),
+        keys: args.keys.material(),
     };
     let report = runtime()?
         .block_on(encrypt(req))
         .with_context(|| format!("while encrypting {input} into {output}"))?;
-    match args.output {
+    match args.pair.output {
         Format::Json => print_json(&report)?,
         Format::Text => {
             for (i, l) in report.layers.iter().enumerate() {
