@@ -290,27 +290,30 @@ impl Flattener {
 
     /// Apply one layer blob (compressed or not); returns the digest of the uncompressed tar
     /// (to compare with the config's `diff_ids`). `name` is used in messages.
-    pub fn apply_layer(&mut self, name: &str, blob: impl Read) -> Result<Digest> {
+    pub fn apply_layer(&mut self, name: &str, blob: impl Read + Send) -> Result<Digest> {
         self.layer += 1;
         let stream_err = |e: io::Error| Error::from_stream(format!("layer {name}"), e);
-        let plain = decompress(blob).map_err(stream_err)?;
-        let hashed = HashingReader::new(plain);
-        let mut archive = tar::Archive::new(hashed);
-        let entries = archive.entries().map_err(stream_err)?;
-        for entry in entries {
-            let entry = entry.map_err(stream_err)?;
-            self.apply_entry(name, entry).map_err(|e| match e {
-                Error::Layer { reason, .. } => Error::Layer {
-                    layer: name.to_string(),
-                    reason,
-                },
-                other => other,
-            })?;
-        }
-        // Read to the very end so that the blob's digest and size are verified.
-        let mut rest = archive.into_inner();
-        io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
-        Ok(rest.finish())
+        // Reading, verifying and decompressing the blob run on a second thread.
+        std::thread::scope(|scope| {
+            let plain = crate::layer::read_ahead(scope, move || decompress(blob), 8);
+            let hashed = HashingReader::new(plain);
+            let mut archive = tar::Archive::new(hashed);
+            let entries = archive.entries().map_err(stream_err)?;
+            for entry in entries {
+                let entry = entry.map_err(stream_err)?;
+                self.apply_entry(name, entry).map_err(|e| match e {
+                    Error::Layer { reason, .. } => Error::Layer {
+                        layer: name.to_string(),
+                        reason,
+                    },
+                    other => other,
+                })?;
+            }
+            // Read to the very end so that the blob's digest and size are verified.
+            let mut rest = archive.into_inner();
+            io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
+            Ok(rest.finish())
+        })
     }
 
     fn apply_entry<R: Read>(&mut self, layer: &str, mut entry: tar::Entry<'_, R>) -> Result<()> {

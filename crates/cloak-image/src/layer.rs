@@ -27,6 +27,80 @@ pub fn decompress<'a, R: Read + 'a>(blob: R) -> io::Result<Box<dyn Read + 'a>> {
     })
 }
 
+/// A reader fed by a thread of `scope` that runs `open()` and reads the stream it returns in
+/// 256 KiB chunks, up to `depth` chunks ahead: decompression (and the blob's own digest
+/// check) then runs on one core while the consumer parses and hashes on another. Errors
+/// arrive in order, after the data that preceded them; dropping the reader stops the thread
+/// at its next chunk.
+pub fn read_ahead<'scope, R, F>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    open: F,
+    depth: usize,
+) -> ReadAhead
+where
+    R: Read,
+    F: FnOnce() -> io::Result<R> + Send + 'scope,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(depth.max(1));
+    scope.spawn(move || {
+        let mut source = match open() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(buf)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    ReadAhead {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    }
+}
+
+/// The consuming end of [`read_ahead`].
+pub struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// `SOURCE_DATE_EPOCH` if set and valid, else 0: the mtime cloak stamps on what it writes.
 pub fn source_date_epoch() -> u64 {
     std::env::var("SOURCE_DATE_EPOCH")
@@ -211,6 +285,41 @@ pub fn write_layer(dir: &Path, entries: &[LayerEntry], mtime: u64) -> Result<Wri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Yields `data` in small pieces, then fails.
+    struct ThenFail(Vec<u8>, usize);
+    impl Read for ThenFail {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.1 == self.0.len() {
+                return Err(io::Error::other("digest mismatch at the end"));
+            }
+            let n = buf.len().min(1000).min(self.0.len() - self.1);
+            buf[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_ahead_delivers_everything_then_the_error() {
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let mut got = Vec::new();
+        let err = std::thread::scope(|s| {
+            let mut r = read_ahead(s, || Ok(ThenFail(data.clone(), 0)), 2);
+            r.read_to_end(&mut got).unwrap_err()
+        });
+        assert_eq!(got, data);
+        assert_eq!(err.to_string(), "digest mismatch at the end");
+        // An error opening the source comes first; a reader dropped early stops the thread.
+        std::thread::scope(|s| {
+            let mut r = read_ahead(s, || Err::<&[u8], _>(io::Error::other("not gzip")), 2);
+            assert!(r.read(&mut [0u8; 4]).is_err());
+            let mut early = read_ahead(s, || Ok(io::repeat(7)), 1);
+            let mut b = [0u8; 10];
+            early.read_exact(&mut b).unwrap();
+            drop(early);
+        });
+    }
 
     fn sample() -> Vec<LayerEntry> {
         vec![
