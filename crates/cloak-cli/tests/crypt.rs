@@ -798,7 +798,7 @@ fn recipients_change_without_re_encryption() {
 /// wrap requests with a base64 string and unwrap requests with an integer array, the two
 /// encodings real providers use.
 const PROVIDER: &str = r#"
-import base64, json, sys
+import base64, json, os, sys
 req = json.load(sys.stdin)
 with open(sys.argv[1], "a") as log:
     log.write(json.dumps(req) + "\n")
@@ -816,7 +816,13 @@ elif req["op"] == "keyunwrap":
     assert req["keywrapparams"] == {"ec": None, "optsdata": None}, req
     blob = base64.b64decode(req["keyunwrapparams"]["annotation"])
     _, key, wrapped = blob.split(b":", 2)
-    print(json.dumps({"keyunwrapresults": {"optsdata": list(xor(wrapped, key))}}))
+    opts = xor(wrapped, key)
+    # A hostile provider (or a forged wrapped key) can hand back any private options.
+    if os.environ.get("TAMPER") == "digest":
+        o = json.loads(opts); o["digest"] = "sha256:" + "1" * 64; opts = json.dumps(o).encode()
+    if os.environ.get("TAMPER") == "nonce":
+        o = json.loads(opts); del o["cipheroptions"]["nonce"]; opts = json.dumps(o).encode()
+    print(json.dumps({"keyunwrapresults": {"optsdata": list(opts)}}))
 else:
     sys.exit("unknown op")
 "#;
@@ -987,6 +993,24 @@ fn keyprovider_commands_speak_gos_protocol() {
             .collect::<Vec<_>>(),
         ["keywrap", "keyunwrap"]
     );
+    // Private options that do not belong to the blob are refused, where skopeo would go on:
+    // another source digest (it ignores the digest), no nonce (it invents a random one).
+    for (tamper, msg) in [
+        ("digest", "the private options were made for sha256:1111"),
+        ("nonce", "carry no 16-byte nonce"),
+    ] {
+        let out = t.join(format!("tampered-{tamper}"));
+        let err = fails(
+            cloak()
+                .args(["decrypt", "--keyprovider-config"])
+                .arg(&config)
+                .env("TAMPER", tamper)
+                .arg(oci(&enc))
+                .arg(oci(&out)),
+        );
+        assert!(err.contains(msg), "{tamper}: {err}");
+        assert!(!out.exists(), "{tamper}: output written");
+    }
     // Without the provider configured: the missing-key message names the provider scheme.
     let err = fails(
         cloak()
