@@ -1,15 +1,17 @@
 //! What `encrypt` and `decrypt` share: the transfer (input, output, registry settings,
 //! parallelism), the key material, opening a layer's wrapped keys, and bounded parallelism.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use cloak_crypt::keyprovider::Config as ProviderConfig;
 use cloak_crypt::keys::{KeySpec, PrivateKey};
 use cloak_crypt::keywrap;
-use cloak_image::copy::Progress;
+use cloak_image::copy::{copy_blob, Progress};
+use cloak_image::image::{Dest, Image, RawManifest, Source};
 use cloak_image::spec::Descriptor;
-use cloak_image::{ImageRef, PlatformSpec, RegistryOptions};
+use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
 
 use crate::error::{Error, Result};
 
@@ -106,4 +108,29 @@ pub(crate) fn worker_count(jobs: usize) -> usize {
     } else {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
+}
+
+/// Write the result: the config and every layer (staged files moved into place, the others
+/// copied from `src`), then the manifest, which is what makes the image visible. Returns
+/// the destination's description.
+pub(crate) async fn write_image(
+    t: &Transfer,
+    src: &Source,
+    image: &Image,
+    layers: &[Descriptor],
+    staged: &BTreeMap<Digest, PathBuf>,
+    manifest: &RawManifest,
+) -> Result<String> {
+    let dst = Dest::open(&t.output, &t.dest_options).await?;
+    copy_blob(src, &dst, &image.manifest.config, &t.progress).await?;
+    for l in layers {
+        match staged.get(&l.digest) {
+            Some(path) => dst.put_file(l, path).await?,
+            None => {
+                copy_blob(src, &dst, l, &t.progress).await?;
+            }
+        }
+    }
+    dst.commit(manifest).await?;
+    Ok(dst.describe())
 }

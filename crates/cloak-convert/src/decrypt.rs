@@ -13,15 +13,14 @@ use std::sync::Arc;
 use cloak_crypt::keyprovider::Config as ProviderConfig;
 use cloak_crypt::keys::PrivateKey;
 use cloak_crypt::{blockcipher::Decryptor, spec};
-use cloak_image::copy::copy_blob;
-use cloak_image::image::{resolve, staging_dir_for, Dest, RawManifest, Source};
+use cloak_image::image::{resolve, staging_dir_for, RawManifest, Source};
 use cloak_image::layer::decompress;
 use cloak_image::spec::{Descriptor, ImageManifest};
 use cloak_image::Digest;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::crypt::{bounded, meta, open_layer, worker_count, KeyMaterial, Transfer};
+use crate::crypt::{bounded, meta, open_layer, worker_count, write_image, KeyMaterial, Transfer};
 use crate::error::{Error, Result};
 
 /// One decryption.
@@ -277,27 +276,16 @@ pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
             None => layers.push(image.manifest.layers[i].clone()),
         }
     }
-    // package: blobs first, manifest last
-    let dst = Dest::open(&t.output, &t.dest_options).await?;
-    copy_blob(&src, &dst, &image.manifest.config, &t.progress).await?;
-    for l in &layers {
-        match files.get(&l.digest) {
-            Some(path) => dst.put_file(l, path).await?,
-            None => {
-                copy_blob(&src, &dst, l, &t.progress).await?;
-            }
-        }
-    }
     let manifest = ImageManifest {
-        layers,
+        layers: layers.clone(),
         ..image.manifest.clone()
     };
     let media_type = image.raw_manifest.media_type.clone();
     let raw = RawManifest::new(cloak_image::spec::to_canonical_json(&manifest), media_type);
-    dst.commit(&raw).await?;
+    let destination = write_image(t, &src, &image, &layers, &files, &raw).await?;
     drop(staging);
     Ok(DecryptReport {
-        destination: dst.describe(),
+        destination,
         digest: raw.digest.to_string(),
         decrypted_layers: decrypted,
     })

@@ -17,15 +17,14 @@ use std::sync::Arc;
 use cloak_crypt::keyprovider::Config as ProviderConfig;
 use cloak_crypt::keywrap::{self, Recipient};
 use cloak_crypt::{blockcipher::Encryptor, spec};
-use cloak_image::copy::copy_blob;
-use cloak_image::image::{resolve, staging_dir_for, Dest, Image, RawManifest, Source};
+use cloak_image::image::{resolve, staging_dir_for, Image, RawManifest, Source};
 use cloak_image::spec::{Descriptor, ImageManifest};
 use cloak_image::Digest;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::crypt::{bounded, meta, open_layer, worker_count, KeyMaterial, Transfer};
+use crate::crypt::{bounded, meta, open_layer, worker_count, write_image, KeyMaterial, Transfer};
 use crate::error::{Error, Result};
 
 /// One encryption (or recipient change).
@@ -274,21 +273,11 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
             None => layers.push(image.manifest.layers[i].clone()),
         }
     }
-    let dst = Dest::open(&t.output, &t.dest_options).await?;
-    copy_blob(&src, &dst, &image.manifest.config, &t.progress).await?;
-    for l in &layers {
-        match files.get(&l.digest) {
-            Some(path) => dst.put_file(l, path).await?,
-            None => {
-                copy_blob(&src, &dst, l, &t.progress).await?;
-            }
-        }
-    }
     let raw = output_manifest(&image, layers.clone());
-    dst.commit(&raw).await?;
+    let destination = write_image(t, &src, &image, &layers, &files, &raw).await?;
     drop(staging);
     Ok(EncryptReport {
-        destination: dst.describe(),
+        destination,
         digest: raw.digest.to_string(),
         layers: layer_reports(&layers),
     })
@@ -350,15 +339,10 @@ async fn rewrap_image(
         }
         let _ = r;
     }
-    let dst = Dest::open(&t.output, &t.dest_options).await?;
-    copy_blob(src, &dst, &image.manifest.config, &t.progress).await?;
-    for l in &image.manifest.layers {
-        copy_blob(src, &dst, l, &t.progress).await?;
-    }
     let raw = output_manifest(image, layers.clone());
-    dst.commit(&raw).await?;
+    let destination = write_image(t, src, image, &layers, &BTreeMap::new(), &raw).await?;
     Ok(EncryptReport {
-        destination: dst.describe(),
+        destination,
         digest: raw.digest.to_string(),
         layers: layer_reports(&layers),
     })
