@@ -78,7 +78,7 @@ fn decrypt_to_file(
     hmac: &[u8],
     layer: &str,
 ) -> Result<(Digest, u64, std::io::Result<Digest>)> {
-    let io = |e: std::io::Error| Error::Options(format!("decrypting layer {layer}: {e}"));
+    let io = |e: std::io::Error| Error::Operation(format!("decrypting layer {layer}: {e}"));
     let bridge = tokio_util::io::SyncIoBridge::new(reader);
     let mut dec = Decryptor::new(bridge, key, nonce).expect("key and nonce lengths checked");
     let mut out = std::fs::File::create(path).map_err(io)?;
@@ -157,7 +157,7 @@ async fn decrypt_layer(
     let d = desc.clone();
     let privopts = tokio::task::spawn_blocking(move || open_layer(&d, &keys, &providers))
         .await
-        .map_err(|e| Error::Options(format!("key unwrapping worker failed: {e}")))??;
+        .map_err(|e| Error::Operation(format!("key unwrapping worker failed: {e}")))??;
     let privopts: spec::PrivateOptions = serde_json::from_slice(&privopts)
         .map_err(|e| meta(&desc, format!("private options: {e}")))?;
     let nonce = privopts
@@ -178,7 +178,7 @@ async fn decrypt_layer(
         decrypt_to_file(reader, &p, &key, &nonce, &hmac, &name)
     })
     .await
-    .map_err(|e| Error::Options(format!("decryption worker failed: {e}")))??;
+    .map_err(|e| Error::Operation(format!("decryption worker failed: {e}")))??;
     // The plaintext must be the layer the config names.
     let diff_id = diff_id.map_err(|e| {
         meta(
@@ -230,7 +230,7 @@ pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
     let (keys, providers) = req.keys.load()?;
     let (keys, providers) = (Arc::new(keys), Arc::new(providers));
     if keys.is_empty() && providers.providers.is_empty() {
-        return Err(Error::Options(
+        return Err(Error::Operation(
             "no keys: give --key PRIVATE-KEY (or configure a key provider)".into(),
         ));
     }
@@ -282,6 +282,12 @@ pub async fn decrypt(req: DecryptRequest) -> Result<DecryptReport> {
     };
     let media_type = image.raw_manifest.media_type.clone();
     let raw = RawManifest::new(cloak_image::spec::to_canonical_json(&manifest), media_type);
+    if decrypted.is_empty() {
+        tracing::warn!(
+            "{} has no encrypted layer: it is copied as it is",
+            src.describe()
+        );
+    }
     let destination = write_image(t, &src, &image, &layers, &files, &raw).await?;
     drop(staging);
     Ok(DecryptReport {

@@ -86,7 +86,7 @@ pub fn select_layers(selectors: &[i64], n: usize) -> Result<Vec<bool>> {
     for &s in selectors {
         let i = if s < 0 { n as i64 + s } else { s };
         if i < 0 || i >= n as i64 {
-            return Err(Error::Options(format!(
+            return Err(Error::Operation(format!(
                 "--layer {s}: the image has {n} layer(s), so use 0..{} or -1..-{n}",
                 n.saturating_sub(1)
             )));
@@ -109,7 +109,7 @@ fn encrypt_to_file(
     nonce: &[u8; 16],
     what: &str,
 ) -> Result<(Digest, u64, [u8; 32])> {
-    let io = |e: std::io::Error| Error::Options(format!("{what}: {e}"));
+    let io = |e: std::io::Error| Error::Operation(format!("{what}: {e}"));
     let bridge = tokio_util::io::SyncIoBridge::new(reader);
     let mut enc = Encryptor::new(bridge, key, nonce);
     let mut out = std::fs::File::create(path).map_err(io)?;
@@ -143,7 +143,7 @@ async fn encrypt_layer(
     providers: Arc<ProviderConfig>,
 ) -> Result<Staged> {
     let enc_type = spec::encrypted_media_type(&desc.media_type).ok_or_else(|| {
-        Error::Options(format!(
+        Error::Operation(format!(
             "layer {index} ({}) has media type {}, which ocicrypt cannot encrypt; leave it out with --layer",
             desc.digest, desc.media_type
         ))
@@ -159,12 +159,12 @@ async fn encrypt_layer(
     let (digest, size, hmac) =
         tokio::task::spawn_blocking(move || encrypt_to_file(reader, &p, &key, &nonce, &what))
             .await
-            .map_err(|e| Error::Options(format!("encryption worker failed: {e}")))??;
+            .map_err(|e| Error::Operation(format!("encryption worker failed: {e}")))??;
     let privopts = spec::private_options_json(&key, &desc.digest.to_string(), &nonce);
     let wrapped =
         tokio::task::spawn_blocking(move || keywrap::wrap(&privopts, &recipients, &providers))
             .await
-            .map_err(|e| Error::Options(format!("key wrapping worker failed: {e}")))??;
+            .map_err(|e| Error::Operation(format!("key wrapping worker failed: {e}")))??;
     let mut out = Descriptor::new(enc_type, digest, size);
     out.annotations = desc.annotations.clone();
     out.annotations
@@ -212,12 +212,12 @@ fn layer_reports(layers: &[Descriptor]) -> Vec<LayerReport> {
 pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
     let rewrap = !req.add.is_empty() || !req.remove.is_empty();
     if rewrap && !req.recipients.is_empty() {
-        return Err(Error::Options(
+        return Err(Error::Operation(
             "--recipient encrypts a plain image; --add-recipient/--remove-recipient change the recipients of an encrypted one: use one or the other".into(),
         ));
     }
     if !rewrap && req.recipients.is_empty() {
-        return Err(Error::Options(
+        return Err(Error::Operation(
             "no recipients: give --recipient jwe:PUBLIC-KEY (or pkcs7:CERT, provider:NAME)".into(),
         ));
     }
@@ -233,7 +233,7 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
     let picked = select_layers(&req.layers, image.manifest.layers.len())?;
     for (i, l) in image.manifest.layers.iter().enumerate() {
         if picked[i] && spec::decrypted_media_type(&l.media_type).is_some() {
-            return Err(Error::Options(format!(
+            return Err(Error::Operation(format!(
                 "layer {i} ({}) is already encrypted; change its recipients with --add-recipient/--remove-recipient and --key",
                 l.digest
             )));
@@ -294,7 +294,7 @@ async fn rewrap_image(
     let add = parse_recipients(&req.add)?;
     let remove = parse_recipients(&req.remove)?;
     if !add.is_empty() && keys.is_empty() && providers.providers.is_empty() {
-        return Err(Error::Options(
+        return Err(Error::Operation(
             "adding a recipient needs the layer keys: give --key with a private key of a current recipient".into(),
         ));
     }
@@ -325,14 +325,14 @@ async fn rewrap_image(
         layers.push(out);
     }
     if !any {
-        return Err(Error::Options(format!(
+        return Err(Error::Operation(format!(
             "{} has no encrypted layer: encrypt it with --recipient",
             src.describe()
         )));
     }
     for (j, r) in remove.iter().enumerate() {
         if removed[j] == 0 {
-            return Err(Error::Options(format!(
+            return Err(Error::Operation(format!(
                 "--remove-recipient {}: no layer has this recipient (cloak finds JWE recipients by the key id it writes, PKCS7 ones by issuer and serial; images from other tools need a full re-encryption)",
                 req.remove[j]
             )));

@@ -9,6 +9,9 @@ pub enum Error {
     /// The options are invalid or contradict the image.
     #[error("invalid conversion options: {0}")]
     Options(String),
+    /// An encryption or decryption cannot go on (the message says why and what to do).
+    #[error("{0}")]
+    Operation(String),
     /// Measuring or signing the enclave failed.
     #[error(transparent)]
     Sgx(#[from] cloak_sgx::Error),
