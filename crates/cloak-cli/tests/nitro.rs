@@ -557,6 +557,33 @@ fn encrypt_layers_pushes_only_the_encrypted_image_and_skopeo_decrypts_it() {
             .arg(&remote)
             .arg(format!("oci:{}:1", dec.display())),
     );
+    // cloak decrypts it from the registry to the same blobs.
+    let ours = tmp.path().join("dec-cloak");
+    ok(cloak()
+        .args(["decrypt", "-q", "--src-tls-verify=false", "--key"])
+        .arg(&key)
+        .arg(&remote)
+        .arg(format!("oci:{}:1", ours.display())));
+    let layers = |dir: &Path| {
+        let out = ok(cloak()
+            .args(["inspect", "-o", "json"])
+            .arg(format!("oci:{}:1", dir.display())));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["layers"].clone()
+    };
+    let (a, b) = (layers(&dec), layers(&ours));
+    assert_eq!(
+        a.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["digest"])
+            .collect::<Vec<_>>(),
+        b.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["digest"])
+            .collect::<Vec<_>>()
+    );
     let rootfs = umoci_unpack(&dec, "1", &tmp.path().join("bundle"));
     let described: serde_json::Value = serde_json::from_slice(
         &ok(cloak()
