@@ -14,7 +14,7 @@ use cloak_crypt::keyprovider::Config as ProviderConfig;
 use cloak_crypt::keys::PrivateKey;
 use cloak_crypt::{blockcipher::Decryptor, spec};
 use cloak_image::image::{resolve, staging_dir_for, RawManifest, Source};
-use cloak_image::layer::decompress;
+use cloak_image::layer::{decompress, ReadAhead};
 use cloak_image::spec::{Descriptor, ImageManifest};
 use cloak_image::Digest;
 use serde::Serialize;
@@ -43,31 +43,6 @@ pub struct DecryptReport {
     pub decrypted_layers: Vec<String>,
 }
 
-/// A reader over chunks sent from another thread.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(c) => {
-                    self.chunk = c;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// Decrypt one blob into `path`: `(blob digest, size, diff_id)`. The plaintext is
 /// decompressed and hashed on a second thread in the same pass; the HMAC is checked at the end.
 fn decrypt_to_file(
@@ -82,13 +57,9 @@ fn decrypt_to_file(
     let bridge = tokio_util::io::SyncIoBridge::new(reader);
     let mut dec = Decryptor::new(bridge, key, nonce).expect("key and nonce lengths checked");
     let mut out = std::fs::File::create(path).map_err(io)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
     let differ = std::thread::spawn(move || -> std::io::Result<Digest> {
-        let mut r = decompress(ChannelReader {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-        })?;
+        let mut r = decompress(ReadAhead::from_channel(rx))?;
         let mut h = sha2::Sha256::new();
         std::io::copy(&mut r, &mut h)?;
         Ok(Digest::from_sha256(h.finalize().into()))
@@ -106,7 +77,7 @@ fn decrypt_to_file(
         out.write_all(&buf).map_err(io)?;
         size += n as u64;
         // The decompressor may stop early on garbage; its verdict comes from join below.
-        let _ = tx.send(buf);
+        let _ = tx.send(Ok(buf));
     }
     drop(tx);
     out.sync_data().map_err(io)?;

@@ -434,8 +434,17 @@ fn jwk_public(v: &Value) -> std::result::Result<PublicKey, String> {
 /// Read a recipient's public key: SPKI or PKCS#1 PEM/DER, an X.509 certificate, a JWK, or a
 /// private key file (its public half is used).
 pub fn public_key_from_file(path: &Path) -> Result<PublicKey> {
+    Ok(recipient_key_from_file(path)?.0)
+}
+
+/// [`public_key_from_file`], with the `alg` a JWK names (if the file is a JWK that has one).
+pub fn recipient_key_from_file(path: &Path) -> Result<(PublicKey, Option<String>)> {
     let bytes = std::fs::read(path).map_err(|e| key_err(path, e.to_string()))?;
-    parse_public(&bytes).map_err(|reason| key_err(path, reason))
+    let key = parse_public(&bytes).map_err(|reason| key_err(path, reason))?;
+    let alg = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("alg").and_then(Value::as_str).map(str::to_string));
+    Ok((key, alg))
 }
 
 fn parse_public(bytes: &[u8]) -> std::result::Result<PublicKey, String> {

@@ -54,12 +54,8 @@ impl Recipient {
         })?;
         match scheme {
             "jwe" => {
-                let key = keys::public_key_from_file(rest.as_ref())?;
                 // A JWK may name its algorithm (ocicrypt ≥ 1.1.10 honours it too).
-                let alg = std::fs::read(rest)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .and_then(|v| v.get("alg").and_then(Value::as_str).map(str::to_string));
+                let (key, alg) = keys::recipient_key_from_file(rest.as_ref())?;
                 if let Some(alg) = &alg {
                     jwe::check_alg(&key, alg).map_err(|e| err(&e))?;
                 }

@@ -68,18 +68,25 @@ where
             }
         }
     });
-    ReadAhead {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-    }
+    ReadAhead::from_channel(rx)
 }
 
-/// The consuming end of [`read_ahead`].
+/// The consuming end of [`read_ahead`], or of any channel of chunks.
 pub struct ReadAhead {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     pos: usize,
+}
+
+impl ReadAhead {
+    /// Read the chunks another thread sends; end of stream when every sender is dropped.
+    pub fn from_channel(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        ReadAhead {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        }
+    }
 }
 
 impl Read for ReadAhead {
