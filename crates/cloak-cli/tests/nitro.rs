@@ -89,12 +89,89 @@ fn semantics_image(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// Pseudo-random bytes (incompressible, so they travel through the EIF writer's direct I/O).
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Three layers that overwrite, delete, hide (opaque directory), hardlink and re-mode files,
+/// with a 5 MiB file; the entrypoint checks from the inside that the tree is the one the
+/// layers flatten to (as `docker run` would show it) and exits with 3.
+fn layered_image(dir: &Path) -> PathBuf {
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let big = noise((5 << 20) + 17);
+    let big_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&big))
+    };
+    let l1 = tar(&[
+        T::Dir("bin/", 0o755, 0),
+        T::File("bin/busybox", 0o755, 0, &bb),
+        T::Sym("bin/sh", "busybox"),
+        T::Dir("data/", 0o755, 0),
+        T::File("data/over.txt", 0o644, 0, b"old"),
+        T::File("data/gone.txt", 0o644, 0, b"delete me"),
+        T::File("data/orig.txt", 0o644, 0, b"shared"),
+        T::Hard("data/link.txt", "data/orig.txt"),
+        T::File("data/empty", 0o600, 0, b""),
+        T::Dir("opq/", 0o755, 0),
+        T::File("opq/lower.txt", 0o644, 0, b"hidden by opaque"),
+    ]);
+    let l2 = tar(&[
+        T::File("data/over.txt", 0o640, 1000, b"new"),
+        T::File("data/.wh.gone.txt", 0o644, 0, b""),
+        T::Dir("opq/", 0o711, 0),
+        T::File("opq/.wh..wh..opq", 0o644, 0, b""),
+        T::File("opq/upper.txt", 0o644, 0, b"upper"),
+    ]);
+    let l3 = tar(&[
+        T::Dir("big/", 0o755, 1000),
+        T::File("big/blob.bin", 0o600, 1000, &big),
+        T::File("bin/setuid-tool", 0o4755, 0, b"#!/bin/sh\n"),
+    ]);
+    let script = format!(
+        "set -e; B=/bin/busybox; \
+         test \"$($B cat /data/over.txt)\" = new; \
+         test \"$($B stat -c '%a %u %h' /data/over.txt)\" = '640 1000 1'; \
+         test ! -e /data/gone.txt; \
+         test ! -e /opq/lower.txt; test \"$($B cat /opq/upper.txt)\" = upper; \
+         test \"$($B stat -c %a /opq)\" = 711; \
+         test \"$($B cat /data/link.txt)\" = shared; \
+         test \"$($B stat -c %i /data/orig.txt)\" = \"$($B stat -c %i /data/link.txt)\"; \
+         test \"$($B stat -c %h /data/orig.txt)\" = 2; \
+         test -f /data/empty; test ! -s /data/empty; \
+         test \"$($B stat -c %a /bin/setuid-tool)\" = 4755; \
+         test \"$($B sha256sum /big/blob.bin | $B cut -d' ' -f1)\" = {big_sha}; \
+         test \"$($B stat -c '%a %u' /big/blob.bin)\" = '600 1000'; \
+         echo LAYERS-OK; exit 3"
+    );
+    Layout::new(dir)
+        .layer(Comp::Gzip, l1)
+        .layer(Comp::Tar, l2)
+        .layer(Comp::Gzip, l3)
+        .finish(
+            "1",
+            "amd64",
+            json!({"Entrypoint": ["/bin/sh", "-c", script], "Env": ["PATH=/bin"]}),
+        );
+    dir.to_path_buf()
+}
+
 #[test]
 fn pcrs_and_crc_match_aws_eif_crate_and_eifs_are_reproducible() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, layout) in [
         ("busybox", busybox(&tmp.path().join("bb"))),
         ("multilayer", multilayer(&tmp.path().join("ml"), false)),
+        ("layered", layered_image(&tmp.path().join("layered"))),
     ] {
         let src = format!("oci:{}:1", layout.display());
         let a = tmp.path().join(format!("{name}-a.eif"));
@@ -292,6 +369,25 @@ fn converted_images_boot_under_qemu_with_docker_semantics() {
     let console = String::from_utf8_lossy(&booted.stdout);
     assert!(console.contains("SEMANTICS-OK"), "{console}");
     assert_eq!(booted.status.code(), Some(5));
+
+    // Overwritten, deleted and opaque-hidden files, hardlinks, modes, owners and a 5 MiB
+    // file, as the kernel unpacks the streamed application ramdisk (contents linked from
+    // /cloak-data into the sorted tree).
+    let layered = format!(
+        "oci:{}:1",
+        layered_image(&tmp.path().join("layered")).display()
+    );
+    let eif = tmp.path().join("layered.eif");
+    let out = convert(&layered, &eif, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booted = run(cloak().args(["run", "--target", "nitro"]).arg(&eif));
+    let console = String::from_utf8_lossy(&booted.stdout);
+    assert!(console.contains("LAYERS-OK"), "{console}");
+    assert_eq!(booted.status.code(), Some(3), "{console}");
 }
 
 #[test]

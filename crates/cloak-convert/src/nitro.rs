@@ -6,21 +6,22 @@
 //! with `/rootfs/cloak/run.json`. Both are newc cpio, sorted by path, mtime normalised, inodes
 //! numbered in order, hardlinks kept, xattrs dropped (with a warning).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::BufWriter;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use cloak_image::build::{self, Amendment};
 use cloak_image::copy::Progress;
-use cloak_image::flatten::{flatten, ContentMode, EntryKind, FlatFs};
+use cloak_image::flatten::{flatten_streaming, ContentSink, EntryKind, FlatFs};
 use cloak_image::image::{resolve, Dest, Image, RawManifest, Source};
 use cloak_image::layer::{source_date_epoch, write_layer, FileContent, LayerEntry};
 use cloak_image::spec::{self, ImageConfig, ImageManifest};
 use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
 use cloak_launcher::RunConfig;
+use cloak_nitro::appdisk::{self, AppRamdisk, Body, TreeEntry};
 use cloak_nitro::cpio::{Entry as CpioEntry, Kind, Writer};
-use cloak_nitro::eif::{self, EifSpec, Measurements};
+use cloak_nitro::eif::{self, EifSpec};
 use serde::Serialize;
 
 use crate::app::{app_spec, AppOverrides};
@@ -150,26 +151,30 @@ fn bootstrap(path: &PathBuf, launcher: &PathBuf, nsm: Option<&PathBuf>, mtime: u
     Ok(())
 }
 
-/// Write the application ramdisk from the flattened image and the run configuration into `w`
-/// (a [`cloak_nitro::cpio::counting`] writer sizes it without reading any content); returns
-/// its length.
-fn application<W: std::io::Write>(
-    mut w: Writer<W>,
-    fs: &FlatFs,
-    run_json: &[u8],
+/// The sorted tree of the application ramdisk: the flattened image under `rootfs/`, the
+/// directories the init mounts on, and the run configuration.
+fn tree<'a>(
+    fs: &'a FlatFs,
+    run_json: &'a [u8],
     mtime: u32,
     warnings: &mut Vec<String>,
-) -> Result<u64> {
-    // Every name, sorted; extra directories the init needs, and the run configuration.
-    enum Item<'a> {
-        Image(&'a cloak_image::flatten::Entry),
-        Dir,
-        RunJson,
-    }
-    let mut items: BTreeMap<String, Item<'_>> = BTreeMap::new();
-    items.insert("rootfs".into(), Item::Dir);
+) -> Vec<TreeEntry<'a>> {
+    let meta = |name: String, kind: Kind, mode: u32, uid: u32, gid: u32| CpioEntry {
+        name,
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime,
+        link_group: None,
+    };
+    let mut items: BTreeMap<String, TreeEntry<'a>> = BTreeMap::new();
+    let dir = |name: &str| TreeEntry {
+        meta: meta(name.to_string(), Kind::Dir, 0o755, 0, 0),
+        body: Body::None,
+    };
+    items.insert("rootfs".into(), dir("rootfs"));
     for e in fs.entries() {
-        items.insert(format!("rootfs{}", e.path), Item::Image(e));
         if !e.xattrs.is_empty() {
             warnings.push(format!(
                 "{}: extended attributes dropped ({})",
@@ -177,97 +182,63 @@ fn application<W: std::io::Write>(
                 e.xattrs.keys().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
+        let name = format!("rootfs{}", e.path);
+        let uid = u32::try_from(e.uid).unwrap_or(u32::MAX);
+        let gid = u32::try_from(e.gid).unwrap_or(u32::MAX);
+        let (kind, body) = match &e.kind {
+            EntryKind::Directory => (Kind::Dir, Body::None),
+            EntryKind::Symlink { target } => (Kind::Symlink(target.clone()), Body::None),
+            EntryKind::CharDevice { major, minor } => (Kind::Char(*major, *minor), Body::None),
+            EntryKind::BlockDevice { major, minor } => (Kind::Block(*major, *minor), Body::None),
+            EntryKind::Fifo => (Kind::Fifo, Body::None),
+            EntryKind::File | EntryKind::Hardlink { .. } => (
+                Kind::File { size: e.size },
+                Body::Content {
+                    id: e.content_id().expect("regular files have content"),
+                    size: e.size,
+                },
+            ),
+        };
+        let entry = TreeEntry {
+            meta: meta(name.clone(), kind, e.mode, uid, gid),
+            body,
+        };
+        items.insert(name, entry);
     }
     for d in ["dev", "proc", "run", "sys", "tmp", "cloak"] {
-        items.entry(format!("rootfs/{d}")).or_insert(Item::Dir);
+        let name = format!("rootfs/{d}");
+        items.entry(name.clone()).or_insert_with(|| dir(&name));
     }
-    items.insert("rootfs/cloak/run.json".into(), Item::RunJson);
-    // Hardlink groups: members, and which name (the last) carries the data.
-    let mut groups: HashMap<String, (u32, String)> = HashMap::new();
-    for (name, item) in &items {
-        if let Item::Image(e) = item {
-            let key = match &e.kind {
-                EntryKind::Hardlink { target } => target.clone(),
-                EntryKind::File => e.path.clone(),
-                _ => continue,
-            };
-            let g = groups.entry(key).or_insert((0, String::new()));
-            g.0 += 1;
-            g.1 = name.clone();
-        }
-    }
-    let group_ids: HashMap<&String, u64> = groups
-        .keys()
-        .enumerate()
-        .map(|(i, k)| (k, i as u64))
-        .collect();
-    let err = |e| io_err("writing the application ramdisk", e);
-    for (name, item) in &items {
-        let mut entry = CpioEntry {
-            name: name.clone(),
-            kind: Kind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime,
-            link_group: None,
-        };
-        match item {
-            Item::Dir => w.entry(&entry, 1, true, None).map_err(err)?,
-            Item::RunJson => {
-                entry.kind = Kind::File {
+    items.insert(
+        "rootfs/cloak/run.json".into(),
+        TreeEntry {
+            meta: meta(
+                "rootfs/cloak/run.json".into(),
+                Kind::File {
                     size: run_json.len() as u64,
-                };
-                entry.mode = 0o644;
-                w.entry(&entry, 1, true, Some(&mut &run_json[..]))
-                    .map_err(err)?;
-            }
-            Item::Image(e) => {
-                entry.mode = e.mode;
-                entry.uid = u32::try_from(e.uid).unwrap_or(u32::MAX);
-                entry.gid = u32::try_from(e.gid).unwrap_or(u32::MAX);
-                match &e.kind {
-                    EntryKind::Directory => w.entry(&entry, 1, true, None).map_err(err)?,
-                    EntryKind::Symlink { target } => {
-                        entry.kind = Kind::Symlink(target.clone());
-                        w.entry(&entry, 1, true, None).map_err(err)?
-                    }
-                    EntryKind::CharDevice { major, minor } => {
-                        entry.kind = Kind::Char(*major, *minor);
-                        w.entry(&entry, 1, true, None).map_err(err)?
-                    }
-                    EntryKind::BlockDevice { major, minor } => {
-                        entry.kind = Kind::Block(*major, *minor);
-                        w.entry(&entry, 1, true, None).map_err(err)?
-                    }
-                    EntryKind::Fifo => {
-                        entry.kind = Kind::Fifo;
-                        w.entry(&entry, 1, true, None).map_err(err)?
-                    }
-                    EntryKind::File | EntryKind::Hardlink { .. } => {
-                        let key = match &e.kind {
-                            EntryKind::Hardlink { target } => target.clone(),
-                            _ => e.path.clone(),
-                        };
-                        let (nlink, last) = groups[&key].clone();
-                        entry.kind = Kind::File { size: e.size };
-                        if nlink > 1 {
-                            entry.link_group = Some(group_ids[&key]);
-                        }
-                        let carries = &last == name;
-                        if carries && e.size > 0 {
-                            let mut f = fs.open(e)?;
-                            w.entry(&entry, nlink, true, Some(&mut f)).map_err(err)?;
-                        } else {
-                            w.entry(&entry, nlink, carries, None).map_err(err)?;
-                        }
-                    }
-                }
-            }
-        }
+                },
+                0o644,
+                0,
+                0,
+            ),
+            body: Body::Inline(run_json),
+        },
+    );
+    items.into_values().collect()
+}
+
+/// Hands each file's content to the application ramdisk as the layers are read.
+struct StreamSink(AppRamdisk);
+
+impl ContentSink for StreamSink {
+    fn content(&mut self, id: u64, size: u64, data: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.0.content(id, size, data)
     }
-    let (_, len) = w.finish().map_err(err)?;
-    Ok(len)
+}
+
+/// The memory an enclave needs for an EIF of `eif_size` bytes (4 × its size), in MiB.
+fn needed_mib(eif_size: u64) -> u64 {
+    (4 * eif_size).div_ceil(1 << 20)
 }
 
 fn kernel_version(config: Option<&PathBuf>) -> String {
@@ -335,52 +306,13 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     };
     let run_json = serde_json::to_vec_pretty(&run).expect("RunConfig serialises");
     let work = tempfile::tempdir().map_err(|e| io_err("creating a temporary directory", e))?;
-    let fs = flatten(
-        &src,
-        &image,
-        ContentMode::Spool(work.path().join("content")),
-    )
-    .await?;
-    if let Some(e) = fs
-        .entries()
-        .iter()
-        .find(|e| e.path == "/cloak" || e.path.starts_with("/cloak/"))
-    {
-        return Err(Error::Options(format!(
-            "{} already contains {}; cloak needs /cloak for itself",
-            image.reference, e.path
-        )));
-    }
     let mtime = u32::try_from(source_date_epoch()).unwrap_or(0);
     let boot = work.path().join("bootstrap.cpio");
-    let mut warnings: Vec<String> = fs.warnings().to_vec();
     bootstrap(&boot, &req.launcher, req.nsm_ko.as_ref(), mtime)?;
-    // The application ramdisk streams straight into the EIF: size it first without reading data.
-    let app_size = application(
-        cloak_nitro::cpio::counting(),
-        &fs,
-        &run_json,
-        mtime,
-        &mut warnings,
-    )?;
     let cmdline = req
         .cmdline
         .clone()
         .unwrap_or_else(|| DEFAULT_CMDLINE.into());
-    let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let eif_size =
-        548 + 12 * 5 + size(&req.kernel) + cmdline.len() as u64 + size(&boot) + app_size + 1024;
-    let needed_mib = (4 * eif_size).div_ceil(1 << 20);
-    let mem_size = match no.mem_size {
-        Some(m) if m < needed_mib => {
-            return Err(Error::Options(format!(
-                "mem_size {m} MiB is below 4 × the EIF size ({} MiB): the enclave could not unpack its ramdisks; use at least {needed_mib}",
-                eif_size >> 20
-            )))
-        }
-        Some(m) => m,
-        None => needed_mib.max(512).div_ceil(64) * 64,
-    };
     let created = image
         .config
         .extra
@@ -399,29 +331,97 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         .eif
         .clone()
         .unwrap_or_else(|| work.path().join("enclave.eif"));
-    let generate = |out: &mut dyn std::io::Write| -> std::io::Result<()> {
-        application(Writer::new(out), &fs, &run_json, mtime, &mut Vec::new())
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    };
-    let m: Measurements = eif::write(
-        EifSpec {
-            kernel: req.kernel.clone(),
-            cmdline,
-            ramdisks: vec![
-                eif::Part::File(boot),
-                eif::Part::Generated {
-                    size: app_size,
-                    write: Box::new(generate),
+    let started = std::time::Instant::now();
+    // The EIF is written while the layers download: file contents stream into the
+    // application ramdisk (see cloak_nitro::appdisk) and on into the EIF writer's thread,
+    // which hashes them (PCR0, PCR2) and writes them; the sorted tree follows at the end.
+    let (chunks, stream) = appdisk::channel(8);
+    let ramdisk = AppRamdisk::new(chunks, mtime)
+        .map_err(|e| io_err("starting the application ramdisk", e))?;
+    let mem_size = no.mem_size;
+    let writer = {
+        let (kernel, eif_path, boot) = (req.kernel.clone(), eif_path.clone(), boot.clone());
+        tokio::task::spawn_blocking(move || {
+            let check = |eif_size: u64| -> cloak_nitro::Result<()> {
+                match mem_size {
+                    Some(m) if m < needed_mib(eif_size) => Err(cloak_nitro::Error::Input(format!(
+                        "mem_size {m} MiB is below 4 × the EIF size ({} MiB): the enclave could not unpack its ramdisks; use at least {}",
+                        eif_size >> 20,
+                        needed_mib(eif_size)
+                    ))),
+                    _ => Ok(()),
+                }
+            };
+            eif::write(
+                EifSpec {
+                    kernel,
+                    cmdline,
+                    ramdisks: vec![eif::Part::File(boot), stream],
+                    metadata,
+                    signer: signer.as_ref(),
+                    size_check: Some(&check),
                 },
-            ],
-            metadata,
-            signer: signer.as_ref(),
-        },
-        &eif_path,
-    )?;
-    drop(fs);
-    let real_size = size(&eif_path);
+                &eif_path,
+            )
+        })
+    };
+    // On any failure below the ramdisk is dropped unfinished: the writer then stops with an
+    // error and nothing appears at the EIF path.
+    let flat = flatten_streaming(&src, &image, Box::new(StreamSink(ramdisk))).await;
+    let written = match flat {
+        Ok((fs, sink)) => {
+            let any: Box<dyn std::any::Any> = sink;
+            let StreamSink(ramdisk) = *any
+                .downcast::<StreamSink>()
+                .expect("the sink given to flatten_streaming");
+            tracing::debug!(seconds = started.elapsed().as_secs_f64(), "layers read");
+            if let Some(e) = fs
+                .entries()
+                .iter()
+                .find(|e| e.path == "/cloak" || e.path.starts_with("/cloak/"))
+            {
+                drop(ramdisk);
+                let _ = writer.await;
+                return Err(Error::Options(format!(
+                    "{} already contains {}; cloak needs /cloak for itself",
+                    image.reference, e.path
+                )));
+            }
+            let mut warnings: Vec<String> = fs.warnings().to_vec();
+            let entries = tree(&fs, &run_json, mtime, &mut warnings);
+            let finished = ramdisk
+                .finish(entries)
+                .map_err(|e| io_err("writing the application ramdisk", e));
+            let m = writer
+                .await
+                .map_err(|e| Error::Options(format!("the EIF writer failed: {e}")))?;
+            // Report the cause: the writer's error when it stopped first, the ramdisk's
+            // otherwise (the writer then only saw the ramdisk abandoned).
+            match (finished, m) {
+                (Ok(_), Ok(m)) => (m, warnings),
+                (Err(fe), Err(we)) if fe.to_string().contains("the EIF writer stopped") => {
+                    return Err(we.into())
+                }
+                (Err(fe), _) => return Err(fe),
+                (Ok(_), Err(we)) => return Err(we.into()),
+            }
+        }
+        Err(e) => {
+            let w = writer.await;
+            if e.to_string().contains("the EIF writer stopped") {
+                if let Ok(Err(we)) = w {
+                    return Err(we.into());
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    let (m, warnings) = written;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "EIF written");
+    let real_size = std::fs::metadata(&eif_path)
+        .map(|m| m.len())
+        .map_err(|e| io_err("reading the EIF back", e))?;
+    let mem_size = mem_size.unwrap_or_else(|| needed_mib(real_size).max(512).div_ceil(64) * 64);
     let mut output_image = None;
     if let Some(out) = &req.output {
         let layer = write_layer(

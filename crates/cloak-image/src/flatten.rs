@@ -21,6 +21,24 @@ use crate::spec;
 /// Maximum symlinks followed while resolving one path (as Linux's `MAXSYMLINKS`).
 const MAX_SYMLINK_HOPS: usize = 40;
 
+/// Receives the content of every regular file while its layer is read, in layer order (see
+/// [`flatten_streaming`]): nothing is spooled, and the final tree names each file's content
+/// by [`Entry::content_id`]. Contents that later layers overwrite or delete were delivered
+/// too; the receiver decides what to do with them.
+pub trait ContentSink: Send + std::any::Any {
+    /// Take content number `id` (numbers increase in arrival order): `data` yields exactly
+    /// `size` bytes, the size the layer announces.
+    fn content(&mut self, id: u64, size: u64, data: &mut dyn Read) -> io::Result<()>;
+}
+
+struct Sink(Box<dyn ContentSink>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentSink")
+    }
+}
+
 /// What to keep of file contents.
 #[derive(Debug, Clone)]
 pub enum ContentMode {
@@ -129,12 +147,19 @@ impl Entry {
     pub fn has_content(&self) -> bool {
         self.content.is_some()
     }
+
+    /// The number of its content (shared by the names of a hardlink group): the `id` a
+    /// [`ContentSink`] received it under.
+    pub fn content_id(&self) -> Option<u64> {
+        self.content
+    }
 }
 
 /// Applies layers one after another.
 #[derive(Debug)]
 pub struct Flattener {
     mode: ContentMode,
+    sink: Option<Sink>,
     nodes: BTreeMap<String, Entry>,
     refs: HashMap<u64, u32>,
     next_content: u64,
@@ -171,12 +196,32 @@ impl Flattener {
         }
         Ok(Flattener {
             mode,
+            sink: None,
             nodes: BTreeMap::new(),
             refs: HashMap::new(),
             next_content: 0,
             layer: 0,
             warnings: Vec::new(),
         })
+    }
+
+    /// Hand every file's content to `sink` as it is read, instead of hashing or spooling it
+    /// (entries then have no `sha256`).
+    pub fn streaming(sink: Box<dyn ContentSink>) -> Self {
+        Flattener {
+            mode: ContentMode::HashOnly,
+            sink: Some(Sink(sink)),
+            nodes: BTreeMap::new(),
+            refs: HashMap::new(),
+            next_content: 0,
+            layer: 0,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Take the sink back (streaming mode), e.g. before [`Flattener::finish`].
+    pub fn take_sink(&mut self) -> Option<Box<dyn ContentSink>> {
+        self.sink.take().map(|s| s.0)
     }
 
     fn spool_path(&self, id: u64) -> Option<PathBuf> {
@@ -428,7 +473,7 @@ impl Flattener {
                 let spool = self.spools(&node.path);
                 let (digest, size) = self.store(&mut entry, id, spool)?;
                 node.content = Some(id);
-                node.sha256 = Some(digest);
+                node.sha256 = digest;
                 node.size = size;
                 self.refs.insert(id, 1);
                 self.remove_tree(&path, |_| false);
@@ -504,17 +549,34 @@ impl Flattener {
         entry: &mut tar::Entry<'_, R>,
         id: u64,
         spool: bool,
-    ) -> Result<(Digest, u64)> {
+    ) -> Result<(Option<Digest>, u64)> {
         let stream_err = |e: io::Error| Error::Stream {
             what: "layer entry".into(),
             source: e,
         };
+        if let Some(Sink(sink)) = &mut self.sink {
+            let size = entry.size();
+            let mut counted = Counted {
+                inner: entry.take(size),
+                n: 0,
+            };
+            sink.content(id, size, &mut counted).map_err(stream_err)?;
+            // The sink must have taken exactly the announced bytes.
+            io::copy(&mut counted, &mut io::sink()).map_err(stream_err)?;
+            if counted.n != size {
+                return Err(self.layer_err(format!(
+                    "a file's content ended after {} of the {size} bytes its header announces",
+                    counted.n
+                )));
+            }
+            return Ok((None, size));
+        }
         match self.spool_path(id).filter(|_| spool) {
             None => {
                 let mut w = HashingWriter::new(io::sink());
                 io::copy(entry, &mut w).map_err(stream_err)?;
                 let (d, n, _) = w.finish();
-                Ok((d, n))
+                Ok((Some(d), n))
             }
             Some(p) => {
                 let f =
@@ -524,7 +586,7 @@ impl Flattener {
                 let (d, n, mut f) = w.finish();
                 f.flush()
                     .map_err(|e| Error::io("write spool file", &p, e))?;
-                Ok((d, n))
+                Ok((Some(d), n))
             }
         }
     }
@@ -556,6 +618,20 @@ impl Flattener {
             },
             warnings: self.warnings,
         }
+    }
+}
+
+/// Counts what is read through it.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
     }
 }
 
@@ -673,7 +749,25 @@ impl FlatFs {
 
 /// Flatten `image` from `src`: stream each layer, verify its blob digest and its diff_id.
 pub async fn flatten(src: &Source, image: &Image, mode: ContentMode) -> Result<FlatFs> {
-    let mut flattener = Flattener::new(mode)?;
+    let flattener = Flattener::new(mode)?;
+    Ok(apply_layers(src, image, flattener).await?.finish())
+}
+
+/// Flatten `image` from `src` handing every file's content to `sink` as it is read (no
+/// spool, no per-file hash); blob digests and diff_ids are verified as in [`flatten`].
+pub async fn flatten_streaming(
+    src: &Source,
+    image: &Image,
+    sink: Box<dyn ContentSink>,
+) -> Result<(FlatFs, Box<dyn ContentSink>)> {
+    let mut flattener = apply_layers(src, image, Flattener::streaming(sink)).await?;
+    let sink = flattener
+        .take_sink()
+        .expect("a streaming flattener has its sink");
+    Ok((flattener.finish(), sink))
+}
+
+async fn apply_layers(src: &Source, image: &Image, mut flattener: Flattener) -> Result<Flattener> {
     let diff_ids = &image.config.rootfs.diff_ids;
     if diff_ids.len() != image.manifest.layers.len() {
         return Err(Error::Invalid(format!(
@@ -712,7 +806,7 @@ pub async fn flatten(src: &Source, image: &Image, mode: ContentMode) -> Result<F
             });
         }
     }
-    Ok(flattener.finish())
+    Ok(flattener)
 }
 
 #[cfg(test)]

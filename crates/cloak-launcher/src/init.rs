@@ -168,10 +168,23 @@ fn loopback_up() {
     }
 }
 
+/// Remove the contents directory of a streamed application ramdisk (cloak-nitro's
+/// `appdisk`): the image's files are hard links into it, so this frees only the contents
+/// that later layers overwrote or deleted, and leaves no second name outside `/rootfs`.
+fn remove_content_dir() {
+    let dir = std::path::Path::new("/cloak-data");
+    if dir.is_dir() {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            eprintln!("cloak-launcher: removing {}: {e}", dir.display());
+        }
+    }
+}
+
 fn enter_rootfs() {
     if !std::path::Path::new("/rootfs").is_dir() {
         return; // a flat ramdisk: the root is already the image
     }
+    remove_content_dir();
     for (src, target, fstype) in [
         ("proc", "/rootfs/proc", "proc"),
         ("sysfs", "/rootfs/sys", "sysfs"),

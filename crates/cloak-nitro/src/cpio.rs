@@ -49,23 +49,70 @@ pub struct Entry {
 /// Streams entries into a newc archive.
 pub struct Writer<W: Write> {
     out: W,
-    /// Count only: file data is not read, only its length counted (to size an archive).
-    counting: bool,
     written: u64,
     next_ino: u32,
     groups: std::collections::HashMap<u64, u32>,
 }
 
-fn pad4(n: u64) -> usize {
-    ((4 - (n % 4)) % 4) as usize
+/// The fields of a newc header (device numbers of the archive itself are always 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    /// Inode number; regular files with `nlink >= 2` and equal numbers are one file.
+    pub ino: u32,
+    /// File type and permission bits (`0o100644`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Link count (the kernel only asks whether it is at least 2).
+    pub nlink: u32,
+    /// Modification time.
+    pub mtime: u32,
+    /// Size of the data that follows (the symlink target for symlinks).
+    pub size: u64,
+    /// Device numbers of character and block devices.
+    pub rdev: (u32, u32),
 }
 
-/// A writer that produces nothing and reads no file data: running the same entries through it
-/// gives the exact length of the archive, so an EIF section can be sized before it streams.
-pub fn counting() -> Writer<io::Sink> {
-    let mut w = Writer::new(io::sink());
-    w.counting = true;
-    w
+/// Write one header, its name and the padding after it; returns the bytes written. The
+/// data (and its padding, [`pad4`] of its length) is the caller's.
+pub fn write_header<W: Write + ?Sized>(out: &mut W, h: &Header, name: &str) -> io::Result<u64> {
+    if h.size > u32::MAX as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{name}: {} bytes is over the 4 GiB newc limit per file",
+                h.size
+            ),
+        ));
+    }
+    let text = format!(
+        "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+        h.ino,
+        h.mode,
+        h.uid,
+        h.gid,
+        h.nlink,
+        h.mtime,
+        h.size,
+        0,
+        0,
+        h.rdev.0,
+        h.rdev.1,
+        name.len() + 1,
+        0
+    );
+    out.write_all(text.as_bytes())?;
+    out.write_all(name.as_bytes())?;
+    let p = pad4(110 + name.len() as u64 + 1);
+    out.write_all(&[0u8; 5][..1 + p])?;
+    Ok((110 + name.len() + 1 + p) as u64)
+}
+
+/// Zero bytes after `n` bytes of data up to a multiple of four.
+pub fn pad4(n: u64) -> usize {
+    ((4 - (n % 4)) % 4) as usize
 }
 
 impl<W: Write> Writer<W> {
@@ -73,7 +120,6 @@ impl<W: Write> Writer<W> {
     pub fn new(out: W) -> Self {
         Writer {
             out,
-            counting: false,
             written: 0,
             next_ino: 1,
             groups: Default::default(),
@@ -97,29 +143,18 @@ impl<W: Write> Writer<W> {
         rdev: (u32, u32),
         name: &str,
     ) -> io::Result<()> {
-        if size > u32::MAX as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{name}: {size} bytes is over the 4 GiB newc limit per file"),
-            ));
-        }
-        let h = format!(
-            "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            e.uid,
-            e.gid,
-            e.mtime,
-            0,
-            0,
-            rdev.0,
-            rdev.1,
-            name.len() + 1,
-            0
-        );
-        self.put(h.as_bytes())?;
-        self.put(name.as_bytes())?;
-        self.put(&[0])?;
-        let p = pad4(110 + name.len() as u64 + 1);
-        self.put(&[0u8; 4][..p])
+        let h = Header {
+            ino,
+            mode,
+            uid: e.uid,
+            gid: e.gid,
+            nlink,
+            mtime: e.mtime,
+            size,
+            rdev,
+        };
+        self.written += write_header(&mut self.out, &h, name)?;
+        Ok(())
     }
 
     /// Write one entry. `nlink` is the size of its hardlink group (1 when alone); `data` must
@@ -170,9 +205,7 @@ impl<W: Write> Writer<W> {
             Kind::File { size } => {
                 let size_here = if carries { *size } else { 0 };
                 self.header(ino, 0o100000 | perm, e, nlink, size_here, (0, 0), &e.name)?;
-                if size_here > 0 && self.counting {
-                    self.written += size_here + pad4(size_here) as u64;
-                } else if size_here > 0 {
+                if size_here > 0 {
                     let data = data.ok_or_else(|| {
                         io::Error::new(
                             io::ErrorKind::InvalidInput,
@@ -206,7 +239,6 @@ impl<W: Write> Writer<W> {
     }
 
     /// Write the trailer and return the writer and the archive's length.
-    /// (For a [`counting`] writer only the length is meaningful.)
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         let t = Entry {
             name: "TRAILER!!!".into(),

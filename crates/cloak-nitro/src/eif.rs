@@ -10,6 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha384};
 
 use crate::error::{Error, Result};
+use crate::sha384x2;
 
 const MAGIC: &[u8; 4] = b".eif";
 const VERSION: u16 = 4;
@@ -66,8 +67,7 @@ pub struct Measurements {
 }
 
 /// The running SHA-384 of a PCR. ring's SHA-512 assembly (BoringSSL's) is about twice as fast
-/// as the `sha2` crate's here, and two of these run over every byte of the application
-/// ramdisk; `sha2` remains the reference in the tests.
+/// as the `sha2` crate's here; `sha2` remains the reference in the tests.
 struct Pcr(ring::digest::Context);
 
 impl Pcr {
@@ -77,54 +77,89 @@ impl Pcr {
     fn update(&mut self, data: &[u8]) {
         self.0.update(data);
     }
+    fn finish(self) -> Vec<u8> {
+        self.0.finish().as_ref().to_vec()
+    }
 }
 
 /// `SHA384(0^48 ‖ digest)`: a TPM-style extend of a zero register.
-fn extend(h: Pcr) -> String {
-    let inner = h.0.finish();
+fn extend(inner: &[u8]) -> String {
     let mut outer = Sha384::new();
     outer.update([0u8; 48]);
-    outer.update(inner.as_ref());
+    outer.update(inner);
     hex::encode(outer.finalize())
 }
 
-struct Pcrs {
-    p0: Pcr,
-    p1: Pcr,
-    p2: Pcr,
+/// The three running hashes. Every byte of the application ramdisks goes into PCR0 and PCR2:
+/// with AVX-512VL both run side by side in one thread ([`crate::sha384x2`]); otherwise PCR0
+/// runs on a second thread.
+enum Pcrs {
+    Lanes {
+        p0: sha384x2::Lane,
+        p1: Pcr,
+        p2: sha384x2::Lane,
+    },
+    Threads {
+        p0: Pcr,
+        p1: Pcr,
+        p2: Pcr,
+    },
 }
 
 impl Pcrs {
     fn new() -> Self {
-        Pcrs {
-            p0: Pcr::new(),
-            p1: Pcr::new(),
-            p2: Pcr::new(),
+        if sha384x2::supported() && std::env::var_os("CLOAK_NO_AVX512").is_none() {
+            Pcrs::Lanes {
+                p0: Default::default(),
+                p1: Pcr::new(),
+                p2: Default::default(),
+            }
+        } else {
+            Pcrs::Threads {
+                p0: Pcr::new(),
+                p1: Pcr::new(),
+                p2: Pcr::new(),
+            }
         }
     }
     fn update(&mut self, kind: SectionKind, ramdisk_index: usize, data: &[u8]) {
-        match kind {
-            SectionKind::Kernel | SectionKind::Cmdline => {
-                self.p0.update(data);
-                self.p1.update(data);
+        let boot = match kind {
+            SectionKind::Kernel | SectionKind::Cmdline => true,
+            SectionKind::Ramdisk => ramdisk_index == 0,
+            _ => return,
+        };
+        match self {
+            Pcrs::Lanes { p0, p1, .. } if boot => {
+                sha384x2::update1(p0, data);
+                p1.update(data);
             }
-            SectionKind::Ramdisk if ramdisk_index == 0 => {
-                self.p0.update(data);
-                self.p1.update(data);
+            Pcrs::Lanes { p0, p2, .. } => sha384x2::update2(p0, p2, data),
+            Pcrs::Threads { p0, p1, .. } if boot => {
+                p0.update(data);
+                p1.update(data);
             }
-            SectionKind::Ramdisk => {
-                self.p0.update(data);
-                self.p2.update(data);
+            Pcrs::Threads { p0, p2, .. } => {
+                std::thread::scope(|scope| {
+                    scope.spawn(|| p0.update(data));
+                    p2.update(data);
+                });
             }
-            _ => {}
         }
     }
     fn finish(self) -> Measurements {
+        let (p0, p1, p2) = match self {
+            Pcrs::Lanes { p0, p1, p2 } => (
+                sha384x2::finish(p0).to_vec(),
+                p1.finish(),
+                sha384x2::finish(p2).to_vec(),
+            ),
+            Pcrs::Threads { p0, p1, p2 } => (p0.finish(), p1.finish(), p2.finish()),
+        };
         Measurements {
             hash_algorithm: "Sha384".into(),
-            pcr0: extend(self.p0),
-            pcr1: extend(self.p1),
-            pcr2: extend(self.p2),
+            pcr0: extend(&p0),
+            pcr1: extend(&p1),
+            pcr2: extend(&p2),
             pcr8: None,
         }
     }
@@ -170,54 +205,60 @@ pub fn identity(
     })
 }
 
-/// Writes a generated ramdisk into the EIF stream.
-pub type Producer<'a> = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + 'a>;
+/// Chunks of a ramdisk produced by another thread while the EIF is written.
+pub type Chunks = std::sync::mpsc::Receiver<io::Result<Vec<u8>>>;
 
-/// A ramdisk: a file, or bytes generated straight into the EIF (of a size known in advance).
-pub enum Part<'a> {
+/// A ramdisk: a file, or a stream of chunks.
+pub enum Part {
     /// A file on disk.
     File(PathBuf),
-    /// Written by the closure into the EIF stream; it must write exactly `size` bytes.
-    Generated {
-        /// Exact length.
-        size: u64,
-        /// Producer.
-        write: Producer<'a>,
+    /// Everything received from `chunks` until every sender is gone; an `Err` received
+    /// aborts the EIF (nothing appears at the output path). The section's size is filled in
+    /// afterwards. Written buffers go back through `spent` for reuse (see
+    /// [`crate::appdisk::channel`]).
+    Stream {
+        /// The data.
+        chunks: Chunks,
+        /// Where spent buffers go.
+        spent: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     },
 }
 
-impl std::fmt::Debug for Part<'_> {
+impl std::fmt::Debug for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Part::File(p) => write!(f, "File({})", p.display()),
-            Part::Generated { size, .. } => write!(f, "Generated({size} bytes)"),
+            Part::Stream { .. } => f.write_str("Stream"),
         }
     }
 }
 
+/// Checks the final EIF size before the file is put in place (e.g. against the enclave's memory).
+pub type SizeCheck<'a> = &'a dyn Fn(u64) -> Result<()>;
+
 /// What goes into an EIF.
-#[derive(Debug)]
 pub struct EifSpec<'a> {
     /// bzImage.
     pub kernel: PathBuf,
     /// Command line (trimmed; written without NUL).
     pub cmdline: String,
     /// Ramdisks in order: bootstrap first, then the application's.
-    pub ramdisks: Vec<Part<'a>>,
+    pub ramdisks: Vec<Part>,
     /// Metadata JSON (deterministic: no build time unless the caller puts one).
     pub metadata: serde_json::Value,
     /// Sign the EIF (adds the signature section and PCR8).
     pub signer: Option<&'a crate::sign::EifSigner>,
+    /// Refuse the EIF, once its size is known, before it reaches the output path.
+    pub size_check: Option<SizeCheck<'a>>,
 }
 
 enum Source<'a> {
     File(PathBuf),
     Bytes(&'a [u8]),
-    Generated(Producer<'a>),
+    Stream(Chunks, Option<std::sync::mpsc::SyncSender<Vec<u8>>>),
 }
 
-/// Receives a section's bytes: CRC, PCRs and the file, in 1 MiB chunks. Application ramdisks
-/// feed two SHA-384s (PCR0 and PCR2); one of them runs on the second core.
+/// Receives a section's bytes: CRC, PCRs and the file, in 1 MiB chunks.
 struct SectionSink<'s, W: Write> {
     out: &'s mut W,
     crc: &'s mut crc32fast::Hasher,
@@ -235,20 +276,9 @@ impl<W: Write> SectionSink<'_, W> {
             return Ok(());
         }
         self.total += chunk.len() as u64;
-        if self.kind == SectionKind::Ramdisk && self.ramdisk_index > 0 {
-            let Pcrs { p0, p2, .. } = &mut *self.pcrs;
-            let (crc, out) = (&mut *self.crc, &mut *self.out);
-            std::thread::scope(|scope| -> io::Result<()> {
-                scope.spawn(|| p0.update(chunk));
-                p2.update(chunk);
-                crc.update(chunk);
-                out.write_all(chunk)
-            })?;
-        } else {
-            self.crc.update(chunk);
-            self.pcrs.update(self.kind, self.ramdisk_index, chunk);
-            self.out.write_all(chunk)?;
-        }
+        self.crc.update(chunk);
+        self.pcrs.update(self.kind, self.ramdisk_index, chunk);
+        self.out.write_all(chunk)?;
         self.buf.clear();
         Ok(())
     }
@@ -269,12 +299,197 @@ impl<W: Write> Write for SectionSink<'_, W> {
     }
 }
 
+/// Start writing back what was written every this many bytes of a streamed section, so that
+/// the final `fsync` has little left to do.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// Ask the kernel to start writing `file`'s dirty pages back, without waiting.
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor; failure only loses the hint.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+/// Bytes per direct write of a streamed section.
+const DIRECT_CHUNK: usize = 4 << 20;
+/// Alignment of direct writes (offsets, lengths and buffers), enough for 4 KiB-sector disks.
+const ALIGN: usize = 4096;
+
+/// Writes a streamed section with `O_DIRECT`: its bulk goes from an aligned buffer straight
+/// to the disk, without the page-cache copy that otherwise costs as much CPU as hashing it.
+/// Bytes before the first aligned offset and after the last whole block go through `out`.
+struct Direct {
+    file: File,
+    stage: Vec<u8>,
+    start: usize,
+    len: usize,
+    /// File offset of `stage[start]`; aligned once `lead` is 0.
+    offset: u64,
+    /// Bytes still to write through `out` before the first aligned offset.
+    lead: usize,
+    /// The file system refused a direct write: everything goes through `out` from there on.
+    refused: bool,
+}
+
+impl Direct {
+    fn open(path: &Path, offset: u64) -> Option<Direct> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()?;
+        let stage = vec![0u8; DIRECT_CHUNK + ALIGN];
+        let start = stage.as_ptr().align_offset(ALIGN);
+        let lead = (ALIGN - (offset % ALIGN as u64) as usize) % ALIGN;
+        Some(Direct {
+            file,
+            stage,
+            start,
+            len: 0,
+            offset: offset + lead as u64,
+            lead,
+            refused: false,
+        })
+    }
+
+    fn write(&mut self, out: &mut BufWriter<File>, mut data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.lead > 0 || self.refused {
+            let n = if self.refused {
+                data.len()
+            } else {
+                self.lead.min(data.len())
+            };
+            out.write_all(&data[..n])?;
+            self.lead = self.lead.saturating_sub(n);
+            data = &data[n..];
+        }
+        while !data.is_empty() {
+            let n = (DIRECT_CHUNK - self.len).min(data.len());
+            let at = self.start + self.len;
+            self.stage[at..at + n].copy_from_slice(&data[..n]);
+            self.len += n;
+            data = &data[n..];
+            if self.len == DIRECT_CHUNK {
+                let block = &self.stage[self.start..self.start + DIRECT_CHUNK];
+                match self.file.write_all_at(block, self.offset) {
+                    Ok(()) => {}
+                    // Some file systems open with O_DIRECT but refuse the writes.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        out.seek(SeekFrom::Start(self.offset))?;
+                        out.write_all(block)?;
+                        self.refused = true;
+                        self.len = 0;
+                        return self.write(out, data);
+                    }
+                    Err(e) => return Err(e),
+                }
+                self.offset += DIRECT_CHUNK as u64;
+                self.len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the whole blocks left directly and the tail through `out`, leaving `out` at
+    /// the section's end.
+    fn finish(mut self, out: &mut BufWriter<File>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.lead > 0 || self.refused {
+            return Ok(()); // everything (else) went through `out`
+        }
+        let mut whole = self.len / ALIGN * ALIGN;
+        if whole > 0 {
+            match self
+                .file
+                .write_all_at(&self.stage[self.start..self.start + whole], self.offset)
+            {
+                Ok(()) => self.offset += whole as u64,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => whole = 0,
+                Err(e) => return Err(e),
+            }
+        }
+        out.seek(SeekFrom::Start(self.offset))?;
+        out.write_all(&self.stage[self.start + whole..self.start + self.len])?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// A streamed section: this thread hashes each chunk (PCRs), a second one adds it to the
+/// CRC and writes it, so hashing never waits for the disk. Returns the section's length.
+fn stream_section(
+    rx: Chunks,
+    spent: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    out: &mut BufWriter<File>,
+    path: &Path,
+    crc: &mut crc32fast::Hasher,
+    pcrs: &mut Pcrs,
+    ramdisk_index: usize,
+) -> io::Result<u64> {
+    out.flush()?;
+    let here = out.get_mut().stream_position()?;
+    // Direct I/O where the file system has it (not tmpfs on older kernels, for one).
+    let mut direct = Direct::open(path, here);
+    std::thread::scope(|scope| {
+        let (tx, written) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let writer = scope.spawn(move || -> io::Result<()> {
+            let mut since_hint = 0u64;
+            for chunk in written {
+                crc.update(&chunk);
+                match &mut direct {
+                    Some(d) => d.write(out, &chunk)?,
+                    None => {
+                        out.write_all(&chunk)?;
+                        since_hint += chunk.len() as u64;
+                        if since_hint >= WRITEBACK_EVERY {
+                            out.flush()?;
+                            start_writeback(out.get_ref());
+                            since_hint = 0;
+                        }
+                    }
+                }
+                if let Some(spent) = &spent {
+                    let _ = spent.try_send(chunk);
+                }
+            }
+            if let Some(d) = direct {
+                d.finish(out)?;
+            }
+            out.flush()
+        });
+        let mut total = 0u64;
+        let hashed = (|| -> io::Result<()> {
+            for chunk in rx {
+                let chunk = chunk?;
+                total += chunk.len() as u64;
+                pcrs.update(SectionKind::Ramdisk, ramdisk_index, &chunk);
+                if tx.send(chunk).is_err() {
+                    break; // the writer failed: its error is reported below
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the EIF writer thread panicked")));
+        hashed?;
+        wrote?;
+        Ok(total)
+    })
+}
+
 /// Write the EIF to `out` (via a temporary file renamed at the end) and return its PCRs.
 pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
     check_bzimage(&spec.kernel)?;
     let cmdline = spec.cmdline.trim().as_bytes().to_vec();
     let metadata = serde_json::to_vec(&spec.metadata).expect("metadata serialises");
-    let mut sections: Vec<(SectionKind, Source<'_>, u64)> = Vec::new();
+    // (kind, source, announced size: None for streams)
+    let mut sections: Vec<(SectionKind, Source<'_>, Option<u64>)> = Vec::new();
     let size_of = |p: &Path| -> Result<u64> {
         Ok(std::fs::metadata(p)
             .map_err(|e| Error::io("stat", p, e))?
@@ -283,26 +498,26 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
     sections.push((
         SectionKind::Kernel,
         Source::File(spec.kernel.clone()),
-        size_of(&spec.kernel)?,
+        Some(size_of(&spec.kernel)?),
     ));
     sections.push((
         SectionKind::Cmdline,
         Source::Bytes(&cmdline),
-        cmdline.len() as u64,
+        Some(cmdline.len() as u64),
     ));
     sections.push((
         SectionKind::Metadata,
         Source::Bytes(&metadata),
-        metadata.len() as u64,
+        Some(metadata.len() as u64),
     ));
     for r in spec.ramdisks {
         match r {
             Part::File(p) => {
                 let size = size_of(&p)?;
-                sections.push((SectionKind::Ramdisk, Source::File(p), size));
+                sections.push((SectionKind::Ramdisk, Source::File(p), Some(size)));
             }
-            Part::Generated { size, write } => {
-                sections.push((SectionKind::Ramdisk, Source::Generated(write), size))
+            Part::Stream { chunks, spent } => {
+                sections.push((SectionKind::Ramdisk, Source::Stream(chunks, spent), None))
             }
         }
     }
@@ -324,50 +539,73 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
         .map_err(|e| Error::io("create temporary EIF in", dir, e))?;
     let io_err = |e| Error::io("write EIF", out, e);
     let mut w = BufWriter::with_capacity(1 << 20, tmp.reopen().map_err(io_err)?);
-    // The header goes in last (the signature's size is known only then); the CRC of the
-    // sections is combined with the header's afterwards.
+    // Section headers and the file header are written last, at their offsets (a streamed
+    // section's size is known only at its end, the signature's after all of them); the CRC
+    // is assembled from the parts in file order.
     let mut crc = crc32fast::Hasher::new();
+    let mut patches: Vec<(u64, [u8; 12])> = Vec::new();
+    let mut pos = HEADER_SIZE;
     w.write_all(&[0u8; HEADER_SIZE as usize]).map_err(io_err)?;
     let mut pcrs = Pcrs::new();
     let mut ramdisk_index = 0;
-    for (kind, src, size) in sections {
-        layout.push((kind, size));
+    let section_header = |kind: SectionKind, size: u64| {
         let mut sh = [0u8; 12];
         sh[..2].copy_from_slice(&(kind as u16).to_be_bytes());
         sh[4..12].copy_from_slice(&size.to_be_bytes());
-        crc.update(&sh);
-        w.write_all(&sh).map_err(io_err)?;
-        let mut sink = SectionSink {
-            out: &mut w,
-            crc: &mut crc,
-            pcrs: &mut pcrs,
-            kind,
-            ramdisk_index,
-            buf: Vec::with_capacity(1 << 20),
-            total: 0,
-        };
+        sh
+    };
+    for (kind, src, announced) in sections {
+        w.write_all(&[0u8; 12]).map_err(io_err)?;
+        let mut data_crc = crc32fast::Hasher::new();
         let what = match &src {
             Source::File(p) => p.display().to_string(),
             Source::Bytes(_) => format!("{kind:?}"),
-            Source::Generated(_) => format!("generated ramdisk {ramdisk_index}"),
+            Source::Stream(..) => format!("streamed ramdisk {ramdisk_index}"),
         };
-        match src {
-            Source::Bytes(b) => sink.write_all(b).map_err(io_err)?,
-            Source::File(p) => {
-                let mut f = File::open(&p).map_err(|e| Error::io("open", &p, e))?;
-                io::copy(&mut f, &mut sink).map_err(|e| Error::io("read", &p, e))?;
-            }
-            Source::Generated(write) => {
-                write(&mut sink).map_err(|e| Error::Input(format!("{what}: {e}")))?
-            }
-        }
-        sink.flush().map_err(io_err)?;
-        if sink.total != size {
-            return Err(Error::Input(format!(
-                "{what}: {} bytes where {size} were announced",
+        let size = match src {
+            Source::Stream(rx, spent) => stream_section(
+                rx,
+                spent,
+                &mut w,
+                tmp.path(),
+                &mut data_crc,
+                &mut pcrs,
+                ramdisk_index,
+            )
+            .map_err(|e| Error::Input(format!("{what}: {e}")))?,
+            src => {
+                let mut sink = SectionSink {
+                    out: &mut w,
+                    crc: &mut data_crc,
+                    pcrs: &mut pcrs,
+                    kind,
+                    ramdisk_index,
+                    buf: Vec::with_capacity(1 << 20),
+                    total: 0,
+                };
+                match src {
+                    Source::Bytes(b) => sink.write_all(b).map_err(io_err)?,
+                    Source::File(p) => {
+                        let mut f = File::open(&p).map_err(|e| Error::io("open", &p, e))?;
+                        io::copy(&mut f, &mut sink).map_err(|e| Error::io("read", &p, e))?;
+                    }
+                    Source::Stream(..) => unreachable!("handled above"),
+                }
+                sink.flush().map_err(io_err)?;
                 sink.total
+            }
+        };
+        if let Some(announced) = announced.filter(|a| *a != size) {
+            return Err(Error::Input(format!(
+                "{what}: {size} bytes where {announced} were announced"
             )));
         }
+        let sh = section_header(kind, size);
+        crc.update(&sh);
+        crc.combine(&data_crc);
+        patches.push((pos, sh));
+        pos += SECTION_HEADER_SIZE + size;
+        layout.push((kind, size));
         if kind == SectionKind::Ramdisk {
             ramdisk_index += 1;
         }
@@ -376,15 +614,17 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
     if let Some(signer) = signer {
         let pcr0 = hex::decode(&m.pcr0).expect("hex we produced");
         let section = signer.section(&pcr0);
-        let mut sh = [0u8; 12];
-        sh[..2].copy_from_slice(&(SectionKind::Signature as u16).to_be_bytes());
-        sh[4..12].copy_from_slice(&(section.len() as u64).to_be_bytes());
+        let sh = section_header(SectionKind::Signature, section.len() as u64);
         crc.update(&sh);
         crc.update(&section);
         w.write_all(&sh).map_err(io_err)?;
         w.write_all(&section).map_err(io_err)?;
+        pos += SECTION_HEADER_SIZE + section.len() as u64;
         layout.push((SectionKind::Signature, section.len() as u64));
         m.pcr8 = Some(crate::sign::pcr8(signer.cert_pem())?);
+    }
+    if let Some(check) = spec.size_check {
+        check(pos)?;
     }
     let mut header = vec![0u8; HEADER_SIZE as usize];
     header[..4].copy_from_slice(MAGIC);
@@ -403,6 +643,10 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
     total.combine(&crc);
     header[0x220..0x224].copy_from_slice(&total.finalize().to_be_bytes());
     let mut file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
+    for (at, sh) in &patches {
+        file.seek(SeekFrom::Start(*at)).map_err(io_err)?;
+        file.write_all(sh).map_err(io_err)?;
+    }
     file.seek(SeekFrom::Start(0)).map_err(io_err)?;
     file.write_all(&header).map_err(io_err)?;
     file.sync_all().map_err(io_err)?;
@@ -582,4 +826,166 @@ pub fn extract(path: &Path, dir: &Path) -> Result<(PathBuf, String, Vec<PathBuf>
     let kernel =
         kernel.ok_or_else(|| Error::Input(format!("{} has no kernel section", path.display())))?;
     Ok((kernel, info.cmdline, ramdisks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A file that passes `check_bzimage`.
+    fn fake_kernel(dir: &Path) -> PathBuf {
+        let mut k = noise(70_001, 9);
+        k[0x202..0x206].copy_from_slice(b"HdrS");
+        let p = dir.join("bzImage");
+        std::fs::write(&p, k).unwrap();
+        p
+    }
+
+    fn reference_pcr(parts: &[&[u8]]) -> String {
+        let mut h = Sha384::new();
+        for p in parts {
+            h.update(p);
+        }
+        extend(&h.finalize())
+    }
+
+    #[test]
+    fn both_pcr_engines_agree_with_sha2() {
+        let kernel = noise(5_000, 1);
+        let boot = noise(333, 2);
+        let app = noise(3 << 20, 3);
+        let mut engines = vec![Pcrs::Threads {
+            p0: Pcr::new(),
+            p1: Pcr::new(),
+            p2: Pcr::new(),
+        }];
+        if sha384x2::supported() {
+            engines.push(Pcrs::Lanes {
+                p0: Default::default(),
+                p1: Pcr::new(),
+                p2: Default::default(),
+            });
+        }
+        for mut p in engines {
+            p.update(SectionKind::Kernel, 0, &kernel);
+            p.update(SectionKind::Metadata, 0, b"not measured");
+            p.update(SectionKind::Ramdisk, 0, &boot);
+            for c in app.chunks(100_003) {
+                p.update(SectionKind::Ramdisk, 1, c);
+            }
+            let m = p.finish();
+            assert_eq!(m.pcr0, reference_pcr(&[&kernel, &boot, &app]));
+            assert_eq!(m.pcr1, reference_pcr(&[&kernel, &boot]));
+            assert_eq!(m.pcr2, reference_pcr(&[&app]));
+        }
+    }
+
+    /// A streamed ramdisk of 9 MiB and a few bytes, starting at an unaligned offset and
+    /// arriving in uneven chunks: written partly with O_DIRECT, partly buffered.
+    #[test]
+    fn a_streamed_ramdisk_lands_byte_for_byte_with_its_pcrs_and_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fake_kernel(dir.path());
+        let boot = dir.path().join("boot");
+        std::fs::write(&boot, noise(1234, 4)).unwrap();
+        let app = noise((9 << 20) + 4321, 5);
+        for chunk in [1 << 20, 777_777, 4096] {
+            let (tx, rx) = std::sync::mpsc::sync_channel(4);
+            let feed = app.clone();
+            let producer = std::thread::spawn(move || {
+                for c in feed.chunks(chunk) {
+                    tx.send(Ok(c.to_vec())).unwrap();
+                }
+            });
+            let out = dir.path().join(format!("s{chunk}.eif"));
+            let m = write(
+                EifSpec {
+                    kernel: kernel.clone(),
+                    cmdline: "console=ttyS0".into(),
+                    ramdisks: vec![
+                        Part::File(boot.clone()),
+                        Part::Stream {
+                            chunks: rx,
+                            spent: None,
+                        },
+                    ],
+                    metadata: serde_json::json!({"x": 1}),
+                    signer: None,
+                    size_check: None,
+                },
+                &out,
+            )
+            .unwrap();
+            producer.join().unwrap();
+            let info = read(&out).unwrap();
+            assert!(info.crc_ok, "chunk {chunk}");
+            assert_eq!(info.measurements.pcr2, reference_pcr(&[&app]));
+            assert_eq!(info.measurements.pcr0, m.pcr0);
+            let last = info.sections.last().unwrap();
+            let bytes = std::fs::read(&out).unwrap();
+            let at = (last.offset + SECTION_HEADER_SIZE) as usize;
+            assert_eq!(
+                &bytes[at..at + last.size as usize],
+                &app[..],
+                "chunk {chunk}"
+            );
+            assert_eq!(at + app.len(), bytes.len());
+        }
+    }
+
+    #[test]
+    fn an_aborted_stream_or_a_refused_size_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = fake_kernel(dir.path());
+        let out = dir.path().join("out.eif");
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        tx.send(Ok(vec![1u8; 5000])).unwrap();
+        tx.send(Err(io::Error::other("layer 3 is corrupt")))
+            .unwrap();
+        drop(tx);
+        let spec = |rx| EifSpec {
+            kernel: kernel.clone(),
+            cmdline: String::new(),
+            ramdisks: vec![Part::Stream {
+                chunks: rx,
+                spent: None,
+            }],
+            metadata: serde_json::Value::Null,
+            signer: None,
+            size_check: None,
+        };
+        let err = write(spec(rx), &out).unwrap_err().to_string();
+        assert!(err.contains("layer 3 is corrupt"), "{err}");
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        tx.send(Ok(vec![1u8; 5000])).unwrap();
+        drop(tx);
+        let refuse = |size: u64| Err(Error::Input(format!("{size} bytes is too big")));
+        let err = write(
+            EifSpec {
+                size_check: Some(&refuse),
+                ..spec(rx)
+            },
+            &out,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("too big"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["bzImage"], "no EIF and no temporary file");
+    }
 }

@@ -2,9 +2,11 @@
 //! following `shared/notes/nitro-eif.md`.
 #![deny(missing_docs)]
 
+pub mod appdisk;
 pub mod cpio;
 pub mod eif;
 pub mod error;
+pub mod sha384x2;
 pub mod sign;
 pub mod vm;
 

@@ -83,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cmdline,
             ramdisks: ramdisk.into_iter().map(eif::Part::File).collect(),
             signer: signer.as_ref(),
+            size_check: None,
             metadata: eif::identity(
                 &image_name,
                 &image_version,

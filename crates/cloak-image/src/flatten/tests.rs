@@ -248,3 +248,77 @@ fn resolve_follows_symlinks_inside_the_root() {
     assert_eq!(target("/dangling"), None);
     assert_eq!(target("/lib/libc.so.6/x"), None);
 }
+
+/// What a streaming flattener handed out: (content number, bytes).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// Records what a streaming flattener hands out.
+struct Recorder(Seen);
+
+impl ContentSink for Recorder {
+    fn content(&mut self, id: u64, size: u64, data: &mut dyn Read) -> io::Result<()> {
+        let mut v = Vec::new();
+        data.read_to_end(&mut v)?;
+        assert_eq!(v.len() as u64, size);
+        self.0.lock().unwrap().push((id, v));
+        Ok(())
+    }
+}
+
+#[test]
+fn streaming_hands_out_every_content_in_layer_order_and_the_tree_names_the_final_ones() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut f = Flattener::streaming(Box::new(Recorder(seen.clone())));
+    f.apply_layer(
+        "L",
+        layer(&[
+            T::File("a", b"alpha"),
+            T::File("b", b"beta"),
+            T::Hard("c", "a"),
+            T::File("empty", b""),
+        ])
+        .as_slice(),
+    )
+    .unwrap();
+    f.apply_layer("M", layer(&[T::File("b", b"replaced")]).as_slice())
+        .unwrap();
+    assert!(f.take_sink().is_some());
+    let fs = f.finish();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (0, b"alpha".to_vec()),
+            (1, b"beta".to_vec()),
+            (2, Vec::new()),
+            (3, b"replaced".to_vec())
+        ]
+    );
+    let id = |p: &str| fs.get(p).unwrap().content_id();
+    assert_eq!(
+        (id("/a"), id("/c"), id("/b"), id("/empty")),
+        (Some(0), Some(0), Some(3), Some(2))
+    );
+    assert!(fs.get("/a").unwrap().sha256.is_none());
+}
+
+/// A sink that stops reading half-way (as a failing writer would).
+struct Quitter;
+
+impl ContentSink for Quitter {
+    fn content(&mut self, _: u64, _: u64, data: &mut dyn Read) -> io::Result<()> {
+        let mut b = [0u8; 2];
+        data.read_exact(&mut b)?;
+        Err(io::Error::other("disk full"))
+    }
+}
+
+#[test]
+fn a_failing_sink_stops_the_layer_with_its_error() {
+    let mut f = Flattener::streaming(Box::new(Quitter));
+    let err = f
+        .apply_layer("L", layer(&[T::File("a", b"alpha")]).as_slice())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("disk full"), "{err}");
+}
