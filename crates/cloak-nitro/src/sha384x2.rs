@@ -353,9 +353,11 @@ mod x86 {
             for k in 0..8 {
                 (w[2 * k], w[2 * k + 1]) = words(xa, xb, k);
             }
+            // w[t-2] and w[t-1] stay in registers: reloading the word just stored would put
+            // store-to-load forwarding on the schedule's critical path.
+            let (mut w2, mut w1) = (w[14], w[15]);
             for t in 16..80 {
                 let w15 = w[t - 15];
-                let w2 = w[t - 2];
                 let s0 = xor3(
                     _mm_ror_epi64::<1>(w15),
                     _mm_ror_epi64::<8>(w15),
@@ -366,7 +368,9 @@ mod x86 {
                     _mm_ror_epi64::<61>(w2),
                     _mm_srli_epi64::<6>(w2),
                 );
-                w[t] = _mm_add_epi64(_mm_add_epi64(w[t - 16], s0), _mm_add_epi64(w[t - 7], s1));
+                let new = _mm_add_epi64(_mm_add_epi64(w[t - 16], s0), _mm_add_epi64(w[t - 7], s1));
+                w[t] = new;
+                (w2, w1) = (w1, new);
             }
             for (t, slot) in w.iter_mut().enumerate() {
                 *slot = _mm_add_epi64(*slot, _mm_set1_epi64x(K[t] as i64));
