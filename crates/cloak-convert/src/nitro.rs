@@ -2,9 +2,11 @@
 //! an EIF with its PCRs, and optionally an OCI image carrying the EIF.
 //!
 //! Ramdisk 0 (bootstrap): `/dev`, `/dev/console`, `/init` (cloak's static launcher, which runs
-//! as PID 1), optionally `/nsm.ko`. Ramdisk 1 (application): `/rootfs/…`, the flattened image
-//! with `/rootfs/cloak/run.json`. Both are newc cpio, sorted by path, mtime normalised, inodes
-//! numbered in order, hardlinks kept, xattrs dropped (with a warning).
+//! as PID 1), optionally `/nsm.ko`; newc cpio sorted by path. Ramdisk 1 (application): the
+//! flattened image under `/rootfs/…` with `/rootfs/cloak/run.json`, written while the layers
+//! download ([`cloak_nitro::appdisk`]: file contents first, in layer order, then the sorted
+//! tree that links them into place). Both: mtime normalised, owners and modes from the image,
+//! inodes numbered deterministically, hardlinks kept, xattrs dropped (with a warning).
 
 use std::collections::BTreeMap;
 use std::io::BufWriter;
