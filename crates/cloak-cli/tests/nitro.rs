@@ -122,12 +122,14 @@ fn layered_image(dir: &Path) -> PathBuf {
         T::File("data/orig.txt", 0o644, 0, b"shared"),
         T::Hard("data/link.txt", "data/orig.txt"),
         T::File("data/empty", 0o600, 0, b""),
+        T::File("data/scratch.bin", 0o644, 0, &big[..3 << 20]),
         T::Dir("opq/", 0o755, 0),
         T::File("opq/lower.txt", 0o644, 0, b"hidden by opaque"),
     ]);
     let l2 = tar(&[
         T::File("data/over.txt", 0o640, 1000, b"new"),
         T::File("data/.wh.gone.txt", 0o644, 0, b""),
+        T::File("data/.wh.scratch.bin", 0o644, 0, b""),
         T::Dir("opq/", 0o711, 0),
         T::File("opq/.wh..wh..opq", 0o644, 0, b""),
         T::File("opq/upper.txt", 0o644, 0, b"upper"),
@@ -141,7 +143,7 @@ fn layered_image(dir: &Path) -> PathBuf {
         "set -e; B=/bin/busybox; \
          test \"$($B cat /data/over.txt)\" = new; \
          test \"$($B stat -c '%a %u %h' /data/over.txt)\" = '640 1000 1'; \
-         test ! -e /data/gone.txt; \
+         test ! -e /data/gone.txt; test ! -e /data/scratch.bin; \
          test ! -e /opq/lower.txt; test \"$($B cat /opq/upper.txt)\" = upper; \
          test \"$($B stat -c %a /opq)\" = 711; \
          test \"$($B cat /data/link.txt)\" = shared; \
@@ -383,6 +385,17 @@ fn converted_images_boot_under_qemu_with_docker_semantics() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // The 3 MiB file deleted by the second layer was written before that was known: the
+    // report says so.
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().starts_with("3 MiB of file contents")),
+        "{report}"
     );
     let booted = run(cloak().args(["run", "--target", "nitro"]).arg(&eif));
     let console = String::from_utf8_lossy(&booted.stdout);

@@ -390,6 +390,22 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
                 )));
             }
             let mut warnings: Vec<String> = fs.warnings().to_vec();
+            // Contents that later layers replaced or deleted travel in the EIF too (they
+            // were written before anyone knew); the init frees them at boot. Say how much.
+            let mut kept = std::collections::HashSet::new();
+            let live: u64 = fs
+                .entries()
+                .iter()
+                .filter(|e| e.content_id().is_some_and(|id| kept.insert(id)))
+                .map(|e| e.size)
+                .sum();
+            let dead = ramdisk.content_bytes().saturating_sub(live);
+            if dead >= 1 << 20 {
+                warnings.push(format!(
+                    "{} MiB of file contents that later layers overwrite or delete are in the EIF (counted in its size and mem_size; the init frees them at boot): squashing the image's layers would drop them",
+                    dead >> 20
+                ));
+            }
             let entries = tree(&fs, &run_json, mtime, &mut warnings);
             let finished = ramdisk
                 .finish(entries)

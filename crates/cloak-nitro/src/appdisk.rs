@@ -172,6 +172,7 @@ pub struct AppRamdisk {
     /// Content numbers that have a data entry (non-empty contents).
     stored: std::collections::HashSet<u64>,
     next_content: u64,
+    content_bytes: u64,
 }
 
 impl AppRamdisk {
@@ -183,6 +184,7 @@ impl AppRamdisk {
             written: 0,
             stored: Default::default(),
             next_content: 0,
+            content_bytes: 0,
         };
         let h = Header {
             ino: 0,
@@ -234,7 +236,13 @@ impl AppRamdisk {
         self.out.write_all(&[0u8; 4][..pad4(size)])?;
         self.written += size + pad4(size) as u64;
         self.stored.insert(id);
+        self.content_bytes += size;
         Ok(())
+    }
+
+    /// Bytes of file content written so far (every version the layers carried).
+    pub fn content_bytes(&self) -> u64 {
+        self.content_bytes
     }
 
     /// Write the sorted tree and the trailer, end the stream; returns the archive's length.
