@@ -202,6 +202,33 @@ fn pcrs_and_crc_match_aws_eif_crate_and_eifs_are_reproducible() {
             std::fs::read(&b).unwrap(),
             "{name}: EIFs differ"
         );
+        // The PCR engine without AVX-512 (two threads of ring's SHA-384) reports the same PCRs
+        // for the same EIF.
+        let c = tmp.path().join(format!("{name}-c.eif"));
+        let out = run(cloak()
+            .env("CLOAK_NO_AVX512", "1")
+            .args(["convert", "--target", "nitro", "--quiet", "--kernel"])
+            .arg(kernel())
+            .arg("--eif")
+            .arg(&c)
+            .arg(&src)
+            .arg("-"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report_c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            pcrs(&report_c),
+            pcrs(&report),
+            "{name}: the PCR engines disagree"
+        );
+        assert_eq!(
+            std::fs::read(&a).unwrap(),
+            std::fs::read(&c).unwrap(),
+            "{name}: the two PCR engines' EIFs differ"
+        );
     }
     // Signed: PCR8 and the COSE signature as AWS's crate sees them; still reproducible.
     let key = tmp.path().join("key.pem");
@@ -417,6 +444,21 @@ fn bad_input_is_refused_before_any_output_is_written() {
     let not_kernel = tmp.path().join("not-a-bzimage");
     std::fs::write(&not_kernel, vec![0u8; 4096]).unwrap();
     let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    // A layer blob damaged in its middle: detected while the EIF is already being written.
+    let damaged = busybox(&tmp.path().join("damaged"));
+    let layer = std::fs::read_dir(damaged.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let damaged_msg = format!(
+        "layer sha256:{} (damaged, or not a tar archive)",
+        layer.file_name().unwrap().to_string_lossy()
+    );
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&layer, bytes).unwrap();
     let cases: Vec<(&str, String, Vec<String>, &str)> = vec![
         (
             "nocmd",
@@ -442,6 +484,12 @@ fn bad_input_is_refused_before_any_output_is_written() {
             vec!["--mem-size".into(), "16".into()],
             "below 4 × the EIF size",
         ),
+        (
+            "damaged",
+            format!("oci:{}:1", damaged.display()),
+            vec![],
+            &damaged_msg,
+        ),
     ];
     for (name, input, extra, msg) in cases {
         let eif = tmp.path().join(format!("{name}.eif"));
@@ -453,6 +501,11 @@ fn bad_input_is_refused_before_any_output_is_written() {
         let out = run(cmd.args(&extra).arg("--eif").arg(&eif).arg(&input).arg("-"));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(msg), "{name}: {err}");
+        let parts: Vec<&str> = err.trim().split(": ").collect();
+        assert!(
+            parts.windows(2).all(|w| w[0] != w[1]),
+            "{name}: a cause is repeated: {err}"
+        );
         assert!(!eif.exists(), "{name}: an EIF was written");
         let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()

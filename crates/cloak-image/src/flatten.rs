@@ -337,7 +337,19 @@ impl Flattener {
     /// (to compare with the config's `diff_ids`). `name` is used in messages.
     pub fn apply_layer(&mut self, name: &str, blob: impl Read + Send) -> Result<Digest> {
         self.layer += 1;
-        let stream_err = |e: io::Error| Error::from_stream(format!("layer {name}"), e);
+        let stream_err = |e: io::Error| {
+            // A tar or compression format error means the bytes are not a layer: say so.
+            let hint = matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::Other
+            ) && e.get_ref().is_none_or(|inner| !inner.is::<Error>());
+            let what = if hint {
+                format!("layer {name} (damaged, or not a tar archive)")
+            } else {
+                format!("layer {name}")
+            };
+            Error::from_stream(what, e)
+        };
         // Reading, verifying and decompressing the blob run on a second thread.
         std::thread::scope(|scope| {
             let plain = crate::layer::read_ahead(scope, move || decompress(blob), 8);
