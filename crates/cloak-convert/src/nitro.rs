@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::BufWriter;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cloak_image::build::{self, Amendment};
@@ -238,9 +239,23 @@ impl ContentSink for StreamSink {
     }
 }
 
-/// The memory an enclave needs for an EIF of `eif_size` bytes (4 × its size), in MiB.
-fn needed_mib(eif_size: u64) -> u64 {
-    (4 * eif_size).div_ceil(1 << 20)
+/// The memory an enclave needs, in MiB, and why: 4 × the EIF's size (the ramdisks, their
+/// unpacked copy and room to run), and one tmpfs inode per ramdisk entry: the initramfs is a
+/// tmpfs with one inode slot per 8 KiB of memory, less what the kernel keeps (a quarter more).
+fn needed_mib(eif_size: u64, entries: u64) -> (u64, String) {
+    let by_size = (4 * eif_size).div_ceil(1 << 20);
+    let by_entries = (entries * 10 * 1024).div_ceil(1 << 20);
+    if by_entries > by_size {
+        (
+            by_entries,
+            format!("10 KiB for each of its {entries} files and directories"),
+        )
+    } else {
+        (
+            by_size,
+            format!("4 × the EIF size ({} MiB)", eif_size >> 20),
+        )
+    }
 }
 
 fn kernel_version(config: Option<&PathBuf>) -> String {
@@ -341,15 +356,18 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     let ramdisk = AppRamdisk::new(chunks, mtime)
         .map_err(|e| io_err("starting the application ramdisk", e))?;
     let mem_size = no.mem_size;
+    // Known once the layers are read, before the writer's size check runs (the stream ends
+    // only after the tree).
+    let entries = Arc::new(AtomicU64::new(0));
+    let entries_seen = entries.clone();
     let writer = {
         let (kernel, eif_path, boot) = (req.kernel.clone(), eif_path.clone(), boot.clone());
         tokio::task::spawn_blocking(move || {
             let check = |eif_size: u64| -> cloak_nitro::Result<()> {
+                let (needed, why) = needed_mib(eif_size, entries_seen.load(Ordering::Relaxed));
                 match mem_size {
-                    Some(m) if m < needed_mib(eif_size) => Err(cloak_nitro::Error::Input(format!(
-                        "mem_size {m} MiB is below 4 × the EIF size ({} MiB): the enclave could not unpack its ramdisks; use at least {}",
-                        eif_size >> 20,
-                        needed_mib(eif_size)
+                    Some(m) if m < needed => Err(cloak_nitro::Error::Input(format!(
+                        "mem_size {m} MiB is below {why}: the enclave could not unpack its ramdisks; use at least {needed}"
                     ))),
                     _ => Ok(()),
                 }
@@ -406,6 +424,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
                     dead >> 20
                 ));
             }
+            entries.store(fs.entries().len() as u64, Ordering::Relaxed);
             let entries = tree(&fs, &run_json, mtime, &mut warnings);
             let finished = ramdisk
                 .finish(entries)
@@ -439,7 +458,10 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     let real_size = std::fs::metadata(&eif_path)
         .map(|m| m.len())
         .map_err(|e| io_err("reading the EIF back", e))?;
-    let mem_size = mem_size.unwrap_or_else(|| needed_mib(real_size).max(512).div_ceil(64) * 64);
+    let mem_size = mem_size.unwrap_or_else(|| {
+        let (needed, _) = needed_mib(real_size, entries.load(Ordering::Relaxed));
+        needed.max(512).div_ceil(64) * 64
+    });
     let mut output_image = None;
     if let Some(out) = &req.output {
         let layer = write_layer(

@@ -168,23 +168,10 @@ fn loopback_up() {
     }
 }
 
-/// Remove the contents directory of a streamed application ramdisk (cloak-nitro's
-/// `appdisk`): the image's files are hard links into it, so this frees only the contents
-/// that later layers overwrote or deleted, and leaves no second name outside `/rootfs`.
-fn remove_content_dir() {
-    let dir = std::path::Path::new("/cloak-data");
-    if dir.is_dir() {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            eprintln!("cloak-launcher: removing {}: {e}", dir.display());
-        }
-    }
-}
-
 fn enter_rootfs() {
     if !std::path::Path::new("/rootfs").is_dir() {
         return; // a flat ramdisk: the root is already the image
     }
-    remove_content_dir();
     for (src, target, fstype) in [
         ("proc", "/rootfs/proc", "proc"),
         ("sysfs", "/rootfs/sys", "sysfs"),
@@ -220,6 +207,12 @@ pub fn run_as_init() -> ! {
     load_module("/nsm.ko");
     local_network();
     ready_signal();
+    // A streamed ramdisk's regular files are put in place now; never start the application
+    // on a partial tree.
+    if let Err(e) = crate::files::place_files(std::path::Path::new("/")) {
+        eprintln!("cloak-launcher: placing the image's files: {e}");
+        finish(125);
+    }
     enter_rootfs();
     loopback_up();
     let outer: BTreeMap<String, String> = std::env::vars().collect();
@@ -248,6 +241,11 @@ pub fn run_as_init() -> ! {
             };
         }
     }
+    finish(code)
+}
+
+/// Report `code` as the exit status and end the VM.
+fn finish(code: i32) -> ! {
     println!("{STATUS_PREFIX}{code}");
     // SAFETY: flushing and restarting the VM is the end of PID 1.
     unsafe {

@@ -11,6 +11,7 @@ use std::ffi::CString;
 
 use serde::{Deserialize, Serialize};
 
+pub mod files;
 pub mod init;
 
 /// Where the converter writes the run configuration.

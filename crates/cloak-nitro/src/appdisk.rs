@@ -6,26 +6,30 @@
 //! and measured as they arrive, and only the small sorted tree waits for the end:
 //!
 //! 1. `cloak-data/` and then, in layer order, one entry `cloak-data/<n>` per regular-file
-//!    content the layers carry (`n` = its number in arrival order, inode `n + 1`, `nlink` 2);
-//! 2. the flattened tree, sorted by path: directories, symlinks, devices, and regular files
-//!    as size-0 entries with their content's inode and `nlink` 2, which the kernel's
-//!    initramfs unpacker turns into hard links to `cloak-data/<n>` (and then applies the
-//!    tree entry's owner and mode to the file); files without content get inodes of their own;
-//! 3. the trailer.
+//!    content the layers carry (`n` = its number in arrival order, inode `n + 1`);
+//! 2. the flattened tree without its regular files, sorted by path: directories, symlinks,
+//!    devices, fifos, and the small files cloak adds (`rootfs/cloak/run.json`);
+//! 3. `cloak-data/index` ([`cloak_launcher::files`]): the regular files, sorted by path, each
+//!    naming its content, owner and mode;
+//! 4. the trailer.
 //!
-//! cloak's init removes `/cloak-data` before it enters `/rootfs`, which frees the contents
-//! that later layers overwrote or deleted. The archive is deterministic: it depends only on
-//! the layers and the tree.
+//! cloak's init moves the contents into place from the index (hard links for the further
+//! names of a hardlink group), then removes `/cloak-data`, which frees the contents that later
+//! layers overwrote or deleted. Every entry has `nlink` 1: the kernel's unpacker keeps a
+//! 4 KiB record per entry with more links until the archive ends (gigabytes for large images),
+//! and on tmpfs every extra link of a file takes an inode slot. The archive is
+//! deterministic: it depends only on the layers and the tree.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender};
+
+use cloak_launcher::files::{IndexWriter, Record, INDEX};
 
 use crate::cpio::{pad4, write_header, Header, Kind};
 use crate::eif::Part;
 
 /// The directory that holds the contents (outside `rootfs/`, removed by the init).
-pub const DATA_DIR: &str = "cloak-data";
+pub use cloak_launcher::files::DATA_DIR;
 
 /// Chunks sent to the EIF writer.
 const CHUNK: usize = 1 << 20;
@@ -144,7 +148,7 @@ pub enum Body<'a> {
     /// Nothing (directories, symlinks, devices, fifos).
     None,
     /// A regular file whose content was given to [`AppRamdisk::content`] under this number
-    /// (`size` bytes; 0-byte contents have no data entry).
+    /// (`size` bytes; 0-byte contents have no data entry): it goes into the index.
     Content {
         /// The number.
         id: u64,
@@ -196,8 +200,8 @@ impl AppRamdisk {
             size: 0,
             rdev: (0, 0),
         };
-        // Inode numbers are fixed only after the tree is known; the directory's is
-        // irrelevant to the unpacker (only regular files are looked up), so it is 0.
+        // The directory's inode number is irrelevant to the unpacker (it looks up only
+        // regular files with several links), and the contents' come after it: 0.
         a.written += write_header(&mut a.out, &h, DATA_DIR)?;
         Ok(a)
     }
@@ -220,7 +224,7 @@ impl AppRamdisk {
             mode: 0o100600,
             uid: 0,
             gid: 0,
-            nlink: 2,
+            nlink: 1,
             mtime: self.mtime,
             size,
             rdev: (0, 0),
@@ -245,12 +249,20 @@ impl AppRamdisk {
         self.content_bytes
     }
 
-    /// Write the sorted tree and the trailer, end the stream; returns the archive's length.
-    /// Every content number the tree names must have been given (empty ones included).
+    fn entry(&mut self, h: &Header, name: &str, data: &[u8]) -> io::Result<()> {
+        self.written += write_header(&mut self.out, h, name)?;
+        self.out.write_all(data)?;
+        self.out.write_all(&[0u8; 4][..pad4(data.len() as u64)])?;
+        self.written += (data.len() + pad4(data.len() as u64)) as u64;
+        Ok(())
+    }
+
+    /// Write the sorted tree, the index of regular files and the trailer, and end the
+    /// stream; returns the archive's length. Every non-empty content the tree names must
+    /// have been given.
     pub fn finish<'a>(mut self, tree: impl IntoIterator<Item = TreeEntry<'a>>) -> io::Result<u64> {
-        // Inodes for everything that is not a stored content, after the contents' numbers.
+        // Inodes for everything that is not a content, after the contents' numbers.
         let mut next_ino = ino_of(self.next_content)?;
-        let mut empty_groups: HashMap<u64, u32> = HashMap::new();
         let mut fresh = || {
             let i = next_ino;
             next_ino = next_ino.checked_add(1).ok_or_else(|| {
@@ -258,6 +270,7 @@ impl AppRamdisk {
             })?;
             Ok::<u32, io::Error>(i)
         };
+        let mut index = IndexWriter::new(self.mtime);
         for t in tree {
             let e = &t.meta;
             let perm = e.mode & 0o7777;
@@ -274,27 +287,21 @@ impl AppRamdisk {
             let mut data: &[u8] = &[];
             match t.body {
                 Body::Content { id, size } => {
-                    h.mode = 0o100000 | perm;
-                    h.nlink = 2;
-                    if size > 0 {
-                        if !self.stored.contains(&id) {
-                            return Err(io::Error::other(format!(
-                                "{}: its content {id} was never given",
-                                e.name
-                            )));
-                        }
-                        h.ino = ino_of(id)?;
-                    } else {
-                        // Empty files: the names of one group share a fresh inode.
-                        h.ino = match empty_groups.get(&id) {
-                            Some(i) => *i,
-                            None => {
-                                let i = fresh()?;
-                                empty_groups.insert(id, i);
-                                i
-                            }
-                        };
+                    if size > 0 && !self.stored.contains(&id) {
+                        return Err(io::Error::other(format!(
+                            "{}: its content {id} was never given",
+                            e.name
+                        )));
                     }
+                    index.push(&Record {
+                        id,
+                        empty: size == 0,
+                        mode: perm,
+                        uid: e.uid,
+                        gid: e.gid,
+                        path: e.name.clone(),
+                    })?;
+                    continue;
                 }
                 Body::Inline(bytes) => {
                     h.mode = 0o100000 | perm;
@@ -332,11 +339,20 @@ impl AppRamdisk {
                     }
                 }
             }
-            self.written += write_header(&mut self.out, &h, &e.name)?;
-            self.out.write_all(data)?;
-            self.out.write_all(&[0u8; 4][..pad4(data.len() as u64)])?;
-            self.written += (data.len() + pad4(data.len() as u64)) as u64;
+            self.entry(&h, &e.name, data)?;
         }
+        let index = index.finish();
+        let h = Header {
+            ino: fresh()?,
+            mode: 0o100400,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: self.mtime,
+            size: index.len() as u64,
+            rdev: (0, 0),
+        };
+        self.entry(&h, INDEX, &index)?;
         let trailer = Header {
             ino: 0,
             mode: 0,
@@ -347,7 +363,7 @@ impl AppRamdisk {
             size: 0,
             rdev: (0, 0),
         };
-        self.written += write_header(&mut self.out, &trailer, "TRAILER!!!")?;
+        self.entry(&trailer, "TRAILER!!!", &[])?;
         let len = self.written;
         self.out.finish()?;
         Ok(len)
@@ -365,12 +381,14 @@ mod tests {
     use crate::cpio::Entry;
 
     fn meta(name: &str, kind: Kind, mode: u32) -> Entry {
+        // SAFETY: plain system calls without arguments.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Entry {
             name: name.into(),
             kind,
             mode,
-            uid: 1000,
-            gid: 100,
+            uid,
+            gid,
             mtime: 0,
             link_group: None,
         }
@@ -395,8 +413,10 @@ mod tests {
         (result, rx.into_iter().collect())
     }
 
+    /// GNU cpio unpacks the archive, the launcher's `place_files` (what the init runs) puts
+    /// the regular files in place: the tree the entries describe, nothing else.
     #[test]
-    fn gnu_cpio_extracts_the_tree_with_links_to_the_contents() {
+    fn unpacked_and_placed_it_is_the_tree_with_shared_inodes_and_no_contents_dir() {
         let tree = vec![
             TreeEntry {
                 meta: meta("rootfs", Kind::Dir, 0o755),
@@ -407,11 +427,15 @@ mod tests {
                 body: Body::Content { id: 1, size: 5 },
             },
             TreeEntry {
-                meta: meta("rootfs/b", Kind::File { size: 0 }, 0o600),
+                meta: meta("rootfs/b", Kind::File { size: 0 }, 0o4755),
                 body: Body::Content { id: 1, size: 5 },
             },
             TreeEntry {
                 meta: meta("rootfs/e", Kind::File { size: 0 }, 0o644),
+                body: Body::Content { id: 2, size: 0 },
+            },
+            TreeEntry {
+                meta: meta("rootfs/e2", Kind::File { size: 0 }, 0o644),
                 body: Body::Content { id: 2, size: 0 },
             },
             TreeEntry {
@@ -426,6 +450,27 @@ mod tests {
         let (len, chunks) = build(&[(0, b"overwritten"), (1, b"alpha"), (2, b"")], tree);
         let bytes: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
         assert_eq!(len.unwrap(), bytes.len() as u64);
+        // Every header says nlink 1 except directories (the kernel keeps a record per entry
+        // with more links until the archive ends).
+        let align = |x: usize| x + pad4(x as u64);
+        let mut at = 0;
+        loop {
+            let field = |i: usize| {
+                let hex = std::str::from_utf8(&bytes[at + 6 + 8 * i..at + 14 + 8 * i]).unwrap();
+                u32::from_str_radix(hex, 16).unwrap() as usize
+            };
+            let (mode, nlink, size, namesize) = (field(1), field(4), field(6), field(11));
+            let name = &bytes[at + 110..at + 110 + namesize - 1];
+            if name == b"TRAILER!!!" {
+                break;
+            }
+            assert!(
+                nlink == 1 || mode & 0o170000 == 0o040000,
+                "{}: nlink {nlink}",
+                String::from_utf8_lossy(name)
+            );
+            at = align(align(at + 110 + namesize) + size);
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new("cpio")
             .args(["-i", "-d", "--quiet", "--no-absolute-filenames"])
@@ -435,6 +480,7 @@ mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(&bytes).unwrap();
         assert!(child.wait().unwrap().success());
+        assert_eq!(cloak_launcher::files::place_files(dir.path()).unwrap(), 4);
         let root = dir.path().join("rootfs");
         assert_eq!(std::fs::read(root.join("a")).unwrap(), b"alpha");
         assert_eq!(std::fs::read(root.join("b")).unwrap(), b"alpha");
@@ -445,18 +491,14 @@ mod tests {
             Some("a")
         );
         use std::os::unix::fs::MetadataExt;
-        let (ma, mb) = (
-            std::fs::metadata(root.join("a")).unwrap(),
-            std::fs::metadata(root.join("b")).unwrap(),
-        );
-        assert_eq!(ma.ino(), mb.ino(), "a and b are one file");
-        let data = dir.path().join(DATA_DIR);
-        assert_eq!(std::fs::read(data.join("0")).unwrap(), b"overwritten");
-        assert_eq!(std::fs::metadata(data.join("1")).unwrap().ino(), ma.ino());
-        assert!(
-            !data.join("2").exists(),
-            "empty contents have no data entry"
-        );
+        let m = |p: &str| std::fs::metadata(root.join(p)).unwrap();
+        assert_eq!(m("a").ino(), m("b").ino(), "a and b are one file");
+        assert_eq!(m("a").nlink(), 2);
+        assert_eq!(m("e").ino(), m("e2").ino(), "e and e2 are one file");
+        // b's mode was applied last to the shared inode.
+        assert_eq!(m("a").mode() & 0o7777, 0o4755);
+        assert_eq!(m("e").mtime(), 0);
+        assert!(!dir.path().join(DATA_DIR).exists(), "contents dir removed");
     }
 
     #[test]
