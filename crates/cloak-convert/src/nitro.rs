@@ -234,8 +234,14 @@ fn tree<'a>(
 struct StreamSink(AppRamdisk);
 
 impl ContentSink for StreamSink {
-    fn content(&mut self, id: u64, size: u64, data: &mut dyn std::io::Read) -> std::io::Result<()> {
-        self.0.content(id, size, data)
+    fn content(
+        &mut self,
+        id: u64,
+        path: &str,
+        size: u64,
+        data: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        self.0.content(id, path, size, data)
     }
 }
 
@@ -409,19 +415,31 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
             }
             let mut warnings: Vec<String> = fs.warnings().to_vec();
             // Contents that later layers replaced or deleted travel in the EIF too (they
-            // were written before anyone knew); the init frees them at boot. Say how much.
-            let mut kept = std::collections::HashSet::new();
-            let live: u64 = fs
-                .entries()
-                .iter()
-                .filter(|e| e.content_id().is_some_and(|id| kept.insert(id)))
-                .map(|e| e.size)
-                .sum();
-            let dead = ramdisk.content_bytes().saturating_sub(live);
-            if dead >= 1 << 20 {
+            // were written before anyone knew); the init frees them at boot. They may be
+            // what a build meant to remove (a key, a token): say which.
+            let live: std::collections::HashSet<u64> =
+                fs.entries().iter().filter_map(|e| e.content_id()).collect();
+            let mut dead: Vec<u64> = ramdisk.stored().filter(|id| !live.contains(id)).collect();
+            if !dead.is_empty() {
+                dead.sort_unstable();
+                let live_bytes: u64 = fs
+                    .entries()
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::File)
+                    .map(|e| e.size)
+                    .sum();
+                let bytes = ramdisk.content_bytes().saturating_sub(live_bytes);
+                let names: Vec<&str> = dead
+                    .iter()
+                    .filter_map(|id| ramdisk.path_of(*id))
+                    .take(5)
+                    .collect();
                 warnings.push(format!(
-                    "{} MiB of file contents that later layers overwrite or delete are in the EIF (counted in its size and mem_size; the init frees them at boot): squashing the image's layers would drop them",
-                    dead >> 20
+                    "{} file version(s), {} KiB, that later layers overwrite or delete are in the EIF and measured in PCR0/PCR2 ({}{}); anyone with the EIF can read them (the init frees them at boot): squash the image's layers to drop them",
+                    dead.len(),
+                    bytes.div_ceil(1024),
+                    names.join(", "),
+                    if dead.len() > names.len() { ", …" } else { "" }
                 ));
             }
             entries.store(fs.entries().len() as u64, Ordering::Relaxed);

@@ -26,9 +26,9 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// by [`Entry::content_id`]. Contents that later layers overwrite or delete were delivered
 /// too; the receiver decides what to do with them.
 pub trait ContentSink: Send + std::any::Any {
-    /// Take content number `id` (numbers increase in arrival order): `data` yields exactly
-    /// `size` bytes, the size the layer announces.
-    fn content(&mut self, id: u64, size: u64, data: &mut dyn Read) -> io::Result<()>;
+    /// Take content number `id` of the file at `path` (numbers increase in arrival order):
+    /// `data` yields exactly `size` bytes, the size the layer announces.
+    fn content(&mut self, id: u64, path: &str, size: u64, data: &mut dyn Read) -> io::Result<()>;
 }
 
 struct Sink(Box<dyn ContentSink>);
@@ -339,10 +339,15 @@ impl Flattener {
         self.layer += 1;
         let stream_err = |e: io::Error| {
             // A tar or compression format error means the bytes are not a layer: say so.
+            // (Not for transfer errors, which come as `Other` too.)
             let hint = matches!(
                 e.kind(),
                 io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::Other
-            ) && e.get_ref().is_none_or(|inner| !inner.is::<Error>());
+            ) && e.get_ref().is_none_or(|inner| {
+                !inner.is::<Error>()
+                    && !inner.is::<reqwest::Error>()
+                    && !inner.is::<oci_client::errors::OciDistributionError>()
+            });
             let what = if hint {
                 format!("layer {name} (damaged, or not a tar archive)")
             } else {
@@ -483,7 +488,7 @@ impl Flattener {
                 let id = self.next_content;
                 self.next_content += 1;
                 let spool = self.spools(&node.path);
-                let (digest, size) = self.store(&mut entry, id, spool)?;
+                let (digest, size) = self.store(&mut entry, id, &node.path, spool)?;
                 node.content = Some(id);
                 node.sha256 = digest;
                 node.size = size;
@@ -560,6 +565,7 @@ impl Flattener {
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         id: u64,
+        path: &str,
         spool: bool,
     ) -> Result<(Option<Digest>, u64)> {
         let stream_err = |e: io::Error| Error::Stream {
@@ -572,7 +578,8 @@ impl Flattener {
                 inner: entry.take(size),
                 n: 0,
             };
-            sink.content(id, size, &mut counted).map_err(stream_err)?;
+            sink.content(id, path, size, &mut counted)
+                .map_err(stream_err)?;
             // The sink must have taken exactly the announced bytes.
             io::copy(&mut counted, &mut io::sink()).map_err(stream_err)?;
             if counted.n != size {

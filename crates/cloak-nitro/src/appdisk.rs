@@ -177,6 +177,7 @@ pub struct AppRamdisk {
     stored: std::collections::HashSet<u64>,
     next_content: u64,
     content_bytes: u64,
+    paths: std::collections::HashMap<u64, String>,
 }
 
 impl AppRamdisk {
@@ -189,6 +190,7 @@ impl AppRamdisk {
             stored: Default::default(),
             next_content: 0,
             content_bytes: 0,
+            paths: Default::default(),
         };
         let h = Header {
             ino: 0,
@@ -207,7 +209,14 @@ impl AppRamdisk {
     }
 
     /// Add content number `id` of `size` bytes read from `data` (exactly `size` bytes).
-    pub fn content(&mut self, id: u64, size: u64, data: &mut dyn Read) -> io::Result<()> {
+    /// `path` (the file's path in the image) is kept for messages and [`Self::path_of`].
+    pub fn content(
+        &mut self,
+        id: u64,
+        path: &str,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
         if id < self.next_content {
             return Err(io::Error::other(format!(
                 "content {id} given after {}",
@@ -229,14 +238,16 @@ impl AppRamdisk {
             size,
             rdev: (0, 0),
         };
-        self.written += write_header(&mut self.out, &h, &name)?;
+        self.written += write_header(&mut self.out, &h, &name)
+            .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
         let n = self.out.copy_from(data, size)?;
         if n != size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("content {id} has {n} bytes, {size} announced"),
+                format!("{path}: {n} bytes of content, {size} announced"),
             ));
         }
+        self.paths.insert(id, path.to_string());
         self.out.write_all(&[0u8; 4][..pad4(size)])?;
         self.written += size + pad4(size) as u64;
         self.stored.insert(id);
@@ -247,6 +258,16 @@ impl AppRamdisk {
     /// Bytes of file content written so far (every version the layers carried).
     pub fn content_bytes(&self) -> u64 {
         self.content_bytes
+    }
+
+    /// The image path a content was written for.
+    pub fn path_of(&self, id: u64) -> Option<&str> {
+        self.paths.get(&id).map(String::as_str)
+    }
+
+    /// The numbers of the contents written (non-empty ones).
+    pub fn stored(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stored.iter().copied()
     }
 
     fn entry(&mut self, h: &Header, name: &str, data: &[u8]) -> io::Result<()> {
@@ -406,7 +427,7 @@ mod tests {
         let result = (|| {
             let mut a = AppRamdisk::new(chunks, 0)?;
             for (id, c) in contents {
-                a.content(*id, c.len() as u64, &mut &c[..])?;
+                a.content(*id, "/f", c.len() as u64, &mut &c[..])?;
             }
             a.finish(tree)
         })();
@@ -519,7 +540,11 @@ mod tests {
     fn short_content_is_an_error() {
         let (chunks, _part) = channel(16);
         let mut a = AppRamdisk::new(chunks, 0).unwrap();
-        let err = a.content(0, 10, &mut &b"abc"[..]).unwrap_err();
-        assert!(err.to_string().contains("3 bytes, 10 announced"), "{err}");
+        let err = a.content(0, "/etc/x", 10, &mut &b"abc"[..]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("/etc/x: 3 bytes of content, 10 announced"),
+            "{err}"
+        );
     }
 }

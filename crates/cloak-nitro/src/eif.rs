@@ -317,6 +317,15 @@ const DIRECT_CHUNK: usize = 4 << 20;
 /// Alignment of direct writes (offsets, lengths and buffers), enough for 4 KiB-sector disks.
 const ALIGN: usize = 4096;
 
+/// Whether a direct write failed because the file system does not do direct I/O (EINVAL, or
+/// EOPNOTSUPP, which is ENOTSUP on Linux) rather than because writing failed.
+fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+    )
+}
+
 /// Writes a streamed section with `O_DIRECT`: its bulk goes from an aligned buffer straight
 /// to the disk, without the page-cache copy that otherwise costs as much CPU as hashing it.
 /// Bytes before the first aligned offset and after the last whole block go through `out`.
@@ -343,6 +352,9 @@ impl Direct {
             .ok()?;
         let stage = vec![0u8; DIRECT_CHUNK + ALIGN];
         let start = stage.as_ptr().align_offset(ALIGN);
+        if start >= ALIGN {
+            return None;
+        }
         let lead = (ALIGN - (offset % ALIGN as u64) as usize) % ALIGN;
         Some(Direct {
             file,
@@ -378,7 +390,7 @@ impl Direct {
                 match self.file.write_all_at(block, self.offset) {
                     Ok(()) => {}
                     // Some file systems open with O_DIRECT but refuse the writes.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    Err(e) if refused(&e) => {
                         out.seek(SeekFrom::Start(self.offset))?;
                         out.write_all(block)?;
                         self.refused = true;
@@ -408,7 +420,7 @@ impl Direct {
                 .write_all_at(&self.stage[self.start..self.start + whole], self.offset)
             {
                 Ok(()) => self.offset += whole as u64,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => whole = 0,
+                Err(e) if refused(&e) => whole = 0,
                 Err(e) => return Err(e),
             }
         }
@@ -572,7 +584,7 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
                 &mut pcrs,
                 ramdisk_index,
             )
-            .map_err(|e| Error::Input(format!("{what}: {e}")))?,
+            .map_err(|e| Error::Input(format!("{what} of {}: {e}", out.display())))?,
             src => {
                 let mut sink = SectionSink {
                     out: &mut w,

@@ -256,7 +256,7 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<(u64, Vec<u8>)>>>;
 struct Recorder(Seen);
 
 impl ContentSink for Recorder {
-    fn content(&mut self, id: u64, size: u64, data: &mut dyn Read) -> io::Result<()> {
+    fn content(&mut self, id: u64, _: &str, size: u64, data: &mut dyn Read) -> io::Result<()> {
         let mut v = Vec::new();
         data.read_to_end(&mut v)?;
         assert_eq!(v.len() as u64, size);
@@ -306,7 +306,7 @@ fn streaming_hands_out_every_content_in_layer_order_and_the_tree_names_the_final
 struct Quitter;
 
 impl ContentSink for Quitter {
-    fn content(&mut self, _: u64, _: u64, data: &mut dyn Read) -> io::Result<()> {
+    fn content(&mut self, _: u64, _: &str, _: u64, data: &mut dyn Read) -> io::Result<()> {
         let mut b = [0u8; 2];
         data.read_exact(&mut b)?;
         Err(io::Error::other("disk full"))
