@@ -2,8 +2,9 @@
 //!
 //! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad usage.
 
-mod commands;
+#[macro_use]
 mod output;
+mod commands;
 mod progress;
 mod registry_args;
 

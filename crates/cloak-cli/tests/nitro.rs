@@ -822,3 +822,23 @@ fn an_image_with_20000_files_boots_in_256_mib() {
     assert!(console.contains("files: 20000"), "{console}");
     assert_eq!(booted.status.code(), Some(0), "{console}");
 }
+
+/// `cloak … | head`: a closed stdout ends the program quietly (status 141, like SIGPIPE), not
+/// with a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    // A pipe whose reading end is closed before cloak starts: its first write fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = cloak()
+        .args(["inspect", "-o", "json", &bb])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}

@@ -405,10 +405,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             match args.output_format {
                 Format::Json => print_json(&with_encryption(&report, encrypted)?)?,
                 Format::Text => {
-                    println!("Image:      {} ({})", report.new_image, report.image_digest);
-                    println!("MRENCLAVE:  {}", report.mrenclave);
-                    println!("MRENCLAVE2: {} (EDMM)", report.mrenclave2);
-                    println!("MRSIGNER:   {}", report.mrsigner);
+                    outln!("Image:      {} ({})", report.new_image, report.image_digest);
+                    outln!("MRENCLAVE:  {}", report.mrenclave);
+                    outln!("MRENCLAVE2: {} (EDMM)", report.mrenclave2);
+                    outln!("MRSIGNER:   {}", report.mrsigner);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -476,7 +476,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Format::Json => print_json(&with_encryption(&report, encrypted)?)?,
                 Format::Text => {
                     let a = &report.attributes["nitro_enclave"];
-                    println!("PCR0: {}\nPCR1: {}\nPCR2: {}", a.pcr0, a.pcr1, a.pcr2);
+                    outln!("PCR0: {}\nPCR1: {}\nPCR2: {}", a.pcr0, a.pcr1, a.pcr2);
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -61,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Json => print_json(&report)?,
         Format::Text => {
             let count = |a| report.blobs.iter().filter(|b| b.action == a).count();
-            println!(
+            outln!(
                 "Copied {} to {}: {} ({} blobs copied, {} mounted, {} already present)",
                 report.source,
                 report.destination,

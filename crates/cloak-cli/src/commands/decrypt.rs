@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("while decrypting {input} into {output}"))?;
     match args.pair.output {
         Format::Json => print_json(&report)?,
-        Format::Text => println!(
+        Format::Text => outln!(
             "Decrypted {} layer(s) into {} ({})",
             report.decrypted_layers.len(),
             report.destination,

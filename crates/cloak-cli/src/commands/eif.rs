@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("while building {}", output.display()))?;
     match format {
         Format::Json => print_json(&serde_json::json!({ "Measurements": m }))?,
-        Format::Text => println!("PCR0: {}\nPCR1: {}\nPCR2: {}", m.pcr0, m.pcr1, m.pcr2),
+        Format::Text => outln!("PCR0: {}\nPCR1: {}\nPCR2: {}", m.pcr0, m.pcr1, m.pcr2),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -109,19 +109,21 @@ pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
     match args.output {
         Format::Json => print_json(&info)?,
         Format::Text => {
-            println!("EIF version: {}", info.version);
+            outln!("EIF version: {}", info.version);
             for s in &info.sections {
-                println!("  {:?} at {} ({} bytes)", s.kind, s.offset, s.size);
+                outln!("  {:?} at {} ({} bytes)", s.kind, s.offset, s.size);
             }
-            println!("CRC check: {}", if info.crc_ok { "ok" } else { "FAILED" });
-            println!(
+            outln!("CRC check: {}", if info.crc_ok { "ok" } else { "FAILED" });
+            outln!(
                 "PCR0: {}\nPCR1: {}\nPCR2: {}",
-                info.measurements.pcr0, info.measurements.pcr1, info.measurements.pcr2
+                info.measurements.pcr0,
+                info.measurements.pcr1,
+                info.measurements.pcr2
             );
             match &info.signature {
                 Some(sig) => {
-                    println!("PCR8: {}", sig.pcr8);
-                    println!(
+                    outln!("PCR8: {}", sig.pcr8);
+                    outln!(
                         "Signature: {}",
                         if sig.valid {
                             "valid".to_string()
@@ -130,9 +132,9 @@ pub fn describe(args: DescribeArgs) -> anyhow::Result<ExitCode> {
                         }
                     );
                 }
-                None => println!("Signed: no"),
+                None => outln!("Signed: no"),
             }
-            println!("Cmdline: {}", info.cmdline);
+            outln!("Cmdline: {}", info.cmdline);
         }
     }
     Ok(if info.crc_ok {

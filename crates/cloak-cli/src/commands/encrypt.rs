@@ -53,12 +53,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Text => {
             for (i, l) in report.layers.iter().enumerate() {
                 if l.encrypted {
-                    println!("layer {i}: {} encrypted for {}", l.digest, l.recipients);
+                    outln!("layer {i}: {} encrypted for {}", l.digest, l.recipients);
                 } else {
-                    println!("layer {i}: {} (plain)", l.digest);
+                    outln!("layer {i}: {} (plain)", l.digest);
                 }
             }
-            println!("Wrote {} ({})", report.destination, report.digest);
+            outln!("Wrote {} ({})", report.destination, report.digest);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -81,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .with_context(|| format!("while inspecting {reference}"))?;
     if args.raw {
-        println!("{}", String::from_utf8_lossy(&image.raw_manifest.bytes));
+        outln!("{}", String::from_utf8_lossy(&image.raw_manifest.bytes));
         return Ok(ExitCode::SUCCESS);
     }
     let rc = image.config.config.clone().unwrap_or_default();
@@ -127,22 +127,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.output {
         Format::Json => print_json(&report)?,
         Format::Text => {
-            println!("Image:       {}", report.reference);
-            println!("Digest:      {}", report.digest);
-            println!("Media type:  {}", report.media_type);
+            outln!("Image:       {}", report.reference);
+            outln!("Digest:      {}", report.digest);
+            outln!("Media type:  {}", report.media_type);
             if let Some(i) = report.index_digest {
-                println!("Index:       {i}");
+                outln!("Index:       {i}");
             }
-            println!("Platform:    {}", report.platform);
-            println!("Config:      {}", report.config_digest);
-            println!("Entrypoint:  {:?}", report.entrypoint);
-            println!("Cmd:         {:?}", report.cmd);
-            println!("WorkingDir:  {}", report.working_dir);
-            println!("User:        {}", report.user);
+            outln!("Platform:    {}", report.platform);
+            outln!("Config:      {}", report.config_digest);
+            outln!("Entrypoint:  {:?}", report.entrypoint);
+            outln!("Cmd:         {:?}", report.cmd);
+            outln!("WorkingDir:  {}", report.working_dir);
+            outln!("User:        {}", report.user);
             for e in &report.env {
-                println!("Env:         {e}");
+                outln!("Env:         {e}");
             }
-            println!(
+            outln!(
                 "Layers:      {} ({} bytes in all)",
                 report.layers.len(),
                 report.total_size
@@ -160,7 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ),
                     None => String::new(),
                 };
-                println!("  {}  {:>12}  {}{enc}", l.digest, l.size, l.media_type);
+                outln!("  {}  {:>12}  {}{enc}", l.digest, l.size, l.media_type);
             }
         }
     }

@@ -66,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     _ => String::new(),
                 };
-                println!(
+                outln!(
                     "{}{:04o} {:>5}:{:<5} {:>10} {sha} {}{tail}",
                     type_char(&e.kind),
                     e.mode,

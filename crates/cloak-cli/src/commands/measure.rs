@@ -41,15 +41,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Json => print_json(&report)?,
         Format::Text => {
             for v in &report.variants {
-                println!(
+                outln!(
                     "{}: MRENCLAVE {} MRSIGNER {}",
-                    v.manifest, v.mrenclave, v.mrsigner
+                    v.manifest,
+                    v.mrenclave,
+                    v.mrsigner
                 );
                 for p in &v.problems {
-                    println!("  MISMATCH: {p}");
+                    outln!("  MISMATCH: {p}");
                 }
             }
-            println!(
+            outln!(
                 "{}",
                 if report.ok {
                     "OK: the image matches its signatures"

@@ -121,7 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "threads": measured.threads,
                     "edmm": measured.edmm,
                 }))?,
-                Format::Text => println!("{}", hex::encode(mrenclave)),
+                Format::Text => outln!("{}", hex::encode(mrenclave)),
             }
         }
         Sub::Sign {
@@ -137,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 cloak_sgx::measure_and_sign(&read(&m)?, &read(&libpal)?, signer.as_ref(), date)?;
             std::fs::write(&output, signed.sigstruct)
                 .with_context(|| format!("while writing {}", output.display()))?;
-            println!(
+            outln!(
                 "mrenclave: {}\nmrsigner:  {}",
                 hex::encode(signed.mrenclave),
                 hex::encode(signed.mrsigner)
@@ -164,16 +164,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             match output {
                 Format::Json => print_json(&view)?,
                 Format::Text => {
-                    println!("mr_enclave = \"{}\"", view.mr_enclave);
-                    println!("mr_signer = \"{}\"", view.mr_signer);
-                    println!("isv_prod_id = {}", view.isv_prod_id);
-                    println!("isv_svn = {}", view.isv_svn);
-                    println!("date = \"{}\"", view.date);
-                    println!("flags = \"{}\"", view.flags);
-                    println!("xfrms = \"{}\"", view.xfrm);
-                    println!("misc_select = \"{}\"", view.misc_select);
-                    println!("debug = {}", view.debug);
-                    println!("signature_valid = {}", view.signature_valid);
+                    outln!("mr_enclave = \"{}\"", view.mr_enclave);
+                    outln!("mr_signer = \"{}\"", view.mr_signer);
+                    outln!("isv_prod_id = {}", view.isv_prod_id);
+                    outln!("isv_svn = {}", view.isv_svn);
+                    outln!("date = \"{}\"", view.date);
+                    outln!("flags = \"{}\"", view.flags);
+                    outln!("xfrms = \"{}\"", view.xfrm);
+                    outln!("misc_select = \"{}\"", view.misc_select);
+                    outln!("debug = {}", view.debug);
+                    outln!("signature_valid = {}", view.signature_valid);
                 }
             }
             if !view.signature_valid {
