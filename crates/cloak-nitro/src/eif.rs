@@ -344,6 +344,11 @@ struct Direct {
 
 impl Direct {
     fn open(path: &Path, offset: u64) -> Option<Direct> {
+        Self::open_skewed(path, offset, 0)
+    }
+
+    /// `skew` > 0 misaligns the buffer on purpose (tests: the kernel then refuses the writes).
+    fn open_skewed(path: &Path, offset: u64, skew: usize) -> Option<Direct> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -359,7 +364,7 @@ impl Direct {
         Some(Direct {
             file,
             stage,
-            start,
+            start: start + skew.min(ALIGN - start % ALIGN),
             len: 0,
             offset: offset + lead as u64,
             lead,
@@ -954,6 +959,34 @@ mod tests {
                 "chunk {chunk}"
             );
             assert_eq!(at + app.len(), bytes.len());
+        }
+    }
+
+    /// Direct writes, and the buffered fallback when the kernel refuses them (here: a buffer
+    /// misaligned on purpose), both land every byte where it belongs.
+    #[test]
+    fn direct_writes_and_their_buffered_fallback_write_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = noise(1000, 6);
+        let data = noise((9 << 20) + 5, 7);
+        for skew in [0, 1] {
+            let path = dir.path().join(format!("skew{skew}"));
+            let mut out = BufWriter::new(File::create(&path).unwrap());
+            out.write_all(&prefix).unwrap();
+            out.flush().unwrap();
+            let Some(mut d) = Direct::open_skewed(&path, prefix.len() as u64, skew) else {
+                eprintln!("no O_DIRECT in {}: nothing to test", dir.path().display());
+                return;
+            };
+            for c in data.chunks(777_777) {
+                d.write(&mut out, c).unwrap();
+            }
+            assert_eq!(d.refused, skew > 0, "skew {skew}");
+            d.finish(&mut out).unwrap();
+            out.flush().unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len(), prefix.len() + data.len(), "skew {skew}");
+            assert!(bytes[..prefix.len()] == prefix[..] && bytes[prefix.len()..] == data[..]);
         }
     }
 
