@@ -848,18 +848,7 @@ pub fn extract(path: &Path, dir: &Path) -> Result<(PathBuf, String, Vec<PathBuf>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_noise as noise;
 
     /// A file that passes `check_bzimage`.
     fn fake_kernel(dir: &Path) -> PathBuf {

@@ -11,3 +11,17 @@ pub mod sign;
 pub mod vm;
 
 pub use error::{Error, Result};
+
+/// Deterministic pseudo-random bytes (xorshift) for the unit tests.
+#[cfg(test)]
+pub(crate) fn test_noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -403,19 +403,8 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_noise as data;
     use sha2::{Digest, Sha384};
-
-    fn data(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     #[test]
     fn both_lanes_equal_sha2_for_every_offset_and_chunking() {
