@@ -11,12 +11,21 @@ packages=(
   cpio zstd file
   softhsm2          # PKCS#11 token for signing-key tests
   qemu-system-x86   # boots Nitro EIF kernels for `cloak run`
+  postgresql-15 postgresql-client-15  # the manager's PostgreSQL tests (a server per test run, no service)
+  sqlite3           # a real client to read and tamper with the manager's SQLite database in tests
+  wrk               # HTTP load generator for the manager benchmarks
 )
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+  # PostgreSQL is started by the tests themselves (initdb into a temporary directory): no
+  # packaged cluster, no system service.
+  mkdir -p /etc/postgresql-common 2>/dev/null || true
+  if [ -w /etc/postgresql-common ] && ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
+    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+  fi
   echo "installing: ${missing[*]}" >&2
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)

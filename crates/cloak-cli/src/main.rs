@@ -14,9 +14,19 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "cloak", version, about, propagate_version = true)]
 struct Cli {
-    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "warn", env = "CLOAK_LOG")]
-    log: String,
+    /// Log verbosity (error, warn, info, debug, trace; default warn, info for the manager);
+    /// RUST_LOG overrides it.
+    #[arg(long, global = true, env = "CLOAK_LOG")]
+    log: Option<String>,
+    /// Log format: text, or json (one object per line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "CLOAK_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,11 +56,17 @@ enum Command {
     Decrypt(commands::decrypt::Args),
     /// Boot a Nitro image or EIF under qemu and exit with the application's status.
     Run(commands::run::Args),
+    /// Run and administer the manager service (apps, builds, approvals, audit).
+    Manager(commands::manager::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log);
+    let default_level = match cli.command {
+        Command::Manager(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(cli.log.as_deref().unwrap_or(default_level), cli.log_format);
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Copy(args) => commands::copy::run(args),
@@ -63,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Encrypt(args) => commands::encrypt::run(args),
         Command::Decrypt(args) => commands::decrypt::run(args),
+        Command::Manager(args) => commands::manager::run(args),
     };
     match result {
         Ok(code) => code,
@@ -87,14 +104,24 @@ fn chain(err: &anyhow::Error) -> String {
     msg
 }
 
-fn init_tracing(level: &str) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 #[cfg(test)]

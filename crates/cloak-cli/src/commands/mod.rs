@@ -7,6 +7,7 @@ pub mod eif;
 pub mod encrypt;
 pub mod inspect;
 pub mod ls_files;
+pub mod manager;
 pub mod measure;
 pub mod run;
 pub mod sgx;

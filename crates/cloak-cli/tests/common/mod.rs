@@ -3,6 +3,8 @@
 
 pub mod fake;
 pub mod images;
+pub mod manager;
+pub mod postgres;
 pub mod registry;
 pub mod tree;
 

@@ -1,0 +1,274 @@
+//! `cloak manager`: run and administer the manager service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cloak_manager::config::Settings;
+use cloak_manager::Config;
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the manager: REST API, audit log, approvals (TLS by default).
+    Serve(ServeArgs),
+    /// Apply the database migrations this manager needs, then exit.
+    Migrate(StoreArgs),
+    /// Audit log tools (offline: reads the database directly).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Generate a new master key and re-encrypt every stored secret with it.
+    RotateMasterKey(StoreArgs),
+    /// Print the OpenAPI document of the API (the same as GET /openapi.json).
+    Openapi,
+    /// Accounts (tenants): created offline by the operator, never through the API.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Create an account and its first MANAGER (password from CLOAK_ADMIN_PASSWORD, else
+    /// generated and printed once on stderr).
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The account's name.
+        #[arg(long)]
+        name: String,
+        /// Its first administrator's user name.
+        #[arg(long)]
+        admin_user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every account's hash chain; exit 1 naming the first altered record.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Report format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
+    },
+}
+
+/// Where the state lives (shared by every subcommand).
+#[derive(Debug, Clone, clap::Args)]
+struct StoreArgs {
+    /// Settings file (TOML; keys as the flags without `--`). Flags and environment win.
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (SQLite database, keys, TLS material); created with mode 0700.
+    #[arg(long, value_name = "DIR", env = "CLOAK_MANAGER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database instead of the embedded SQLite: postgres://user@host:port/db.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CLOAK_MANAGER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// Master key file (hex lines, mode 0600); default DATA_DIR/master.key.
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Parser)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on (HOST:PORT; port 0 picks a free one).
+    #[arg(long, value_name = "HOST:PORT", env = "CLOAK_MANAGER_LISTEN")]
+    listen: Option<String>,
+    /// TLS certificate chain (PEM); without it a self-signed one is kept in the data dir.
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Plain HTTP: for loopback development, or behind a TLS-terminating ingress.
+    #[arg(long, env = "CLOAK_MANAGER_INSECURE_HTTP")]
+    insecure_http: bool,
+    /// The first administrator's user name (created on an empty database).
+    #[arg(long, value_name = "NAME", env = "CLOAK_MANAGER_ADMIN_USER")]
+    admin_user: Option<String>,
+    /// File holding the first administrator's password (else CLOAK_ADMIN_PASSWORD, else one
+    /// is generated and printed once on stderr).
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_ADMIN_PASSWORD_FILE")]
+    admin_password_file: Option<PathBuf>,
+    /// Session lifetime in seconds.
+    #[arg(long, value_name = "SECONDS", env = "CLOAK_MANAGER_SESSION_TTL")]
+    session_ttl: Option<i64>,
+    /// Database connections of this process (size it so that all replicas fit the server).
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_CONNECTIONS")]
+    max_connections: Option<u32>,
+    /// Take the client address from X-Forwarded-For (only behind a proxy you trust).
+    #[arg(long, env = "CLOAK_MANAGER_TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
+}
+
+impl StoreArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let flags = Settings {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            master_key_file: self.master_key_file.clone(),
+            ..Default::default()
+        };
+        Ok(match &self.config {
+            Some(f) => flags.or(Settings::from_file(f)?),
+            None => flags,
+        })
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Serve(a) => serve(a),
+        Command::Migrate(s) => {
+            let config = Config::resolve(s.settings()?)?;
+            config.prepare_data_dir()?;
+            runtime()?.block_on(async {
+                let db = cloak_manager::store::Db::open(&config.database_url, Default::default())
+                    .await?;
+                let n = db.migrate().await?;
+                outln!("applied {n} migrations");
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { store, output },
+        } => audit_verify(store, output),
+        Command::RotateMasterKey(s) => rotate(s),
+        Command::Openapi => {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&cloak_manager::http::openapi())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Account {
+            command:
+                AccountCommand::Create {
+                    store,
+                    name,
+                    admin_user,
+                },
+        } => create_account(store, &name, &admin_user),
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let flags = Settings {
+        listen: a.listen,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        insecure_http: a.insecure_http.then_some(true),
+        admin_user: a.admin_user,
+        admin_password_file: a.admin_password_file,
+        session_ttl: a.session_ttl,
+        max_connections: a.max_connections,
+        trust_forwarded_for: a.trust_forwarded_for.then_some(true),
+        ..Default::default()
+    };
+    let config = Config::resolve(flags.or(a.store.settings()?))?;
+    runtime()?.block_on(cloak_manager::server::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit_verify(store: StoreArgs, output: Format) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(store.settings()?)?;
+    runtime()?.block_on(async {
+        let db = cloak_manager::store::Db::open(&config.database_url, Default::default()).await?;
+        db.ready().await?;
+        let accounts: Vec<(String, String)> = sqlx_accounts(&db)
+            .await
+            .context("cannot list the accounts")?;
+        let mut all_ok = true;
+        let mut reports = Vec::new();
+        for (id, name) in accounts {
+            let v = cloak_manager::audit::verify(&db, &id).await?;
+            all_ok &= v.ok;
+            if output == Format::Text {
+                match &v.problem {
+                    None => outln!(
+                        "account {name}: audit chain verified ({} records)",
+                        v.records
+                    ),
+                    Some(p) => outln!(
+                        "account {name}: AUDIT CHAIN BROKEN at record {}: {p}",
+                        v.first_bad_seq.unwrap_or(0)
+                    ),
+                }
+            }
+            reports.push(serde_json::json!({"account_id": id, "account": name, "verification": v}));
+        }
+        if output == Format::Json {
+            crate::output::print_json(&reports)?;
+        }
+        Ok(if all_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
+}
+
+async fn sqlx_accounts(
+    db: &cloak_manager::store::Db,
+) -> cloak_manager::Result<Vec<(String, String)>> {
+    cloak_manager::accounts::list_all(db).await
+}
+
+fn rotate(s: StoreArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(s.settings()?)?;
+    runtime()?.block_on(async {
+        let db = cloak_manager::store::Db::open(&config.database_url, Default::default()).await?;
+        db.ready().await?;
+        let n = cloak_manager::secrets::rotate(&db, &config.master_key_file).await?;
+        outln!(
+            "re-encrypted {n} secrets under a new master key in {}",
+            config.master_key_file.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn create_account(s: StoreArgs, name: &str, admin_user: &str) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(s.settings()?)?;
+    runtime()?.block_on(async {
+        let db = cloak_manager::store::Db::open(&config.database_url, Default::default()).await?;
+        db.ready().await?;
+        let password = cloak_manager::server::admin_password(&config)?;
+        let (account, generated) =
+            cloak_manager::accounts::create_with_admin(&db, name, admin_user, password).await?;
+        outln!("created account {name} ({account}) with administrator {admin_user}");
+        if let Some(p) = generated {
+            eprintln!("cloak manager: generated password of {admin_user}: {p} (shown once)");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,461 @@
+//! Who is calling: passwords (Argon2id), sessions and API keys (random secrets stored only as
+//! SHA-256 hashes, so a stolen database holds no usable token), login throttling per user and
+//! per client address (kept in the database, so every replica sees it), and roles.
+
+use std::sync::OnceLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine;
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::audit::{self, Actor, Event};
+use crate::error::{Error, Result};
+use crate::State;
+use cloak_api::{AuthResponse, Role, SessionInfo};
+
+/// Prefix of API key secrets (sessions have none), so a leaked one is recognisable.
+pub const API_KEY_PREFIX: &str = "ck_key_";
+/// Failed logins for one user name before each further attempt waits.
+const USER_FREE_FAILURES: i64 = 5;
+/// Failed logins from one client address before each further attempt waits.
+const ADDR_FREE_FAILURES: i64 = 20;
+/// Failures older than this are forgotten.
+const FAILURE_WINDOW: i64 = 15 * 60;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub account_id: String,
+    pub role: Role,
+    pub actor: Actor,
+    /// The session's token hash (to terminate it), for sessions.
+    pub session: Option<String>,
+}
+
+impl Principal {
+    /// Refuses unless the caller has at least `min`.
+    pub fn require(&self, min: Role) -> Result<()> {
+        if self.role >= min {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this needs the {} role; {} has {}",
+                min.as_str(),
+                self.actor.name,
+                self.role.as_str()
+            )))
+        }
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        (self.actor.kind == "user").then_some(self.actor.id.as_str())
+    }
+}
+
+fn argon2() -> Argon2<'static> {
+    // OWASP's minimum for Argon2id: 19 MiB, 2 passes, 1 lane.
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(19 * 1024, 2, 1, None).expect("valid Argon2 parameters"),
+    )
+}
+
+/// A PHC-format Argon2id hash of `password`.
+pub fn hash_password(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .to_string())
+}
+
+/// Checks `password` against a stored hash (constant time in the password).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// A hash to verify against when the user does not exist, so that both cases cost the same.
+fn dummy_hash() -> &'static str {
+    static H: OnceLock<String> = OnceLock::new();
+    H.get_or_init(|| hash_password("cloak-no-such-user").expect("hashing works"))
+}
+
+/// A new random secret (256 bits, base64url) and the hash that is stored.
+pub fn new_secret(prefix: &str) -> (String, String) {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    let secret = format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    );
+    let hash = secret_hash(&secret);
+    (secret, hash)
+}
+
+/// What is stored of a token or key: SHA-256 (enough for 256-bit random secrets).
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Checks a password's strength rules (names the rule broken).
+pub fn check_password_rules(field: &str, password: &str) -> Result<()> {
+    if password.chars().count() < 12 {
+        return Err(Error::field(field, "must be at least 12 characters"));
+    }
+    if password.len() > 1024 {
+        return Err(Error::field(field, "must be at most 1024 bytes"));
+    }
+    Ok(())
+}
+
+/// The bearer token of a request: `Authorization: Bearer …`, or CCM's `Authentication: Bearer …`.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    for name in ["authorization", "authentication"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            if let Some(t) = v
+                .strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+            {
+                return Some(t.trim());
+            }
+        }
+    }
+    None
+}
+
+/// Resolves the bearer token of a request to its principal.
+pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Principal> {
+    let token = bearer(headers).ok_or_else(|| {
+        Error::Unauthenticated(
+            "no credentials: send `Authorization: Bearer <token>` (POST /v1/sys/auth gives one)"
+                .into(),
+        )
+    })?;
+    if token.is_empty() || token.len() > 200 {
+        return Err(Error::Unauthenticated(
+            "the bearer token is not valid".into(),
+        ));
+    }
+    let hash = secret_hash(token);
+    let now = state.clock.now();
+    if token.starts_with(API_KEY_PREFIX) {
+        let row = sqlx::query(
+            "SELECT key_id, account_id, name, role FROM api_keys \
+             WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash)
+        .fetch_optional(state.db.reader())
+        .await?
+        .ok_or_else(|| {
+            Error::Unauthenticated("the API key is not valid (unknown or revoked)".into())
+        })?;
+        let key_id: String = row.try_get(0)?;
+        let role: String = row.try_get(3)?;
+        return Ok(Principal {
+            account_id: row.try_get(1)?,
+            role: Role::parse(&role).unwrap_or(Role::Reader),
+            actor: Actor {
+                kind: "api_key",
+                id: key_id,
+                name: row.try_get(2)?,
+            },
+            session: None,
+        });
+    }
+    let row = sqlx::query(
+        "SELECT s.user_id, s.account_id, u.user_name, u.role, s.expires_at FROM sessions s \
+         JOIN users u ON u.user_id = s.user_id \
+         WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND u.status = 'ACTIVE'",
+    )
+    .bind(&hash)
+    .fetch_optional(state.db.reader())
+    .await?
+    .ok_or_else(|| Error::Unauthenticated("the bearer token is not valid".into()))?;
+    let expires: i64 = row.try_get(4)?;
+    if expires <= now {
+        return Err(Error::Unauthenticated(
+            "the session has expired: log in again".into(),
+        ));
+    }
+    let role: String = row.try_get(3)?;
+    Ok(Principal {
+        account_id: row.try_get(1)?,
+        role: Role::parse(&role).unwrap_or(Role::Reader),
+        actor: Actor {
+            kind: "user",
+            id: row.try_get(0)?,
+            name: row.try_get(2)?,
+        },
+        session: Some(hash),
+    })
+}
+
+/// Notes the use of an API key for a change (audited with the change itself).
+pub async fn touch_api_key(state: &State, p: &Principal) -> Result<()> {
+    if p.actor.kind == "api_key" {
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2")
+            .bind(state.clock.now())
+            .bind(&p.actor.id)
+            .execute(state.db.reader())
+            .await?;
+    }
+    Ok(())
+}
+
+fn parse_basic(headers: &http::HeaderMap) -> Result<(String, String)> {
+    let bad = || {
+        Error::Unauthenticated(
+            "POST /v1/sys/auth takes HTTP Basic credentials: `Authorization: Basic base64(user:password)`"
+                .into(),
+        )
+    };
+    let v = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(bad)?;
+    let b64 = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))
+        .ok_or_else(bad)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (u, p) = text.split_once(':').ok_or_else(bad)?;
+    if u.is_empty() || u.len() > 256 || p.len() > 1024 {
+        return Err(bad());
+    }
+    Ok((u.to_string(), p.to_string()))
+}
+
+/// Seconds a key must still wait before its next attempt.
+async fn throttle_wait(state: &State, key: &str, free: i64) -> Result<i64> {
+    let row =
+        sqlx::query("SELECT failures, last_failure_at FROM login_failures WHERE throttle_key = $1")
+            .bind(key)
+            .fetch_optional(state.db.reader())
+            .await?;
+    let Some(row) = row else { return Ok(0) };
+    let (failures, last): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    let now = state.clock.now();
+    if now - last > FAILURE_WINDOW || failures < free {
+        return Ok(0);
+    }
+    let wait = (1i64 << (failures - free).min(10)).min(FAILURE_WINDOW);
+    Ok((last + wait - now).max(0))
+}
+
+async fn note_failure(tx: &mut crate::store::Tx, key: &str, now: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO login_failures (throttle_key, failures, last_failure_at) VALUES ($1, 1, $2) \
+         ON CONFLICT (throttle_key) DO UPDATE SET \
+         failures = CASE WHEN $2 - login_failures.last_failure_at > $3 THEN 1 \
+                         ELSE login_failures.failures + 1 END, \
+         last_failure_at = $2",
+    )
+    .bind(key)
+    .bind(now)
+    .bind(FAILURE_WINDOW)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// `POST /v1/sys/auth`: checks Basic credentials and opens a session.
+pub async fn login(state: &State, headers: &http::HeaderMap, client: &str) -> Result<AuthResponse> {
+    let (user, password) = parse_basic(headers)?;
+    let user_key = format!("user:{user}");
+    let addr_key = format!("addr:{client}");
+    let wait = throttle_wait(state, &user_key, USER_FREE_FAILURES)
+        .await?
+        .max(throttle_wait(state, &addr_key, ADDR_FREE_FAILURES).await?);
+    if wait > 0 {
+        state.metrics.login_failed();
+        return Err(Error::RateLimited {
+            detail: format!("too many failed logins; retry in {wait} s"),
+            retry_after: wait as u64,
+        });
+    }
+    let row = sqlx::query(
+        "SELECT user_id, account_id, password_hash, role, status FROM users WHERE user_name = $1",
+    )
+    .bind(&user)
+    .fetch_optional(state.db.reader())
+    .await?;
+    let stored = match &row {
+        Some(r) => r.try_get::<String, _>(2)?,
+        None => dummy_hash().to_string(),
+    };
+    let pw = password.clone();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&stored, &pw))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let now = state.clock.now();
+    let active = match &row {
+        Some(r) => r.try_get::<String, _>(4)? == "ACTIVE",
+        None => false,
+    };
+    let Some(row) = row.filter(|_| ok && active) else {
+        state.metrics.login_failed();
+        let mut tx = state.db.begin().await?;
+        note_failure(&mut tx, &user_key, now).await?;
+        note_failure(&mut tx, &addr_key, now).await?;
+        let account = match sqlx::query_scalar::<_, String>(
+            "SELECT account_id FROM users WHERE user_name = $1",
+        )
+        .bind(&user)
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            Some(a) => a,
+            None => crate::accounts::first_account(&mut tx).await?,
+        };
+        audit::append(
+            &state.db,
+            &mut tx,
+            &account,
+            &Actor {
+                kind: "user",
+                id: String::new(),
+                name: user.clone(),
+            },
+            Event {
+                action: "Login Failed",
+                entity_type: "user",
+                entity_id: "",
+                details: json!({"client": client, "reason": if ok { "user disabled" } else { "bad user name or password" }}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(Error::Unauthenticated(
+            "the user name or password is wrong".into(),
+        ));
+    };
+    let user_id: String = row.try_get(0)?;
+    let account_id: String = row.try_get(1)?;
+    let (token, hash) = new_secret("");
+    let ttl = state.config.session_ttl;
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO sessions (token_hash, user_id, account_id, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&hash)
+    .bind(&user_id)
+    .bind(&account_id)
+    .bind(now)
+    .bind(now + ttl)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE users SET last_logged_in_at = $1 WHERE user_id = $2")
+        .bind(now)
+        .bind(&user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM login_failures WHERE throttle_key = $1")
+        .bind(&user_key)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(
+        &state.db,
+        &mut tx,
+        &account_id,
+        &Actor {
+            kind: "user",
+            id: user_id.clone(),
+            name: user.clone(),
+        },
+        Event {
+            action: "Login Succeeded",
+            entity_type: "user",
+            entity_id: &user_id,
+            details: json!({"client": client}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(AuthResponse {
+        access_token: token,
+        expires_in: ttl,
+        session_info: SessionInfo {
+            subject_id: user_id,
+            session_expires_at: now + ttl,
+            session_token_expires_at: now + ttl,
+            selected_account_id: account_id,
+        },
+    })
+}
+
+/// `POST /v1/sys/session/terminate`: revokes the caller's session.
+pub async fn terminate(state: &State, p: &Principal) -> Result<()> {
+    let Some(hash) = &p.session else {
+        return Err(Error::InvalidBody(
+            "an API key is not a session: revoke it with DELETE /v1/api_keys/{id}".into(),
+        ));
+    };
+    let mut tx = state.db.begin().await?;
+    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE token_hash = $2")
+        .bind(state.clock.now())
+        .bind(hash)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(
+        &state.db,
+        &mut tx,
+        &p.account_id,
+        &p.actor,
+        Event {
+            action: "Session Terminated",
+            entity_type: "user",
+            entity_id: &p.actor.id,
+            details: json!({}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_with_argon2id_and_verify() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, "correct horse battery"));
+        assert!(!verify_password(&h, "correct horse batterx"));
+        assert!(!verify_password("garbage", "x"));
+    }
+
+    #[test]
+    fn bearer_tokens_come_from_either_header() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authentication", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization", "Bearer def".parse().unwrap());
+        assert_eq!(bearer(&h), Some("def"));
+    }
+
+    #[test]
+    fn secrets_are_random_and_stored_as_hashes() {
+        let (a, ha) = new_secret(API_KEY_PREFIX);
+        let (b, _) = new_secret(API_KEY_PREFIX);
+        assert_ne!(a, b);
+        assert!(a.starts_with(API_KEY_PREFIX));
+        assert_eq!(secret_hash(&a), ha);
+        assert!(!ha.contains(&a));
+    }
+}

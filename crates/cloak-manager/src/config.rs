@@ -1,0 +1,146 @@
+//! The service's settings: command-line flags win over `CLOAK_MANAGER_*` environment variables
+//! (both handled by the CLI), which win over the TOML file given with `--config`, which wins over
+//! the defaults here.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Settings as they may appear in a TOML file or on the command line (all optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub insecure_http: Option<bool>,
+    pub admin_user: Option<String>,
+    pub admin_password_file: Option<PathBuf>,
+    pub master_key_file: Option<PathBuf>,
+    pub session_ttl: Option<i64>,
+    pub max_connections: Option<u32>,
+    pub trust_forwarded_for: Option<bool>,
+    pub log_format: Option<String>,
+}
+
+impl Settings {
+    /// `self` where set, else `other`.
+    pub fn or(self, other: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(other.listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            database_url: self.database_url.or(other.database_url),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            insecure_http: self.insecure_http.or(other.insecure_http),
+            admin_user: self.admin_user.or(other.admin_user),
+            admin_password_file: self.admin_password_file.or(other.admin_password_file),
+            master_key_file: self.master_key_file.or(other.master_key_file),
+            session_ttl: self.session_ttl.or(other.session_ttl),
+            max_connections: self.max_connections.or(other.max_connections),
+            trust_forwarded_for: self.trust_forwarded_for.or(other.trust_forwarded_for),
+            log_format: self.log_format.or(other.log_format),
+        }
+    }
+
+    /// Reads a TOML settings file (keys as the flags, without `--`).
+    pub fn from_file(path: &Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+/// The resolved configuration of a running manager.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub insecure_http: bool,
+    pub admin_user: String,
+    pub admin_password_file: Option<PathBuf>,
+    pub master_key_file: PathBuf,
+    /// Session lifetime in seconds.
+    pub session_ttl: i64,
+    pub max_connections: u32,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Request bodies larger than this are refused with 413.
+    pub body_limit: usize,
+}
+
+impl Config {
+    /// Fills defaults in; the data dir defaults to `./cloak-manager-data`.
+    pub fn resolve(s: Settings) -> Result<Config> {
+        let data_dir = s
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("cloak-manager-data"));
+        let database_url = s
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("manager.db").display()));
+        let session_ttl = s.session_ttl.unwrap_or(3600);
+        if !(60..=30 * 86400).contains(&session_ttl) {
+            return Err(Error::Config(
+                "session-ttl must be between 60 and 2592000 seconds".into(),
+            ));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return Err(Error::Config(
+                "--tls-cert and --tls-key go together: give both, or neither for a self-signed certificate"
+                    .into(),
+            ));
+        }
+        Ok(Config {
+            listen: s.listen.unwrap_or_else(|| "127.0.0.1:8443".into()),
+            master_key_file: s
+                .master_key_file
+                .unwrap_or_else(|| data_dir.join("master.key")),
+            data_dir,
+            database_url,
+            tls_cert: s.tls_cert,
+            tls_key: s.tls_key,
+            insecure_http: s.insecure_http.unwrap_or(false),
+            admin_user: s.admin_user.unwrap_or_else(|| "admin".into()),
+            admin_password_file: s.admin_password_file,
+            session_ttl,
+            max_connections: s.max_connections.unwrap_or(10).clamp(2, 500),
+            trust_forwarded_for: s.trust_forwarded_for.unwrap_or(false),
+            body_limit: 1 << 20,
+        })
+    }
+
+    /// Creates the data dir with mode 0700 (and tightens an existing one).
+    pub fn prepare_data_dir(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| Error::io(&self.data_dir, e))?;
+        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&self.data_dir, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: Settings = toml::from_str("listen = \"0.0.0.0:1\"\nsession-ttl = 120\n").unwrap();
+        let flags = Settings {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(flags.or(file)).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.session_ttl, 120);
+        assert!(c.database_url.starts_with("sqlite://"));
+        assert!(toml::from_str::<Settings>("nope = 1").is_err());
+    }
+}

@@ -1,0 +1,724 @@
+//! The route table (one entry per operation: path, method, who may call it, schemas) and the
+//! handlers, which only map requests to the domain modules.
+
+use axum::extract::{Path, State as S};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::Json;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::http::{client_addr, ClientAddr, JsonBody, Q};
+use crate::{apps, audit, auth, builds, registry, tasks, users, State};
+use cloak_api::*;
+
+/// Who may call a route (the reference's `x-auth-resource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials.
+    Public,
+    /// Any role of the account.
+    Reader,
+    Writer,
+    Manager,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Reader => "READER",
+            Access::Writer => "WRITER",
+            Access::Manager => "MANAGER",
+        }
+    }
+}
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// One operation of the API.
+#[derive(Debug)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    pub op_id: &'static str,
+    pub summary: &'static str,
+    /// (name, JSON type, description) of the query parameters.
+    pub query: &'static [(&'static str, &'static str, &'static str)],
+    pub request: Option<SchemaFn>,
+    pub response: Option<SchemaFn>,
+    pub status: u16,
+    pub content_type: &'static str,
+    pub handler: fn() -> MethodRouter<State>,
+}
+
+fn s<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+const PAGE: &[(&str, &str, &str)] = &[
+    ("limit", "integer", "page size, 1 to 1000 (default 50)"),
+    ("offset", "integer", "items to skip"),
+];
+const BUILD_Q: &[(&str, &str, &str)] = &[
+    ("limit", "integer", "page size, 1 to 1000 (default 50)"),
+    ("offset", "integer", "items to skip"),
+    ("status", "string", "PENDING, WHITELISTED or REJECTED"),
+    (
+        "docker_image_name",
+        "string",
+        "substring of the image or app output image name",
+    ),
+    (
+        "all_search",
+        "string",
+        "substring of image, app name, mrenclave, mrsigner or pcr0",
+    ),
+    ("app_id", "string", "only this app's builds"),
+    (
+        "sort_by",
+        "string",
+        "key:ASC,key:DESC over created_at, updated_at, docker_image_name, status, app_name",
+    ),
+];
+const TASK_Q: &[(&str, &str, &str)] = &[
+    ("limit", "integer", "page size, 1 to 1000 (default 50)"),
+    ("offset", "integer", "items to skip"),
+    ("task_type", "string", "BUILD_WHITELIST"),
+    (
+        "status",
+        "string",
+        "INPROGRESS (PENDING), SUCCESS (APPROVED), DENIED or FAILED",
+    ),
+];
+const AUDIT_Q: &[(&str, &str, &str)] = &[
+    ("limit", "integer", "page size, 1 to 1000 (default 50)"),
+    ("offset", "integer", "items to skip"),
+    (
+        "action",
+        "string",
+        "only this action, e.g. Build Whitelisted",
+    ),
+    ("entity_id", "string", "only records about this object"),
+    ("actor", "string", "only this actor name"),
+    (
+        "since_seq",
+        "integer",
+        "records after this sequence number, oldest first",
+    ),
+];
+
+macro_rules! route {
+    ($m:ident $path:literal, $access:ident, $op:literal, $summary:literal, $h:expr,
+     req: $req:expr, resp: $resp:expr, status: $status:literal $(, query: $q:expr)? $(, content: $ct:literal)?) => {
+        Route {
+            method: stringify!($m),
+            path: $path,
+            access: Access::$access,
+            op_id: $op,
+            summary: $summary,
+            query: { #[allow(unused_mut, unused_assignments)] let mut q: &'static [(&str, &str, &str)] = &[]; $(q = $q;)? q },
+            request: $req,
+            response: $resp,
+            status: $status,
+            content_type: { #[allow(unused_mut, unused_assignments)] let mut c = "application/json"; $(c = $ct;)? c },
+            handler: || $m($h),
+        }
+    };
+}
+
+/// Every operation of the API.
+pub static ROUTES: &[Route] = &[
+    route!(get "/healthz", Public, "liveness", "The process is alive.", healthz,
+        req: None, resp: Some(s::<serde_json::Value>), status: 200),
+    route!(get "/readyz", Public, "readiness", "The database answers and the schema is current.", readyz,
+        req: None, resp: Some(s::<serde_json::Value>), status: 200),
+    route!(get "/metrics", Public, "metrics", "Prometheus metrics.", metrics,
+        req: None, resp: Some(s::<String>), status: 200, content: "text/plain"),
+    route!(get "/openapi.json", Public, "openapi", "This document.", openapi_doc,
+        req: None, resp: Some(s::<serde_json::Value>), status: 200),
+    route!(get "/v1/sys/version", Public, "getManagerVersion", "The manager's version.", version,
+        req: None, resp: Some(s::<Version>), status: 200),
+    route!(post "/v1/sys/auth", Public, "authenticateUser", "Log in with HTTP Basic credentials; answers a bearer token.", login,
+        req: None, resp: Some(s::<AuthResponse>), status: 200),
+    route!(post "/v1/sys/session/terminate", Reader, "terminate", "End the caller's session.", terminate,
+        req: None, resp: None, status: 204),
+    route!(get "/v1/user", Reader, "getLoggedInUser", "The logged-in user.", me,
+        req: None, resp: Some(s::<User>), status: 200),
+    route!(get "/v1/users", Reader, "getAllUsers", "Users of the account.", list_users,
+        req: None, resp: Some(s::<Vec<User>>), status: 200),
+    route!(post "/v1/users", Manager, "createUser", "Create a user of the account.", create_user,
+        req: Some(s::<UserRequest>), resp: Some(s::<User>), status: 201),
+    route!(get "/v1/users/{user_id}", Reader, "getUser", "One user.", get_user,
+        req: None, resp: Some(s::<User>), status: 200),
+    route!(patch "/v1/users/{user_id}", Reader, "updateUser", "Change a user (self: password and email; MANAGER: role and status).", update_user,
+        req: Some(s::<UserPatch>), resp: Some(s::<User>), status: 200),
+    route!(delete "/v1/users/{user_id}", Manager, "deleteUserAccount", "Disable a user.", delete_user,
+        req: None, resp: None, status: 204),
+    route!(get "/v1/api_keys", Manager, "listApiKeys", "API keys of the account (never their secrets).", list_keys,
+        req: None, resp: Some(s::<Vec<ApiKey>>), status: 200),
+    route!(post "/v1/api_keys", Manager, "createApiKey", "Create an API key; its secret is shown once.", create_key,
+        req: Some(s::<ApiKeyRequest>), resp: Some(s::<ApiKeyCreated>), status: 201),
+    route!(delete "/v1/api_keys/{key_id}", Manager, "revokeApiKey", "Revoke an API key.", revoke_key,
+        req: None, resp: None, status: 204),
+    route!(get "/v1/apps", Reader, "getAllApps", "Apps of the account.", list_apps,
+        req: None, resp: Some(s::<ListResponse<App>>), status: 200, query: PAGE),
+    route!(post "/v1/apps", Writer, "addApplication", "Create an app (with its approval quorum).", create_app,
+        req: Some(s::<AppRequest>), resp: Some(s::<App>), status: 201),
+    route!(get "/v1/apps/{app_id}", Reader, "getApp", "One app.", get_app,
+        req: None, resp: Some(s::<App>), status: 200),
+    route!(patch "/v1/apps/{app_id}", Writer, "updateApp", "Change an app (its approval policy: MANAGER only).", update_app,
+        req: Some(s::<AppPatch>), resp: Some(s::<App>), status: 200),
+    route!(delete "/v1/apps/{app_id}", Writer, "deleteApp", "Delete an app without builds.", delete_app,
+        req: None, resp: None, status: 204),
+    route!(get "/v1/builds", Reader, "getAllBuilds", "Builds, filtered and paged.", list_builds,
+        req: None, resp: Some(s::<ListResponse<Build>>), status: 200, query: BUILD_Q),
+    route!(post "/v1/builds", Writer, "createBuild", "Register a build (CCM's CreateBuildRequest or IBM's flat body); opens its whitelist task.", create_build,
+        req: Some(s::<BuildRequest>), resp: Some(s::<Build>), status: 201),
+    route!(get "/v1/builds/{build_id}", Reader, "getBuild", "One build.", get_build,
+        req: None, resp: Some(s::<Build>), status: 200),
+    route!(patch "/v1/builds/{build_id}", Writer, "updateBuild", "Change a build's configs or advanced settings.", update_build,
+        req: Some(s::<BuildPatch>), resp: Some(s::<Build>), status: 200),
+    route!(delete "/v1/builds/{build_id}", Writer, "deleteBuild", "Delete a build.", delete_build,
+        req: None, resp: None, status: 204),
+    route!(post "/v1/builds/{build_id}/revoke", Writer, "revokeBuild", "Revoke a build (REJECTED, with a reason).", revoke_build,
+        req: Some(s::<RevokeRequest>), resp: Some(s::<Build>), status: 200),
+    route!(get "/v1/tasks", Reader, "getAllTasks", "Approval tasks, filtered and paged.", list_tasks,
+        req: None, resp: Some(s::<ListResponse<Task>>), status: 200, query: TASK_Q),
+    route!(get "/v1/tasks/{task_id}", Reader, "getTask", "One task with its approvals.", get_task,
+        req: None, resp: Some(s::<Task>), status: 200),
+    route!(patch "/v1/tasks/{task_id}", Writer, "UpdateTask", "Approve, or deny with a reason.", decide_task,
+        req: Some(s::<TaskUpdateRequest>), resp: Some(s::<Task>), status: 200),
+    route!(get "/v1/tasks/status/{task_id}", Reader, "getTaskStatus", "A task's result.", task_status,
+        req: None, resp: Some(s::<TaskResult>), status: 200),
+    route!(get "/v1/registry", Reader, "getAllRegistries", "Saved registry credentials (passwords masked).", list_registries,
+        req: None, resp: Some(s::<Vec<Registry>>), status: 200),
+    route!(post "/v1/registry", Writer, "createRegistry", "Save a registry credential.", create_registry,
+        req: Some(s::<RegistryRequest>), resp: Some(s::<Registry>), status: 201),
+    route!(get "/v1/registry/{registry_id}", Reader, "getRegistry", "One saved credential (password masked).", get_registry,
+        req: None, resp: Some(s::<Registry>), status: 200),
+    route!(patch "/v1/registry/{registry_id}", Writer, "updateRegistry", "Change a saved credential.", update_registry,
+        req: Some(s::<RegistryPatch>), resp: Some(s::<Registry>), status: 200),
+    route!(delete "/v1/registry/{registry_id}", Writer, "deleteRegistry", "Delete a saved credential.", delete_registry,
+        req: None, resp: None, status: 204),
+    route!(get "/v1/image/registry", Reader, "getRegistryForImage", "The saved credential for an image's registry host.", registry_for_image,
+        req: None, resp: Some(s::<Registry>), status: 200, query: &[("name", "string", "image reference")]),
+    route!(get "/v1/audit", Reader, "getAuditLog", "Audit records of the account, newest first.", list_audit,
+        req: None, resp: Some(s::<ListResponse<AuditRecord>>), status: 200, query: AUDIT_Q),
+    route!(get "/v1/audit/verify", Reader, "verifyAuditLog", "Check the account's audit chain.", verify_audit,
+        req: None, resp: Some(s::<AuditVerification>), status: 200),
+    route!(get "/v1/audit/export", Manager, "exportAuditLog", "The whole audit chain as JSON lines.", export_audit,
+        req: None, resp: Some(s::<String>), status: 200, content: "application/x-ndjson"),
+];
+
+// ---- paging ----
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::field("limit", "must be between 1 and 1000"));
+    }
+    let offset = offset.unwrap_or(0);
+    if !(0..=1_000_000_000).contains(&offset) {
+        return Err(Error::field("offset", "must be between 0 and 1000000000"));
+    }
+    Ok((limit, offset))
+}
+
+fn listing<T>(
+    items: Vec<T>,
+    total: i64,
+    filtered: i64,
+    limit: i64,
+    offset: i64,
+) -> ListResponse<T> {
+    ListResponse {
+        metadata: SearchMetadata {
+            page: offset / limit + 1,
+            pages: (filtered + limit - 1) / limit,
+            limit,
+            total_count: total,
+            filtered_count: filtered,
+        },
+        items,
+    }
+}
+
+fn created<T: serde::Serialize>(v: T) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+fn id(field: &str, v: &str) -> Result<String> {
+    crate::validate::uuid(field, v)
+}
+
+// ---- probes and documents ----
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(S(state): S<State>) -> Response {
+    match state.db.ready().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            let body = ErrorBody {
+                kind: "not_ready".into(),
+                detail: "the database is unreachable or its schema is not current".into(),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(S(state): S<State>) -> Result<Response> {
+    let mut gauges = Vec::new();
+    for (status, n) in builds::count_by_status(&state).await? {
+        gauges.push((
+            "cloak_builds",
+            "Builds by status.",
+            format!("status=\"{status}\""),
+            n as f64,
+        ));
+    }
+    gauges.push((
+        "cloak_tasks_pending",
+        "Approval tasks in progress.",
+        String::new(),
+        tasks::count_open(&state).await? as f64,
+    ));
+    let (size, idle) = state.db.pool_stats();
+    gauges.push((
+        "cloak_db_pool_connections",
+        "Read pool connections.",
+        "state=\"open\"".into(),
+        size as f64,
+    ));
+    gauges.push((
+        "cloak_db_pool_connections",
+        "Read pool connections.",
+        "state=\"idle\"".into(),
+        idle as f64,
+    ));
+    let text = state.metrics.render(&gauges);
+    Ok((
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi_doc() -> Json<serde_json::Value> {
+    Json(crate::http::openapi())
+}
+
+async fn version() -> Json<Version> {
+    Json(Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api_version: "v1".into(),
+    })
+}
+
+// ---- sessions and users ----
+
+async fn login(
+    S(state): S<State>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    headers: http::HeaderMap,
+) -> Result<Json<AuthResponse>> {
+    let client = client_addr(&state, &headers, addr.as_deref());
+    Ok(Json(auth::login(&state, &headers, &client).await?))
+}
+
+async fn terminate(S(state): S<State>, p: Principal) -> Result<StatusCode> {
+    auth::terminate(&state, &p).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(S(state): S<State>, p: Principal) -> Result<Json<User>> {
+    let uid = p.user_id().ok_or_else(|| Error::NotFound {
+        kind: "user of API key",
+        id: p.actor.id.clone(),
+    })?;
+    Ok(Json(users::get(&state, &p, uid).await?))
+}
+
+async fn list_users(S(state): S<State>, p: Principal) -> Result<Json<Vec<User>>> {
+    Ok(Json(users::list(&state, &p).await?))
+}
+
+async fn create_user(
+    S(state): S<State>,
+    p: Principal,
+    JsonBody(req): JsonBody<UserRequest>,
+) -> Result<Response> {
+    Ok(created(users::create(&state, &p, req).await?))
+}
+
+async fn get_user(S(state): S<State>, p: Principal, Path(uid): Path<String>) -> Result<Json<User>> {
+    Ok(Json(users::get(&state, &p, &id("user_id", &uid)?).await?))
+}
+
+async fn update_user(
+    S(state): S<State>,
+    p: Principal,
+    Path(uid): Path<String>,
+    JsonBody(req): JsonBody<UserPatch>,
+) -> Result<Json<User>> {
+    Ok(Json(
+        users::update(&state, &p, &id("user_id", &uid)?, req).await?,
+    ))
+}
+
+async fn delete_user(
+    S(state): S<State>,
+    p: Principal,
+    Path(uid): Path<String>,
+) -> Result<StatusCode> {
+    let uid = id("user_id", &uid)?;
+    if p.user_id() == Some(uid.as_str()) {
+        return Err(Error::Conflict("you cannot disable yourself".into()));
+    }
+    users::delete(&state, &p, &uid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_keys(S(state): S<State>, p: Principal) -> Result<Json<Vec<ApiKey>>> {
+    Ok(Json(users::list_keys(&state, &p).await?))
+}
+
+async fn create_key(
+    S(state): S<State>,
+    p: Principal,
+    JsonBody(req): JsonBody<ApiKeyRequest>,
+) -> Result<Response> {
+    Ok(created(users::create_key(&state, &p, req).await?))
+}
+
+async fn revoke_key(S(state): S<State>, p: Principal, Path(k): Path<String>) -> Result<StatusCode> {
+    users::revoke_key(&state, &p, &id("key_id", &k)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- apps ----
+
+async fn list_apps(
+    S(state): S<State>,
+    p: Principal,
+    Q(q): Q<Page>,
+) -> Result<Json<ListResponse<App>>> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let (total, items) = apps::list(&state, &p, limit, offset).await?;
+    Ok(Json(listing(items, total, total, limit, offset)))
+}
+
+async fn create_app(
+    S(state): S<State>,
+    p: Principal,
+    JsonBody(req): JsonBody<AppRequest>,
+) -> Result<Response> {
+    if req.approval_policy.is_some() {
+        p.require(Role::Manager).map_err(|_| {
+            Error::Forbidden("setting an app's approval policy needs the MANAGER role".into())
+        })?;
+    }
+    Ok(created(apps::create(&state, &p, req).await?))
+}
+
+async fn get_app(S(state): S<State>, p: Principal, Path(a): Path<String>) -> Result<Json<App>> {
+    Ok(Json(apps::get(&state, &p, &id("app_id", &a)?).await?))
+}
+
+async fn update_app(
+    S(state): S<State>,
+    p: Principal,
+    Path(a): Path<String>,
+    JsonBody(req): JsonBody<AppPatch>,
+) -> Result<Json<App>> {
+    if req.approval_policy.is_some() {
+        p.require(Role::Manager).map_err(|_| {
+            Error::Forbidden("changing an app's approval policy needs the MANAGER role".into())
+        })?;
+    }
+    Ok(Json(
+        apps::update(&state, &p, &id("app_id", &a)?, req).await?,
+    ))
+}
+
+async fn delete_app(S(state): S<State>, p: Principal, Path(a): Path<String>) -> Result<StatusCode> {
+    apps::delete(&state, &p, &id("app_id", &a)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- builds ----
+
+#[derive(Debug, Deserialize)]
+struct BuildQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    status: Option<String>,
+    docker_image_name: Option<String>,
+    all_search: Option<String>,
+    app_id: Option<String>,
+    sort_by: Option<String>,
+}
+
+async fn list_builds(
+    S(state): S<State>,
+    p: Principal,
+    Q(q): Q<BuildQuery>,
+) -> Result<Json<ListResponse<Build>>> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let f = builds::BuildFilter {
+        status: q.status.filter(|s| !s.is_empty()),
+        docker_image_name: q.docker_image_name,
+        all_search: q.all_search,
+        app_id: q
+            .app_id
+            .filter(|s| !s.is_empty())
+            .map(|a| id("app_id", &a))
+            .transpose()?,
+        sort_by: q.sort_by,
+    };
+    for (field, v) in [
+        ("docker_image_name", &f.docker_image_name),
+        ("all_search", &f.all_search),
+    ] {
+        if let Some(v) = v {
+            crate::validate::text(field, v, 256)?;
+        }
+    }
+    let (total, filtered, items) = builds::list(&state, &p, &f, limit, offset).await?;
+    Ok(Json(listing(items, total, filtered, limit, offset)))
+}
+
+async fn create_build(
+    S(state): S<State>,
+    p: Principal,
+    body: axum::body::Body,
+) -> Result<Response> {
+    let bytes = crate::http::body_bytes(&state, body).await?;
+    let req = builds::parse_request(&bytes)?;
+    let nb = builds::NewBuild::from_request(req)?;
+    Ok(created(builds::register(&state, &p, nb).await?))
+}
+
+async fn get_build(S(state): S<State>, p: Principal, Path(b): Path<String>) -> Result<Json<Build>> {
+    Ok(Json(builds::get(&state, &p, &id("build_id", &b)?).await?))
+}
+
+async fn update_build(
+    S(state): S<State>,
+    p: Principal,
+    Path(b): Path<String>,
+    JsonBody(req): JsonBody<BuildPatch>,
+) -> Result<Json<Build>> {
+    Ok(Json(
+        builds::update(&state, &p, &id("build_id", &b)?, req).await?,
+    ))
+}
+
+async fn delete_build(
+    S(state): S<State>,
+    p: Principal,
+    Path(b): Path<String>,
+) -> Result<StatusCode> {
+    builds::delete(&state, &p, &id("build_id", &b)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_build(
+    S(state): S<State>,
+    p: Principal,
+    Path(b): Path<String>,
+    JsonBody(req): JsonBody<RevokeRequest>,
+) -> Result<Json<Build>> {
+    Ok(Json(
+        builds::revoke(&state, &p, &id("build_id", &b)?, &req.reason).await?,
+    ))
+}
+
+// ---- tasks ----
+
+#[derive(Debug, Deserialize)]
+struct TaskQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    task_type: Option<String>,
+    status: Option<String>,
+}
+
+async fn list_tasks(
+    S(state): S<State>,
+    p: Principal,
+    Q(q): Q<TaskQuery>,
+) -> Result<Json<ListResponse<Task>>> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let (total, filtered, items) = tasks::list(
+        &state,
+        &p,
+        q.task_type.as_deref(),
+        q.status.as_deref(),
+        limit,
+        offset,
+    )
+    .await?;
+    Ok(Json(listing(items, total, filtered, limit, offset)))
+}
+
+async fn get_task(S(state): S<State>, p: Principal, Path(t): Path<String>) -> Result<Json<Task>> {
+    Ok(Json(tasks::get(&state, &p, &id("task_id", &t)?).await?))
+}
+
+async fn decide_task(
+    S(state): S<State>,
+    p: Principal,
+    Path(t): Path<String>,
+    JsonBody(req): JsonBody<TaskUpdateRequest>,
+) -> Result<Json<Task>> {
+    Ok(Json(
+        tasks::decide(&state, &p, &id("task_id", &t)?, req).await?,
+    ))
+}
+
+async fn task_status(
+    S(state): S<State>,
+    p: Principal,
+    Path(t): Path<String>,
+) -> Result<Json<TaskResult>> {
+    Ok(Json(tasks::result(&state, &p, &id("task_id", &t)?).await?))
+}
+
+// ---- registry credentials ----
+
+async fn list_registries(S(state): S<State>, p: Principal) -> Result<Json<Vec<Registry>>> {
+    Ok(Json(registry::list(&state, &p).await?))
+}
+
+async fn create_registry(
+    S(state): S<State>,
+    p: Principal,
+    JsonBody(req): JsonBody<RegistryRequest>,
+) -> Result<Response> {
+    Ok(created(registry::create(&state, &p, req).await?))
+}
+
+async fn get_registry(
+    S(state): S<State>,
+    p: Principal,
+    Path(r): Path<String>,
+) -> Result<Json<Registry>> {
+    Ok(Json(
+        registry::get(&state, &p, &id("registry_id", &r)?).await?,
+    ))
+}
+
+async fn update_registry(
+    S(state): S<State>,
+    p: Principal,
+    Path(r): Path<String>,
+    JsonBody(req): JsonBody<RegistryPatch>,
+) -> Result<Json<Registry>> {
+    Ok(Json(
+        registry::update(&state, &p, &id("registry_id", &r)?, req).await?,
+    ))
+}
+
+async fn delete_registry(
+    S(state): S<State>,
+    p: Principal,
+    Path(r): Path<String>,
+) -> Result<StatusCode> {
+    registry::delete(&state, &p, &id("registry_id", &r)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageQuery {
+    name: Option<String>,
+}
+
+async fn registry_for_image(
+    S(state): S<State>,
+    p: Principal,
+    Q(q): Q<ImageQuery>,
+) -> Result<Json<Registry>> {
+    let name = q
+        .name
+        .ok_or_else(|| Error::field("name", "is required: ?name=IMAGE"))?;
+    Ok(Json(registry::for_image(&state, &p, &name).await?))
+}
+
+// ---- audit ----
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    action: Option<String>,
+    entity_id: Option<String>,
+    actor: Option<String>,
+    since_seq: Option<i64>,
+}
+
+async fn list_audit(
+    S(state): S<State>,
+    p: Principal,
+    Q(q): Q<AuditQuery>,
+) -> Result<Json<ListResponse<AuditRecord>>> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    for (field, v) in [
+        ("action", &q.action),
+        ("entity_id", &q.entity_id),
+        ("actor", &q.actor),
+    ] {
+        if let Some(v) = v {
+            crate::validate::text(field, v, 256)?;
+        }
+    }
+    let f = audit::AuditFilter {
+        action: q.action.filter(|s| !s.is_empty()),
+        entity_id: q.entity_id.filter(|s| !s.is_empty()),
+        actor: q.actor.filter(|s| !s.is_empty()),
+        since_seq: q.since_seq,
+    };
+    let (filtered, items) = audit::list(&state.db, &p.account_id, &f, limit, offset).await?;
+    Ok(Json(listing(items, filtered, filtered, limit, offset)))
+}
+
+async fn verify_audit(S(state): S<State>, p: Principal) -> Result<Json<AuditVerification>> {
+    Ok(Json(audit::verify(&state.db, &p.account_id).await?))
+}
+
+async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
+    let mut out = String::new();
+    let mut since = 0;
+    loop {
+        let f = audit::AuditFilter {
+            since_seq: Some(since),
+            ..Default::default()
+        };
+        let (_, items) = audit::list(&state.db, &p.account_id, &f, 1000, 0).await?;
+        if items.is_empty() {
+            break;
+        }
+        for r in &items {
+            out.push_str(&serde_json::to_string(r).expect("serialisable"));
+            out.push('\n');
+            since = r.seq;
+        }
+    }
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}

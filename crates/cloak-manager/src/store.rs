@@ -1,0 +1,277 @@
+//! Storage: one set of SQL statements for SQLite and PostgreSQL (through sqlx's `Any` driver,
+//! `$N` placeholders work on both), versioned migrations applied under a lock, and the few
+//! places where the two dialects differ.
+//!
+//! SQLite runs in WAL mode with `synchronous=FULL` (an acknowledged change survives a crash or
+//! a power cut) and one writer connection: every write transaction goes through it, so there is
+//! no "database is locked" under load, while readers use their own pool.
+//! PostgreSQL shares one pool; rows that decide a race are locked with `FOR UPDATE`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+use crate::error::{Error, Result};
+
+/// Which database the service talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+type PragmaFuture<'c> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'c>>;
+
+/// SQLite settings of every connection: WAL, full sync, foreign keys, and a busy wait.
+fn pragmas(
+    conn: &mut sqlx::AnyConnection,
+    _meta: sqlx::pool::PoolConnectionMetadata,
+) -> PragmaFuture<'_> {
+    Box::pin(async move {
+        conn.execute(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// A transaction on the write pool.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// The database of one installation.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub dialect: Dialect,
+    read: AnyPool,
+    write: AnyPool,
+}
+
+/// Pool sizes: with N replicas and W workers on one PostgreSQL, keep
+/// `N × max_connections + W × (1 + workers) + superuser_reserved ≤ max_connections` of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSize {
+    pub max_connections: u32,
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        PoolSize {
+            max_connections: 10,
+        }
+    }
+}
+
+impl Db {
+    /// Opens `url` (`sqlite:///path/db.sqlite` or `postgres://…`).
+    pub async fn open(url: &str, size: PoolSize) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let acquire = Duration::from_secs(10);
+        if url.starts_with("sqlite:") {
+            let url = if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            let opts = AnyConnectOptions::from_str(&url)
+                .map_err(|e| Error::Config(format!("--database-url: {e}")))?;
+            let write = AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(pragmas)
+                .connect_with(opts.clone())
+                .await?;
+            let read = AnyPoolOptions::new()
+                .max_connections(size.max_connections.max(2))
+                .acquire_timeout(acquire)
+                .after_connect(pragmas)
+                .connect_with(opts)
+                .await?;
+            Ok(Db {
+                dialect: Dialect::Sqlite,
+                read,
+                write,
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = AnyConnectOptions::from_str(url)
+                .map_err(|e| Error::Config(format!("--database-url: {e}")))?;
+            let pool = AnyPoolOptions::new()
+                .max_connections(size.max_connections)
+                .acquire_timeout(acquire)
+                .connect_with(opts)
+                .await?;
+            Ok(Db {
+                dialect: Dialect::Postgres,
+                read: pool.clone(),
+                write: pool,
+            })
+        } else {
+            Err(Error::Config(
+                "--database-url must start with sqlite:// or postgres://".into(),
+            ))
+        }
+    }
+
+    /// The pool for reads.
+    pub fn reader(&self) -> &AnyPool {
+        &self.read
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(self.write.begin().await?)
+    }
+
+    /// `FOR UPDATE` where the dialect has it (SQLite's single writer already serialises).
+    pub fn for_update(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Connections in use and idle (for `/metrics`).
+    pub fn pool_stats(&self) -> (u32, usize) {
+        (self.read.size(), self.read.num_idle())
+    }
+
+    /// Whether the database answers and the schema is current.
+    pub async fn ready(&self) -> Result<()> {
+        let v: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&self.read)
+            .await?;
+        if v as usize != MIGRATIONS.len() {
+            return Err(Error::Config(format!(
+                "schema version {v}, this manager needs {}: run `cloak manager migrate`",
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies the migrations this database lacks, under a lock so that replicas starting together
+    /// migrate once (PostgreSQL: an advisory lock; SQLite: `BEGIN IMMEDIATE`). Returns how many ran.
+    pub async fn migrate(&self) -> Result<usize> {
+        let mut conn = self.write.acquire().await?;
+        match self.dialect {
+            Dialect::Postgres => {
+                conn.execute("SELECT pg_advisory_lock(7243011)").await?;
+            }
+            Dialect::Sqlite => {
+                conn.execute("BEGIN IMMEDIATE").await?;
+            }
+        }
+        let result = self.migrate_locked(&mut conn).await;
+        match self.dialect {
+            Dialect::Postgres => {
+                conn.execute("SELECT pg_advisory_unlock(7243011)").await?;
+            }
+            Dialect::Sqlite => {
+                conn.execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
+                    .await?;
+            }
+        }
+        result
+    }
+
+    async fn migrate_locked(&self, conn: &mut sqlx::AnyConnection) -> Result<usize> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
+             name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+                .fetch_one(&mut *conn)
+                .await?;
+        if current as usize > MIGRATIONS.len() {
+            return Err(Error::Config(format!(
+                "the database has schema version {current}, newer than this manager ({}): \
+                 upgrade cloak",
+                MIGRATIONS.len()
+            )));
+        }
+        let mut ran = 0;
+        for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let sql = match self.dialect {
+                Dialect::Sqlite => sql.replace("{blob}", "BLOB"),
+                Dialect::Postgres => sql.replace("{blob}", "BYTEA"),
+            };
+            if self.dialect == Dialect::Postgres {
+                conn.execute("BEGIN").await?;
+            }
+            let step = async {
+                for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    conn.execute(stmt).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                )
+                .bind(i as i64 + 1)
+                .bind(*name)
+                .bind(crate::now())
+                .execute(&mut *conn)
+                .await?;
+                Ok::<_, sqlx::Error>(())
+            }
+            .await;
+            if self.dialect == Dialect::Postgres {
+                conn.execute(if step.is_ok() { "COMMIT" } else { "ROLLBACK" })
+                    .await?;
+            }
+            step?;
+            tracing::info!(version = i + 1, name, "schema migration applied");
+            ran += 1;
+        }
+        Ok(ran)
+    }
+}
+
+/// The schema, one entry per version. Never edit an applied entry: add one.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "initial schema",
+    r#"
+CREATE TABLE accounts (account_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL);
+CREATE TABLE users (user_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  user_name TEXT NOT NULL UNIQUE, user_email TEXT NOT NULL, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+  status TEXT NOT NULL, created_at BIGINT NOT NULL, last_logged_in_at BIGINT);
+CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(user_id),
+  account_id TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, revoked_at BIGINT);
+CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  name TEXT NOT NULL, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_by TEXT NOT NULL,
+  created_at BIGINT NOT NULL, revoked_at BIGINT, last_used_at BIGINT);
+CREATE TABLE login_failures (throttle_key TEXT PRIMARY KEY, failures BIGINT NOT NULL, last_failure_at BIGINT NOT NULL);
+CREATE TABLE apps (app_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  name TEXT NOT NULL, output_image_name TEXT NOT NULL, body TEXT NOT NULL, approval_policy TEXT NOT NULL,
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, UNIQUE (account_id, name));
+CREATE TABLE tasks (task_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  task_type TEXT NOT NULL, entity_id TEXT NOT NULL, status TEXT NOT NULL, requester TEXT NOT NULL,
+  description TEXT NOT NULL, policy TEXT NOT NULL, denial_reason TEXT, created_at BIGINT NOT NULL,
+  status_updated_at BIGINT NOT NULL);
+CREATE INDEX tasks_account_status ON tasks (account_id, status, created_at);
+CREATE TABLE approvals (task_id TEXT NOT NULL REFERENCES tasks(task_id), user_id TEXT NOT NULL,
+  user_name TEXT NOT NULL, status TEXT NOT NULL, denial_reason TEXT, created_at BIGINT NOT NULL,
+  PRIMARY KEY (task_id, user_id));
+CREATE TABLE builds (build_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  app_id TEXT NOT NULL REFERENCES apps(app_id), status TEXT NOT NULL, status_updated_at BIGINT NOT NULL,
+  status_reason TEXT, docker_image_name TEXT NOT NULL, docker_version TEXT NOT NULL, docker_image_sha TEXT,
+  mrenclave TEXT, mrsigner TEXT, isvprodid BIGINT, isvsvn BIGINT, pcr0 TEXT, pcr1 TEXT, pcr2 TEXT, pcr8 TEXT,
+  measurement_key TEXT NOT NULL, debug BIGINT NOT NULL, body TEXT NOT NULL,
+  task_id TEXT NOT NULL REFERENCES tasks(task_id), created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+  UNIQUE (app_id, measurement_key));
+CREATE INDEX builds_account_created ON builds (account_id, created_at);
+CREATE INDEX builds_account_status ON builds (account_id, status);
+CREATE TABLE registries (registry_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  url TEXT NOT NULL, host TEXT NOT NULL, username TEXT NOT NULL, secret {blob} NOT NULL, description TEXT NOT NULL,
+  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, UNIQUE (account_id, host));
+CREATE TABLE audit_log (account_id TEXT NOT NULL, seq BIGINT NOT NULL, time BIGINT NOT NULL,
+  actor_type TEXT NOT NULL, actor_id TEXT NOT NULL, actor_name TEXT NOT NULL, action TEXT NOT NULL,
+  entity_type TEXT NOT NULL, entity_id TEXT NOT NULL, details TEXT NOT NULL, prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL, PRIMARY KEY (account_id, seq));
+CREATE TABLE audit_heads (account_id TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)
+"#,
+)];
