@@ -1085,3 +1085,49 @@ fn probes_metrics_and_the_served_openapi_document(backend: Backend) {
     );
     assert!(m.log().contains("TLS certificate SHA-256 fingerprint"));
 }
+
+/// Replicas starting together on one PostgreSQL migrate once (an advisory lock), and each
+/// bootstraps the same single administrator.
+#[test]
+fn replicas_starting_together_migrate_once() {
+    let pg = common::postgres::Postgres::shared();
+    let url = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    // All four processes run at once; each would create every table without the lock.
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cloak"))
+                .args(["manager", "migrate", "--database-url", &url, "--data-dir"])
+                .arg(dir.path().join(format!("d{i}")))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut applied = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        applied += text
+            .trim()
+            .strip_prefix("applied ")
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap();
+    }
+    assert_eq!(applied, 1, "the one migration ran in exactly one process");
+    let db = common::postgres::db_name(&url);
+    let versions = pg.psql(
+        db,
+        "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations",
+    );
+    let (n, distinct) = versions.trim().split_once('|').unwrap();
+    assert_eq!(n, distinct);
+    assert_eq!(n, "1");
+}
