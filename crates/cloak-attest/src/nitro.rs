@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 
 const KIND: EvidenceKind = EvidenceKind::NitroDocument;
 
+/// Most certificates a cabundle may hold (AWS sends four); each costs a signature check.
+const MAX_CABUNDLE: usize = 8;
+
 /// `AWS_NitroEnclaves_Root-G1` (CN=aws.nitro-enclaves, P-384, valid 2019-10-28 to 2049-10-28),
 /// DER; SHA-256 641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b. From
 /// <https://aws-nitro-enclaves.amazonaws.com/AWS_NitroEnclaves_Root-G1.zip> (the same file as
@@ -188,6 +191,12 @@ pub(crate) fn parse_payload(payload: &[u8]) -> Result<Payload> {
     let Some(Value::Array(bundle)) = value.get("cabundle") else {
         return Err(bad("cabundle is missing or not an array".into()));
     };
+    if bundle.len() > MAX_CABUNDLE {
+        return Err(bad(format!(
+            "cabundle holds {} certificates, at most {MAX_CABUNDLE} are accepted",
+            bundle.len()
+        )));
+    }
     let cabundle = bundle
         .iter()
         .map(|c| match c {

@@ -208,3 +208,58 @@ fn decode_claims(claims: &[u8]) -> Result<([u8; 32], Option<Vec<u8>>), String> {
     }
     Ok((hash.ok_or("no pubkey-hash claim")?, nonce))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Collateral, Measurements, Policy};
+
+    fn vector(rel: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/vectors/sgx-dcap")
+                .join(rel),
+        )
+        .unwrap()
+    }
+
+    /// Gramine's certificate carries the quote twice; each binding is checked on its own.
+    #[rstest::rstest]
+    #[case::tcg(Binding::Tcg)]
+    #[case::legacy(Binding::Legacy)]
+    fn both_gramine_bindings_verify(#[case] binding: Binding) {
+        let der = crate::x509::pem_blocks(&vector("gramine-cert.pem"), "CERTIFICATE").remove(0);
+        let cert = Cert::parse(&der).unwrap();
+        let ext = extract(&cert, Some(binding)).unwrap();
+        assert_eq!(ext.binding, binding);
+        if binding == Binding::Legacy {
+            assert_eq!(ext.quote, vector("gramine-legacy-quote.bin"));
+        }
+        let col = Collateral::from_json(&vector("col_quotev3_0825.json")).unwrap();
+        let policy = Policy {
+            allow_debug: true,
+            accepted_tcb_statuses: None,
+            ..Policy::default()
+        };
+        let input = Input {
+            at: At::Time(1_755_234_498),
+            collateral: Some(&col),
+            policy: &policy,
+            simulation_key: None,
+        };
+        let c = verify_ratls(&der, &input, Some(binding)).unwrap();
+        let Measurements::Sgx(m) = &c.measurements else {
+            panic!()
+        };
+        assert_eq!(
+            hex::encode(m.mrenclave),
+            "0866e7ca11b9f4efe4bf39b2607f4e1299f111920d96d95719080f01b62b7585"
+        );
+        let key_hash = Sha256::digest(c.public_key.as_ref().unwrap());
+        let rd = c.report_data.unwrap();
+        match binding {
+            Binding::Legacy => assert_eq!((&rd[..32], &rd[32..]), (&key_hash[..], &[0u8; 32][..])),
+            Binding::Tcg => assert_ne!(&rd[..32], &key_hash[..]),
+        }
+    }
+}

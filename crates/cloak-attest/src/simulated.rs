@@ -73,15 +73,16 @@ impl SimulationSigningKey {
 }
 
 /// Produce simulated evidence: a COSE_Sign1 (ES256) over `doc`, signed with `key`.
-/// Deterministic (RFC 6979 nonces), so it needs no random source.
-pub fn produce(key: &SimulationSigningKey, doc: &Document) -> Vec<u8> {
-    let payload = encode_payload(doc);
+/// Deterministic (RFC 6979 nonces), so it needs no random source. TDX measurements are not
+/// part of format version 1 and are refused.
+pub fn produce(key: &SimulationSigningKey, doc: &Document) -> Result<Vec<u8>> {
+    let payload = encode_payload(doc)?;
     let protected = cose::protected_header(cose::ES256);
     let sig: p256::ecdsa::Signature = key.0.sign(&cose::to_be_signed(&protected, &payload));
-    cose::encode(&protected, &payload, &sig.to_bytes())
+    Ok(cose::encode(&protected, &payload, &sig.to_bytes()))
 }
 
-fn encode_payload(doc: &Document) -> Vec<u8> {
+fn encode_payload(doc: &Document) -> Result<Vec<u8>> {
     let opt = |b: &Option<Vec<u8>>| b.clone().map_or(Value::Null, Value::Bytes);
     let text = |s: &str| Value::Text(s.into());
     let measurements = match &doc.measurements {
@@ -99,10 +100,14 @@ fn encode_payload(doc: &Document) -> Vec<u8> {
             (text("isvprodid"), Value::Unsigned(m.isvprodid.into())),
             (text("isvsvn"), Value::Unsigned(m.isvsvn.into())),
         ]),
-        // Format version 1 has no TDX measurements; an empty PCR map says nothing.
-        Measurements::Tdx(_) => Value::Map(vec![(text("pcrs"), Value::Map(Vec::new()))]),
+        Measurements::Tdx(_) => {
+            return Err(Error::Malformed {
+                kind: crate::EvidenceKind::Simulated,
+                detail: "TDX measurements are not part of simulated evidence format version 1; use PCRs or SGX measurements".into(),
+            })
+        }
     };
-    Value::Map(vec![
+    Ok(Value::Map(vec![
         (text("tee"), text(TEE_MARKER)),
         (text("version"), Value::Unsigned(FORMAT_VERSION)),
         (text("timestamp"), Value::Unsigned(doc.timestamp_ms)),
@@ -111,7 +116,7 @@ fn encode_payload(doc: &Document) -> Vec<u8> {
         (text("nonce"), opt(&doc.nonce)),
         (text("public_key"), opt(&doc.public_key)),
     ])
-    .encode()
+    .encode())
 }
 
 #[cfg(feature = "verify")]

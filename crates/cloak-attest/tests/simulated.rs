@@ -113,7 +113,7 @@ fn simulated_evidence_round_trips_with_openssl_keys(#[case] sec1: bool) {
     let signing = SimulationSigningKey::from_bytes(&keys.private).unwrap();
     let public = SimulationPublicKey::from_bytes(&keys.public).unwrap();
     let doc = nitro_like();
-    let ev = produce(&signing, &doc);
+    let ev = produce(&signing, &doc).unwrap();
     let c = verify(&ev, At::EvidenceTimestamp, &allowed(), Some(&public)).unwrap();
     assert_eq!(
         (c.tee, c.kind, c.simulated, c.debug),
@@ -151,7 +151,7 @@ fn simulated_sgx_measurements_and_null_fields_round_trip() {
         public_key: None,
     };
     let c = verify(
-        &produce(&signing, &doc),
+        &produce(&signing, &doc).unwrap(),
         At::Time(TS_MS / 1000 + 10),
         &allowed(),
         Some(&SimulationPublicKey::from_bytes(&keys.public).unwrap()),
@@ -167,7 +167,8 @@ fn simulated_evidence_is_refused_unless_the_policy_allows_it() {
     let ev = produce(
         &SimulationSigningKey::from_bytes(&keys.private).unwrap(),
         &nitro_like(),
-    );
+    )
+    .unwrap();
     let public = SimulationPublicKey::from_bytes(&keys.public).unwrap();
     let e = verify(
         &ev,
@@ -187,7 +188,8 @@ fn simulated_evidence_signed_by_another_key_is_refused() {
     let ev = produce(
         &SimulationSigningKey::from_bytes(&a.private).unwrap(),
         &nitro_like(),
-    );
+    )
+    .unwrap();
     let e = verify(
         &ev,
         At::EvidenceTimestamp,
@@ -204,7 +206,8 @@ fn every_flipped_byte_of_simulated_evidence_is_refused() {
     let ev = produce(
         &SimulationSigningKey::from_bytes(&keys.private).unwrap(),
         &nitro_like(),
-    );
+    )
+    .unwrap();
     let public = SimulationPublicKey::from_bytes(&keys.public).unwrap();
     for i in 0..ev.len() {
         let mut m = ev.clone();
@@ -232,7 +235,8 @@ fn simulated_evidence_outside_its_window_fails(#[case] at: u64, #[case] code: &s
     let ev = produce(
         &SimulationSigningKey::from_bytes(&keys.private).unwrap(),
         &nitro_like(),
-    );
+    )
+    .unwrap();
     let public = SimulationPublicKey::from_bytes(&keys.public).unwrap();
     let e = verify(&ev, At::Time(at), &allowed(), Some(&public)).unwrap_err();
     assert_eq!(e.code(), code, "{e}");
@@ -260,7 +264,8 @@ fn simulated_claims_carry_the_simulated_marker_into_the_extension() {
     let ev = produce(
         &SimulationSigningKey::from_bytes(&keys.private).unwrap(),
         &nitro_like(),
-    );
+    )
+    .unwrap();
     let public = SimulationPublicKey::from_bytes(&keys.public).unwrap();
     let claims = verify(&ev, At::EvidenceTimestamp, &allowed(), Some(&public)).unwrap();
     let exts = extension::encode(&claims, &ev, "build-7").unwrap();
@@ -271,4 +276,26 @@ fn simulated_claims_carry_the_simulated_marker_into_the_extension() {
     assert!(back.claims.simulated);
     assert_eq!(back.build_id, "build-7");
     assert_eq!(back.evidence.as_deref(), Some(&ev[..]));
+}
+
+#[test]
+fn tdx_measurements_are_refused_by_the_producer() {
+    let keys = openssl_keys(false);
+    let doc = Document {
+        measurements: Measurements::Tdx(Box::new(cloak_attest::TdxMeasurements {
+            mr_td: [0; 48],
+            rtmrs: [[0; 48]; 4],
+            mr_config_id: [0; 48],
+            mr_owner: [0; 48],
+            mr_owner_config: [0; 48],
+            mr_seam: [0; 48],
+        })),
+        ..nitro_like()
+    };
+    let e = produce(
+        &SimulationSigningKey::from_bytes(&keys.private).unwrap(),
+        &doc,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "malformed_evidence", "{e}");
 }
