@@ -88,14 +88,26 @@ fn main() {
             simulation_key: Some(&pk),
         };
         verifier(ev.kind).verify(&ev.bytes, &input).expect(name);
-        let start = Instant::now();
+        let (start, cpu) = (Instant::now(), on_cpu_ns());
         for _ in 0..n {
             verifier(ev.kind).verify(&ev.bytes, &input).expect(name);
         }
-        let per = start.elapsed() / n;
-        println!(
-            "{name:28} {:>8.3} ms per verification ({n} runs)",
-            per.as_secs_f64() * 1e3
-        );
+        let wall = start.elapsed().as_secs_f64() * 1e3 / f64::from(n);
+        let cpu = on_cpu_ns()
+            .zip(cpu)
+            .map(|(b, a)| (b - a) as f64 / 1e6 / f64::from(n));
+        let cpu = cpu.map_or("n/a".to_string(), |c| format!("{c:.3} ms"));
+        println!("{name:28} {wall:>8.3} ms wall, {cpu:>10} on CPU per verification ({n} runs)");
     }
+}
+
+/// Nanoseconds this thread has run on a CPU (Linux schedstat); wall time alone misleads on a
+/// shared machine.
+fn on_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -35,12 +35,19 @@
 //! DER or PEM) and accepted only when [`Policy::allow_simulated`] is set; its claims have
 //! `tee: Tee::Simulated` and `simulated: true`, and it is never debug.
 //!
+//! # Binding a key and a nonce
+//!
+//! [`binding`] fixes how evidence binds a CSR's key and the manager's nonce (REPORTDATA =
+//! SHA-256(key) || SHA-256(nonce) for quotes; `public_key` and `nonce` for Nitro and simulated
+//! evidence; the certificate key and TCG `nonce` claim for RA-TLS).
+//!
 //! # Evidence in certificates
 //!
 //! [`extension`] encodes verified evidence for X.509 extensions (TCG DICE for quotes, a
 //! documented cloak CBOR for the rest, with build id, TEE type and a SIMULATED marker) and
 //! parses it back.
 
+pub mod binding;
 mod cbor;
 mod cose;
 mod error;
