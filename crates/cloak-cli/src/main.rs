@@ -46,6 +46,8 @@ enum Command {
     Decrypt(commands::decrypt::Args),
     /// Boot a Nitro image or EIF under qemu and exit with the application's status.
     Run(commands::run::Args),
+    /// Verify TEE evidence (SGX/TDX quotes, Nitro documents, RA-TLS certificates).
+    Attest(commands::attest::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -63,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Encrypt(args) => commands::encrypt::run(args),
         Command::Decrypt(args) => commands::decrypt::run(args),
+        Command::Attest(args) => commands::attest::run(args),
     };
     match result {
         Ok(code) => code,
