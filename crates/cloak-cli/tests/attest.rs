@@ -267,3 +267,60 @@ fn bad_input_fails_with_a_clear_message() {
     let err = failed(cloak(&[q.to_str().unwrap(), "--at", "tomorrow"]));
     assert!(err.contains("RFC 3339"), "{err}");
 }
+
+#[test]
+fn simulated_evidence_needs_allow_simulated_and_is_marked() {
+    use cloak_attest::simulated::{produce, Document, SimulationSigningKey};
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = (dir.path().join("sim.key"), dir.path().join("sim.pub"));
+    assert!(Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out"
+        ])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success());
+    let signing = SimulationSigningKey::from_bytes(&std::fs::read(&key).unwrap()).unwrap();
+    let doc = Document {
+        timestamp_ms: 1_764_547_200_000,
+        measurements: cloak_attest::Measurements::Pcrs([(0u16, vec![7; 48])].into_iter().collect()),
+        user_data: None,
+        nonce: Some(b"n".to_vec()),
+        public_key: None,
+    };
+    let ev = dir.path().join("sim.cose");
+    std::fs::write(&ev, produce(&signing, &doc).unwrap()).unwrap();
+    let (ev, public) = (ev.to_str().unwrap(), public.to_str().unwrap());
+
+    let err = failed(cloak(&[ev, "--simulation-key", public]));
+    assert!(err.contains("simulation_not_allowed"), "{err}");
+    let v = ok_json(cloak(&[
+        ev,
+        "--allow-simulated",
+        "--simulation-key",
+        public,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(keys(&v), expected_keys());
+    assert_eq!(
+        (v["tee"].as_str(), v["nonce"].as_str()),
+        (Some("simulated"), Some("6e"))
+    );
+    let out = cloak(&[ev, "--allow-simulated", "--simulation-key", public]);
+    assert!(String::from_utf8(out.stdout).unwrap().contains("SIMULATED"));
+}
