@@ -5,8 +5,8 @@
 //!
 //! | kind | verifier | checked against |
 //! |---|---|---|
-//! | SGX DCAP quote v3, TDX quote v4/v5 | [`DcapQuote`] | Intel SGX root CA (in `dcap-qvl`), collateral ([`Collateral`]) |
-//! | AWS Nitro attestation document | [`NitroDocument`] | the pinned AWS Nitro root, at a given time and maximum age |
+//! | SGX DCAP quote v3, TDX quote v4/v5 | [`DcapQuote`] | the Intel SGX root CA ([`INTEL_SGX_ROOT_CA_DER`]), collateral ([`Collateral`]); the quote's unsigned PCK chain must be exactly PCK, CA, Intel root in canonical PEM |
+//! | AWS Nitro attestation document | [`NitroDocument`] | the pinned AWS Nitro root ([`AWS_NITRO_ROOT_DER`]), at a given time and maximum age |
 //! | Gramine RA-TLS certificate | [`RaTlsCertificate`] | the quote inside (TCG DICE extension first, then legacy), its key binding, the self-signature |
 //! | simulated evidence | [`Simulated`] | a configured simulation public key, and only if the policy allows it |
 //!
