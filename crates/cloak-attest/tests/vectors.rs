@@ -416,3 +416,69 @@ fn a_changed_copy_of_the_root_in_the_quote_is_refused() {
     .unwrap_err();
     assert_eq!(e.code(), "malformed_evidence", "{e}");
 }
+
+#[rstest]
+#[case::empty(0)]
+#[case::inside_header(10)]
+#[case::header_only(48)]
+#[case::inside_body(300)]
+#[case::body_only(432)]
+#[case::after_signature_length(436)]
+#[case::inside_qe_report(1000)]
+#[case::inside_pck_chain(3000)]
+#[case::last_byte(4599)]
+fn a_truncated_quote_fails_as_malformed(#[case] len: usize) {
+    let q = vector(SAMPLE.evidence);
+    let col = collateral(SAMPLE.collateral);
+    let e = verifier(EvidenceKind::DcapQuote)
+        .verify(
+            &q[..len],
+            &Input {
+                at: At::Time(secs(SAMPLE.from)),
+                collateral: Some(&col),
+                policy: &lenient(),
+                simulation_key: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), "malformed_evidence", "{len}: {e}");
+}
+
+#[test]
+fn a_truncated_ratls_certificate_fails_as_malformed() {
+    let der = detect(&vector(GRAMINE.evidence)).unwrap().bytes;
+    let col = collateral(GRAMINE.collateral);
+    for len in [0, 1, 100, der.len() / 2, der.len() - 1] {
+        let e = verifier(EvidenceKind::RaTlsCertificate)
+            .verify(
+                &der[..len],
+                &Input {
+                    at: At::Time(secs(GRAMINE.from)),
+                    collateral: Some(&col),
+                    policy: &lenient(),
+                    simulation_key: None,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), "malformed_evidence", "{len}: {e}");
+    }
+}
+
+#[test]
+fn an_expired_collateral_names_the_item_and_when() {
+    let e = verify(
+        &vector(SAMPLE.evidence),
+        Some(&collateral(SAMPLE.collateral)),
+        At::Time(secs(SAMPLE.until) + 86_400),
+        &lenient(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(e.code(), "collateral_expired");
+    assert!(
+        msg.contains("QE identity")
+            && msg.contains("2025-07-19T10:01:18Z")
+            && msg.contains("2025-07-20T10:01:18Z"),
+        "{msg}"
+    );
+}
