@@ -127,6 +127,14 @@ const TDX: Quote = Quote {
     ..SAMPLE
 };
 
+const TDX_V5: Quote = Quote {
+    evidence: "sgx-dcap/tdx_quote_td15ex",
+    collateral: "sgx-dcap/tdx_quote_td15ex_collateral.json",
+    from: "2026-10-08T00:09:46Z",
+    until: "2026-11-06T23:45:11Z",
+    ..TDX
+};
+
 #[rstest]
 #[case::dcapqvl_sample(SAMPLE)]
 #[case::automata_debug(AUTOMATA_DEBUG)]
@@ -134,6 +142,7 @@ const TDX: Quote = Quote {
 #[case::gramine_ratls(GRAMINE)]
 #[case::librats_ratls(RATS_TLS)]
 #[case::tdx_v4(TDX)]
+#[case::tdx_v5_td15(TDX_V5)]
 fn quote_vectors_verify_exactly_inside_their_window(#[case] q: Quote) {
     let evidence = vector(q.evidence);
     let col = collateral(q.collateral);
