@@ -79,7 +79,7 @@ pub use nitro::{NitroDocument, AWS_NITRO_ROOT_DER};
 #[cfg(feature = "verify")]
 pub use ratls::{RaTlsCertificate, LEGACY_RA_TLS_OID, TCG_DICE_EVIDENCE_OID};
 #[cfg(feature = "verify")]
-pub use sgx::{Collateral, Dated, DcapQuote, INTEL_SGX_ROOT_CA_DER};
+pub use sgx::{collateral_key, Collateral, CollateralKey, Dated, DcapQuote, INTEL_SGX_ROOT_CA_DER};
 #[cfg(feature = "verify")]
 pub use simulated::{Simulated, SimulationPublicKey};
 

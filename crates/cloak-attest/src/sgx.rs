@@ -362,3 +362,52 @@ fn classify(msg: &str, at: u64, items: &[Dated], kind: EvidenceKind) -> Error {
     }
     Error::QuoteRejected(msg.into())
 }
+
+/// What a PCCS or Intel PCS needs to serve the collateral for a quote: the TEE, the platform's
+/// FMSPC and which PCK CA issued its certificate (`{base}/{sgx|tdx}/certification/v4/tcb?fmspc=`,
+/// `pckcrl?ca=processor|platform`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollateralKey {
+    /// SGX or TDX.
+    pub tee: Tee,
+    /// FMSPC from the PCK certificate's Intel SGX extension.
+    pub fmspc: [u8; 6],
+    /// `processor` or `platform`.
+    pub pck_ca: &'static str,
+}
+
+/// The [`CollateralKey`] of a quote or of the quote inside an RA-TLS certificate (bytes as
+/// [`crate::detect`] accepts them). Parsing only: nothing is verified here.
+pub fn collateral_key(evidence: &[u8]) -> Result<CollateralKey> {
+    let ev = crate::detect(evidence)?;
+    let (kind, quote) = match ev.kind {
+        EvidenceKind::DcapQuote => (KIND, ev.bytes),
+        EvidenceKind::RaTlsCertificate => {
+            let cert = Cert::parse(&ev.bytes).map_err(|e| Error::malformed(ev.kind, e))?;
+            (ev.kind, crate::ratls::extract(&cert, None)?.quote)
+        }
+        other => {
+            return Err(Error::malformed(
+                other,
+                "only DCAP quotes and RA-TLS certificates have DCAP collateral",
+            ))
+        }
+    };
+    let (q, _) = parse_quote(&quote, kind)?;
+    let fmspc = dcap_qvl::intel::quote_fmspc(&q)
+        .map_err(|e| Error::malformed(kind, format!("FMSPC: {e:#}")))?;
+    let ca = dcap_qvl::intel::quote_ca(&q)
+        .map_err(|e| Error::malformed(kind, format!("PCK CA: {e:#}")))?;
+    Ok(CollateralKey {
+        tee: if q.report.is_sgx() {
+            Tee::Sgx
+        } else {
+            Tee::Tdx
+        },
+        fmspc,
+        pck_ca: match ca {
+            dcap_qvl::config::PckCa::Processor => "processor",
+            dcap_qvl::config::PckCa::Platform => "platform",
+        },
+    })
+}

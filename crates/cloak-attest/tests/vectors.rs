@@ -491,3 +491,24 @@ fn an_expired_collateral_names_the_item_and_when() {
         "{msg}"
     );
 }
+
+/// FMSPCs and CAs as the notes give them (sample: 00a067110000 Processor CA; quotev3:
+/// 00606a000000 Platform CA) and, for TDX, as its collateral's tcbInfo.fmspc and PCK CRL issuer
+/// name them.
+#[rstest]
+#[case::sample(SAMPLE.evidence, Tee::Sgx, "00a067110000", "processor")]
+#[case::quotev3_hex(AUTOMATA_V3.evidence, Tee::Sgx, "00606a000000", "platform")]
+#[case::gramine_certificate(GRAMINE.evidence, Tee::Sgx, "00606a000000", "platform")]
+#[case::tdx(TDX.evidence, Tee::Tdx, "b0c06f000000", "platform")]
+fn the_collateral_key_names_fmspc_and_ca(
+    #[case] file: &str,
+    #[case] tee: Tee,
+    #[case] fmspc: &str,
+    #[case] ca: &str,
+) {
+    let k = cloak_attest::collateral_key(&vector(file)).unwrap();
+    assert_eq!(k.tee, tee);
+    assert_eq!((hex::encode(k.fmspc).as_str(), k.pck_ca), (fmspc, ca));
+    let e = cloak_attest::collateral_key(b"junk").unwrap_err();
+    assert_eq!(e.code(), "unknown_evidence_kind");
+}
