@@ -110,6 +110,9 @@ pub struct UserPatch {
     pub role: Option<Role>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Your current password: required to change your own.
+    #[serde(default)]
+    pub current_password: Option<String>,
     /// ACTIVE or DISABLED.
     #[serde(default)]
     pub status: Option<String>,
@@ -192,6 +195,10 @@ pub struct CertificatePolicy {
     /// Debug enclaves accepted for debug builds.
     #[serde(default)]
     pub allow_debug: Option<bool>,
+    /// Evidence must bind a nonce from POST /v1/attestation/nonce (default true; false only
+    /// for static evidence such as Gramine's legacy RA-TLS certificates).
+    #[serde(default)]
+    pub require_nonce: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

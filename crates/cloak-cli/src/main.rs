@@ -58,6 +58,8 @@ enum Command {
     Run(commands::run::Args),
     /// Run and administer the manager service (apps, builds, approvals, audit).
     Manager(commands::manager::Args),
+    /// Verify TEE evidence (SGX/TDX quotes, Nitro documents, RA-TLS certificates).
+    Attest(commands::attest::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +82,7 @@ fn main() -> std::process::ExitCode {
         Command::Encrypt(args) => commands::encrypt::run(args),
         Command::Decrypt(args) => commands::decrypt::run(args),
         Command::Manager(args) => commands::manager::run(args),
+        Command::Attest(args) => commands::attest::run(args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,10 @@ macro_rules! on_both_databases {
 }
 
 on_both_databases!(
+    nobody_gets_around_a_quorum_alone,
+    api_keys_act_for_their_creator_only,
+    a_login_burst_checks_few_passwords,
+    approvals_racing_revocations_never_fail_or_lose_the_revocation,
     both_bodies_register_pending_builds_with_a_task,
     a_two_of_three_quorum_excludes_the_requester_and_a_denial_rejects,
     thirty_concurrent_approvals_by_three_approvers_count_three,
@@ -547,13 +551,11 @@ fn secrets_appear_in_no_response_log_or_database(backend: Backend) {
         .unwrap();
     bodies.push_str(&user.to_string());
     let k = m.client().with_token(secret.clone());
-    let app: Value = k
-        .post(
-            "/v1/apps",
-            &json!({"name": "by-key", "input_image_name": "a", "output_image_name": "b"}),
-        )
+    let app = new_app(&admin, "by-key", None);
+    let build: Value = k
+        .post("/v1/builds", &ccm_build(&app.app_id, "k1", 0x71))
         .unwrap();
-    bodies.push_str(&app.to_string());
+    bodies.push_str(&build.to_string());
     for path in [
         "/v1/registry",
         "/v1/api_keys",
@@ -1060,7 +1062,9 @@ fn probes_metrics_and_the_served_openapi_document(backend: Backend) {
     assert_eq!(r["status"], "ready");
     let _ = m.client().login("admin", "wrong-password-zz");
     let _: Value = m.admin().get("/v1/builds").unwrap();
-    let text = m.raw_text("/metrics");
+    assert_eq!(m.raw("GET", "/metrics", vec![], None).0, 401, "metrics span accounts: not public");
+    let token = m.client().login("admin", ADMIN_PASSWORD).unwrap().access_token;
+    let text = m.raw_get("/metrics", &token);
     for needle in [
         "cloak_http_requests_total{method=\"GET\",route=\"/v1/builds\",status=\"200\"}",
         "cloak_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/builds\",le=\"0.005\"}",
@@ -1130,4 +1134,172 @@ fn replicas_starting_together_migrate_once() {
     let (n, distinct) = versions.trim().split_once('|').unwrap();
     assert_eq!(n, distinct);
     assert_eq!(n, "1");
+}
+
+/// The ways one person could whitelist a build that an n-of-m quorum guards.
+fn nobody_gets_around_a_quorum_alone(backend: Backend) {
+    let m = Manager::start(backend);
+    let admin = m.admin();
+    let w = new_user(&admin, "writer1", "WRITER");
+    let mgr2 = new_user(&admin, "mgr2", "MANAGER");
+    let prod = new_app(
+        &admin,
+        "prod",
+        Some(json!({"n": 2, "approvers": ["role:MANAGER"], "exclude_requester": true})),
+    );
+    let writer = m.login("writer1", PASSWORD);
+    // A WRITER cannot make a shadow app with a weaker policy, by body or by IBM's app_name.
+    let body = json!({"name": "shadow", "input_image_name": "a", "output_image_name": "b"});
+    assert_eq!(api_status(writer.post::<_, Value>("/v1/apps", &body)), 403);
+    let flat = json!({"docker_image_name": "r/x", "docker_version": "1", "mrenclave": hex(0x91, 64),
+        "mrsigner": hex(0x92, 64), "isvprodid": 1, "isvsvn": 1, "app_name": "prod-shadow"});
+    assert_eq!(api_status(writer.post::<_, Value>("/api/v1/builds", &flat)), 400);
+    let build: Build = writer.post("/v1/builds", &ccm_build(&prod.app_id, "1", 0x90)).unwrap();
+    let task = format!("/v1/tasks/{}", build.task_id);
+    // A decided build cannot be deleted to register it afresh.
+    let _: Task = admin
+        .patch(&task, &json!({"status": "DENIED", "denial_reason": "no"}))
+        .unwrap();
+    assert_eq!(api_status(writer.delete(&format!("/v1/builds/{}", build.build_id))), 409);
+    // A revoked build's measurements stay banned in every app of the account.
+    let b2: Build = writer.post("/v1/builds", &ccm_build(&prod.app_id, "2", 0x93)).unwrap();
+    let _: Build = admin
+        .post(&format!("/v1/builds/{}/revoke", b2.build_id), &json!({"reason": "bad"}))
+        .unwrap();
+    let other = new_app(&admin, "other", None);
+    let again = writer
+        .post::<_, Value>("/v1/builds", &ccm_build(&other.app_id, "3", 0x93))
+        .unwrap_err();
+    assert_eq!(again.status(), Some(409), "{again}");
+    assert!(again.to_string().contains("revoked"), "{again}");
+    // A MANAGER cannot take over a second approver: no setting another user's password...
+    let b3: Build = writer.post("/v1/builds", &ccm_build(&prod.app_id, "4", 0x94)).unwrap();
+    let t3 = format!("/v1/tasks/{}", b3.task_id);
+    let _: Task = admin.patch(&t3, &json!({"status": "APPROVED"})).unwrap();
+    let takeover = admin.patch::<_, Value>(
+        &format!("/v1/users/{}", mgr2.user_id),
+        &json!({"password": "TakenOver-12345"}),
+    );
+    assert_eq!(api_status(takeover), 403);
+    // ...and no minting or promoting one after the task opened (times are in seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let fresh = new_user(&admin, "mgr3", "MANAGER");
+    let f = m.login("mgr3", PASSWORD);
+    assert_eq!(api_status(f.patch::<_, Value>(&t3, &json!({"status": "APPROVED"}))), 403);
+    let _: User = admin
+        .patch(&format!("/v1/users/{}", w.user_id), &json!({"role": "MANAGER"}))
+        .unwrap();
+    let promoted = m.login("writer1", PASSWORD);
+    assert_eq!(
+        api_status(promoted.patch::<_, Value>(&t3, &json!({"status": "APPROVED"}))),
+        403
+    );
+    // The real second MANAGER completes the quorum.
+    let m2 = m.login("mgr2", PASSWORD);
+    let t: Task = m2.patch(&t3, &json!({"status": "APPROVED"})).unwrap();
+    assert_eq!(t.status.status, "SUCCESS");
+    // Changing one's own password needs the current one.
+    let path = format!("/v1/users/{}", fresh.user_id);
+    let no_current = f.patch::<_, Value>(&path, &json!({"password": "a-brand-new-password"}));
+    assert_eq!(api_status(no_current), 400);
+    let _: User = f
+        .patch(
+            &path,
+            &json!({"password": "a-brand-new-password", "current_password": PASSWORD}),
+        )
+        .unwrap();
+}
+
+fn api_keys_act_for_their_creator_only(backend: Backend) {
+    let m = Manager::start(backend);
+    let admin = m.admin();
+    let mgr2 = new_user(&admin, "mgr2", "MANAGER");
+    let m2 = m.login("mgr2", PASSWORD);
+    let key: ApiKeyCreated = m2
+        .post("/v1/api_keys", &json!({"name": "ci", "role": "MANAGER"}))
+        .unwrap();
+    let k = m.client().with_token(key.secret.clone());
+    let _: Vec<User> = k.get("/v1/users").unwrap();
+    // Demoting the creator caps the key.
+    let _: User = admin
+        .patch(&format!("/v1/users/{}", mgr2.user_id), &json!({"role": "WRITER"}))
+        .unwrap();
+    let mint = json!({"user_name": "minted", "password": PASSWORD, "role": "MANAGER"});
+    assert_eq!(api_status(k.post::<_, Value>("/v1/users", &mint)), 403);
+    // Disabling the creator stops the key.
+    let _: User = admin
+        .patch(&format!("/v1/users/{}", mgr2.user_id), &json!({"status": "DISABLED"}))
+        .unwrap();
+    assert_eq!(api_status(k.get::<Value>("/v1/apps")), 401);
+    // A build registered with a user's key counts as that user's request.
+    let app = new_app(
+        &admin,
+        "excl",
+        Some(json!({"n": 1, "approvers": ["role:MANAGER"], "exclude_requester": true})),
+    );
+    let own: ApiKeyCreated = admin
+        .post("/v1/api_keys", &json!({"name": "mine", "role": "WRITER"}))
+        .unwrap();
+    let mine = m.client().with_token(own.secret.clone());
+    let b: Build = mine.post("/v1/builds", &ccm_build(&app.app_id, "1", 0x55)).unwrap();
+    let own_approval = admin.patch::<_, Value>(
+        &format!("/v1/tasks/{}", b.task_id),
+        &json!({"status": "APPROVED"}),
+    );
+    assert_eq!(api_status(own_approval), 403, "the key's creator is the requester");
+}
+
+fn a_login_burst_checks_few_passwords(backend: Backend) {
+    let m = Manager::start(backend);
+    let admin = m.admin();
+    let barrier = Arc::new(Barrier::new(60));
+    let handles: Vec<_> = (0..60)
+        .map(|i| {
+            let mut c = m.client();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                c.login(&format!("nobody{i}"), "wrong-password-123")
+                    .unwrap_err()
+                    .status()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 20, "{checked} passwords checked for one address: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 401 || *s == 429), "{statuses:?}");
+    // The unknown names went into no tenant's audit chain (one may be someone's password).
+    let audit: ListResponse<AuditRecord> = admin.get("/v1/audit?action=Login%20Failed").unwrap();
+    assert!(audit.items.is_empty(), "{}", audit.items.len());
+}
+
+fn approvals_racing_revocations_never_fail_or_lose_the_revocation(backend: Backend) {
+    let m = Manager::start(backend);
+    let admin = m.admin();
+    let app = new_app(&admin, "race2", None);
+    for i in 0..10u8 {
+        let b: Build = admin
+            .post("/v1/builds", &ccm_build(&app.app_id, &format!("r{i}"), i + 1))
+            .unwrap();
+        let (a, r) = (admin.clone(), admin.clone());
+        let task = format!("/v1/tasks/{}", b.task_id);
+        let revoke = format!("/v1/builds/{}/revoke", b.build_id);
+        let barrier = Arc::new(Barrier::new(2));
+        let b1 = barrier.clone();
+        let h1 = std::thread::spawn(move || {
+            b1.wait();
+            api_status(a.patch::<_, Value>(&task, &json!({"status": "APPROVED"})))
+        });
+        let h2 = std::thread::spawn(move || {
+            barrier.wait();
+            api_status(r.post::<_, Value>(&revoke, &json!({"reason": "race"})))
+        });
+        let (s1, s2) = (h1.join().unwrap(), h2.join().unwrap());
+        assert!(s1 == 200 || s1 == 409, "approve: {s1}");
+        assert_eq!(s2, 200, "the revocation always succeeds");
+        let after: Build = admin.get(&format!("/v1/builds/{}", b.build_id)).unwrap();
+        assert_eq!(after.status.status, "REJECTED", "the revocation is never lost");
+    }
 }

@@ -155,6 +155,19 @@ pub async fn get(state: &State, p: &Principal, id: &str) -> Result<App> {
     from_row(&row)
 }
 
+/// An app by id in any account (attestation requests name their app; they carry no token).
+pub async fn get_any(state: &State, id: &str) -> Result<App> {
+    let row = sqlx::query(&format!("SELECT {COLS} FROM apps WHERE app_id = $1"))
+        .bind(id)
+        .fetch_optional(state.db.reader())
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "app",
+            id: id.into(),
+        })?;
+    from_row(&row)
+}
+
 /// Finds an app by name in the caller's account.
 pub async fn find_by_name(state: &State, p: &Principal, name: &str) -> Result<Option<App>> {
     let row = sqlx::query(&format!(

@@ -1,10 +1,14 @@
 //! The tamper-evident audit log: every change appends a record in the same transaction as the
-//! change. Records are chained per account: `hash = SHA-256(prev_hash ‖ "\n" ‖ canonical JSON of
-//! the record)`, and `audit_heads` keeps each chain's last (seq, hash), locked while appending, so
-//! that appends are serialised per account and a deleted tail is noticed too.
+//! change. Records are chained per account: `hash = HMAC-SHA256(audit key, prev_hash ‖ "\n" ‖
+//! canonical JSON of the record)`, with the audit key in a 0600 file outside the database, so
+//! someone who can write the database but not read that file cannot recompute a chain. Each
+//! account's `audit_heads` row keeps its last (seq, hash), locked while appending, so appends are
+//! serialised per account and a deleted tail is noticed. Rolling the whole database back to an
+//! earlier consistent state is only visible against a checkpoint kept elsewhere (the seq and hash
+//! that `GET /v1/audit/verify` reports).
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::Row;
 
 use crate::error::{Error, Result};
@@ -64,7 +68,8 @@ pub fn canonical(v: &Value) -> String {
     serde_json::to_string(&sort(v)).expect("a JSON value always serialises")
 }
 
-fn record_hash(prev_hash: &str, r: &AuditRecord) -> String {
+fn record_hash(key: &[u8; 32], prev_hash: &str, r: &AuditRecord) -> String {
+    use hmac::Mac;
     let body = json!({
         "seq": r.seq,
         "time": r.time,
@@ -77,11 +82,11 @@ fn record_hash(prev_hash: &str, r: &AuditRecord) -> String {
         "entity_id": r.entity_id,
         "details": r.details,
     });
-    let mut h = Sha256::new();
+    let mut h = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     h.update(prev_hash.as_bytes());
     h.update(b"\n");
     h.update(canonical(&body).as_bytes());
-    hex::encode(h.finalize())
+    hex::encode(h.finalize().into_bytes())
 }
 
 /// Starts an account's chain (called when the account is created).
@@ -125,7 +130,7 @@ pub async fn append(
         prev_hash: prev.clone(),
         hash: String::new(),
     };
-    rec.hash = record_hash(&prev, &rec);
+    rec.hash = record_hash(db.audit_key(), &prev, &rec);
     sqlx::query(
         "INSERT INTO audit_log (account_id, seq, time, actor_type, actor_id, actor_name, action, \
          entity_type, entity_id, details, prev_hash, hash) \
@@ -270,7 +275,7 @@ pub async fn verify(db: &Db, account_id: &str) -> Result<AuditVerification> {
                     expected - 1,
                 ));
             }
-            if record_hash(&prev, &rec) != rec.hash {
+            if record_hash(db.audit_key(), &prev, &rec) != rec.hash {
                 return Ok(bad(
                     rec.seq,
                     format!(
@@ -294,8 +299,21 @@ pub async fn verify(db: &Db, account_id: &str) -> Result<AuditVerification> {
         .await?;
     let (head_seq, head_hash): (i64, String) = match head {
         Some(r) => (r.try_get(0)?, r.try_get(1)?),
-        None => (0, GENESIS.to_string()),
+        None => {
+            return Ok(bad(
+                1,
+                "the account's chain head is missing: the chain was deleted".into(),
+                records,
+            ))
+        }
     };
+    if records == 0 {
+        return Ok(bad(
+            1,
+            "the account has no audit records (it starts with \"Account Created\"): deleted".into(),
+            0,
+        ));
+    }
     if head_seq != records || head_hash != prev {
         return Ok(bad(
             records + 1,

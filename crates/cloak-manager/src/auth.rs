@@ -34,6 +34,8 @@ pub struct Principal {
     pub actor: Actor,
     /// The session's token hash (to terminate it), for sessions.
     pub session: Option<String>,
+    /// The user acting: the session's user, or the user who created the API key.
+    pub owner: String,
 }
 
 impl Principal {
@@ -148,9 +150,12 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
     let hash = secret_hash(token);
     let now = state.clock.now();
     if token.starts_with(API_KEY_PREFIX) {
+        // A key acts for its creator: never with more than the creator's current role, and
+        // not at all once the creator is disabled.
         let row = sqlx::query(
-            "SELECT key_id, account_id, name, role FROM api_keys \
-             WHERE key_hash = $1 AND revoked_at IS NULL",
+            "SELECT k.key_id, k.account_id, k.name, k.role, u.role, u.user_id FROM api_keys k \
+             JOIN users u ON u.user_id = k.created_by_user_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.status = 'ACTIVE'",
         )
         .bind(&hash)
         .fetch_optional(state.db.reader())
@@ -159,10 +164,12 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
             Error::Unauthenticated("the API key is not valid (unknown or revoked)".into())
         })?;
         let key_id: String = row.try_get(0)?;
-        let role: String = row.try_get(3)?;
+        let role = Role::parse(&row.try_get::<String, _>(3)?).unwrap_or(Role::Reader);
+        let creator = Role::parse(&row.try_get::<String, _>(4)?).unwrap_or(Role::Reader);
         return Ok(Principal {
             account_id: row.try_get(1)?,
-            role: Role::parse(&role).unwrap_or(Role::Reader),
+            role: role.min(creator),
+            owner: row.try_get(5)?,
             actor: Actor {
                 kind: "api_key",
                 id: key_id,
@@ -187,12 +194,14 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
         ));
     }
     let role: String = row.try_get(3)?;
+    let user_id: String = row.try_get(0)?;
     Ok(Principal {
         account_id: row.try_get(1)?,
         role: Role::parse(&role).unwrap_or(Role::Reader),
+        owner: user_id.clone(),
         actor: Actor {
             kind: "user",
-            id: row.try_get(0)?,
+            id: user_id,
             name: row.try_get(2)?,
         },
         session: Some(hash),
@@ -237,37 +246,53 @@ fn parse_basic(headers: &http::HeaderMap) -> Result<(String, String)> {
     Ok((u.to_string(), p.to_string()))
 }
 
-/// Seconds a key must still wait before its next attempt.
-async fn throttle_wait(state: &State, key: &str, free: i64) -> Result<i64> {
-    let row =
-        sqlx::query("SELECT failures, last_failure_at FROM login_failures WHERE throttle_key = $1")
-            .bind(key)
-            .fetch_optional(state.db.reader())
-            .await?;
-    let Some(row) = row else { return Ok(0) };
-    let (failures, last): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    let now = state.clock.now();
-    if now - last > FAILURE_WINDOW || failures < free {
-        return Ok(0);
-    }
-    let wait = (1i64 << (failures - free).min(10)).min(FAILURE_WINDOW);
-    Ok((last + wait - now).max(0))
+/// Password checks at once: Argon2id takes 19 MiB each, so a burst of logins queues here
+/// instead of exhausting memory.
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static S: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    S.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(n.clamp(1, 8))
+    })
 }
 
-async fn note_failure(tx: &mut crate::store::Tx, key: &str, now: i64) -> Result<()> {
-    sqlx::query(
+/// Checks a password against a stored hash with at most a few checks at a time.
+pub async fn verify_password_queued(stored: String, password: String) -> Result<bool> {
+    let _permit = hashing()
+        .acquire()
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(move || verify_password(&stored, &password))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Counts an attempt before the password is checked (so concurrent attempts cannot all pass
+/// the check), returning the attempts in the current window including this one.
+async fn reserve(tx: &mut crate::store::Tx, key: &str, now: i64) -> Result<(i64, i64)> {
+    let row = sqlx::query(
         "INSERT INTO login_failures (throttle_key, failures, last_failure_at) VALUES ($1, 1, $2) \
          ON CONFLICT (throttle_key) DO UPDATE SET \
          failures = CASE WHEN $2 - login_failures.last_failure_at > $3 THEN 1 \
                          ELSE login_failures.failures + 1 END, \
-         last_failure_at = $2",
+         last_failure_at = $2 \
+         RETURNING failures, last_failure_at",
     )
     .bind(key)
     .bind(now)
     .bind(FAILURE_WINDOW)
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
-    Ok(())
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Seconds to wait after `failures` attempts, of which `free` cost nothing.
+fn backoff(failures: i64, free: i64) -> i64 {
+    if failures <= free {
+        0
+    } else {
+        (1i64 << (failures - free).min(10)).min(FAILURE_WINDOW)
+    }
 }
 
 /// `POST /v1/sys/auth`: checks Basic credentials and opens a session.
@@ -275,9 +300,12 @@ pub async fn login(state: &State, headers: &http::HeaderMap, client: &str) -> Re
     let (user, password) = parse_basic(headers)?;
     let user_key = format!("user:{user}");
     let addr_key = format!("addr:{client}");
-    let wait = throttle_wait(state, &user_key, USER_FREE_FAILURES)
-        .await?
-        .max(throttle_wait(state, &addr_key, ADDR_FREE_FAILURES).await?);
+    let now = state.clock.now();
+    let mut tx = state.db.begin().await?;
+    let (user_attempts, _) = reserve(&mut tx, &user_key, now).await?;
+    let (addr_attempts, _) = reserve(&mut tx, &addr_key, now).await?;
+    tx.commit().await?;
+    let wait = backoff(user_attempts, USER_FREE_FAILURES).max(backoff(addr_attempts, ADDR_FREE_FAILURES));
     if wait > 0 {
         state.metrics.login_failed();
         return Err(Error::RateLimited {
@@ -295,48 +323,48 @@ pub async fn login(state: &State, headers: &http::HeaderMap, client: &str) -> Re
         Some(r) => r.try_get::<String, _>(2)?,
         None => dummy_hash().to_string(),
     };
-    let pw = password.clone();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&stored, &pw))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let now = state.clock.now();
+    let ok = verify_password_queued(stored, password).await?;
     let active = match &row {
         Some(r) => r.try_get::<String, _>(4)? == "ACTIVE",
         None => false,
     };
     let Some(row) = row.filter(|_| ok && active) else {
         state.metrics.login_failed();
-        let mut tx = state.db.begin().await?;
-        note_failure(&mut tx, &user_key, now).await?;
-        note_failure(&mut tx, &addr_key, now).await?;
-        let account = match sqlx::query_scalar::<_, String>(
-            "SELECT account_id FROM users WHERE user_name = $1",
-        )
-        .bind(&user)
-        .fetch_optional(&mut *tx)
-        .await?
-        {
-            Some(a) => a,
-            None => crate::accounts::first_account(&mut tx).await?,
-        };
-        audit::append(
-            &state.db,
-            &mut tx,
-            &account,
-            &Actor {
-                kind: "user",
-                id: String::new(),
-                name: user.clone(),
-            },
-            Event {
-                action: "Login Failed",
-                entity_type: "user",
-                entity_id: "",
-                details: json!({"client": client, "reason": if ok { "user disabled" } else { "bad user name or password" }}),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        let account: Option<String> =
+            sqlx::query_scalar("SELECT account_id FROM users WHERE user_name = $1")
+                .bind(&user)
+                .fetch_optional(state.db.reader())
+                .await?;
+        match account {
+            // A known user's failure goes into that user's account's chain.
+            Some(account) => {
+                let mut tx = state.db.begin().await?;
+                audit::append(
+                    &state.db,
+                    &mut tx,
+                    &account,
+                    &Actor {
+                        kind: "user",
+                        id: String::new(),
+                        name: user.clone(),
+                    },
+                    Event {
+                        action: "Login Failed",
+                        entity_type: "user",
+                        entity_id: "",
+                        details: json!({"client": client, "reason": if ok { "user disabled" } else { "wrong password" }}),
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+            }
+            // An unknown name may be a password typed in the wrong field, and belongs to no
+            // account: only its hash is logged, in no tenant's audit chain.
+            None => {
+                let name_hash = hex::encode(&Sha256::digest(user.as_bytes())[..8]);
+                tracing::warn!(client, name_sha256_prefix = %name_hash, "login failed: unknown user name");
+            }
+        }
         return Err(Error::Unauthenticated(
             "the user name or password is wrong".into(),
         ));
@@ -346,6 +374,15 @@ pub async fn login(state: &State, headers: &http::HeaderMap, client: &str) -> Re
     let (token, hash) = new_secret("");
     let ttl = state.config.session_ttl;
     let mut tx = state.db.begin().await?;
+    // A success clears the user's count and takes this attempt off the address's.
+    sqlx::query("DELETE FROM login_failures WHERE throttle_key = $1")
+        .bind(&user_key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE login_failures SET failures = failures - 1 WHERE throttle_key = $1 AND failures > 0")
+        .bind(&addr_key)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO sessions (token_hash, user_id, account_id, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -360,10 +397,6 @@ pub async fn login(state: &State, headers: &http::HeaderMap, client: &str) -> Re
     sqlx::query("UPDATE users SET last_logged_in_at = $1 WHERE user_id = $2")
         .bind(now)
         .bind(&user_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM login_failures WHERE throttle_key = $1")
-        .bind(&user_key)
         .execute(&mut *tx)
         .await?;
     audit::append(

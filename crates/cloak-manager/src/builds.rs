@@ -281,6 +281,11 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         "advanced_settings": nb.advanced_settings,
         "configs": {},
     });
+    if let Some((old, reason)) = revoked(state.db.reader(), &p.account_id, &key).await? {
+        return Err(Error::Conflict(format!(
+            "these measurements were revoked with build {old} ({reason}); they cannot be registered again"
+        )));
+    }
     let mut tx = state.db.begin().await?;
     let task_id = tasks::open(
         state,
@@ -454,6 +459,18 @@ pub async fn get(state: &State, p: &Principal, id: &str) -> Result<Build> {
     from_row(&row)
 }
 
+/// Every build of an app (for attestation: matched on measurements).
+pub async fn for_app(state: &State, app_id: &str) -> Result<Vec<Build>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE b.app_id = $1 \
+         ORDER BY b.created_at DESC"
+    ))
+    .bind(app_id)
+    .fetch_all(state.db.reader())
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
 /// Filters of `GET /v1/builds` (CCM's query parameters).
 #[derive(Debug, Default, Clone)]
 pub struct BuildFilter {
@@ -623,24 +640,52 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: BuildPatch) -
     get(state, p, id).await
 }
 
-/// Sets a build's status to REJECTED with a reason (revocation of a whitelisted build, or the
-/// end of a pending one); its open task fails.
-pub async fn revoke(state: &State, p: &Principal, id: &str, reason: &str) -> Result<Build> {
-    validate::name("reason", reason, 1024)?;
-    let mut tx = state.db.begin().await?;
+/// Locks a build's task row, then the build row (the order `tasks::decide` uses too, so the two
+/// never deadlock); returns (status, task_id, measurement_key).
+async fn lock_build(
+    state: &State,
+    tx: &mut crate::store::Tx,
+    p: &Principal,
+    id: &str,
+) -> Result<(String, String, String)> {
+    let not_found = || Error::NotFound {
+        kind: "build",
+        id: id.into(),
+    };
+    let task_id: String = sqlx::query_scalar(
+        "SELECT task_id FROM builds WHERE account_id = $1 AND build_id = $2",
+    )
+    .bind(&p.account_id)
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(not_found)?;
+    sqlx::query(&format!(
+        "SELECT task_id FROM tasks WHERE task_id = $1{}",
+        state.db.for_update()
+    ))
+    .bind(&task_id)
+    .fetch_optional(&mut **tx)
+    .await?;
     let row = sqlx::query(&format!(
-        "SELECT status, task_id FROM builds WHERE account_id = $1 AND build_id = $2{}",
+        "SELECT status, task_id, measurement_key FROM builds WHERE account_id = $1 AND build_id = $2{}",
         state.db.for_update()
     ))
     .bind(&p.account_id)
     .bind(id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?
-    .ok_or_else(|| Error::NotFound {
-        kind: "build",
-        id: id.into(),
-    })?;
-    let (status, task_id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+    .ok_or_else(not_found)?;
+    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+}
+
+/// Sets a build's status to REJECTED with a reason (revocation of a whitelisted build, or the
+/// end of a pending one); its open task fails, and its measurements join the account's
+/// revocation list, so no app of the account can whitelist them again.
+pub async fn revoke(state: &State, p: &Principal, id: &str, reason: &str) -> Result<Build> {
+    validate::name("reason", reason, 1024)?;
+    let mut tx = state.db.begin().await?;
+    let (status, task_id, key) = lock_build(state, &mut tx, p, id).await?;
     if status == "REJECTED" {
         return Err(Error::Conflict(format!("build {id} is already REJECTED")));
     }
@@ -652,6 +697,17 @@ pub async fn revoke(state: &State, p: &Principal, id: &str, reason: &str) -> Res
     .bind(reason)
     .bind(now)
     .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO revoked_measurements (account_id, measurement_key, build_id, reason, revoked_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, measurement_key) DO NOTHING",
+    )
+    .bind(&p.account_id)
+    .bind(&key)
+    .bind(id)
+    .bind(reason)
+    .bind(now)
     .execute(&mut *tx)
     .await?;
     tasks::fail_open(&mut tx, &task_id, "the build was revoked", now).await?;
@@ -672,31 +728,20 @@ pub async fn revoke(state: &State, p: &Principal, id: &str, reason: &str) -> Res
     get(state, p, id).await
 }
 
+/// Deletes a PENDING build (a decided one stays on record; revoke it instead).
 pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
     let mut tx = state.db.begin().await?;
-    let task_id: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT task_id FROM builds WHERE account_id = $1 AND build_id = $2{}",
-        state.db.for_update()
-    ))
-    .bind(&p.account_id)
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let task_id = task_id.ok_or_else(|| Error::NotFound {
-        kind: "build",
-        id: id.into(),
-    })?;
+    let (status, task_id, _) = lock_build(state, &mut tx, p, id).await?;
+    if status != "PENDING" {
+        return Err(Error::Conflict(format!(
+            "build {id} is {status}: decided builds stay on record (revoke a whitelisted one)"
+        )));
+    }
     sqlx::query("DELETE FROM builds WHERE build_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    tasks::fail_open(
-        &mut tx,
-        &task_id,
-        "the build was deleted",
-        state.clock.now(),
-    )
-    .await?;
+    tasks::fail_open(&mut tx, &task_id, "the build was deleted", state.clock.now()).await?;
     audit::append(
         &state.db,
         &mut tx,
@@ -712,6 +757,22 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The revocation that bans these measurements in the account, if any: (build id, reason).
+pub async fn revoked(
+    exec: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    account_id: &str,
+    measurement_key: &str,
+) -> Result<Option<(String, String)>> {
+    let row = sqlx::query(
+        "SELECT build_id, reason FROM revoked_measurements WHERE account_id = $1 AND measurement_key = $2",
+    )
+    .bind(account_id)
+    .bind(measurement_key)
+    .fetch_optional(exec)
+    .await?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
 }
 
 /// Builds per status in one account (for `/metrics`: across accounts).

@@ -21,10 +21,13 @@ pub struct Settings {
     pub admin_user: Option<String>,
     pub admin_password_file: Option<PathBuf>,
     pub master_key_file: Option<PathBuf>,
+    pub audit_key_file: Option<PathBuf>,
     pub session_ttl: Option<i64>,
     pub max_connections: Option<u32>,
     pub trust_forwarded_for: Option<bool>,
     pub log_format: Option<String>,
+    pub allow_simulated_attestation: Option<bool>,
+    pub simulation_public_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -40,10 +43,15 @@ impl Settings {
             admin_user: self.admin_user.or(other.admin_user),
             admin_password_file: self.admin_password_file.or(other.admin_password_file),
             master_key_file: self.master_key_file.or(other.master_key_file),
+            audit_key_file: self.audit_key_file.or(other.audit_key_file),
             session_ttl: self.session_ttl.or(other.session_ttl),
             max_connections: self.max_connections.or(other.max_connections),
             trust_forwarded_for: self.trust_forwarded_for.or(other.trust_forwarded_for),
             log_format: self.log_format.or(other.log_format),
+            allow_simulated_attestation: self
+                .allow_simulated_attestation
+                .or(other.allow_simulated_attestation),
+            simulation_public_key: self.simulation_public_key.or(other.simulation_public_key),
         }
     }
 
@@ -67,6 +75,8 @@ pub struct Config {
     pub admin_user: String,
     pub admin_password_file: Option<PathBuf>,
     pub master_key_file: PathBuf,
+    /// The audit chain's HMAC key (0600; every replica needs the same one).
+    pub audit_key_file: PathBuf,
     /// Session lifetime in seconds.
     pub session_ttl: i64,
     pub max_connections: u32,
@@ -74,6 +84,10 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// Request bodies larger than this are refused with 413.
     pub body_limit: usize,
+    /// Accept simulated attestation evidence (machines without a TEE; never in production).
+    pub allow_simulated_attestation: bool,
+    /// The key simulated evidence must be signed with.
+    pub simulation_key: Option<cloak_attest::SimulationPublicKey>,
 }
 
 impl Config {
@@ -97,11 +111,36 @@ impl Config {
                     .into(),
             ));
         }
+        let allow_simulated_attestation = s.allow_simulated_attestation.unwrap_or(false);
+        let simulation_key = match &s.simulation_public_key {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                Some(cloak_attest::SimulationPublicKey::from_bytes(&bytes).map_err(|e| {
+                    Error::Config(format!("--simulation-public-key {}: {e}", path.display()))
+                })?)
+            }
+            None => None,
+        };
+        if allow_simulated_attestation && simulation_key.is_none() {
+            return Err(Error::Config(
+                "--allow-simulated-attestation needs --simulation-public-key FILE (the key the \
+                 launchers' simulated evidence is signed with)"
+                    .into(),
+            ));
+        }
+        if allow_simulated_attestation {
+            tracing::warn!("SIMULATED attestation is accepted: certificates will be marked SIMULATED");
+        }
         Ok(Config {
+            allow_simulated_attestation,
+            simulation_key,
             listen: s.listen.unwrap_or_else(|| "127.0.0.1:8443".into()),
             master_key_file: s
                 .master_key_file
                 .unwrap_or_else(|| data_dir.join("master.key")),
+            audit_key_file: s
+                .audit_key_file
+                .unwrap_or_else(|| data_dir.join("audit.key")),
             data_dir,
             database_url,
             tls_cert: s.tls_cert,
@@ -116,12 +155,27 @@ impl Config {
         })
     }
 
-    /// Creates the data dir with mode 0700 (and tightens an existing one).
+    /// Creates the data dir with mode 0700; refuses an existing one that others can read
+    /// (it holds the keys), rather than changing a directory the operator chose.
     pub fn prepare_data_dir(&self) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| Error::io(&self.data_dir, e))?;
-        std::fs::set_permissions(&self.data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(&self.data_dir, e))?;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        if !self.data_dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.data_dir)
+                .map_err(|e| Error::io(&self.data_dir, e))?;
+        }
+        let meta = std::fs::metadata(&self.data_dir).map_err(|e| Error::io(&self.data_dir, e))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(Error::Config(format!(
+                "{}: the data dir is open to group or others (mode {:o}) and would hold the \
+                 manager's keys: use a directory of its own, or `chmod 700 {}`",
+                self.data_dir.display(),
+                meta.mode() & 0o777,
+                self.data_dir.display()
+            )));
+        }
         Ok(())
     }
 }

@@ -48,6 +48,9 @@ pub enum Error {
     /// The service is misconfigured (names the setting and the fix).
     #[error("{0}")]
     Config(String),
+    /// Attestation refused a certificate: a stable reason code and what was expected and found.
+    #[error("{code}: {detail}")]
+    Refused { code: &'static str, detail: String },
     /// A broken invariant: logged in full, answered as a bare 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -78,6 +81,12 @@ impl Error {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Refused { code, .. } => match *code {
+                "malformed_evidence" | "malformed_nonce" | "bad_csr" | "malformed_collateral"
+                | "unknown_evidence_kind" | "bad_key" => StatusCode::BAD_REQUEST,
+                "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::FORBIDDEN,
+            },
             Error::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_)
             | Error::Decrypt { .. }
@@ -98,6 +107,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::Conflict(_) => "conflict",
             Error::RateLimited { .. } => "rate_limited",
+            Error::Refused { code, .. } => code,
             Error::Database(sqlx::Error::PoolTimedOut) => "unavailable",
             Error::Database(_) => "database_error",
             Error::Decrypt { .. } | Error::Io { .. } | Error::Config(_) | Error::Internal(_) => {

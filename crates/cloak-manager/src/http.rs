@@ -21,6 +21,10 @@ use crate::error::Error;
 use crate::routes::{Access, ROUTES};
 use crate::State;
 
+/// The id of a request (in the log, the `X-Request-Id` header and certificate records).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// The peer address of a connection (set by the server for each connection).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
@@ -134,11 +138,13 @@ impl FromRequestParts<State> for Principal {
 /// The client address for throttling: the peer, or `X-Forwarded-For` behind a trusted proxy.
 pub fn client_addr(state: &State, parts: &http::HeaderMap, ext: Option<&ClientAddr>) -> String {
     if state.config.trust_forwarded_for {
+        // The rightmost entry is the one the trusted proxy appended (the peer it saw); entries
+        // to its left were written by the client and prove nothing.
         if let Some(v) = parts.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            if let Some(first) = v.split(',').next() {
-                let first = first.trim();
-                if first.parse::<std::net::IpAddr>().is_ok() {
-                    return first.to_string();
+            if let Some(last) = v.rsplit(',').next() {
+                let last = last.trim();
+                if last.parse::<std::net::IpAddr>().is_ok() {
+                    return last.to_string();
                 }
             }
         }
@@ -176,7 +182,7 @@ async fn enforce(
 
 async fn observe(
     axum::extract::State(state): axum::extract::State<State>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let start = Instant::now();
@@ -187,6 +193,7 @@ async fn observe(
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "(unmatched)".into());
     let id = uuid::Uuid::new_v4().simple().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     let mut resp = {
         let _g = span.enter();
@@ -195,7 +202,12 @@ async fn observe(
     .await;
     let secs = start.elapsed().as_secs_f64();
     let status = resp.status().as_u16();
-    state.metrics.request(method.as_str(), &route, status, secs);
+    // Labels come from fixed sets only: a client cannot grow the metrics with made-up methods.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "OTHER",
+    };
+    state.metrics.request(method_label, &route, status, secs);
     if route != "/healthz" && route != "/metrics" && route != "/readyz" {
         tracing::info!(request_id = %id, method = %method, route = %route, status,
                        ms = (secs * 1000.0) as u64, "request");

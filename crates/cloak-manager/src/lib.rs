@@ -11,6 +11,8 @@ pub mod apps;
 pub mod audit;
 pub mod auth;
 pub mod builds;
+pub mod ca;
+pub mod certs;
 pub mod config;
 pub mod error;
 pub mod http;

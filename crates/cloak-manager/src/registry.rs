@@ -15,8 +15,10 @@ use cloak_api::{AuthConfig, CredentialType, Registry, RegistryPatch, RegistryReq
 /// How a stored password is shown.
 pub const MASK: &str = "*****";
 
-fn context(id: &str) -> String {
-    format!("registry:{id}:password")
+/// What a sealed password is bound to: its row and its registry host, so that a row re-pointed
+/// at another host (by SQL or by a PATCH without the password) no longer opens.
+fn context(id: &str, host: &str) -> String {
+    format!("registry:{id}:{host}:password")
 }
 
 /// The registry host (`host[:port]`) of a registry URL or an image reference, lower-case;
@@ -132,8 +134,9 @@ pub async fn credential_for_host(
     let Some(row) = row else { return Ok(None) };
     let id: String = row.try_get(0)?;
     let sealed: Vec<u8> = row.try_get(2)?;
-    let plain = state.master().open(&context(&id), &sealed)?;
-    let password = String::from_utf8(plain).map_err(|_| Error::Decrypt { what: context(&id) })?;
+    let plain = state.master().open(&context(&id, host), &sealed)?;
+    let password =
+        String::from_utf8(plain).map_err(|_| Error::Decrypt { what: context(&id, host) })?;
     Ok(Some((row.try_get(1)?, password)))
 }
 
@@ -168,7 +171,7 @@ pub async fn create(state: &State, p: &Principal, req: RegistryRequest) -> Resul
     let id = uuid::Uuid::new_v4().to_string();
     let sealed = state
         .master()
-        .seal(&context(&id), req.credential.default.password.as_bytes());
+        .seal(&context(&id, &host), req.credential.default.password.as_bytes());
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     let r = sqlx::query(
@@ -221,17 +224,23 @@ pub async fn update(
     let url = patch.url.clone().unwrap_or(current.url.clone());
     let host = host_of(&url).ok_or_else(|| Error::field("url", "must name a registry host"))?;
     validate::name("url", &url, 512)?;
+    let current_host = host_of(&current.url).unwrap_or_default();
     let (username, sealed) = match &patch.credential {
         Some(c) => {
             check(&url, &c.default)?;
-            (
-                c.default.username.clone(),
-                Some(
-                    state
-                        .master()
-                        .seal(&context(id), c.default.password.as_bytes()),
+            let sealed = state
+                .master()
+                .seal(&context(id, &host), c.default.password.as_bytes());
+            (c.default.username.clone(), Some(sealed))
+        }
+        None if host != current_host => {
+            return Err(Error::field(
+                "credential",
+                format!(
+                    "is required to move a credential from {current_host} to {host}: send the \
+                     password for the new host (a stored password never follows a new URL)"
                 ),
-            )
+            ))
         }
         None => (current.username.clone(), None),
     };
@@ -313,19 +322,20 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
 /// Re-seals every stored secret under `keys`' primary key, in one transaction; returns how many.
 pub async fn reseal_all(db: &Db, keys: &MasterKey) -> Result<usize> {
     let mut tx = db.begin().await?;
-    let rows = sqlx::query("SELECT registry_id, secret FROM registries")
+    let rows = sqlx::query("SELECT registry_id, secret, host FROM registries")
         .fetch_all(&mut *tx)
         .await?;
     let mut n = 0;
     for r in &rows {
         let id: String = r.try_get(0)?;
         let sealed: Vec<u8> = r.try_get(1)?;
+        let host: String = r.try_get(2)?;
         if keys.is_current(&sealed) {
             continue;
         }
-        let plain = keys.open(&context(&id), &sealed)?;
+        let plain = keys.open(&context(&id, &host), &sealed)?;
         sqlx::query("UPDATE registries SET secret = $1 WHERE registry_id = $2")
-            .bind(keys.seal(&context(&id), &plain))
+            .bind(keys.seal(&context(&id, &host), &plain))
             .bind(&id)
             .execute(&mut *tx)
             .await?;

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::http::{client_addr, ClientAddr, JsonBody, Q};
-use crate::{apps, audit, auth, builds, registry, tasks, users, State};
+use crate::{apps, audit, auth, builds, certs, registry, tasks, users, State};
 use cloak_api::*;
 
 /// Who may call a route (the reference's `x-auth-resource`).
@@ -138,7 +138,7 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: Some(s::<serde_json::Value>), status: 200),
     route!(get "/readyz", Public, "readiness", "The database answers and the schema is current.", readyz,
         req: None, resp: Some(s::<serde_json::Value>), status: 200),
-    route!(get "/metrics", Public, "metrics", "Prometheus metrics.", metrics,
+    route!(get "/metrics", Manager, "metrics", "Prometheus metrics (scrape with a MANAGER API key: the gauges span every account).", metrics,
         req: None, resp: Some(s::<String>), status: 200, content: "text/plain"),
     route!(get "/openapi.json", Public, "openapi", "This document.", openapi_doc,
         req: None, resp: Some(s::<serde_json::Value>), status: 200),
@@ -168,13 +168,13 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: None, status: 204),
     route!(get "/v1/apps", Reader, "getAllApps", "Apps of the account.", list_apps,
         req: None, resp: Some(s::<ListResponse<App>>), status: 200, query: PAGE),
-    route!(post "/v1/apps", Writer, "addApplication", "Create an app (with its approval quorum).", create_app,
+    route!(post "/v1/apps", Manager, "addApplication", "Create an app (with its approval quorum).", create_app,
         req: Some(s::<AppRequest>), resp: Some(s::<App>), status: 201),
     route!(get "/v1/apps/{app_id}", Reader, "getApp", "One app.", get_app,
         req: None, resp: Some(s::<App>), status: 200),
     route!(patch "/v1/apps/{app_id}", Writer, "updateApp", "Change an app (its approval policy: MANAGER only).", update_app,
         req: Some(s::<AppPatch>), resp: Some(s::<App>), status: 200),
-    route!(delete "/v1/apps/{app_id}", Writer, "deleteApp", "Delete an app without builds.", delete_app,
+    route!(delete "/v1/apps/{app_id}", Manager, "deleteApp", "Delete an app without builds.", delete_app,
         req: None, resp: None, status: 204),
     route!(get "/v1/builds", Reader, "getAllBuilds", "Builds, filtered and paged.", list_builds,
         req: None, resp: Some(s::<ListResponse<Build>>), status: 200, query: BUILD_Q),
@@ -184,7 +184,7 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: Some(s::<Build>), status: 200),
     route!(patch "/v1/builds/{build_id}", Writer, "updateBuild", "Change a build's configs or advanced settings.", update_build,
         req: Some(s::<BuildPatch>), resp: Some(s::<Build>), status: 200),
-    route!(delete "/v1/builds/{build_id}", Writer, "deleteBuild", "Delete a build.", delete_build,
+    route!(delete "/v1/builds/{build_id}", Writer, "deleteBuild", "Delete a PENDING build (decided builds stay on record: revoke them).", delete_build,
         req: None, resp: None, status: 204),
     route!(post "/v1/builds/{build_id}/revoke", Writer, "revokeBuild", "Revoke a build (REJECTED, with a reason).", revoke_build,
         req: Some(s::<RevokeRequest>), resp: Some(s::<Build>), status: 200),
@@ -208,6 +208,16 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: None, status: 204),
     route!(get "/v1/image/registry", Reader, "getRegistryForImage", "The saved credential for an image's registry host.", registry_for_image,
         req: None, resp: Some(s::<Registry>), status: 200, query: &[("name", "string", "image reference")]),
+    route!(get "/v1/ca", Public, "getCaChain", "The manager CA's chain (issuing CA, root).", ca_chain,
+        req: None, resp: Some(s::<certs::CaResponse>), status: 200),
+    route!(post "/v1/attestation/nonce", Public, "createNonce", "A single-use nonce to bind in attestation evidence (5 minutes).", new_nonce,
+        req: None, resp: Some(s::<certs::NonceResponse>), status: 200),
+    route!(post "/v1/certificates", Public, "requestCertificate", "A certificate for attested evidence of a whitelisted build (authenticated by the evidence).", request_certificate,
+        req: Some(s::<certs::CertificateRequest>), resp: Some(s::<certs::CertificateRecord>), status: 201),
+    route!(get "/v1/certificates/{certificate_id}", Reader, "getCertificate", "One certificate record (ISSUED or REJECTED, with the reason).", get_certificate,
+        req: None, resp: Some(s::<certs::CertificateRecord>), status: 200),
+    route!(post "/v1/attestation/evaluate", Writer, "evaluateEvidence", "Run the issuance checks on evidence without issuing (a dry run).", evaluate,
+        req: Some(s::<certs::CertificateRequest>), resp: Some(s::<serde_json::Value>), status: 200),
     route!(get "/v1/audit", Reader, "getAuditLog", "Audit records of the account, newest first.", list_audit,
         req: None, resp: Some(s::<ListResponse<AuditRecord>>), status: 200, query: AUDIT_Q),
     route!(get "/v1/audit/verify", Reader, "verifyAuditLog", "Check the account's audit chain.", verify_audit,
@@ -429,11 +439,6 @@ async fn create_app(
     p: Principal,
     JsonBody(req): JsonBody<AppRequest>,
 ) -> Result<Response> {
-    if req.approval_policy.is_some() {
-        p.require(Role::Manager).map_err(|_| {
-            Error::Forbidden("setting an app's approval policy needs the MANAGER role".into())
-        })?;
-    }
     Ok(created(apps::create(&state, &p, req).await?))
 }
 
@@ -721,4 +726,38 @@ async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
         }
     }
     Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+// ---- attestation and certificates ----
+
+async fn ca_chain(S(state): S<State>) -> Result<Json<certs::CaResponse>> {
+    let ca = crate::ca::load_or_create(&state.db, &state.master()).await?;
+    Ok(Json(certs::CaResponse {
+        chain: ca.chain_pem(),
+        root: ca.root_pem.clone(),
+    }))
+}
+
+async fn new_nonce(S(state): S<State>) -> Result<Json<certs::NonceResponse>> {
+    Ok(Json(certs::nonce(&state).await?))
+}
+
+async fn request_certificate(
+    S(state): S<State>,
+    axum::Extension(rid): axum::Extension<crate::http::RequestId>,
+    JsonBody(req): JsonBody<certs::CertificateRequest>,
+) -> Result<Response> {
+    Ok(created(certs::request(&state, req, &rid.0).await?))
+}
+
+async fn get_certificate(S(state): S<State>, p: Principal, Path(c): Path<String>) -> Result<Json<certs::CertificateRecord>> {
+    Ok(Json(certs::get(&state, &p, &id("certificate_id", &c)?).await?))
+}
+
+async fn evaluate(
+    S(state): S<State>,
+    p: Principal,
+    JsonBody(req): JsonBody<certs::CertificateRequest>,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(certs::evaluate(&state, &p, req).await?))
 }

@@ -134,6 +134,11 @@ impl MasterKey {
         }
     }
 
+    /// The sealing key's bytes (for keys of other purposes kept in the same file format).
+    pub fn primary_bytes(&self) -> [u8; 32] {
+        self.keys[0].1
+    }
+
     /// Hex id of the sealing key (for logs: identifies, reveals nothing).
     pub fn primary_id(&self) -> String {
         hex::encode(self.keys[0].0)
@@ -197,6 +202,15 @@ impl MasterKey {
 /// stored secret is re-sealed under it in one transaction, then the old key is dropped. Running
 /// managers keep the old key in memory: restart them afterwards.
 pub async fn rotate(db: &crate::store::Db, path: &Path) -> Result<usize> {
+    // Running managers seal with the key they loaded: rotating under them would leave rows
+    // sealed with a key the new file lacks.
+    let _exclusive = db.no_replica_running().await?.ok_or_else(|| {
+        Error::Config(
+            "manager replicas are running on this database: stop every replica, rotate, then \
+             start them with the new key file"
+                .into(),
+        )
+    })?;
     let old = MasterKey::load(path)?;
     let both = old.with_primary(&MasterKey::generate());
     both.save(path)?;

@@ -21,6 +21,11 @@ use crate::secrets::MasterKey;
 use crate::store::{Db, PoolSize};
 use crate::{Clock, Config, State};
 
+/// Connections served at once by one process.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Time a client has for a TLS handshake, and for each request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An exclusive lock on the data dir, held for the life of the process.
 #[derive(Debug)]
 pub struct DataDirLock(#[allow(dead_code)] std::fs::File);
@@ -47,15 +52,22 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock> {
     Ok(DataDirLock(f))
 }
 
-/// Opens the database, applies migrations, and loads the master key.
-pub async fn open(config: &Config) -> Result<(Db, MasterKey)> {
-    let db = Db::open(
+/// Opens the database with its audit key (created on first use), without migrating.
+pub async fn open_db(config: &Config) -> Result<Db> {
+    let audit_key = MasterKey::load_or_create(&config.audit_key_file)?.primary_bytes();
+    Ok(Db::open(
         &config.database_url,
         PoolSize {
             max_connections: config.max_connections,
         },
     )
-    .await?;
+    .await?
+    .with_audit_key(audit_key))
+}
+
+/// Opens the database, applies migrations, and loads the master key.
+pub async fn open(config: &Config) -> Result<(Db, MasterKey)> {
+    let db = open_db(config).await?;
     db.migrate().await?;
     let key = MasterKey::load_or_create(&config.master_key_file)?;
     Ok((db, key))
@@ -182,13 +194,24 @@ pub async fn serve(
     let router = crate::http::router(state);
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // At most this many connections at once (each holds a descriptor): past it, new ones wait
+    // in the kernel's backlog instead of exhausting the process.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut last_accept_warning = std::time::Instant::now() - Duration::from_secs(60);
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if last_accept_warning.elapsed() > Duration::from_secs(1) {
+                        tracing::warn!(error = %e, "accept failed");
+                        last_accept_warning = std::time::Instant::now();
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -202,14 +225,26 @@ pub async fn serve(
                 req.extensions_mut().insert(ClientAddr(peer));
                 router.clone().oneshot(req.map(axum::body::Body::new))
             });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A client gets HEADER_TIMEOUT to send each request's headers (slow-loris guard, also
+        // between keep-alive requests).
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .max_concurrent_streams(64);
         match &acceptor {
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let tls = match tokio::time::timeout(
-                        Duration::from_secs(10),
+                        HEADER_TIMEOUT,
                         acceptor.accept(stream),
                     )
                     .await
@@ -231,6 +266,7 @@ pub async fn serve(
                     .into_owned();
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let _ = fut.await;
                 });
             }
@@ -277,6 +313,7 @@ pub async fn run(config: Config) -> Result<()> {
     let listen = config.listen.clone();
     let insecure = config.insecure_http;
     let state = prepare(config, Arc::new(crate::SystemClock)).await?;
+    let _replica = state.db.replica_guard().await?;
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| Error::Config(format!("--listen {listen}: {e}")))?;

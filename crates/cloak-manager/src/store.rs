@@ -49,6 +49,8 @@ pub struct Db {
     pub dialect: Dialect,
     read: AnyPool,
     write: AnyPool,
+    /// The key of the audit chain's HMACs (kept outside the database).
+    audit_key: std::sync::Arc<[u8; 32]>,
 }
 
 /// Pool sizes: with N replicas and W workers on one PostgreSQL, keep
@@ -71,6 +73,21 @@ impl Db {
     pub async fn open(url: &str, size: PoolSize) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let acquire = Duration::from_secs(10);
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .map(|p| p.split('?').next().unwrap_or(p))
+        {
+            // Created private: the database holds hashes and sealed secrets.
+            use std::os::unix::fs::OpenOptionsExt;
+            if !path.is_empty() && !std::path::Path::new(path).exists() {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?;
+            }
+        }
         if url.starts_with("sqlite:") {
             let url = if url.contains('?') {
                 url.to_string()
@@ -95,6 +112,7 @@ impl Db {
                 dialect: Dialect::Sqlite,
                 read,
                 write,
+                audit_key: Default::default(),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = AnyConnectOptions::from_str(url)
@@ -108,12 +126,51 @@ impl Db {
                 dialect: Dialect::Postgres,
                 read: pool.clone(),
                 write: pool,
+                audit_key: Default::default(),
             })
         } else {
             Err(Error::Config(
                 "--database-url must start with sqlite:// or postgres://".into(),
             ))
         }
+    }
+
+    /// Uses `key` for the audit chain's HMACs.
+    pub fn with_audit_key(mut self, key: [u8; 32]) -> Db {
+        self.audit_key = std::sync::Arc::new(key);
+        self
+    }
+
+    /// The audit chain's HMAC key.
+    pub fn audit_key(&self) -> &[u8; 32] {
+        &self.audit_key
+    }
+
+    /// PostgreSQL: a connection holding the shared "a replica is running" lock for as long as
+    /// it lives, so offline key operations can tell that replicas are up. None on SQLite (the
+    /// data-dir lock does that).
+    pub async fn replica_guard(&self) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Any>>> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let mut conn = self.write.acquire().await?;
+        conn.execute("SELECT pg_advisory_lock_shared(7243012)").await?;
+        Ok(Some(conn))
+    }
+
+    /// PostgreSQL: whether no replica is running (takes the exclusive lock for this
+    /// connection's life). Always true on SQLite (check the data-dir lock instead).
+    pub async fn no_replica_running(&self) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Any>>> {
+        let mut conn = self.write.acquire().await?;
+        if self.dialect == Dialect::Postgres {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7243012)")
+                .fetch_one(&mut *conn)
+                .await?;
+            if !got {
+                return Ok(None);
+            }
+        }
+        Ok(Some(conn))
     }
 
     /// The pool for reads.
@@ -232,7 +289,8 @@ impl Db {
 }
 
 /// The schema, one entry per version. Never edit an applied entry: add one.
-const MIGRATIONS: &[(&str, &str)] = &[(
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
     "initial schema",
     r#"
 CREATE TABLE accounts (account_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL);
@@ -274,4 +332,24 @@ CREATE TABLE audit_log (account_id TEXT NOT NULL, seq BIGINT NOT NULL, time BIGI
   hash TEXT NOT NULL, PRIMARY KEY (account_id, seq));
 CREATE TABLE audit_heads (account_id TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)
 "#,
-)];
+    ),
+    (
+        "certificate authority, nonces, certificates, revocation list, approver snapshots",
+        r#"
+CREATE TABLE ca_keys (name TEXT PRIMARY KEY, cert_pem TEXT NOT NULL, key_sealed {blob} NOT NULL,
+  created_at BIGINT NOT NULL);
+CREATE TABLE nonces (nonce_hash TEXT PRIMARY KEY, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+  used_at BIGINT);
+CREATE INDEX nonces_expiry ON nonces (expires_at);
+CREATE TABLE certificates (certificate_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  app_id TEXT NOT NULL, build_id TEXT, status TEXT NOT NULL, reason_code TEXT, detail TEXT NOT NULL, tee TEXT,
+  simulated BIGINT NOT NULL, tcb_status TEXT, advisory_ids TEXT NOT NULL, subject TEXT, not_after BIGINT,
+  cert_pem TEXT, request_id TEXT NOT NULL, created_at BIGINT NOT NULL);
+CREATE INDEX certificates_account ON certificates (account_id, created_at);
+CREATE TABLE revoked_measurements (account_id TEXT NOT NULL, measurement_key TEXT NOT NULL, build_id TEXT NOT NULL,
+  reason TEXT NOT NULL, revoked_at BIGINT NOT NULL, PRIMARY KEY (account_id, measurement_key));
+ALTER TABLE users ADD COLUMN role_changed_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE api_keys ADD COLUMN created_by_user_id TEXT NOT NULL DEFAULT ''
+"#,
+    ),
+];

@@ -29,13 +29,13 @@ pub async fn open(
 ) -> Result<String> {
     let id = uuid::Uuid::new_v4().to_string();
     let requester = RequesterInfo {
-        requester_type: if p.actor.kind == "system" {
-            "SYSTEM"
-        } else {
-            "USER"
+        requester_type: match p.actor.kind {
+            "system" => "SYSTEM",
+            "api_key" => "API_KEY",
+            _ => "USER",
         }
         .into(),
-        user_id: Some(p.actor.id.clone()),
+        user_id: Some(p.owner.clone()),
         user_name: Some(p.actor.name.clone()),
     };
     let now = state.clock.now();
@@ -207,15 +207,33 @@ pub async fn list(
 }
 
 /// Whether the caller is one of the policy's approvers.
-fn eligible(policy: &ApprovalPolicy, p: &Principal) -> bool {
-    let Some(uid) = p.user_id() else { return false };
-    policy
-        .approvers
-        .iter()
-        .any(|a| match a.strip_prefix("role:") {
-            Some(r) => Role::parse(r).is_some_and(|need| p.role >= need),
-            None => a == uid,
-        })
+/// Whether the caller is one of the policy's approvers. A `role:` entry counts only users who
+/// already held that role when the task opened (created and last re-roled before it), so a
+/// MANAGER cannot mint or promote a second approver for a pending task.
+async fn eligible(
+    tx: &mut Tx,
+    policy: &ApprovalPolicy,
+    p: &Principal,
+    task_created: i64,
+) -> Result<bool> {
+    let Some(uid) = p.user_id() else {
+        return Ok(false);
+    };
+    if policy.approvers.iter().any(|a| a == uid) {
+        return Ok(true);
+    }
+    let row = sqlx::query("SELECT created_at, role_changed_at FROM users WHERE user_id = $1")
+        .bind(uid)
+        .fetch_one(&mut **tx)
+        .await?;
+    let (created, changed): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    let held_then = created <= task_created && changed <= task_created;
+    Ok(held_then
+        && policy.approvers.iter().any(|a| {
+            a.strip_prefix("role:")
+                .and_then(Role::parse)
+                .is_some_and(|need| p.role >= need)
+        }))
 }
 
 /// `PATCH /v1/tasks/{id}`: one approval or denial by the caller.
@@ -263,14 +281,14 @@ pub async fn decide(
         )));
     }
     let policy = &task.approval_policy;
-    if !eligible(policy, p) {
+    if !eligible(&mut tx, policy, p, task.status.created_at).await? {
         return Err(Error::Forbidden(format!(
             "{} is not an approver of this task (approvers: {})",
             p.actor.name,
             policy.approvers.join(", ")
         )));
     }
-    if policy.exclude_requester && task.requester_info.user_id.as_deref() == p.user_id() {
+    if policy.exclude_requester && task.requester_info.user_id.as_deref() == Some(p.owner.as_str()) {
         return Err(Error::Forbidden(format!(
             "{} registered this build and the app's policy excludes the requester from approving it",
             p.actor.name
@@ -328,7 +346,20 @@ pub async fn decide(
         },
     )
     .await?;
-    let outcome = if !approve {
+    let key: Option<String> =
+        sqlx::query_scalar("SELECT measurement_key FROM builds WHERE build_id = $1")
+            .bind(&build_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let banned = match &key {
+        Some(k) => crate::builds::revoked(&mut *tx, &p.account_id, k).await?,
+        None => None,
+    };
+    let mut reason = reason;
+    let outcome = if let Some((old, why)) = &banned {
+        reason = Some(format!("these measurements were revoked with build {old} ({why})"));
+        Some(("FAILED", "REJECTED", "Build Rejected"))
+    } else if !approve {
         Some(("DENIED", "REJECTED", "Build Rejected"))
     } else if approved >= i64::from(policy.n) {
         Some(("SUCCESS", "WHITELISTED", "Build Whitelisted"))

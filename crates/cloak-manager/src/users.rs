@@ -68,8 +68,8 @@ pub async fn create(state: &State, p: &Principal, req: UserRequest) -> Result<Us
     let id = uuid::Uuid::new_v4().to_string();
     let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
-        "INSERT INTO users (user_id, account_id, user_name, user_email, password_hash, role, status, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'ACTIVE', $7)",
+        "INSERT INTO users (user_id, account_id, user_name, user_email, password_hash, role, status, created_at, role_changed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'ACTIVE', $7, $7)",
     )
     .bind(&id)
     .bind(&p.account_id)
@@ -109,6 +109,13 @@ pub async fn create(state: &State, p: &Principal, req: UserRequest) -> Result<Us
 
 pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) -> Result<User> {
     let is_self = p.user_id() == Some(id);
+    if patch.password.is_some() && !is_self {
+        return Err(Error::Forbidden(
+            "nobody sets another user's password (a MANAGER could then approve as two people): \
+             the user changes it, or an operator resets it offline"
+                .into(),
+        ));
+    }
     let changes_others = patch.role.is_some() || patch.status.is_some() || !is_self;
     if changes_others {
         p.require(Role::Manager)?;
@@ -127,6 +134,17 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
     let hash = match patch.password.clone() {
         Some(pw) => {
             auth::check_password_rules("password", &pw)?;
+            let current = patch.current_password.clone().ok_or_else(|| {
+                Error::field("current_password", "is required to change your password")
+            })?;
+            let stored: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE user_id = $1")
+                .bind(id)
+                .fetch_one(state.db.reader())
+                .await?;
+            let ok = auth::verify_password_queued(stored, current).await?;
+            if !ok {
+                return Err(Error::field("current_password", "is wrong"));
+            }
             Some(
                 tokio::task::spawn_blocking(move || auth::hash_password(&pw))
                     .await
@@ -141,7 +159,8 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
     let mut tx = state.db.begin().await?;
     sqlx::query(
         "UPDATE users SET role = COALESCE($1, role), status = COALESCE($2, status), \
-         user_email = COALESCE($3, user_email), password_hash = COALESCE($4, password_hash) \
+         user_email = COALESCE($3, user_email), password_hash = COALESCE($4, password_hash), \
+         role_changed_at = CASE WHEN $1 IS NULL THEN role_changed_at ELSE $7 END \
          WHERE account_id = $5 AND user_id = $6",
     )
     .bind(patch.role.map(|r| r.as_str()))
@@ -150,6 +169,7 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
     .bind(hash.as_deref())
     .bind(&p.account_id)
     .bind(id)
+    .bind(state.clock.now())
     .execute(&mut *tx)
     .await?;
     if hash.is_some() || patch.status.as_deref() == Some("DISABLED") {
@@ -240,8 +260,8 @@ pub async fn create_key(state: &State, p: &Principal, req: ApiKeyRequest) -> Res
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     sqlx::query(
-        "INSERT INTO api_keys (key_id, account_id, name, role, key_hash, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO api_keys (key_id, account_id, name, role, key_hash, created_by, created_at, created_by_user_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&id)
     .bind(&p.account_id)
@@ -250,6 +270,7 @@ pub async fn create_key(state: &State, p: &Principal, req: ApiKeyRequest) -> Res
     .bind(&hash)
     .bind(&p.actor.name)
     .bind(now)
+    .bind(&p.owner)
     .execute(&mut *tx)
     .await?;
     audit::append(

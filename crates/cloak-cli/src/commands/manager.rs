@@ -86,6 +86,9 @@ struct StoreArgs {
     /// Master key file (hex lines, mode 0600); default DATA_DIR/master.key.
     #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// Audit HMAC key file (mode 0600; the same for every replica); default DATA_DIR/audit.key.
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_AUDIT_KEY_FILE")]
+    audit_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Parser)]
@@ -120,6 +123,13 @@ struct ServeArgs {
     /// Take the client address from X-Forwarded-For (only behind a proxy you trust).
     #[arg(long, env = "CLOAK_MANAGER_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
+    /// Accept SIMULATED attestation evidence (machines without a TEE; never in production).
+    /// Every certificate, record and audit entry it touches is marked SIMULATED.
+    #[arg(long, env = "CLOAK_MANAGER_ALLOW_SIMULATED_ATTESTATION")]
+    allow_simulated_attestation: bool,
+    /// The ECDSA P-256 public key simulated evidence is signed with (PEM or DER).
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_SIMULATION_PUBLIC_KEY")]
+    simulation_public_key: Option<PathBuf>,
 }
 
 impl StoreArgs {
@@ -128,6 +138,7 @@ impl StoreArgs {
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone(),
             master_key_file: self.master_key_file.clone(),
+            audit_key_file: self.audit_key_file.clone(),
             ..Default::default()
         };
         Ok(match &self.config {
@@ -151,8 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let config = Config::resolve(s.settings()?)?;
             config.prepare_data_dir()?;
             runtime()?.block_on(async {
-                let db = cloak_manager::store::Db::open(&config.database_url, Default::default())
-                    .await?;
+                let db = cloak_manager::server::open_db(&config).await?;
                 let n = db.migrate().await?;
                 outln!("applied {n} migrations");
                 Ok::<_, anyhow::Error>(())
@@ -192,6 +202,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         session_ttl: a.session_ttl,
         max_connections: a.max_connections,
         trust_forwarded_for: a.trust_forwarded_for.then_some(true),
+        allow_simulated_attestation: a.allow_simulated_attestation.then_some(true),
+        simulation_public_key: a.simulation_public_key,
         ..Default::default()
     };
     let config = Config::resolve(flags.or(a.store.settings()?))?;
@@ -202,7 +214,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 fn audit_verify(store: StoreArgs, output: Format) -> anyhow::Result<ExitCode> {
     let config = Config::resolve(store.settings()?)?;
     runtime()?.block_on(async {
-        let db = cloak_manager::store::Db::open(&config.database_url, Default::default()).await?;
+        let db = cloak_manager::server::open_db(&config).await?;
         db.ready().await?;
         let accounts: Vec<(String, String)> = sqlx_accounts(&db)
             .await
@@ -245,8 +257,14 @@ async fn sqlx_accounts(
 
 fn rotate(s: StoreArgs) -> anyhow::Result<ExitCode> {
     let config = Config::resolve(s.settings()?)?;
+    // SQLite: a running manager holds the data-dir lock.
+    let _lock = if config.database_url.starts_with("sqlite:") {
+        Some(cloak_manager::server::lock_data_dir(&config.data_dir)?)
+    } else {
+        None
+    };
     runtime()?.block_on(async {
-        let db = cloak_manager::store::Db::open(&config.database_url, Default::default()).await?;
+        let db = cloak_manager::server::open_db(&config).await?;
         db.ready().await?;
         let n = cloak_manager::secrets::rotate(&db, &config.master_key_file).await?;
         outln!(
@@ -260,7 +278,7 @@ fn rotate(s: StoreArgs) -> anyhow::Result<ExitCode> {
 fn create_account(s: StoreArgs, name: &str, admin_user: &str) -> anyhow::Result<ExitCode> {
     let config = Config::resolve(s.settings()?)?;
     runtime()?.block_on(async {
-        let db = cloak_manager::store::Db::open(&config.database_url, Default::default()).await?;
+        let db = cloak_manager::server::open_db(&config).await?;
         db.ready().await?;
         let password = cloak_manager::server::admin_password(&config)?;
         let (account, generated) =

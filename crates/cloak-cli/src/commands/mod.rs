@@ -1,5 +1,6 @@
 //! One module per verb: each has an `Args` struct and a `run` function.
 
+pub mod attest;
 pub mod convert;
 pub mod copy;
 pub mod decrypt;

@@ -1,0 +1,678 @@
+//! Attested certificate issuance: single-use nonces, evidence verified with `cloak-attest` at the
+//! manager's clock, the key bound in the evidence, the measurements matched against a build of
+//! the app that is WHITELISTED now, and a short-lived leaf from the manager's CA with the
+//! evidence embedded. Every attempt is a certificate record (ISSUED or REJECTED, with a stable
+//! reason code) and an audit record.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::audit::{self, Actor, Event};
+use crate::error::{Error, Result};
+use crate::State;
+use cloak_api::App;
+use cloak_attest::{At, Claims, Measurements, Policy};
+
+/// Nonces live this long.
+pub const NONCE_TTL: i64 = 300;
+/// Largest evidence accepted (bytes, decoded).
+const MAX_EVIDENCE: usize = 64 * 1024;
+
+/// `POST /v1/attestation/nonce` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct NonceResponse {
+    /// 32 random bytes, hex: bind them in the evidence (see cloak-attest's `binding`).
+    pub nonce: String,
+    pub expires_at: i64,
+}
+
+/// `POST /v1/certificates` and `POST /v1/attestation/evaluate`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    pub app_id: String,
+    /// PKCS#10 request (PEM). Optional when the evidence carries the key itself (a Nitro
+    /// document's `public_key`, an RA-TLS certificate's key): the certificate is then issued to it.
+    #[serde(default)]
+    pub csr: Option<String>,
+    /// The evidence, base64: a DCAP quote, a Nitro document, an RA-TLS certificate (DER) or
+    /// simulated evidence.
+    pub evidence: String,
+    /// The nonce from `POST /v1/attestation/nonce`, hex.
+    #[serde(default)]
+    pub nonce: Option<String>,
+    /// DCAP collateral (QuoteCollateralV3 JSON) for quotes and RA-TLS certificates; it is
+    /// verified against Intel's root like the quote.
+    #[serde(default)]
+    pub collateral: Option<Value>,
+}
+
+/// A certificate record (CCM's Certificate, with the verdict).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CertificateRecord {
+    pub certificate_id: String,
+    pub app_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// ISSUED or REJECTED.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<String>,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tee: Option<String>,
+    pub simulated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcb_status: Option<String>,
+    pub advisory_ids: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+    /// The certificate (PEM), when issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Issuing CA then root (PEM), when issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    pub request_id: String,
+    pub created_at: i64,
+}
+
+/// `GET /v1/ca`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CaResponse {
+    /// Issuing CA then root, PEM.
+    pub chain: String,
+    pub root: String,
+}
+
+/// What the checks decided, before anything is signed.
+struct Verdict {
+    claims: Claims,
+    evidence: Vec<u8>,
+    build_id: String,
+    spki: Vec<u8>,
+    subject: String,
+    dns_names: Vec<String>,
+    validity: i64,
+}
+
+/// A refusal: a stable code and what was expected and found.
+struct Refusal {
+    code: &'static str,
+    detail: String,
+    claims: Option<Claims>,
+    build_id: Option<String>,
+}
+
+fn refuse(code: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        detail: detail.into(),
+        claims: None,
+        build_id: None,
+    }
+}
+
+/// Issues a nonce (stored as a hash, single use).
+pub async fn nonce(state: &State) -> Result<NonceResponse> {
+    use rand::RngCore;
+    let mut n = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut n);
+    let now = state.clock.now();
+    let mut tx = state.db.begin().await?;
+    sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
+        .bind(now - NONCE_TTL)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO nonces (nonce_hash, created_at, expires_at) VALUES ($1, $2, $3)")
+        .bind(hex::encode(Sha256::digest(n)))
+        .bind(now)
+        .bind(now + NONCE_TTL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(NonceResponse {
+        nonce: hex::encode(n),
+        expires_at: now + NONCE_TTL,
+    })
+}
+
+async fn consume_nonce(state: &State, nonce: &[u8]) -> std::result::Result<(), Refusal> {
+    let hash = hex::encode(Sha256::digest(nonce));
+    let now = state.clock.now();
+    let db = |e: sqlx::Error| refuse("internal", format!("database: {e}"));
+    let row = sqlx::query("SELECT expires_at, used_at FROM nonces WHERE nonce_hash = $1")
+        .bind(&hash)
+        .fetch_optional(state.db.reader())
+        .await
+        .map_err(db)?;
+    let Some(row) = row else {
+        return Err(refuse(
+            "nonce_unknown",
+            "the nonce was not issued by this manager: get one from POST /v1/attestation/nonce",
+        ));
+    };
+    let expires: i64 = row.try_get(0).map_err(db)?;
+    if expires <= now {
+        return Err(refuse(
+            "nonce_expired",
+            format!("the nonce expired at {expires} (now {now}); nonces live {NONCE_TTL} s"),
+        ));
+    }
+    let mut tx = state.db.begin().await.map_err(|e| refuse("internal", e.to_string()))?;
+    let used = sqlx::query(
+        "UPDATE nonces SET used_at = $1 WHERE nonce_hash = $2 AND used_at IS NULL AND expires_at > $1",
+    )
+    .bind(now)
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    tx.commit().await.map_err(db)?;
+    if used != 1 {
+        return Err(refuse("nonce_reused", "the nonce was already used: get a new one"));
+    }
+    Ok(())
+}
+
+fn hex_or_none(v: Option<&str>) -> String {
+    v.unwrap_or("none").to_string()
+}
+
+/// The allowed certificates of a build: `advanced_settings.certificates` (the seed's
+/// `certificates` conversion option): subjects and their SANs.
+fn allowed_subjects(build: &cloak_api::Build) -> Vec<(String, Vec<String>)> {
+    build
+        .advanced_settings
+        .get("certificates")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|c| {
+                    let subject = c.get("subject")?.as_str()?.to_string();
+                    let sans = c
+                        .get("sans")
+                        .or_else(|| c.get("subjectAltNames"))
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                        .unwrap_or_default();
+                    Some((subject, sans))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cn_of(subject: &str) -> Option<String> {
+    subject
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("CN=").map(String::from))
+}
+
+/// Whether the build's measurements are the claims'.
+fn matches(build: &cloak_api::Build, claims: &Claims) -> bool {
+    match &claims.measurements {
+        Measurements::Sgx(m) => build.attributes.sgx.as_ref().is_some_and(|s| {
+            s.mrenclave.as_deref() == Some(hex::encode(m.mrenclave).as_str())
+                && s.mrsigner.as_deref() == Some(hex::encode(m.mrsigner).as_str())
+                && s.isvprodid == Some(m.isvprodid)
+                && s.isvsvn.is_some_and(|v| m.isvsvn >= v)
+        }),
+        Measurements::Pcrs(pcrs) => build.attributes.nitro_enclave.as_ref().is_some_and(|n| {
+            let pcr = |i: u16| pcrs.get(&i).map(hex::encode);
+            pcr(0).as_deref() == Some(n.pcr0.as_str())
+                && pcr(1).as_deref() == Some(n.pcr1.as_str())
+                && pcr(2).as_deref() == Some(n.pcr2.as_str())
+                && n.pcr8.as_ref().is_none_or(|p8| pcr(8).as_deref() == Some(p8.as_str()))
+        }),
+        Measurements::Tdx(_) => false,
+    }
+}
+
+fn describe(claims: &Claims) -> String {
+    match &claims.measurements {
+        Measurements::Sgx(m) => format!(
+            "mrenclave {} mrsigner {} isvprodid {} isvsvn {}",
+            hex::encode(m.mrenclave),
+            hex::encode(m.mrsigner),
+            m.isvprodid,
+            m.isvsvn
+        ),
+        Measurements::Pcrs(p) => format!(
+            "pcr0 {} pcr1 {} pcr2 {}",
+            hex_or_none(p.get(&0).map(hex::encode).as_deref()),
+            hex_or_none(p.get(&1).map(hex::encode).as_deref()),
+            hex_or_none(p.get(&2).map(hex::encode).as_deref())
+        ),
+        Measurements::Tdx(_) => "a TDX trust domain".into(),
+    }
+}
+
+/// Runs every check; consumes the nonce when `consume` is set.
+async fn check(
+    state: &State,
+    app: &App,
+    req: &CertificateRequest,
+    consume: bool,
+) -> std::result::Result<Verdict, Refusal> {
+    let evidence = base64::engine::general_purpose::STANDARD
+        .decode(req.evidence.trim())
+        .map_err(|_| refuse("malformed_evidence", "evidence: not base64"))?;
+    if evidence.is_empty() || evidence.len() > MAX_EVIDENCE {
+        return Err(refuse(
+            "malformed_evidence",
+            format!("evidence: must be 1 to {MAX_EVIDENCE} bytes"),
+        ));
+    }
+    let policy = &app.certificate_policy;
+    let require_nonce = policy.require_nonce.unwrap_or(true);
+    let nonce = match &req.nonce {
+        Some(n) => Some(
+            hex::decode(n)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| refuse("malformed_nonce", "nonce: must be 64 hex digits"))?,
+        ),
+        None if require_nonce => {
+            return Err(refuse(
+                "nonce_required",
+                "nonce: required (POST /v1/attestation/nonce), unless the app's certificate policy sets require_nonce false",
+            ))
+        }
+        None => None,
+    };
+    if let (Some(n), true) = (&nonce, consume) {
+        consume_nonce(state, n).await?;
+    }
+    let csr = match &req.csr {
+        Some(pem) => Some(
+            cloak_attest::csr::parse(pem.as_bytes())
+                .map_err(|e| refuse(e.code(), format!("csr: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(c) = &csr {
+        match c.key {
+            cloak_attest::csr::KeyType::EcP256 | cloak_attest::csr::KeyType::EcP384 => {}
+            cloak_attest::csr::KeyType::Rsa { bits } if [2048, 3072, 4096].contains(&bits) => {}
+            cloak_attest::csr::KeyType::Rsa { bits } => {
+                return Err(refuse(
+                    "bad_csr",
+                    format!("csr: RSA keys must be 2048, 3072 or 4096 bits, not {bits}"),
+                ))
+            }
+        }
+    }
+    let collateral = match &req.collateral {
+        Some(v) => Some(
+            cloak_attest::Collateral::from_json(v.to_string().as_bytes())
+                .map_err(|e| refuse(e.code(), format!("collateral: {e}")))?,
+        ),
+        None => None,
+    };
+    let attest_policy = Policy {
+        allow_debug: policy.allow_debug.unwrap_or(false),
+        accepted_tcb_statuses: Some(policy.allowed_tcb_statuses.clone().unwrap_or_else(|| {
+            cloak_attest::DEFAULT_TCB_STATUSES.map(String::from).to_vec()
+        })),
+        allow_simulated: state.config.allow_simulated_attestation,
+        max_age_secs: cloak_attest::DEFAULT_MAX_AGE_SECS,
+    };
+    let sim_key = state.config.simulation_key.as_ref();
+    let input = cloak_attest::Input {
+        at: At::Time(state.clock.now().max(0) as u64),
+        collateral: collateral.as_ref(),
+        policy: &attest_policy,
+        simulation_key: sim_key,
+    };
+    let claims =
+        cloak_attest::verify(&evidence, &input).map_err(|e| refuse(e.code(), e.to_string()))?;
+    let with_claims = |mut r: Refusal, claims: &Claims| {
+        r.claims = Some(claims.clone());
+        r
+    };
+    let spki = match (&csr, &claims.public_key) {
+        (Some(c), _) => c.spki_der.clone(),
+        (None, Some(k)) => k.clone(),
+        (None, None) => {
+            return Err(with_claims(
+                refuse("bad_csr", "csr: required (this evidence carries no public key)"),
+                &claims,
+            ))
+        }
+    };
+    cloak_attest::binding::check(&claims, &spki, nonce.as_deref())
+        .map_err(|e| with_claims(refuse(e.code(), e.to_string()), &claims))?;
+    // The builds of this app with these measurements, whatever their status.
+    let builds = crate::builds::for_app(state, &app.app_id)
+        .await
+        .map_err(|e| refuse("internal", e.to_string()))?;
+    let candidates: Vec<_> = builds.iter().filter(|b| matches(b, &claims)).collect();
+    let Some(build) = candidates
+        .iter()
+        .find(|b| b.status.status == "WHITELISTED")
+        .or_else(|| candidates.first())
+    else {
+        return Err(with_claims(
+            refuse(
+                "unknown_measurement",
+                format!("no build of app {} has {}", app.name, describe(&claims)),
+            ),
+            &claims,
+        ));
+    };
+    let r = |code: &'static str, detail: String| {
+        let mut x = with_claims(refuse(code, detail), &claims);
+        x.build_id = Some(build.build_id.clone());
+        x
+    };
+    match build.status.status.as_str() {
+        "WHITELISTED" => {}
+        "PENDING" => {
+            return Err(r(
+                "not_whitelisted",
+                format!(
+                    "build {} is PENDING: its approval task {} has not reached its quorum",
+                    build.build_id, build.task_id
+                ),
+            ))
+        }
+        _ => {
+            return Err(r(
+                "revoked",
+                format!(
+                    "build {} is REJECTED ({})",
+                    build.build_id,
+                    build.status_reason.as_deref().unwrap_or("no reason given")
+                ),
+            ))
+        }
+    }
+    if claims.debug && !(build.debug && policy.allow_debug.unwrap_or(false)) {
+        return Err(r(
+            "debug_enclave",
+            format!(
+                "the evidence is from a debug enclave; build {} is {}a debug build and the app {} debug",
+                build.build_id,
+                if build.debug { "" } else { "not " },
+                if policy.allow_debug.unwrap_or(false) { "allows" } else { "does not allow" }
+            ),
+        ));
+    }
+    let allowed = allowed_subjects(build);
+    let (subject, dns_names) = match &csr {
+        Some(c) => {
+            let cn = cn_of(&c.subject).unwrap_or_default();
+            let Some((_, sans)) = allowed.iter().find(|(s, _)| *s == cn) else {
+                return Err(r(
+                    "subject_not_allowed",
+                    format!(
+                        "the CSR asks for CN={cn:?}; build {} allows {:?}",
+                        build.build_id,
+                        allowed.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>()
+                    ),
+                ));
+            };
+            if let Some(bad) = c.dns_names.iter().find(|d| !sans.contains(d)) {
+                return Err(r(
+                    "subject_not_allowed",
+                    format!("the CSR asks for the SAN {bad:?}, which build {} does not list", build.build_id),
+                ));
+            }
+            if !c.ip_addresses.is_empty() {
+                return Err(r("subject_not_allowed", "IP address SANs are not issued".into()));
+            }
+            (cn, c.dns_names.clone())
+        }
+        None => match allowed.first() {
+            Some((s, _)) => (s.clone(), Vec::new()),
+            None => {
+                return Err(r(
+                    "subject_not_allowed",
+                    format!("build {} names no certificate (its certificates option is empty)", build.build_id),
+                ))
+            }
+        },
+    };
+    Ok(Verdict {
+        validity: policy.validity_seconds.unwrap_or(86400),
+        build_id: build.build_id.clone(),
+        claims,
+        evidence,
+        spki,
+        subject,
+        dns_names,
+    })
+}
+
+fn tcb_of(claims: Option<&Claims>) -> (Option<String>, Vec<String>) {
+    claims
+        .and_then(|c| c.tcb.as_ref())
+        .map(|t| (Some(t.status.clone()), t.advisory_ids.clone()))
+        .unwrap_or((None, Vec::new()))
+}
+
+fn sign(state: &State, ca: &crate::ca::Ca, v: &Verdict) -> Result<(String, i64)> {
+    use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose, SanType};
+    let now = state.clock.now();
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, v.subject.as_str());
+    p.distinguished_name = dn;
+    p.subject_alt_names = v
+        .dns_names
+        .iter()
+        .filter_map(|d| d.clone().try_into().ok().map(SanType::DnsName))
+        .collect();
+    p.not_before = time::OffsetDateTime::from_unix_timestamp(now - 60)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let not_after = now + v.validity;
+    p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let mut serial = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
+    serial[0] &= 0x7f;
+    p.serial_number = Some(serial.to_vec().into());
+    for ext in cloak_attest::extension::encode(&v.claims, &v.evidence, &v.build_id)
+        .map_err(|e| Error::Internal(format!("evidence extension: {e}")))?
+    {
+        let mut c = CustomExtension::from_oid_content(ext.oid_arcs, ext.value);
+        c.set_criticality(false);
+        p.custom_extensions.push(c);
+    }
+    let cert = ca.sign(&p, &v.spki)?;
+    Ok((cert.pem(), not_after))
+}
+
+async fn record(
+    state: &State,
+    app: &App,
+    rec: &CertificateRecord,
+    details: Value,
+) -> Result<()> {
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "INSERT INTO certificates (certificate_id, account_id, app_id, build_id, status, reason_code, detail, \
+         tee, simulated, tcb_status, advisory_ids, subject, not_after, cert_pem, request_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&rec.certificate_id)
+    .bind(&app_account(state, app).await?)
+    .bind(&rec.app_id)
+    .bind(rec.build_id.as_deref())
+    .bind(&rec.status)
+    .bind(rec.reason_code.as_deref())
+    .bind(&rec.detail)
+    .bind(rec.tee.as_deref())
+    .bind(i64::from(rec.simulated))
+    .bind(rec.tcb_status.as_deref())
+    .bind(serde_json::to_string(&rec.advisory_ids).expect("serialisable"))
+    .bind(rec.subject.as_deref())
+    .bind(rec.not_after)
+    .bind(rec.certificate.as_deref())
+    .bind(&rec.request_id)
+    .bind(rec.created_at)
+    .execute(&mut *tx)
+    .await?;
+    let account = app_account(state, app).await?;
+    audit::append(
+        &state.db,
+        &mut tx,
+        &account,
+        &Actor {
+            kind: "system",
+            id: format!("app:{}", app.app_id),
+            name: format!("app {}", app.name),
+        },
+        Event {
+            action: "Certificate Requested by Application",
+            entity_type: "certificate",
+            entity_id: &rec.certificate_id,
+            details,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn app_account(state: &State, app: &App) -> Result<String> {
+    sqlx::query_scalar("SELECT account_id FROM apps WHERE app_id = $1")
+        .bind(&app.app_id)
+        .fetch_one(state.db.reader())
+        .await
+        .map_err(Error::from)
+}
+
+/// `POST /v1/certificates`: checks, signs, records, audits.
+pub async fn request(state: &State, req: CertificateRequest, request_id: &str) -> Result<CertificateRecord> {
+    let app_id = crate::validate::uuid("app_id", &req.app_id)?;
+    let app = crate::apps::get_any(state, &app_id).await?;
+    let ca = crate::ca::load_or_create(&state.db, &state.master()).await?;
+    let now = state.clock.now();
+    let verdict = check(state, &app, &req, true).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (rec, outcome) = match verdict {
+        Ok(v) => {
+            let (pem, not_after) = sign(state, &ca, &v)?;
+            let (tcb_status, advisory_ids) = tcb_of(Some(&v.claims));
+            let rec = CertificateRecord {
+                certificate_id: id.clone(),
+                app_id: app.app_id.clone(),
+                build_id: Some(v.build_id.clone()),
+                status: "ISSUED".into(),
+                reason_code: None,
+                detail: format!(
+                    "issued to build {} for {}{}",
+                    v.build_id,
+                    describe(&v.claims),
+                    if v.claims.simulated { " (SIMULATED evidence)" } else { "" }
+                ),
+                tee: Some(v.claims.tee.as_str().into()),
+                simulated: v.claims.simulated,
+                tcb_status,
+                advisory_ids,
+                subject: Some(v.subject.clone()),
+                not_after: Some(not_after),
+                certificate: Some(pem),
+                chain: Some(ca.chain_pem()),
+                request_id: request_id.into(),
+                created_at: now,
+            };
+            (rec, Ok(()))
+        }
+        Err(r) => {
+            let (tcb_status, advisory_ids) = tcb_of(r.claims.as_ref());
+            let rec = CertificateRecord {
+                certificate_id: id.clone(),
+                app_id: app.app_id.clone(),
+                build_id: r.build_id.clone(),
+                status: "REJECTED".into(),
+                reason_code: Some(r.code.to_string()),
+                detail: r.detail.clone(),
+                tee: r.claims.as_ref().map(|c| c.tee.as_str().into()),
+                simulated: r.claims.as_ref().is_some_and(|c| c.simulated),
+                tcb_status,
+                advisory_ids,
+                subject: None,
+                not_after: None,
+                certificate: None,
+                chain: None,
+                request_id: request_id.into(),
+                created_at: now,
+            };
+            (rec, Err(r))
+        }
+    };
+    let details = json!({
+        "verdict": rec.status, "reason_code": rec.reason_code, "build_id": rec.build_id,
+        "tee": rec.tee, "simulated": rec.simulated, "tcb_status": rec.tcb_status,
+        "advisory_ids": rec.advisory_ids, "request_id": request_id,
+    });
+    record(state, &app, &rec, details).await?;
+    tracing::info!(request_id, certificate_id = %id, verdict = %rec.status,
+                   reason = rec.reason_code.as_deref().unwrap_or(""), simulated = rec.simulated,
+                   "certificate request");
+    match outcome {
+        Ok(()) => Ok(rec),
+        Err(r) => Err(Error::Refused {
+            code: r.code,
+            detail: format!("{} (certificate record {id}, request {request_id})", r.detail),
+        }),
+    }
+}
+
+/// `POST /v1/attestation/evaluate`: the same checks, nothing issued, no nonce used.
+pub async fn evaluate(state: &State, p: &crate::auth::Principal, req: CertificateRequest) -> Result<Value> {
+    let app_id = crate::validate::uuid("app_id", &req.app_id)?;
+    let app = crate::apps::get(state, p, &app_id).await?;
+    Ok(match check(state, &app, &req, false).await {
+        Ok(v) => json!({"verdict": "ACCEPTED", "build_id": v.build_id, "subject": v.subject,
+                        "tee": v.claims.tee.as_str(), "simulated": v.claims.simulated,
+                        "measurements": describe(&v.claims)}),
+        Err(r) => json!({"verdict": "REJECTED", "reason_code": r.code, "detail": r.detail,
+                         "build_id": r.build_id}),
+    })
+}
+
+/// `GET /v1/certificates/{id}`.
+pub async fn get(state: &State, p: &crate::auth::Principal, id: &str) -> Result<CertificateRecord> {
+    let r = sqlx::query(
+        "SELECT certificate_id, app_id, build_id, status, reason_code, detail, tee, simulated, tcb_status, \
+         advisory_ids, subject, not_after, cert_pem, request_id, created_at FROM certificates \
+         WHERE account_id = $1 AND certificate_id = $2",
+    )
+    .bind(&p.account_id)
+    .bind(id)
+    .fetch_optional(state.db.reader())
+    .await?
+    .ok_or_else(|| Error::NotFound { kind: "certificate", id: id.into() })?;
+    let adv: String = r.try_get(9)?;
+    Ok(CertificateRecord {
+        certificate_id: r.try_get(0)?,
+        app_id: r.try_get(1)?,
+        build_id: r.try_get(2)?,
+        status: r.try_get(3)?,
+        reason_code: r.try_get(4)?,
+        detail: r.try_get(5)?,
+        tee: r.try_get(6)?,
+        simulated: r.try_get::<i64, _>(7)? != 0,
+        tcb_status: r.try_get(8)?,
+        advisory_ids: serde_json::from_str(&adv).unwrap_or_default(),
+        subject: r.try_get(10)?,
+        not_after: r.try_get(11)?,
+        certificate: r.try_get(12)?,
+        chain: None,
+        request_id: r.try_get(13)?,
+        created_at: r.try_get(14)?,
+    })
+}
