@@ -55,6 +55,8 @@ pub mod simulated;
 pub mod time;
 
 #[cfg(feature = "verify")]
+pub mod csr;
+#[cfg(feature = "verify")]
 mod detect;
 #[cfg(feature = "verify")]
 pub mod extension;
