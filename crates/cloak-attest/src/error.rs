@@ -167,6 +167,9 @@ pub enum Error {
     /// The quote verifier refused the quote for a reason not covered above.
     #[error("quote rejected: {0}")]
     QuoteRejected(String),
+    /// A certificate request cannot be used.
+    #[error("bad certificate request: {0}")]
+    BadCsr(String),
     /// Embedded evidence in a certificate extension cannot be read.
     #[error("malformed cloak evidence extension: {0}")]
     BadExtension(String),
@@ -198,6 +201,7 @@ impl Error {
             Error::KeyNotBound { .. } => "key_not_bound",
             Error::QuoteRejected(_) => "quote_rejected",
             Error::BadExtension(_) => "malformed_extension",
+            Error::BadCsr(_) => "bad_csr",
         }
     }
 

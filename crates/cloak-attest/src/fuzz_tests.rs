@@ -2,7 +2,7 @@
 //! input may verify. Deterministic (seeded), so a failure reproduces.
 //!
 //! Counts: `CLOAK_ATTEST_FUZZ_PARSE` mutated inputs per parser (default 100,000) through the
-//! parsers alone, and `CLOAK_ATTEST_FUZZ_VERIFY` (default 500) per kind through the whole
+//! parsers alone (certificate requests with their signature check), and `CLOAK_ATTEST_FUZZ_VERIFY` (default 500) per kind through the whole
 //! verifier with its signatures; `scripts/fuzz-attest.sh` runs 100,000 of those per kind.
 
 use crate::cbor;
@@ -164,6 +164,27 @@ fn fuzz_ratls_certificate_parser() {
             let _ = c.verify_signed_by(c.spki());
             if let Ok(e) = ratls::extract(&c, None) {
                 let _ = sgx::parse_quote(&e.quote, crate::EvidenceKind::RaTlsCertificate);
+            }
+        }
+    });
+}
+
+/// Certificate requests from openssl (EC P-384 and RSA 2048, with names), parsed and their
+/// signatures checked: no panic, and no mutation accepted.
+#[test]
+fn fuzz_csr_parser() {
+    let n = count("CLOAK_ATTEST_FUZZ_PARSE", 100_000);
+    let seeds: Vec<Vec<u8>> = ["csr-p384.pem", "csr-rsa2048.pem"]
+        .iter()
+        .map(|f| pem_blocks(&vector(&format!("csr/{f}")), "CERTIFICATE REQUEST").remove(0))
+        .collect();
+    for s in &seeds {
+        crate::csr::parse(s).unwrap();
+    }
+    fuzz("csr", &seeds, n, |seed, m| {
+        if m != seed {
+            if let Ok(c) = crate::csr::parse(m) {
+                panic!("a mutated request was accepted: {c:?}");
             }
         }
     });

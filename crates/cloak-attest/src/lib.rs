@@ -41,6 +41,11 @@
 //! SHA-256(key) || SHA-256(nonce) for quotes; `public_key` and `nonce` for Nitro and simulated
 //! evidence; the certificate key and TCG `nonce` claim for RA-TLS).
 //!
+//! # Certificate requests
+//!
+//! [`csr`] parses a PKCS#10 request and checks its signature (EC P-256/P-384, RSA 2048-8192),
+//! giving the key the evidence must bind and the names requested.
+//!
 //! # Evidence in certificates
 //!
 //! [`extension`] encodes verified evidence for X.509 extensions (TCG DICE for quotes, a
@@ -54,6 +59,8 @@ mod error;
 pub mod simulated;
 pub mod time;
 
+#[cfg(feature = "verify")]
+pub mod csr;
 #[cfg(feature = "verify")]
 mod detect;
 #[cfg(feature = "verify")]

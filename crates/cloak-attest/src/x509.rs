@@ -119,6 +119,52 @@ pub(crate) fn verify_ecdsa_der(
         .map_err(|_| format!("ECDSA {curve} signature does not verify"))
 }
 
+/// Verify a DER RSA PKCS#1 v1.5 signature made with `alg_oid` (SHA-256/384/512); returns the
+/// modulus size in bits (2048 to 8192).
+pub(crate) fn verify_rsa_der(
+    key: &SubjectPublicKeyInfoOwned,
+    alg_oid: &str,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<usize, String> {
+    let rsa_key = key
+        .subject_public_key
+        .as_bytes()
+        .ok_or("public key has unused bits")?;
+    let bits = rsa_modulus_bits(rsa_key).ok_or("the RSA public key is not DER RSAPublicKey")?;
+    let alg: &dyn VerificationAlgorithm = match alg_oid {
+        "1.2.840.113549.1.1.11" => &signature::RSA_PKCS1_2048_8192_SHA256,
+        "1.2.840.113549.1.1.12" => &signature::RSA_PKCS1_2048_8192_SHA384,
+        "1.2.840.113549.1.1.13" => &signature::RSA_PKCS1_2048_8192_SHA512,
+        other => {
+            return Err(format!(
+                "signature algorithm {other} is not RSA PKCS#1 v1.5 with SHA-256/384/512"
+            ))
+        }
+    };
+    signature::UnparsedPublicKey::new(alg, rsa_key)
+        .verify(msg, sig)
+        .map_err(|_| {
+            format!("RSA-{bits} signature does not verify (keys of 2048 to 8192 bits are accepted)")
+        })?;
+    Ok(bits)
+}
+
+/// The bit length of the modulus of a DER RSAPublicKey.
+fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    let (_, inner) = tlv(der)?;
+    if inner.first() != Some(&0x02) {
+        return None;
+    }
+    let (_, n) = tlv(inner)?;
+    let n = match n {
+        [0, rest @ ..] => rest,
+        n => n,
+    };
+    let top = *n.first()?;
+    Some(n.len() * 8 - top.leading_zeros() as usize)
+}
+
 /// Verify a raw `r || s` ECDSA P-384/SHA-384 signature (COSE ES384).
 pub(crate) fn verify_es384(
     key: &SubjectPublicKeyInfoOwned,
@@ -137,7 +183,7 @@ pub(crate) fn verify_es384(
 }
 
 /// The first TLV inside the outer DER SEQUENCE (the TBS part of a certificate).
-fn first_tlv_inside(der: &[u8]) -> Option<&[u8]> {
+pub(crate) fn first_tlv_inside(der: &[u8]) -> Option<&[u8]> {
     let (_, inner) = tlv(der)?;
     let (len, _) = tlv(inner)?;
     inner.get(..len)
