@@ -65,7 +65,10 @@ impl Server {
             .build()
             .unwrap();
         let state = rt
-            .block_on(cloak_manager::server::prepare(config.clone(), clock.clone()))
+            .block_on(cloak_manager::server::prepare(
+                config.clone(),
+                clock.clone(),
+            ))
             .unwrap();
         let (tls, _) = cloak_manager::server::tls_config(&config).unwrap();
         let listener = rt
@@ -103,7 +106,12 @@ impl Server {
 fn refusal(r: Result<Value, ClientError>) -> (u16, String) {
     match r {
         Ok(v) => panic!("unexpectedly issued: {v}"),
-        Err(ClientError::Api { status, kind, detail, .. }) => (status, format!("{kind}: {detail}")),
+        Err(ClientError::Api {
+            status,
+            kind,
+            detail,
+            ..
+        }) => (status, format!("{kind}: {detail}")),
         Err(e) => panic!("{e}"),
     }
 }
@@ -121,12 +129,18 @@ fn csr(cn: &str) -> (String, Vec<u8>) {
         .distinguished_name
         .push(rcgen::DnType::CommonName, cn);
     let req = params.serialize_request(&kp).unwrap();
-    (req.pem().unwrap(), kp.public_key_der())
+    (
+        req.pem().unwrap(),
+        rcgen::PublicKeyData::subject_public_key_info(&kp),
+    )
 }
 
 fn approve(admin: &Client, build: &Build) {
     let t: Task = admin
-        .patch(&format!("/v1/tasks/{}", build.task_id), &json!({"status": "APPROVED"}))
+        .patch(
+            &format!("/v1/tasks/{}", build.task_id),
+            &json!({"status": "APPROVED"}),
+        )
         .unwrap();
     assert_eq!(t.status.status, "SUCCESS");
 }
@@ -154,11 +168,10 @@ fn openssl_verifies(dir: &Path, chain: &Value, leaf: &str, at: i64) {
 
 fn pem_to_der(pem: &str) -> Vec<u8> {
     use base64::Engine;
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 fn simulated_flow(postgres: bool) {
@@ -166,7 +179,10 @@ fn simulated_flow(postgres: bool) {
     let s = Server::start(postgres, now);
     let admin = s.admin();
     let app: App = admin
-        .post("/v1/apps", &json!({"name": "nitro-sim", "input_image_name": "r/in", "output_image_name": "r/out"}))
+        .post(
+            "/v1/apps",
+            &json!({"name": "nitro-sim", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
         .unwrap();
     let pcr = |b: u8| vec![b; 48];
     let build: Build = admin
@@ -212,7 +228,10 @@ fn simulated_flow(postgres: bool) {
     let n = nonce();
     let (status, why) = refusal(request(&csr_pem, evidence(0xa0, &n, &spki, now), &n));
     assert_eq!(status, 403);
-    assert!(why.starts_with("not_whitelisted:") && why.contains(&build.task_id), "{why}");
+    assert!(
+        why.starts_with("not_whitelisted:") && why.contains(&build.task_id),
+        "{why}"
+    );
 
     approve(&admin, &build);
     let n = nonce();
@@ -229,7 +248,10 @@ fn simulated_flow(postgres: bool) {
     assert!(embedded.claims.simulated);
     assert_eq!(embedded.claims.nonce.as_deref(), Some(n.as_slice()));
     let rec: Value = admin
-        .get(&format!("/v1/certificates/{}", issued["certificate_id"].as_str().unwrap()))
+        .get(&format!(
+            "/v1/certificates/{}",
+            issued["certificate_id"].as_str().unwrap()
+        ))
         .unwrap();
     assert_eq!(rec["status"], "ISSUED");
 
@@ -274,10 +296,16 @@ fn simulated_flow(postgres: bool) {
     assert_eq!(dry["verdict"], "ACCEPTED", "{dry}");
     // After revocation: refused.
     let _: Build = admin
-        .post(&format!("/v1/builds/{}/revoke", build.build_id), &json!({"reason": "test revocation"}))
+        .post(
+            &format!("/v1/builds/{}/revoke", build.build_id),
+            &json!({"reason": "test revocation"}),
+        )
         .unwrap();
     let (_, why) = refusal(request(&csr_pem, evidence(0xa0, &n, &spki, now), &n));
-    assert!(why.starts_with("revoked:") && why.contains("test revocation"), "{why}");
+    assert!(
+        why.starts_with("revoked:") && why.contains("test revocation"),
+        "{why}"
+    );
     // Every attempt is audited.
     let audit: Value = admin
         .get("/v1/audit?action=Certificate%20Requested%20by%20Application&limit=100")
@@ -326,7 +354,9 @@ fn real_nitro_document(postgres: bool) {
         },
     )
     .unwrap();
-    let Measurements::Pcrs(pcrs) = &claims.measurements else { panic!() };
+    let Measurements::Pcrs(pcrs) = &claims.measurements else {
+        panic!()
+    };
     let s = Server::start(postgres, at);
     let admin = s.admin();
     let app: App = admin
@@ -355,20 +385,32 @@ fn real_nitro_document(postgres: bool) {
     assert_eq!(issued["tee"], "nitro");
     assert_eq!(issued["simulated"], false);
     let chain: Value = anon.get("/v1/ca").unwrap();
-    openssl_verifies(s.dir.path(), &chain, issued["certificate"].as_str().unwrap(), at);
-    let embedded =
-        cloak_attest::extension::decode_certificate(&pem_to_der(issued["certificate"].as_str().unwrap()))
-            .unwrap();
+    openssl_verifies(
+        s.dir.path(),
+        &chain,
+        issued["certificate"].as_str().unwrap(),
+        at,
+    );
+    let embedded = cloak_attest::extension::decode_certificate(&pem_to_der(
+        issued["certificate"].as_str().unwrap(),
+    ))
+    .unwrap();
     assert_eq!(embedded.claims.measurements, claims.measurements);
     assert_eq!(embedded.evidence.as_deref(), Some(doc.as_slice()));
     // A second later than the leaf allows, or far past the document's age: refused with the time.
     s.clock.0.store(at + 3600, Ordering::SeqCst);
     let (_, why) = refusal(anon.post("/v1/certificates", &body));
-    assert!(why.starts_with("evidence_too_old:") || why.starts_with("certificate_expired:"), "{why}");
+    assert!(
+        why.starts_with("evidence_too_old:") || why.starts_with("certificate_expired:"),
+        "{why}"
+    );
     // The app's default policy wants a nonce, which a static document cannot bind.
     s.clock.0.store(at, Ordering::SeqCst);
     let strict: App = admin
-        .post("/v1/apps", &json!({"name": "strict", "input_image_name": "r/in", "output_image_name": "r/out"}))
+        .post(
+            "/v1/apps",
+            &json!({"name": "strict", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
         .unwrap();
     let (_, why) = refusal(anon.post(
         "/v1/certificates",

@@ -22,8 +22,8 @@ pub async fn create(
     name: &str,
     admin_user: &str,
     password_hash: &str,
+    now: i64,
 ) -> Result<(String, String)> {
-    let now = crate::now();
     let account_id = uuid::Uuid::new_v4().to_string();
     let user_id = uuid::Uuid::new_v4().to_string();
     sqlx::query("INSERT INTO accounts (account_id, name, created_at) VALUES ($1, $2, $3)")
@@ -34,8 +34,8 @@ pub async fn create(
         .await?;
     audit::init_chain(tx, &account_id).await?;
     sqlx::query(
-        "INSERT INTO users (user_id, account_id, user_name, user_email, password_hash, role, status, created_at) \
-         VALUES ($1, $2, $3, '', $4, 'MANAGER', 'ACTIVE', $5)",
+        "INSERT INTO users (user_id, account_id, user_name, user_email, password_hash, role, status, created_at, role_changed_at) \
+         VALUES ($1, $2, $3, '', $4, 'MANAGER', 'ACTIVE', $5, $5)",
     )
     .bind(&user_id)
     .bind(&account_id)
@@ -71,7 +71,12 @@ pub enum Bootstrap {
 
 /// On an empty database, creates the default account and `admin_user` with `password` (or a
 /// generated one). Safe when several replicas start at once: the account name is unique.
-pub async fn bootstrap(db: &Db, admin_user: &str, password: Option<String>) -> Result<Bootstrap> {
+pub async fn bootstrap(
+    db: &Db,
+    admin_user: &str,
+    password: Option<String>,
+    now: i64,
+) -> Result<Bootstrap> {
     let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts")
         .fetch_one(db.reader())
         .await?;
@@ -91,7 +96,7 @@ pub async fn bootstrap(db: &Db, admin_user: &str, password: Option<String>) -> R
     };
     let hash = crate::auth::hash_password(&password)?;
     let mut tx = db.begin().await?;
-    match create(db, &mut tx, "default", admin_user, &hash).await {
+    match create(db, &mut tx, "default", admin_user, &hash, now).await {
         Ok(_) => {}
         Err(e) if e.is_unique_violation() => return Ok(Bootstrap::Existing),
         Err(e) => return Err(e),
@@ -141,7 +146,7 @@ pub async fn create_with_admin(
     };
     let hash = crate::auth::hash_password(&password)?;
     let mut tx = db.begin().await?;
-    let (account, _) = match create(db, &mut tx, name, admin_user, &hash).await {
+    let (account, _) = match create(db, &mut tx, name, admin_user, &hash, crate::now()).await {
         Err(e) if e.is_unique_violation() => {
             return Err(Error::Conflict(format!(
                 "an account named {name:?} or a user named {admin_user:?} already exists"

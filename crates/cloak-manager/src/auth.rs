@@ -305,7 +305,8 @@ pub async fn login(state: &State, headers: &http::HeaderMap, client: &str) -> Re
     let (user_attempts, _) = reserve(&mut tx, &user_key, now).await?;
     let (addr_attempts, _) = reserve(&mut tx, &addr_key, now).await?;
     tx.commit().await?;
-    let wait = backoff(user_attempts, USER_FREE_FAILURES).max(backoff(addr_attempts, ADDR_FREE_FAILURES));
+    let wait =
+        backoff(user_attempts, USER_FREE_FAILURES).max(backoff(addr_attempts, ADDR_FREE_FAILURES));
     if wait > 0 {
         state.metrics.login_failed();
         return Err(Error::RateLimited {

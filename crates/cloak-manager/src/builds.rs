@@ -238,7 +238,7 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         (Some(id), _) => apps::get(state, p, id).await?,
         (None, Some(name)) => match apps::find_by_name(state, p, name).await? {
             Some(a) => a,
-            None if nb.create_app => {
+            None if nb.create_app && p.role >= cloak_api::Role::Manager => {
                 let created = apps::create(
                     state,
                     p,
@@ -259,12 +259,13 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
                     Err(e) => return Err(e),
                 }
             }
-            None => {
-                return Err(Error::field(
-                    "app_name",
-                    format!("no app named {name:?} in this account: create it with POST /v1/apps"),
-                ))
-            }
+            None => return Err(Error::field(
+                "app_name",
+                format!(
+                    "no app named {name:?} in this account: a MANAGER creates it (POST /v1/apps) \
+                         with its approval policy"
+                ),
+            )),
         },
         (None, None) => return Err(Error::field("app_id", "is required")),
     };
@@ -652,14 +653,13 @@ async fn lock_build(
         kind: "build",
         id: id.into(),
     };
-    let task_id: String = sqlx::query_scalar(
-        "SELECT task_id FROM builds WHERE account_id = $1 AND build_id = $2",
-    )
-    .bind(&p.account_id)
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(not_found)?;
+    let task_id: String =
+        sqlx::query_scalar("SELECT task_id FROM builds WHERE account_id = $1 AND build_id = $2")
+            .bind(&p.account_id)
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(not_found)?;
     sqlx::query(&format!(
         "SELECT task_id FROM tasks WHERE task_id = $1{}",
         state.db.for_update()
@@ -741,7 +741,13 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    tasks::fail_open(&mut tx, &task_id, "the build was deleted", state.clock.now()).await?;
+    tasks::fail_open(
+        &mut tx,
+        &task_id,
+        "the build was deleted",
+        state.clock.now(),
+    )
+    .await?;
     audit::append(
         &state.db,
         &mut tx,

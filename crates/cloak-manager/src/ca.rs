@@ -43,7 +43,7 @@ impl Ca {
     }
 }
 
-fn ca_params(cn: &str, path_len: Option<u8>, days: i64) -> CertificateParams {
+fn ca_params(cn: &str, path_len: Option<u8>, days: i64, now: i64) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -58,27 +58,28 @@ fn ca_params(cn: &str, path_len: Option<u8>, days: i64) -> CertificateParams {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let now = time::OffsetDateTime::now_utc();
+    let now = time::OffsetDateTime::from_unix_timestamp(now)
+        .map_err(|e| Error::Internal(format!("clock: {e}")))?;
     p.not_before = now - time::Duration::minutes(5);
     p.not_after = now + time::Duration::days(days);
-    p
+    Ok(p)
 }
 
 /// Loads the CA, creating it on first use (once, even with replicas starting together).
-pub async fn load_or_create(db: &Db, master: &MasterKey) -> Result<Ca> {
+pub async fn load_or_create(db: &Db, master: &MasterKey, now: i64) -> Result<Ca> {
     if let Some(ca) = load(db, master).await? {
         return Ok(ca);
     }
     let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)
         .map_err(|e| Error::Internal(format!("CA key: {e}")))?;
-    let root_params = ca_params("cloak manager root CA", None, 3650);
+    let root_params = ca_params("cloak manager root CA", None, 3650, now)?;
     let root = root_params
         .self_signed(&root_key)
         .map_err(|e| Error::Internal(format!("CA certificate: {e}")))?;
     let root_issuer = Issuer::new(root_params, root_key);
     let issuing_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)
         .map_err(|e| Error::Internal(format!("CA key: {e}")))?;
-    let issuing = ca_params("cloak manager issuing CA", Some(0), 1825)
+    let issuing = ca_params("cloak manager issuing CA", Some(0), 1825, now)?
         .signed_by(&issuing_key, &root_issuer)
         .map_err(|e| Error::Internal(format!("CA certificate: {e}")))?;
     let root_sealed = master.seal("ca:root:key", root_issuer.key().serialize_der().as_slice());
@@ -93,7 +94,7 @@ pub async fn load_or_create(db: &Db, master: &MasterKey) -> Result<Ca> {
     .bind(root_sealed)
     .bind(issuing.pem())
     .bind(issuing_sealed)
-    .bind(crate::now())
+    .bind(now)
     .execute(&mut *tx)
     .await?
     .rows_affected();

@@ -164,7 +164,11 @@ async fn consume_nonce(state: &State, nonce: &[u8]) -> std::result::Result<(), R
             format!("the nonce expired at {expires} (now {now}); nonces live {NONCE_TTL} s"),
         ));
     }
-    let mut tx = state.db.begin().await.map_err(|e| refuse("internal", e.to_string()))?;
+    let mut tx = state
+        .db
+        .begin()
+        .await
+        .map_err(|e| refuse("internal", e.to_string()))?;
     let used = sqlx::query(
         "UPDATE nonces SET used_at = $1 WHERE nonce_hash = $2 AND used_at IS NULL AND expires_at > $1",
     )
@@ -176,7 +180,10 @@ async fn consume_nonce(state: &State, nonce: &[u8]) -> std::result::Result<(), R
     .rows_affected();
     tx.commit().await.map_err(db)?;
     if used != 1 {
-        return Err(refuse("nonce_reused", "the nonce was already used: get a new one"));
+        return Err(refuse(
+            "nonce_reused",
+            "the nonce was already used: get a new one",
+        ));
     }
     Ok(())
 }
@@ -200,7 +207,11 @@ fn allowed_subjects(build: &cloak_api::Build) -> Vec<(String, Vec<String>)> {
                         .get("sans")
                         .or_else(|| c.get("subjectAltNames"))
                         .and_then(Value::as_array)
-                        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|s| s.as_str().map(String::from))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     Some((subject, sans))
                 })
@@ -230,7 +241,9 @@ fn matches(build: &cloak_api::Build, claims: &Claims) -> bool {
             pcr(0).as_deref() == Some(n.pcr0.as_str())
                 && pcr(1).as_deref() == Some(n.pcr1.as_str())
                 && pcr(2).as_deref() == Some(n.pcr2.as_str())
-                && n.pcr8.as_ref().is_none_or(|p8| pcr(8).as_deref() == Some(p8.as_str()))
+                && n.pcr8
+                    .as_ref()
+                    .is_none_or(|p8| pcr(8).as_deref() == Some(p8.as_str()))
         }),
         Measurements::Tdx(_) => false,
     }
@@ -320,7 +333,9 @@ async fn check(
     let attest_policy = Policy {
         allow_debug: policy.allow_debug.unwrap_or(false),
         accepted_tcb_statuses: Some(policy.allowed_tcb_statuses.clone().unwrap_or_else(|| {
-            cloak_attest::DEFAULT_TCB_STATUSES.map(String::from).to_vec()
+            cloak_attest::DEFAULT_TCB_STATUSES
+                .map(String::from)
+                .to_vec()
         })),
         allow_simulated: state.config.allow_simulated_attestation,
         max_age_secs: cloak_attest::DEFAULT_MAX_AGE_SECS,
@@ -343,7 +358,10 @@ async fn check(
         (None, Some(k)) => k.clone(),
         (None, None) => {
             return Err(with_claims(
-                refuse("bad_csr", "csr: required (this evidence carries no public key)"),
+                refuse(
+                    "bad_csr",
+                    "csr: required (this evidence carries no public key)",
+                ),
                 &claims,
             ))
         }
@@ -423,11 +441,17 @@ async fn check(
             if let Some(bad) = c.dns_names.iter().find(|d| !sans.contains(d)) {
                 return Err(r(
                     "subject_not_allowed",
-                    format!("the CSR asks for the SAN {bad:?}, which build {} does not list", build.build_id),
+                    format!(
+                        "the CSR asks for the SAN {bad:?}, which build {} does not list",
+                        build.build_id
+                    ),
                 ));
             }
             if !c.ip_addresses.is_empty() {
-                return Err(r("subject_not_allowed", "IP address SANs are not issued".into()));
+                return Err(r(
+                    "subject_not_allowed",
+                    "IP address SANs are not issued".into(),
+                ));
             }
             (cn, c.dns_names.clone())
         }
@@ -436,7 +460,10 @@ async fn check(
             None => {
                 return Err(r(
                     "subject_not_allowed",
-                    format!("build {} names no certificate (its certificates option is empty)", build.build_id),
+                    format!(
+                        "build {} names no certificate (its certificates option is empty)",
+                        build.build_id
+                    ),
                 ))
             }
         },
@@ -460,7 +487,10 @@ fn tcb_of(claims: Option<&Claims>) -> (Option<String>, Vec<String>) {
 }
 
 fn sign(state: &State, ca: &crate::ca::Ca, v: &Verdict) -> Result<(String, i64)> {
-    use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose, SanType};
+    use rcgen::{
+        CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        KeyUsagePurpose, SanType,
+    };
     let now = state.clock.now();
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -476,8 +506,14 @@ fn sign(state: &State, ca: &crate::ca::Ca, v: &Verdict) -> Result<(String, i64)>
     let not_after = now + v.validity;
     p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
         .map_err(|e| Error::Internal(e.to_string()))?;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let mut serial = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut serial);
     serial[0] &= 0x7f;
@@ -493,12 +529,7 @@ fn sign(state: &State, ca: &crate::ca::Ca, v: &Verdict) -> Result<(String, i64)>
     Ok((cert.pem(), not_after))
 }
 
-async fn record(
-    state: &State,
-    app: &App,
-    rec: &CertificateRecord,
-    details: Value,
-) -> Result<()> {
+async fn record(state: &State, app: &App, rec: &CertificateRecord, details: Value) -> Result<()> {
     let mut tx = state.db.begin().await?;
     sqlx::query(
         "INSERT INTO certificates (certificate_id, account_id, app_id, build_id, status, reason_code, detail, \
@@ -554,10 +585,14 @@ async fn app_account(state: &State, app: &App) -> Result<String> {
 }
 
 /// `POST /v1/certificates`: checks, signs, records, audits.
-pub async fn request(state: &State, req: CertificateRequest, request_id: &str) -> Result<CertificateRecord> {
+pub async fn request(
+    state: &State,
+    req: CertificateRequest,
+    request_id: &str,
+) -> Result<CertificateRecord> {
     let app_id = crate::validate::uuid("app_id", &req.app_id)?;
     let app = crate::apps::get_any(state, &app_id).await?;
-    let ca = crate::ca::load_or_create(&state.db, &state.master()).await?;
+    let ca = crate::ca::load_or_create(&state.db, &state.master(), state.clock.now()).await?;
     let now = state.clock.now();
     let verdict = check(state, &app, &req, true).await;
     let id = uuid::Uuid::new_v4().to_string();
@@ -575,7 +610,11 @@ pub async fn request(state: &State, req: CertificateRequest, request_id: &str) -
                     "issued to build {} for {}{}",
                     v.build_id,
                     describe(&v.claims),
-                    if v.claims.simulated { " (SIMULATED evidence)" } else { "" }
+                    if v.claims.simulated {
+                        " (SIMULATED evidence)"
+                    } else {
+                        ""
+                    }
                 ),
                 tee: Some(v.claims.tee.as_str().into()),
                 simulated: v.claims.simulated,
@@ -626,13 +665,20 @@ pub async fn request(state: &State, req: CertificateRequest, request_id: &str) -
         Ok(()) => Ok(rec),
         Err(r) => Err(Error::Refused {
             code: r.code,
-            detail: format!("{} (certificate record {id}, request {request_id})", r.detail),
+            detail: format!(
+                "{} (certificate record {id}, request {request_id})",
+                r.detail
+            ),
         }),
     }
 }
 
 /// `POST /v1/attestation/evaluate`: the same checks, nothing issued, no nonce used.
-pub async fn evaluate(state: &State, p: &crate::auth::Principal, req: CertificateRequest) -> Result<Value> {
+pub async fn evaluate(
+    state: &State,
+    p: &crate::auth::Principal,
+    req: CertificateRequest,
+) -> Result<Value> {
     let app_id = crate::validate::uuid("app_id", &req.app_id)?;
     let app = crate::apps::get(state, p, &app_id).await?;
     Ok(match check(state, &app, &req, false).await {

@@ -115,9 +115,11 @@ impl Config {
         let simulation_key = match &s.simulation_public_key {
             Some(path) => {
                 let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                Some(cloak_attest::SimulationPublicKey::from_bytes(&bytes).map_err(|e| {
-                    Error::Config(format!("--simulation-public-key {}: {e}", path.display()))
-                })?)
+                Some(
+                    cloak_attest::SimulationPublicKey::from_bytes(&bytes).map_err(|e| {
+                        Error::Config(format!("--simulation-public-key {}: {e}", path.display()))
+                    })?,
+                )
             }
             None => None,
         };
@@ -129,7 +131,9 @@ impl Config {
             ));
         }
         if allow_simulated_attestation {
-            tracing::warn!("SIMULATED attestation is accepted: certificates will be marked SIMULATED");
+            tracing::warn!(
+                "SIMULATED attestation is accepted: certificates will be marked SIMULATED"
+            );
         }
         Ok(Config {
             allow_simulated_attestation,

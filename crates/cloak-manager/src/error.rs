@@ -82,8 +82,12 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Refused { code, .. } => match *code {
-                "malformed_evidence" | "malformed_nonce" | "bad_csr" | "malformed_collateral"
-                | "unknown_evidence_kind" | "bad_key" => StatusCode::BAD_REQUEST,
+                "malformed_evidence"
+                | "malformed_nonce"
+                | "bad_csr"
+                | "malformed_collateral"
+                | "unknown_evidence_kind"
+                | "bad_key" => StatusCode::BAD_REQUEST,
                 "internal" => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::FORBIDDEN,
             },

@@ -135,8 +135,9 @@ pub async fn credential_for_host(
     let id: String = row.try_get(0)?;
     let sealed: Vec<u8> = row.try_get(2)?;
     let plain = state.master().open(&context(&id, host), &sealed)?;
-    let password =
-        String::from_utf8(plain).map_err(|_| Error::Decrypt { what: context(&id, host) })?;
+    let password = String::from_utf8(plain).map_err(|_| Error::Decrypt {
+        what: context(&id, host),
+    })?;
     Ok(Some((row.try_get(1)?, password)))
 }
 
@@ -169,9 +170,10 @@ pub async fn create(state: &State, p: &Principal, req: RegistryRequest) -> Resul
     let description = req.description.unwrap_or_default();
     validate::text("description", &description, 4096)?;
     let id = uuid::Uuid::new_v4().to_string();
-    let sealed = state
-        .master()
-        .seal(&context(&id, &host), req.credential.default.password.as_bytes());
+    let sealed = state.master().seal(
+        &context(&id, &host),
+        req.credential.default.password.as_bytes(),
+    );
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
     let r = sqlx::query(

@@ -731,7 +731,7 @@ async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
 // ---- attestation and certificates ----
 
 async fn ca_chain(S(state): S<State>) -> Result<Json<certs::CaResponse>> {
-    let ca = crate::ca::load_or_create(&state.db, &state.master()).await?;
+    let ca = crate::ca::load_or_create(&state.db, &state.master(), state.clock.now()).await?;
     Ok(Json(certs::CaResponse {
         chain: ca.chain_pem(),
         root: ca.root_pem.clone(),
@@ -750,8 +750,14 @@ async fn request_certificate(
     Ok(created(certs::request(&state, req, &rid.0).await?))
 }
 
-async fn get_certificate(S(state): S<State>, p: Principal, Path(c): Path<String>) -> Result<Json<certs::CertificateRecord>> {
-    Ok(Json(certs::get(&state, &p, &id("certificate_id", &c)?).await?))
+async fn get_certificate(
+    S(state): S<State>,
+    p: Principal,
+    Path(c): Path<String>,
+) -> Result<Json<certs::CertificateRecord>> {
+    Ok(Json(
+        certs::get(&state, &p, &id("certificate_id", &c)?).await?,
+    ))
 }
 
 async fn evaluate(

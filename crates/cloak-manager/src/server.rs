@@ -88,7 +88,14 @@ pub fn admin_password(config: &Config) -> Result<Option<String>> {
 /// Everything but the listener: state ready to serve (database migrated, admin created).
 pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
     let (db, key) = open(&config).await?;
-    match accounts::bootstrap(&db, &config.admin_user, admin_password(&config)?).await? {
+    match accounts::bootstrap(
+        &db,
+        &config.admin_user,
+        admin_password(&config)?,
+        clock.now(),
+    )
+    .await?
+    {
         Bootstrap::Existing => {}
         Bootstrap::Created { generated_password } => {
             tracing::info!(user = %config.admin_user, "created the default account and its administrator");
@@ -243,19 +250,15 @@ pub async fn serve(
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let tls = match tokio::time::timeout(
-                        HEADER_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let tls =
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     let _ = watcher.watch(conn.into_owned()).await;
                 });

@@ -154,23 +154,25 @@ impl Db {
             return Ok(None);
         }
         let mut conn = self.write.acquire().await?;
-        conn.execute("SELECT pg_advisory_lock_shared(7243012)").await?;
+        conn.execute("SELECT pg_advisory_lock_shared(7243012)")
+            .await?;
         Ok(Some(conn))
     }
 
     /// PostgreSQL: whether no replica is running (takes the exclusive lock for this
     /// connection's life). Always true on SQLite (check the data-dir lock instead).
-    pub async fn no_replica_running(&self) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Any>>> {
-        let mut conn = self.write.acquire().await?;
-        if self.dialect == Dialect::Postgres {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7243012)")
-                .fetch_one(&mut *conn)
-                .await?;
-            if !got {
-                return Ok(None);
-            }
+    #[allow(clippy::type_complexity)]
+    pub async fn no_replica_running(
+        &self,
+    ) -> Result<Option<Option<sqlx::pool::PoolConnection<sqlx::Any>>>> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(Some(None));
         }
-        Ok(Some(conn))
+        let mut conn = self.write.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7243012)")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then_some(Some(conn)))
     }
 
     /// The pool for reads.
@@ -291,8 +293,8 @@ impl Db {
 /// The schema, one entry per version. Never edit an applied entry: add one.
 const MIGRATIONS: &[(&str, &str)] = &[
     (
-    "initial schema",
-    r#"
+        "initial schema",
+        r#"
 CREATE TABLE accounts (account_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at BIGINT NOT NULL);
 CREATE TABLE users (user_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
   user_name TEXT NOT NULL UNIQUE, user_email TEXT NOT NULL, password_hash TEXT NOT NULL, role TEXT NOT NULL,

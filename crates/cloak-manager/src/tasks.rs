@@ -288,7 +288,8 @@ pub async fn decide(
             policy.approvers.join(", ")
         )));
     }
-    if policy.exclude_requester && task.requester_info.user_id.as_deref() == Some(p.owner.as_str()) {
+    if policy.exclude_requester && task.requester_info.user_id.as_deref() == Some(p.owner.as_str())
+    {
         return Err(Error::Forbidden(format!(
             "{} registered this build and the app's policy excludes the requester from approving it",
             p.actor.name
@@ -357,7 +358,9 @@ pub async fn decide(
     };
     let mut reason = reason;
     let outcome = if let Some((old, why)) = &banned {
-        reason = Some(format!("these measurements were revoked with build {old} ({why})"));
+        reason = Some(format!(
+            "these measurements were revoked with build {old} ({why})"
+        ));
         Some(("FAILED", "REJECTED", "Build Rejected"))
     } else if !approve {
         Some(("DENIED", "REJECTED", "Build Rejected"))

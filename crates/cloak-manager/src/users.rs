@@ -137,10 +137,11 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
             let current = patch.current_password.clone().ok_or_else(|| {
                 Error::field("current_password", "is required to change your password")
             })?;
-            let stored: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE user_id = $1")
-                .bind(id)
-                .fetch_one(state.db.reader())
-                .await?;
+            let stored: String =
+                sqlx::query_scalar("SELECT password_hash FROM users WHERE user_id = $1")
+                    .bind(id)
+                    .fetch_one(state.db.reader())
+                    .await?;
             let ok = auth::verify_password_queued(stored, current).await?;
             if !ok {
                 return Err(Error::field("current_password", "is wrong"));
