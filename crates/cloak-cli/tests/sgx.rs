@@ -492,7 +492,7 @@ fn measure_fails_on_each_way_around_it_and_passes_the_untouched_image() {
         .arg("3072"));
     let fails_with = |layout: &Path, extra: &[&str], reason: &str| {
         let image = format!("oci:{}:1", layout.display());
-        let out = run(cloak().args(&expect(&image)).args(extra));
+        let out = run(cloak().args(expect(&image)).args(extra));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{reason}: {stdout}");
         assert!(stdout.contains(reason), "wanted {reason:?} in:\n{stdout}");
