@@ -842,3 +842,126 @@ fn a_closed_stdout_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
 }
+
+/// An image whose `/tmp` is a link to `/`, `/proc` a link to `/cloak` (which would hide the
+/// run configuration), `/sys` a link out of the image root and `/run` a file: the init replaces
+/// these mount points with directories (never following the links), and the application runs
+/// with the configuration the conversion wrote and sees proc, tmpfs and sysfs where they belong.
+#[test]
+fn mount_points_the_image_made_links_boot_into_the_converted_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    let l = tar(&[
+        T::Dir("bin/", 0o755, 0),
+        T::File("bin/busybox", 0o755, 0, &bb),
+        T::Sym("bin/sh", "busybox"),
+        T::Sym("tmp", "/"),
+        T::Sym("proc", "/cloak"),
+        T::Sym("sys", "../../.."),
+        T::File("run", 0o644, 0, b"not a directory"),
+    ]);
+    let dir = tmp.path().join("links");
+    let check = "b=/bin/busybox; \
+        $b test ! -L /tmp -a ! -L /proc -a ! -L /sys -a -d /run || exit 9; \
+        $b grep -q '^proc /proc proc' /proc/mounts || exit 10; \
+        $b grep -q '^tmpfs /tmp tmpfs' /proc/mounts || exit 11; \
+        $b grep -q '^sysfs /sys sysfs' /proc/mounts || exit 12; \
+        $b test -f /cloak/run.json -a -x /bin/busybox || exit 13; \
+        test \"$GREETING\" = converted || exit 14; \
+        echo MOUNTS-OK; exit 4";
+    Layout::new(&dir).layer(Comp::Gzip, l).finish(
+        "1",
+        "amd64",
+        json!({"Entrypoint": ["/bin/sh", "-c", check], "Env": ["PATH=/bin", "GREETING=converted"]}),
+    );
+    let eif = tmp.path().join("links.eif");
+    let out = convert(&format!("oci:{}:1", dir.display()), &eif, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booted = run(cloak().args(["run", "--target", "nitro"]).arg(&eif));
+    let console = String::from_utf8_lossy(&booted.stdout);
+    assert!(console.contains("MOUNTS-OK"), "{console}");
+    assert_eq!(booted.status.code(), Some(4), "{console}");
+    assert!(
+        console.contains("/rootfs/tmp was a symbolic link to /; replaced"),
+        "{console}"
+    );
+}
+
+/// What a plain `cargo build` leaves beside `cloak`: a dynamically linked launcher. A copy of
+/// `cloak` with it in a fresh directory refuses to convert and says how to install; after
+/// `scripts/install.sh PREFIX` the installed `cloak` finds its static launcher and the EIF boots.
+#[test]
+fn a_dynamic_launcher_is_refused_and_the_install_script_gives_a_working_cloak() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dynamic = workspace().join("target/debug/cloak-launcher");
+    if !dynamic.exists() {
+        ok(std::process::Command::new("cargo")
+            .args(["build", "--quiet", "-p", "cloak-launcher"])
+            .current_dir(workspace()));
+    }
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_cloak"), plain.join("cloak")).unwrap();
+    std::fs::copy(&dynamic, plain.join("cloak-launcher")).unwrap();
+    let bb = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    let eif = tmp.path().join("plain.eif");
+    let out = run(std::process::Command::new(plain.join("cloak"))
+        .env_remove("CLOAK_LAUNCHER")
+        .args(["convert", "--target", "nitro", "--quiet", "--kernel"])
+        .arg(kernel())
+        .arg("--eif")
+        .arg(&eif)
+        .args([&bb, "-"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the launcher {} is dynamically linked",
+            plain.join("cloak-launcher").display()
+        )) && err.contains("bash scripts/install.sh"),
+        "{err}"
+    );
+    assert!(!eif.exists());
+
+    let prefix = tmp.path().join("prefix");
+    ok(std::process::Command::new("bash")
+        .arg(workspace().join("scripts/install.sh"))
+        .arg(&prefix)
+        .env("CLOAK_PROFILE", "debug"));
+    assert!(prefix.join("lib/cloak/cloak-launcher").exists());
+    let eif = tmp.path().join("installed.eif");
+    let out = run(std::process::Command::new(prefix.join("bin/cloak"))
+        .env_remove("CLOAK_LAUNCHER")
+        .args([
+            "convert",
+            "--target",
+            "nitro",
+            "--quiet",
+            "--entrypoint-args",
+            "-c",
+            "--entrypoint-args",
+            "echo installed launcher; exit 6",
+            "--entrypoint",
+            "/bin/sh",
+            "--kernel",
+        ])
+        .arg(kernel())
+        .arg("--eif")
+        .arg(&eif)
+        .args([&bb, "-"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booted = run(std::process::Command::new(prefix.join("bin/cloak"))
+        .args(["run", "--target", "nitro"])
+        .arg(&eif));
+    let console = String::from_utf8_lossy(&booted.stdout);
+    assert!(console.contains("installed launcher"), "{console}");
+    assert_eq!(booted.status.code(), Some(6), "{console}");
+}

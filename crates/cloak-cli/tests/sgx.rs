@@ -418,3 +418,141 @@ fn bad_input_is_refused_before_anything_is_pushed() {
         );
     }
 }
+
+/// `cloak measure` checks what users think it checks: each way to change a converted image that
+/// still verifies against its own SIGSTRUCTs fails with exit 1 and its reason named, and the
+/// untouched image passes with every expected value given.
+#[test]
+fn measure_fails_on_each_way_around_it_and_passes_the_untouched_image() {
+    let env = setup();
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "bb:1");
+    let out_dir = env.tmp.path().join("converted");
+    let output = format!("oci:{}:1", out_dir.display());
+    let o = env.convert(&input, &output, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let [mrenclave, mrenclave2, mrsigner] =
+        ["mrenclave", "mrenclave2", "mrsigner"].map(|k| report[k].as_str().unwrap().to_string());
+    let expect = |image: &str| -> Vec<String> {
+        [
+            "measure",
+            "-o",
+            "text",
+            "--expect-mrenclave",
+            &mrenclave,
+            "--expect-mrenclave2",
+            &mrenclave2,
+            "--expect-mrsigner",
+            &mrsigner,
+            image,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+
+    // untouched: passes, JSON has every value and says what was not checked
+    let json: serde_json::Value = serde_json::from_slice(
+        &ok(cloak()
+            .args(["measure", "-o", "json"])
+            .args(&expect(&output)[3..]))
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["variants"][0]["mrenclave"], mrenclave.as_str());
+    assert_eq!(json["variants"][1]["mrenclave"], mrenclave2.as_str());
+    assert_eq!(json["variants"][0]["mrsigner"], mrsigner.as_str());
+    assert_eq!(json["variants"][0]["debug"], false);
+    assert_eq!(json["variants"][0]["enclaveSize"], 256u64 << 20);
+    assert!(json["notChecked"].as_array().unwrap().iter().any(|n| n
+        .as_str()
+        .unwrap()
+        .contains("provenance of the Gramine runtime")));
+
+    let copy = |name: &str| {
+        let dir = env.tmp.path().join(name);
+        ok(cloak().args(["copy", &output, &format!("oci:{}:1", dir.display())]));
+        dir
+    };
+    let sign = |root: &Path, key: &Path, prefix: &str| {
+        ok(cloak()
+            .args(["sgx", "sign", "--date", "2024-01-01", "--manifest"])
+            .arg(root.join(format!("cloak/{prefix}.manifest.sgx")))
+            .arg("--libpal")
+            .arg(root.join("cloak/gramine/sgx/libpal.so"))
+            .arg("--key")
+            .arg(format!("file:{}", key.display()))
+            .arg("--output")
+            .arg(root.join(format!("cloak/{prefix}.sig"))));
+    };
+    let other_key = env.tmp.path().join("other-key.pem");
+    ok(Command::new("openssl")
+        .args(["genrsa", "-3", "-out"])
+        .arg(&other_key)
+        .arg("3072"));
+    let fails_with = |layout: &Path, extra: &[&str], reason: &str| {
+        let image = format!("oci:{}:1", layout.display());
+        let out = run(cloak().args(expect(&image)).args(extra));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{reason}: {stdout}");
+        assert!(stdout.contains(reason), "wanted {reason:?} in:\n{stdout}");
+    };
+
+    // 1. re-signed with another key (a consistent image, but not ours)
+    let resigned = copy("resigned");
+    tamper(&resigned, &env.tmp.path().join("b1"), |root| {
+        sign(root, &other_key, "app");
+        sign(root, &other_key, "app-edmm");
+    });
+    fails_with(
+        &resigned,
+        &[],
+        &format!("is not the expected {mrsigner} (the enclave was signed with another key)"),
+    );
+
+    // 2. the entrypoint no longer starts the enclave
+    let entry = copy("entrypoint");
+    ok(Command::new("umoci")
+        .args(["config", "--image"])
+        .arg(format!("{}:1", entry.display()))
+        .args(["--config.entrypoint", "/bin/sh"]));
+    fails_with(&entry, &[], "do not start the measured enclave");
+
+    // 3. an appended layer replaces the manifest, signed consistently with the same key
+    let replaced = copy("replaced");
+    tamper(&replaced, &env.tmp.path().join("b3"), |root| {
+        let p = root.join("cloak/app.manifest.sgx");
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text.push_str("\n[attacker]\nchanged = true\n");
+        std::fs::write(&p, text).unwrap();
+        sign(root, &env.key, "app");
+    });
+    fails_with(&replaced, &[], &format!("is not the expected {mrenclave}"));
+    fails_with(&replaced, &[], "the image changed after its conversion");
+
+    // 4. a debug enclave: fails unless --allow-debug, which still warns
+    let debug_out = format!("oci:{}:1", env.tmp.path().join("debug").display());
+    let o = env.convert(&input, &debug_out, &["--debug"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = run(cloak().args(["measure", "-o", "text", &debug_out]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("DEBUG ENCLAVE"), "{stdout}");
+    let out = ok(cloak().args(["measure", "-o", "text", "--allow-debug", &debug_out]));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("WARNING: /cloak/app.manifest.sgx: DEBUG ENCLAVE"));
+
+    // 5. a manifest naming a huge enclave (days of measuring): refused before measuring
+    let huge = copy("huge");
+    tamper(&huge, &env.tmp.path().join("b5"), |root| {
+        let p = root.join("cloak/app.manifest.sgx");
+        let text = std::fs::read_to_string(&p).unwrap().replacen(
+            "enclave_size = \"256M\"",
+            "enclave_size = \"0x4000000000000000\"",
+            1,
+        );
+        assert!(text.contains("0x4000000000000000"));
+        std::fs::write(&p, text).unwrap();
+    });
+    fails_with(&huge, &[], "exceeds 1024G");
+}

@@ -7,6 +7,7 @@ pub mod crypt;
 pub mod decrypt;
 pub mod encrypt;
 pub mod error;
+pub mod launcher;
 pub mod nitro;
 pub mod options;
 pub mod sgx;

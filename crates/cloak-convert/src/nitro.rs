@@ -287,13 +287,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         Some((key, cert)) => Some(cloak_nitro::sign::EifSigner::from_files(key, cert)?),
         None => None,
     };
-    let launcher = std::fs::metadata(&req.launcher).map_err(|e| {
-        Error::Options(format!(
-            "cannot read the launcher {}: {e}; build it with scripts/build-launcher.sh or pass --launcher",
-            req.launcher.display()
-        ))
-    })?;
-    let _ = launcher;
+    crate::launcher::check(&req.launcher)?;
     let co = &req.options.converter_options;
     let no = &req.options.nitro_enclaves_options;
     let cpu_count = no.cpu_count.unwrap_or(2);

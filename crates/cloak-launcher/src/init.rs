@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::path::Path;
 
 use crate::{launch, RealSys};
 
@@ -168,36 +169,131 @@ fn loopback_up() {
     }
 }
 
-fn enter_rootfs() {
-    if !std::path::Path::new("/rootfs").is_dir() {
-        return; // a flat ramdisk: the root is already the image
-    }
-    for (src, target, fstype) in [
-        ("proc", "/rootfs/proc", "proc"),
-        ("sysfs", "/rootfs/sys", "sysfs"),
-        ("devtmpfs", "/rootfs/dev", "devtmpfs"),
-        ("tmpfs", "/rootfs/tmp", "tmpfs"),
-        ("tmpfs", "/rootfs/run", "tmpfs"),
-    ] {
-        mount(src, target, fstype, 0, "");
-    }
-    mount("devpts", "/rootfs/dev/pts", "devpts", 0, "");
-    mount("tmpfs", "/rootfs/dev/shm", "tmpfs", 0, "");
-    let root = c("/rootfs");
-    let dot = c(".");
-    let slash = c("/");
-    // SAFETY: plain system calls with valid paths.
-    unsafe {
-        if libc::chdir(root.as_ptr()) != 0
-            || libc::chroot(dot.as_ptr()) != 0
-            || libc::chdir(slash.as_ptr()) != 0
-        {
-            eprintln!(
-                "cloak-launcher: entering /rootfs: {}",
-                std::io::Error::last_os_error()
-            );
+/// The file systems the init mounts in the image before entering it, in order; targets are
+/// relative to the image root (`dev/pts` and `dev/shm` lie inside the fresh devtmpfs).
+const ROOT_MOUNTS: [(&str, &str, &str); 7] = [
+    ("proc", "proc", "proc"),
+    ("sysfs", "sys", "sysfs"),
+    ("devtmpfs", "dev", "devtmpfs"),
+    ("tmpfs", "tmp", "tmpfs"),
+    ("tmpfs", "run", "tmpfs"),
+    ("devpts", "dev/pts", "devpts"),
+    ("tmpfs", "dev/shm", "tmpfs"),
+];
+
+/// The system calls of entering the image root; a recording fake implements it in tests.
+pub trait RootSys {
+    /// Mount `fstype` from `source` on the directory `target`.
+    fn mount(&mut self, source: &str, target: &Path, fstype: &str) -> std::io::Result<()>;
+    /// Make `root` the root directory and the working directory.
+    fn chroot(&mut self, root: &Path) -> std::io::Result<()>;
+}
+
+/// The real system calls.
+pub struct RealRootSys;
+
+impl RootSys for RealRootSys {
+    fn mount(&mut self, source: &str, target: &Path, fstype: &str) -> std::io::Result<()> {
+        let t = CString::new(target.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let (s, f, d) = (c(source), c(fstype), c(""));
+        // SAFETY: valid NUL-terminated strings for the duration of the call.
+        let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
+
+    fn chroot(&mut self, root: &Path) -> std::io::Result<()> {
+        let r = CString::new(root.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let (dot, slash) = (c("."), c("/"));
+        // SAFETY: plain system calls with valid paths.
+        let ok = unsafe {
+            libc::chdir(r.as_ptr()) == 0
+                && libc::chroot(dot.as_ptr()) == 0
+                && libc::chdir(slash.as_ptr()) == 0
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// Make `root/rel` a real directory reached without following any symbolic link: each
+/// component is looked at with `lstat`; a missing one is created, and one that is a symbolic
+/// link or not a directory (the image's own `/tmp -> /`, `/proc -> /cloak`, a file named `run`)
+/// is replaced by an empty directory. These are mount points the init owns (like a container
+/// runtime owns `/proc`, `/sys` and `/dev`): following an image's link would mount over
+/// whatever it names, inside the image (hiding `/cloak`) or, for an absolute link, in the
+/// initramfs around it. Nothing else runs while PID 1 does this, so the checked path is the
+/// mounted path. Returns a note per replaced entry.
+pub fn mount_point(root: &Path, rel: &str) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    let mut cur = root.to_path_buf();
+    for comp in rel.split('/') {
+        cur.push(comp);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(m) => {
+                let what = if m.file_type().is_symlink() {
+                    match std::fs::read_link(&cur) {
+                        Ok(t) => format!("a symbolic link to {}", t.display()),
+                        Err(_) => "a symbolic link".to_string(),
+                    }
+                } else {
+                    "not a directory".to_string()
+                };
+                std::fs::remove_file(&cur)
+                    .map_err(|e| format!("removing {} ({what}): {e}", cur.display()))?;
+                notes.push(format!(
+                    "{} was {what}; replaced by an empty directory for the mount",
+                    cur.display()
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", cur.display())),
+        }
+        std::fs::create_dir(&cur).map_err(|e| format!("creating {}: {e}", cur.display()))?;
+    }
+    Ok(notes)
+}
+
+/// Mount proc, sys, dev, tmp and run inside `root` (see [`mount_point`]) and enter it. An
+/// error means the application must not start: its root would not be the image. Returns
+/// notes about replaced mount points, for the console. Without `root` (a flat ramdisk), the
+/// root is already the image.
+pub fn enter_rootfs(sys: &mut dyn RootSys, root: &Path) -> Result<Vec<String>, String> {
+    match std::fs::symlink_metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "{} is not a directory (a symbolic link or a file); the image tree is damaged",
+                root.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", root.display())),
+    }
+    let mut notes = Vec::new();
+    for (source, rel, fstype) in ROOT_MOUNTS {
+        notes.extend(mount_point(root, rel)?);
+        let target = root.join(rel);
+        if let Err(e) = sys.mount(source, &target, fstype) {
+            // A mount that fails leaves an empty directory of the image: the application
+            // still runs with its own configuration, so this is reported, not fatal.
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                notes.push(format!("mount {fstype} on {}: {e}", target.display()));
+            }
+        }
+    }
+    sys.chroot(root)
+        .map_err(|e| format!("entering {}: {e}", root.display()))?;
+    Ok(notes)
 }
 
 /// Run as PID 1; never returns.
@@ -213,7 +309,19 @@ pub fn run_as_init() -> ! {
         eprintln!("cloak-launcher: placing the image's files: {e}");
         finish(125);
     }
-    enter_rootfs();
+    // Never start the application outside its own root (a failed chroot would run it in
+    // the initramfs, with /cloak-data and whatever the image's links pointed at).
+    match enter_rootfs(&mut RealRootSys, Path::new("/rootfs")) {
+        Ok(notes) => {
+            for n in notes {
+                eprintln!("cloak-launcher: {n}");
+            }
+        }
+        Err(e) => {
+            eprintln!("cloak-launcher: {e}; the application is not started");
+            finish(125);
+        }
+    }
     loopback_up();
     let outer: BTreeMap<String, String> = std::env::vars().collect();
     // SAFETY: fork in a single-threaded process; the child only execs or exits.
@@ -254,3 +362,6 @@ fn finish(code: i32) -> ! {
     }
     std::process::exit(code)
 }
+
+#[cfg(test)]
+mod tests;

@@ -165,20 +165,74 @@ impl Pcrs {
     }
 }
 
-/// Check that `kernel` is an x86 bzImage (`HdrS` at 0x202).
+/// EIF header flag of enclaves for Graviton (arm64) parents (AWS's `EIF_HDR_ARCH_ARM64`).
+pub const FLAG_ARCH_ARM64: u16 = 0x1;
+
+/// The kernel formats an EIF can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelFormat {
+    /// An x86 bzImage (`HdrS` at 0x202): Nitro Enclaves on x86_64 parents, and `cloak run`.
+    X86BzImage,
+    /// An arm64 `Image` (`ARM\x64` at 56, Documentation/arch/arm64/booting.rst): Graviton parents.
+    Arm64Image,
+}
+
+impl KernelFormat {
+    /// The EIF header flags of an enclave with this kernel.
+    pub fn eif_flags(self) -> u16 {
+        match self {
+            KernelFormat::X86BzImage => 0,
+            KernelFormat::Arm64Image => FLAG_ARCH_ARM64,
+        }
+    }
+}
+
+/// What kind of kernel `bytes` (the file's first 0x206 bytes or more) start with.
+pub fn kernel_format_of(bytes: &[u8]) -> Option<KernelFormat> {
+    if bytes.get(0x202..0x206) == Some(b"HdrS") {
+        Some(KernelFormat::X86BzImage)
+    } else if bytes.get(56..60) == Some(b"ARM\x64") {
+        Some(KernelFormat::Arm64Image)
+    } else {
+        None
+    }
+}
+
+/// The format of the kernel file at `kernel`; an error names both accepted formats.
+pub fn kernel_format(kernel: &Path) -> Result<KernelFormat> {
+    let f = File::open(kernel).map_err(|e| Error::io("open kernel", kernel, e))?;
+    let mut head = Vec::with_capacity(0x206);
+    f.take(0x206)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io("read kernel", kernel, e))?;
+    kernel_format_of(&head).ok_or_else(|| {
+        Error::Input(format!(
+            "{} is neither an x86 bzImage (\"HdrS\" at 0x202) nor an arm64 Image (\"ARM\\x64\" at 56); \
+             pass the kernel from a nitro-cli blobs folder (bzImage, or Image on Graviton) or a \
+             distribution's uncompressed vmlinuz/Image",
+            kernel.display()
+        ))
+    })
+}
+
+/// Check that `kernel` is an x86 bzImage (`HdrS` at 0x202): what `cloak convert` (x86-64
+/// launcher and images) and `cloak run` (qemu-system-x86_64) need.
 pub fn check_bzimage(kernel: &Path) -> Result<()> {
-    let mut f = File::open(kernel).map_err(|e| Error::io("open kernel", kernel, e))?;
-    let mut magic = [0u8; 4];
-    let ok = f.seek(SeekFrom::Start(0x202)).is_ok()
-        && f.read_exact(&mut magic).is_ok()
-        && &magic == b"HdrS";
-    if !ok {
-        return Err(Error::Input(format!(
+    match kernel_format(kernel) {
+        Ok(KernelFormat::X86BzImage) => Ok(()),
+        Ok(KernelFormat::Arm64Image) => Err(Error::Input(format!(
+            "{} is an arm64 Image kernel (Graviton); this needs an x86 bzImage: cloak converts \
+             linux/amd64 images with an x86-64 launcher and boots x86 kernels only (an arm64 EIF \
+             can be built from arm64 parts with `cloak eif build`)",
+            kernel.display()
+        ))),
+        Err(Error::Input(_)) => Err(Error::Input(format!(
             "{} is not an x86 bzImage (no \"HdrS\" at 0x202); pass the kernel from a nitro-cli blobs folder or a distribution's vmlinuz",
             kernel.display()
-        )));
+        ))),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// The metadata section in the shape AWS's readers require (`EifIdentityInfo`). `build_time`
@@ -502,7 +556,7 @@ fn stream_section(
 
 /// Write the EIF to `out` (via a temporary file renamed at the end) and return its PCRs.
 pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
-    check_bzimage(&spec.kernel)?;
+    let flags = kernel_format(&spec.kernel)?.eif_flags();
     let cmdline = spec.cmdline.trim().as_bytes().to_vec();
     let metadata = serde_json::to_vec(&spec.metadata).expect("metadata serialises");
     // (kind, source, announced size: None for streams)
@@ -646,6 +700,7 @@ pub fn write(spec: EifSpec<'_>, out: &Path) -> Result<Measurements> {
     let mut header = vec![0u8; HEADER_SIZE as usize];
     header[..4].copy_from_slice(MAGIC);
     header[4..6].copy_from_slice(&VERSION.to_be_bytes());
+    header[6..8].copy_from_slice(&flags.to_be_bytes());
     header[8..16].copy_from_slice(&(1u64 << 30).to_be_bytes());
     header[16..24].copy_from_slice(&2u64.to_be_bytes());
     header[26..28].copy_from_slice(&(layout.len() as u16).to_be_bytes());
@@ -689,7 +744,7 @@ pub struct SectionInfo {
 pub struct EifInfo {
     /// Format version.
     pub version: u16,
-    /// Header flags (0 = x86_64).
+    /// Header flags (0 = x86_64, [`FLAG_ARCH_ARM64`] = Graviton).
     pub flags: u16,
     /// Sections in file order.
     pub sections: Vec<SectionInfo>,
@@ -896,6 +951,86 @@ mod tests {
             assert_eq!(m.pcr1, reference_pcr(&[&kernel, &boot]));
             assert_eq!(m.pcr2, reference_pcr(&[&app]));
         }
+    }
+
+    /// An arm64 `Image` header (Documentation/arch/arm64/booting.rst): magic at 56.
+    fn fake_arm64_image(dir: &Path) -> PathBuf {
+        let mut k = noise(90_001, 11);
+        k[0x202..0x206].copy_from_slice(b"xxxx");
+        k[56..60].copy_from_slice(b"ARM\x64");
+        let p = dir.join("Image");
+        std::fs::write(&p, k).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_arm64_image_kernel_builds_an_eif_flagged_for_graviton_and_is_named_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot");
+        std::fs::write(&boot, noise(1000, 12)).unwrap();
+        for (kernel, flags) in [
+            (fake_kernel(dir.path()), 0),
+            (fake_arm64_image(dir.path()), FLAG_ARCH_ARM64),
+        ] {
+            let out = dir.path().join(format!("k{flags}.eif"));
+            let spec = EifSpec {
+                kernel: kernel.clone(),
+                cmdline: "console=ttyS0".into(),
+                ramdisks: vec![Part::File(boot.clone())],
+                metadata: serde_json::json!({}),
+                signer: None,
+                size_check: None,
+            };
+            let m = write(spec, &out).unwrap();
+            let info = read(&out).unwrap();
+            assert_eq!(info.flags, flags);
+            assert!(info.crc_ok);
+            assert_eq!(info.measurements.pcr0, m.pcr0);
+        }
+        // convert and run need x86: the refusal says what the file is and what the limit is
+        let arm = fake_arm64_image(dir.path());
+        let err = check_bzimage(&arm).unwrap_err().to_string();
+        assert!(err.contains("is an arm64 Image kernel"), "{err}");
+        let err = crate::vm::boot(
+            &arm,
+            "",
+            &boot,
+            &crate::vm::VmOptions {
+                cpus: 1,
+                mem_mib: 256,
+                kvm: false,
+                timeout: std::time::Duration::from_secs(1),
+                publish: Vec::new(),
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cloak run boots x86 bzImage kernels only"),
+            "{err}"
+        );
+        // neither format: both are named
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, noise(4096, 13)).unwrap();
+        let err = write(
+            EifSpec {
+                kernel: junk,
+                cmdline: String::new(),
+                ramdisks: vec![Part::File(boot.clone())],
+                metadata: serde_json::json!({}),
+                signer: None,
+                size_check: None,
+            },
+            &dir.path().join("junk.eif"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("neither an x86 bzImage") && err.contains("nor an arm64 Image"),
+            "{err}"
+        );
+        assert!(!dir.path().join("junk.eif").exists());
     }
 
     /// A streamed ramdisk of 9 MiB and a few bytes, starting at an unaligned offset and

@@ -107,6 +107,14 @@ pub fn boot(
     opts: &VmOptions,
     console: &mut dyn Write,
 ) -> Result<i32> {
+    if crate::eif::kernel_format(kernel)? == crate::eif::KernelFormat::Arm64Image {
+        return Err(Error::Input(format!(
+            "{} is an arm64 Image kernel (a Graviton enclave): cloak run boots x86 bzImage \
+             kernels only, under qemu-system-x86_64; run arm64 EIFs with nitro-cli on a Graviton \
+             parent instance",
+            kernel.display()
+        )));
+    }
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-nographic",

@@ -132,6 +132,20 @@ pub fn load_segments(bytes: &[u8]) -> Result<(u64, Vec<Segment>)> {
     Ok((entry, segments))
 }
 
+/// `e_machine` of x86-64.
+pub const EM_X86_64: u16 = 62;
+/// `e_machine` of AArch64.
+pub const EM_AARCH64: u16 = 183;
+
+/// The `e_machine` field of a 64-bit little-endian ELF file (`EM_X86_64`, `EM_AARCH64`, …).
+pub fn machine(bytes: &[u8], what: &str) -> Result<u16> {
+    program_headers(bytes, what)?;
+    u16_at(bytes, 0x12).ok_or_else(|| Error::Elf {
+        what: what.to_string(),
+        reason: "truncated header".into(),
+    })
+}
+
 /// Parse `bytes` (a whole ELF file) named `what`.
 pub fn dynamic_info(bytes: &[u8], what: &str) -> Result<DynamicInfo> {
     let bad = |reason: &str| Error::Elf {

@@ -29,7 +29,13 @@ pub fn parse_size(s: &str) -> Result<u64> {
     n.checked_mul(1 << shift).ok_or_else(bad)
 }
 
-/// Parse and validate an enclave size: a power of two, at least 64 KiB... of real use.
+/// The largest `sgx.enclave_size` cloak builds or measures: 1 TiB, Gramine's own default with
+/// EDMM. It is twice the EPC of the largest SGX servers (512 GiB per socket), and without
+/// EDMM every page of it is part of MRENCLAVE: 1 TiB means 16 GiB of SHA-256 input, while the
+/// 2^63 bytes a manifest can name would take years.
+pub const MAX_ENCLAVE_SIZE: u64 = 1 << 40;
+
+/// Parse and validate an enclave size: a power of two, at most [`MAX_ENCLAVE_SIZE`].
 pub fn enclave_size(s: &str) -> Result<u64> {
     let n = parse_size(s)?;
     if !n.is_power_of_two() {
@@ -37,7 +43,20 @@ pub fn enclave_size(s: &str) -> Result<u64> {
             "enclave size {s:?} ({n} bytes) is not a power of two; use e.g. 256M, 512M, 1G, 2G"
         )));
     }
+    check_enclave_size(n)?;
     Ok(n)
+}
+
+/// Refuse an enclave size above [`MAX_ENCLAVE_SIZE`].
+pub fn check_enclave_size(n: u64) -> Result<()> {
+    if n > MAX_ENCLAVE_SIZE {
+        return Err(Error::Manifest(format!(
+            "sgx.enclave_size of {n} bytes exceeds 1024G, the largest enclave cloak builds or \
+             measures (beyond the EPC of any SGX machine; measuring it would take hours or \
+             years); use at most 1024G"
+        )));
+    }
+    Ok(())
 }
 
 /// Validate a thread count (the loader accepts 1..=4096).

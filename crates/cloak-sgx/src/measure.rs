@@ -217,6 +217,7 @@ pub fn mrenclave(manifest: &[u8], libpal: &[u8], layout: &Layout) -> Result<[u8;
             layout.enclave_size
         )));
     }
+    crate::manifest::check_enclave_size(layout.enclave_size)?;
     if !(1..=4096).contains(&layout.threads) {
         return Err(Error::Manifest(format!(
             "sgx.max_threads = {} is outside 1..=4096",

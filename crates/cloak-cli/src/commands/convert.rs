@@ -44,7 +44,8 @@ pub struct Args {
     /// SGX: image with Gramine installed under /usr/lib/x86_64-linux-gnu/gramine.
     #[arg(long, value_name = "IMAGE")]
     pub runtime_image: Option<String>,
-    /// The static launcher to ship (default: next to this executable, then the workspace build).
+    /// The static x86-64 launcher to ship (default: PREFIX/lib/cloak/cloak-launcher for
+    /// PREFIX/bin/cloak, then beside this executable, then the workspace's static build).
     #[arg(long, value_name = "FILE", env = "CLOAK_LAUNCHER")]
     pub launcher: Option<PathBuf>,
     /// SGX: signing key: default, file:KEY.pem or a pkcs11: URI.
@@ -270,25 +271,35 @@ fn nitro_options(a: &Args) -> anyhow::Result<NitroOptions> {
     Ok(o)
 }
 
-/// Where the static launcher is when `--launcher` is not given.
+/// Where the static launcher is when `--launcher` is not given: the first of these that is a
+/// static x86-64 executable (see `cloak_convert::launcher::check`):
+/// `PREFIX/lib/cloak/cloak-launcher` for `PREFIX/bin/cloak` (what `scripts/install.sh`
+/// installs), `cloak-launcher` beside the executable, and the workspace's static build
+/// (`scripts/build-launcher.sh`). When none qualifies, the first that exists is returned, so that
+/// the conversion refuses it with the reason and the install hint (a plain `cargo build` leaves
+/// a dynamically linked launcher beside `cloak`).
 fn default_launcher() -> PathBuf {
     let exe = std::env::current_exe().ok();
-    let beside = exe
-        .as_ref()
-        .and_then(|e| e.parent())
-        .map(|d| d.join("cloak-launcher"));
-    let workspace = exe
-        .as_ref()
-        .and_then(|e| {
-            e.ancestors()
-                .find(|a| a.join("x86_64-unknown-linux-gnu").is_dir())
-        })
-        .map(|t| t.join("x86_64-unknown-linux-gnu/release/cloak-launcher"));
-    // A dynamically linked launcher next to a debug build would not run in every image: prefer
-    // the static build when it exists.
-    workspace
-        .filter(|p| p.exists())
-        .or(beside)
+    let dir = exe.as_ref().and_then(|e| e.parent());
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = dir {
+        if let Some(prefix) = d.parent() {
+            candidates.push(prefix.join("lib/cloak/cloak-launcher"));
+        }
+        candidates.push(d.join("cloak-launcher"));
+    }
+    if let Some(t) = exe.as_ref().and_then(|e| {
+        e.ancestors()
+            .find(|a| a.join("x86_64-unknown-linux-gnu").is_dir())
+    }) {
+        candidates.push(t.join("x86_64-unknown-linux-gnu/release/cloak-launcher"));
+    }
+    candidates
+        .iter()
+        .find(|p| cloak_convert::launcher::check(p).is_ok())
+        .or_else(|| candidates.iter().find(|p| p.exists()))
+        .or(candidates.first())
+        .cloned()
         .unwrap_or_else(|| PathBuf::from("cloak-launcher"))
 }
 

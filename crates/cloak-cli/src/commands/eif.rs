@@ -20,7 +20,8 @@ pub struct Args {
 pub enum Sub {
     /// Build an EIF from a kernel, a command line and ramdisks taken as given, in order.
     Build {
-        /// bzImage.
+        /// Kernel: an x86 bzImage, or an arm64 `Image` for Graviton parents (the EIF header is
+        /// then flagged ARM64; `cloak run` boots x86 only).
         #[arg(long)]
         kernel: PathBuf,
         /// Kernel command line.

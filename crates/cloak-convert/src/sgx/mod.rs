@@ -191,6 +191,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         .or_else(|| o.signing_key.as_ref().and_then(|k| k.uri.clone()))
         .unwrap_or_else(|| "default".into());
     let signer = cloak_sgx::key::open(&key_spec)?;
+    crate::launcher::check(&req.launcher)?;
     let launcher = std::fs::read(&req.launcher).map_err(|e| {
         Error::Options(format!(
             "cannot read the launcher {}: {e}; build it with scripts/build-launcher.sh or pass --launcher",

@@ -248,6 +248,8 @@ fn every_input_moves_the_measurement() {
 #[case::not_power_of_two(0x30_0000, 1, "power of two")]
 #[case::zero_threads(0x40_0000, 0, "1..=4096")]
 #[case::too_many_threads(0x40_0000, 4097, "1..=4096")]
+#[case::beyond_1_tib(1 << 41, 4, "exceeds 1024G")]
+#[case::beyond_any_machine(1 << 62, 4, "exceeds 1024G")]
 fn bad_layouts_are_refused(#[case] size: u64, #[case] threads: u64, #[case] msg: &str) {
     let err = mrenclave(
         b"x",
@@ -274,4 +276,17 @@ fn manifest_with_nul_is_refused() {
         },
     );
     assert!(err.unwrap_err().to_string().contains("NUL"));
+}
+
+#[test]
+fn manifests_name_at_most_1024g() {
+    use crate::manifest::{enclave_size, read};
+    assert_eq!(enclave_size("1024G").unwrap(), 1 << 40);
+    let err = enclave_size("2048G").unwrap_err().to_string();
+    assert!(err.contains("exceeds 1024G"), "{err}");
+    let huge = format!("[sgx]\nenclave_size = \"{:#x}\"\n", 1u64 << 62);
+    let err = read(huge.as_bytes(), "app.manifest.sgx")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exceeds 1024G"), "{err}");
 }
