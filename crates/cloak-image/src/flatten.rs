@@ -1000,4 +1000,6 @@ async fn apply_layers(src: &Source, image: &Image, mut flattener: Flattener) -> 
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
