@@ -20,6 +20,7 @@ use crate::name::{self, escape, MAX_DEPTH, PATH_MAX};
 use crate::spec;
 
 mod limits;
+pub(crate) use limits::TarGuard;
 pub use limits::{MAX_LAYER_ENTRIES, MAX_LONG_NAME, MAX_PAX};
 
 /// Maximum symlinks followed while resolving one path (as Linux's `MAXSYMLINKS`).

@@ -45,6 +45,8 @@ enum State {
 pub struct TarGuard<R> {
     inner: R,
     layer: String,
+    /// A docker archive rather than a layer (only changes the error's wording).
+    archive: bool,
     state: State,
     block: [u8; BLOCK],
     filled: usize,
@@ -59,6 +61,7 @@ impl<R: Read> TarGuard<R> {
         TarGuard {
             inner,
             layer: layer.to_string(),
+            archive: false,
             state: State::Header,
             block: [0; BLOCK],
             filled: 0,
@@ -68,15 +71,27 @@ impl<R: Read> TarGuard<R> {
         }
     }
 
+    /// Guard a `docker save` archive (`what` names it in errors).
+    pub fn archive(inner: R, what: &str) -> Self {
+        TarGuard {
+            archive: true,
+            ..TarGuard::new(inner, what)
+        }
+    }
+
     /// The stream it reads.
     pub fn into_inner(self) -> R {
         self.inner
     }
 
     fn refuse(&self, reason: String) -> io::Error {
-        io::Error::other(Error::Layer {
-            layer: self.layer.clone(),
-            reason,
+        io::Error::other(if self.archive {
+            Error::Invalid(format!("{}: {reason}", self.layer))
+        } else {
+            Error::Layer {
+                layer: self.layer.clone(),
+                reason,
+            }
         })
     }
 
