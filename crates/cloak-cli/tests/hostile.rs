@@ -64,6 +64,28 @@ fn ten_mib_manifest_is_refused() {
 }
 
 #[test]
+fn an_endless_manifest_is_refused_after_4_mib_without_reading_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = busybox(&tmp.path().join("bb"));
+    let fake = FakeRegistry::serve(&fixture, Fault::EndlessManifest);
+    let out = tmp.path().join("out");
+    let err = fails(cloak().args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/hostile/bb:1", fake.addr),
+        &format!("oci:{}:1", out.display()),
+    ]));
+    assert!(err.contains("over the 4194304-byte limit"), "{err}");
+    // cloak hung up: of the 1 GiB on offer, little more than the limit (plus what socket
+    // buffers hold) was ever written.
+    let sent = fake
+        .manifest_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 64 << 20, "{sent} bytes of manifest were sent");
+    assert_no_image_written(&out);
+}
+
+#[test]
 fn unknown_manifest_media_type_is_refused() {
     let (err, out, _tmp) = copy_from_fake(Fault::UnknownMediaType);
     assert!(
