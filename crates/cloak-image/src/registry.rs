@@ -87,8 +87,15 @@ pub struct Registry {
     registry: String,
     /// Manifests are fetched with this client (same TLS settings as `client`), so their
     /// size is checked while the body streams: oci-client reads a manifest body whole.
-    http: reqwest::Client,
-    scheme: &'static str,
+    http: Box<(reqwest::Client, Scheme)>,
+}
+
+/// How the registry is reached.
+#[derive(Clone, Copy)]
+enum Scheme {
+    Https,
+    /// `--tls-verify=false` and the registry speaks no TLS.
+    Http,
 }
 
 impl std::fmt::Debug for Registry {
@@ -135,8 +142,8 @@ impl Registry {
             Error::Invalid(format!("cannot set up an HTTP client for {registry}: {e}"))
         })?;
         let scheme = match protocol {
-            ClientProtocol::Http => "http",
-            _ => "https",
+            ClientProtocol::Http => Scheme::Http,
+            _ => Scheme::Https,
         };
         let config = ClientConfig {
             protocol,
@@ -150,8 +157,7 @@ impl Registry {
             client: oci_client::Client::new(config),
             auth: creds.to_registry_auth(),
             registry,
-            http,
-            scheme,
+            http: Box::new((http, scheme)),
         })
     }
 
@@ -244,13 +250,17 @@ impl Registry {
             .await?;
         let url = format!(
             "{}://{}/v2/{}/manifests/{}",
-            self.scheme,
+            match self.http.1 {
+                Scheme::Http => "http",
+                Scheme::Https => "https",
+            },
             reference.resolve_registry(),
             reference.repository(),
             reference.digest().or(reference.tag()).unwrap_or("latest")
         );
         let mut req = self
             .http
+            .0
             .get(&url)
             .header(reqwest::header::ACCEPT, accepted.join(", "));
         req = match (&token, &self.auth) {
