@@ -30,7 +30,7 @@ for kind in "${kinds[@]}"; do
     rm -rf "$image"
     python3 scripts/lib/hostile_layers.py "$kind" "$image" --big
   fi
-  blobs=$(du -sh --apparent-size "$image/blobs" | cut -f1)
+  blobs=$(find "$image/blobs" -type f -printf '%s\n' | awk '{s += $1} END {print s}' | numfmt --to=iec)
   for cmd in ls-files nitro; do
     case $cmd in
       ls-files) args=(ls-files "oci:$image:1") ;;

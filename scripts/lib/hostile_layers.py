@@ -205,22 +205,25 @@ def huge_pax_record(big):
 
 
 def many_opaque_markers(big):
-    files = 200_000 if big else 20_000
-    markers = 1_000_000 if big else 50_000
+    # A lower layer of files in DIRS directories; an upper layer that adds some files, then
+    # opaque markers on the root, on d and on every d/sJ in turn. A flattener that scans
+    # every node per marker does MARKERS x FILES steps (10^11 with --big).
+    dirs, per_dir = 100 if big else 20, 1000
+    markers = 900_000 if big else 50_000
     lower = Layer()
     lower.write(member(b"d/", typeflag=b"5"))
-    for i in range(files):
-        lower.write(member(b"d/%d" % i, typeflag=b"0"))
+    for j in range(dirs):
+        lower.write(member(b"d/s%d/" % j, typeflag=b"5"))
+        for i in range(per_dir):
+            lower.write(member(b"d/s%d/f%d" % (j, i)))
     lower.write(END)
     upper = Layer()
-    # New files first (each marker must keep them), then markers on d, on the root and on
-    # directories of their own.
-    for i in range(files // 2):
-        upper.write(member(b"d/new%d" % i))
+    for j in range(dirs):
+        for i in range(per_dir // 2):
+            upper.write(member(b"d/s%d/new%d" % (j, i)))
+    targets = [b".wh..wh..opq", b"d/.wh..wh..opq"] + [b"d/s%d/.wh..wh..opq" % j for j in range(dirs)]
     for i in range(markers):
-        which = i % 3
-        name = [b"d/.wh..wh..opq", b".wh..wh..opq", b"e%d/.wh..wh..opq" % i][which]
-        upper.write(member(name))
+        upper.write(member(targets[i % len(targets)]))
     upper.write(END)
     return [lower, upper]
 
