@@ -477,8 +477,7 @@ impl Flattener {
                     )))
                 }
                 None if create => {
-                    let mut d = Entry::dir(self.layer);
-                    d.path = format!("/{cur}");
+                    let d = Entry::dir(self.layer);
                     self.insert_node(cur.clone(), d)?;
                 }
                 None => {
@@ -603,7 +602,9 @@ impl Flattener {
         let path = join(&parent, &last);
         let header = entry.header().clone();
         let mut node = Entry::dir(self.layer);
-        node.path = format!("/{path}");
+        // The path is the node's key; `Entry::path` is filled in by `finish` (one copy of
+        // every path while layers are applied).
+        let abs = format!("/{path}");
         node.mode = header
             .mode()
             .map_err(|e| self.layer_err(format!("{shown}: bad mode: {e}")))?
@@ -653,8 +654,8 @@ impl Flattener {
                 node.kind = EntryKind::File;
                 let id = self.next_content;
                 self.next_content += 1;
-                let spool = self.spools(&node.path);
-                let (digest, size) = self.store(&mut entry, id, &node.path, spool)?;
+                let spool = self.spools(&abs);
+                let (digest, size) = self.store(&mut entry, id, &abs, spool)?;
                 node.content = Some(id);
                 node.sha256 = digest;
                 node.size = size;
@@ -689,7 +690,6 @@ impl Flattener {
                     );
                 }
                 node = target;
-                node.path = format!("/{path}");
                 node.layer = self.layer;
                 if let Some(id) = node.content {
                     *self.refs.entry(id).or_insert(0) += 1;
@@ -786,7 +786,9 @@ impl Flattener {
     pub fn finish(self) -> FlatFs {
         let mut first_of: HashMap<u64, String> = HashMap::new();
         let mut entries = Vec::with_capacity(self.nodes.len());
-        for (_, mut e) in self.nodes {
+        for (key, mut e) in self.nodes {
+            e.path = format!("/{key}");
+            drop(key);
             if let Some(id) = e.content {
                 match first_of.get(&id) {
                     Some(primary) => {
