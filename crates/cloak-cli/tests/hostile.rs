@@ -4,7 +4,7 @@
 mod common;
 
 use common::fake::{FakeRegistry, Fault};
-use common::images::{busybox, single_layer, T};
+use common::images::{busybox, hostile, single_layer, T};
 use common::*;
 
 fn assert_no_image_written(out: &std::path::Path) {
@@ -60,6 +60,28 @@ fn truncated_blob_is_refused_and_nothing_is_committed() {
 fn ten_mib_manifest_is_refused() {
     let (err, out, _tmp) = copy_from_fake(Fault::HugeManifest);
     assert!(err.contains("over the 4194304-byte limit"), "{err}");
+    assert_no_image_written(&out);
+}
+
+#[test]
+fn an_endless_manifest_is_refused_after_4_mib_without_reading_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = busybox(&tmp.path().join("bb"));
+    let fake = FakeRegistry::serve(&fixture, Fault::EndlessManifest);
+    let out = tmp.path().join("out");
+    let err = fails(cloak().args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/hostile/bb:1", fake.addr),
+        &format!("oci:{}:1", out.display()),
+    ]));
+    assert!(err.contains("over the 4194304-byte limit"), "{err}");
+    // cloak hung up: of the 1 GiB on offer, little more than the limit (plus what socket
+    // buffers hold) was ever written.
+    let sent = fake
+        .manifest_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 64 << 20, "{sent} bytes of manifest were sent");
     assert_no_image_written(&out);
 }
 
@@ -159,4 +181,101 @@ fn tampered_layout_blob_is_detected_on_read() {
     ]));
     assert!(err.contains("digest mismatch"), "{err}");
     assert_no_image_written(&out);
+}
+
+#[test]
+fn hostile_names_and_layer_bombs_end_in_an_error_naming_entry_or_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (kind, want) in [
+        (
+            "nul-gnu-long-name",
+            "entry cloak\\0x/run.json contains a NUL byte",
+        ),
+        (
+            "nul-pax-path",
+            "entry cloak\\0/run.json contains a NUL byte",
+        ),
+        (
+            "nul-pax-linkpath",
+            "link target /etc\\0/../cloak contains a NUL byte",
+        ),
+        ("not-utf8", "entry caf\\xe9 is not UTF-8"),
+        (
+            "deep-path",
+            "has 2001 components, over the limit of 256 directory levels",
+        ),
+        (
+            "long-path",
+            "is 200000 bytes long, over the limit of 4095 bytes",
+        ),
+        (
+            "huge-gnu-long-name",
+            "a GNU long name of 1099511627776 bytes, over the limit of 4096 bytes",
+        ),
+        (
+            "huge-pax-record",
+            "a PAX extended header of 1099511627776 bytes, over the limit of 1048576 bytes",
+        ),
+        ("many-entries", "more than 1048576 entries in one layer"),
+    ] {
+        let image = hostile(&tmp.path().join(kind), kind);
+        let err = fails(
+            cloak()
+                .arg("ls-files")
+                .arg(format!("oci:{}:1", image.display())),
+        );
+        assert!(err.contains(want), "{kind}: {err}");
+        assert!(
+            err.contains("layer sha256:"),
+            "{kind}: the layer is not named: {err}"
+        );
+        assert!(!err.contains("panicked"), "{kind}: {err}");
+        std::fs::remove_dir_all(&image).unwrap();
+    }
+}
+
+#[test]
+fn whiteout_storms_end_with_the_right_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = hostile(&tmp.path().join("opq"), "many-opaque-markers");
+    let out = ok(cloak()
+        .args(["ls-files", "-o", "json"])
+        .arg(format!("oci:{}:1", image.display())));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let under_d: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .filter(|p| p.starts_with("/d/"))
+        .collect();
+    // The opaque markers hide every lower file of /d; the 20 directories that lead to the
+    // 10000 files the upper layer added stay, with those files.
+    assert_eq!(under_d.len(), 10_020);
+    assert!(
+        under_d
+            .iter()
+            .all(|p| p.contains("/new") || !p[3..].contains('/')),
+        "{under_d:?}"
+    );
+}
+
+#[test]
+fn control_characters_in_names_are_kept_and_printed_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = hostile(&tmp.path().join("ctl"), "control-chars");
+    let out = ok(cloak()
+        .arg("ls-files")
+        .arg(format!("oci:{}:1", image.display())));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per entry: {text:?}");
+    assert!(
+        lines[0].ends_with(" /evil\\n-rw-r--r-- 0:0 forged\\u{1b}[31m"),
+        "{text:?}"
+    );
+    assert!(!text.contains('\x1b'));
+    let json = ok(cloak()
+        .args(["ls-files", "-o", "json"])
+        .arg(format!("oci:{}:1", image.display())));
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(entries[0]["path"], "/evil\n-rw-r--r-- 0:0 forged\u{1b}[31m");
 }

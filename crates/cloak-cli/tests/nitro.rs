@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::images::{busybox, multilayer, tar, Comp, Layout, T};
+use common::images::{busybox, hostile, multilayer, tar, Comp, Layout, T};
 use common::registry::Registry;
 use common::*;
 use serde_json::json;
@@ -456,6 +456,10 @@ fn bad_input_is_refused_before_any_output_is_written() {
         "layer sha256:{} (damaged, or not a tar archive)",
         layer.file_name().unwrap().to_string_lossy()
     );
+    // `/cloak\0x/run.json` (a GNU long name) and `/cloak\0/run.json` (a PAX path): the
+    // kernel's unpacker would cut them to `/cloak`.
+    let nul_long = hostile(&tmp.path().join("nul-long"), "nul-gnu-long-name");
+    let nul_pax = hostile(&tmp.path().join("nul-pax"), "nul-pax-path");
     let mut bytes = std::fs::read(&layer).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
@@ -490,6 +494,18 @@ fn bad_input_is_refused_before_any_output_is_written() {
             format!("oci:{}:1", damaged.display()),
             vec![],
             &damaged_msg,
+        ),
+        (
+            "nul-long-name",
+            format!("oci:{}:1", nul_long.display()),
+            vec![],
+            "entry cloak\\0x/run.json contains a NUL byte",
+        ),
+        (
+            "nul-pax-path",
+            format!("oci:{}:1", nul_pax.display()),
+            vec![],
+            "entry cloak\\0/run.json contains a NUL byte",
         ),
     ];
     for (name, input, extra, msg) in cases {

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::images::{busybox, gramine_runtime, multilayer, single_layer, T};
+use common::images::{busybox, gramine_runtime, hostile, multilayer, single_layer, T};
 use common::registry::Registry;
 use common::tree::from_dir;
 use common::*;
@@ -357,6 +357,9 @@ fn bad_input_is_refused_before_anything_is_pushed() {
         .arg(&weak_key)
         .arg("3072"));
     let no_pal = gramine_runtime(&env.tmp.path().join("nopal"), false);
+    // `/cloak\0x/run.json` (a GNU long name), `/cloak\0/run.json` (a PAX path).
+    let nul_long = hostile(&env.tmp.path().join("nul-long"), "nul-gnu-long-name");
+    let nul_pax = hostile(&env.tmp.path().join("nul-pax"), "nul-pax-path");
     let cases: Vec<(&str, String, Vec<String>, &str)> = vec![
         (
             "mem",
@@ -400,6 +403,18 @@ fn bad_input_is_refused_before_anything_is_pushed() {
             bb.clone(),
             vec!["--manifest-options".into(), "sgx.max_threads=8".into()],
             "conflicts",
+        ),
+        (
+            "nul-long-name",
+            format!("oci:{}:1", nul_long.display()),
+            vec![],
+            "entry cloak\\0x/run.json contains a NUL byte",
+        ),
+        (
+            "nul-pax-path",
+            format!("oci:{}:1", nul_pax.display()),
+            vec![],
+            "entry cloak\\0/run.json contains a NUL byte",
         ),
     ];
     for (name, input, extra, msg) in cases {

@@ -19,6 +19,7 @@ use cloak_image::copy::Progress;
 use cloak_image::flatten::{flatten_streaming, ContentSink, EntryKind, FlatFs};
 use cloak_image::image::{resolve, Dest, Image, RawManifest, Source};
 use cloak_image::layer::{source_date_epoch, write_layer, FileContent, LayerEntry};
+use cloak_image::name::escape;
 use cloak_image::spec::{self, ImageConfig, ImageManifest};
 use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
 use cloak_launcher::RunConfig;
@@ -181,8 +182,12 @@ fn tree<'a>(
         if !e.xattrs.is_empty() {
             warnings.push(format!(
                 "{}: extended attributes dropped ({})",
-                e.path,
-                e.xattrs.keys().cloned().collect::<Vec<_>>().join(", ")
+                escape(&e.path),
+                e.xattrs
+                    .keys()
+                    .map(|k| escape(k).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         let name = format!("rootfs{}", e.path);
@@ -404,7 +409,8 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
                 let _ = writer.await;
                 return Err(Error::Options(format!(
                     "{} already contains {}; cloak needs /cloak for itself",
-                    image.reference, e.path
+                    image.reference,
+                    escape(&e.path)
                 )));
             }
             let mut warnings: Vec<String> = fs.warnings().to_vec();
@@ -423,9 +429,10 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
                     .map(|e| e.size)
                     .sum();
                 let bytes = ramdisk.content_bytes().saturating_sub(live_bytes);
-                let names: Vec<&str> = dead
+                let names: Vec<String> = dead
                     .iter()
                     .filter_map(|id| ramdisk.path_of(*id))
+                    .map(|p| escape(p).into_owned())
                     .take(5)
                     .collect();
                 warnings.push(format!(

@@ -55,12 +55,20 @@ impl ArchiveSource {
         let mut entries: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut links: BTreeMap<String, String> = BTreeMap::new();
         {
-            let mut archive = tar::Archive::new(std::io::BufReader::new(&mut file));
-            let iter = archive
-                .entries()
-                .map_err(|e| Error::io("read docker archive", path, e))?;
+            // Checked as layers are: tar-rs reads long names and PAX headers whole.
+            let guarded =
+                crate::flatten::TarGuard::archive(std::io::BufReader::new(&mut file), &what);
+            let mut archive = tar::Archive::new(guarded);
+            let read_err = |e: std::io::Error| {
+                if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+                    Error::from_stream(what.clone(), e)
+                } else {
+                    Error::io("read docker archive", path, e)
+                }
+            };
+            let iter = archive.entries().map_err(read_err)?;
             for entry in iter {
-                let entry = entry.map_err(|e| Error::io("read docker archive", path, e))?;
+                let entry = entry.map_err(read_err)?;
                 let name = normalize(
                     &entry
                         .path()

@@ -6,7 +6,7 @@
 //! clamped at the image root, parent directories are resolved through the image's own
 //! symlinks without ever leaving the root, and hardlinks must name a file already in the image.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -16,10 +16,25 @@ use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
 use crate::image::{Image, Source};
 use crate::layer::decompress;
+use crate::name::{self, escape, MAX_DEPTH, PATH_MAX};
 use crate::spec;
+
+mod limits;
+pub(crate) use limits::TarGuard;
+pub use limits::{MAX_LAYER_ENTRIES, MAX_LONG_NAME, MAX_PAX};
 
 /// Maximum symlinks followed while resolving one path (as Linux's `MAXSYMLINKS`).
 const MAX_SYMLINK_HOPS: usize = 40;
+/// Most path components visited while resolving one path (symlinks included).
+const MAX_RESOLVE_STEPS: u64 = 4096;
+/// Most path components visited while resolving the paths of one layer.
+pub const MAX_LAYER_RESOLVE_STEPS: u64 = 1 << 25;
+/// Most entries visited by the whiteouts and opaque markers of one layer.
+pub const MAX_LAYER_WHITEOUT_VISITS: u64 = 1 << 24;
+/// Most entries in the flattened tree of an image (directories made implicitly included).
+pub const MAX_TREE_ENTRIES: usize = 1 << 20;
+/// Most bytes of paths held for the flattened tree of an image.
+pub const MAX_TREE_PATH_BYTES: u64 = 64 << 20;
 
 /// Receives the content of every regular file while its layer is read, in layer order (see
 /// [`flatten_streaming`]): nothing is spooled, and the final tree names each file's content
@@ -165,6 +180,15 @@ pub struct Flattener {
     next_content: u64,
     layer: usize,
     warnings: Vec<String>,
+    /// Bytes of the paths in `nodes` (bounded by [`MAX_TREE_PATH_BYTES`]).
+    path_bytes: u64,
+    /// Work of the current layer: components resolved, entries visited by whiteouts.
+    steps: u64,
+    visits: u64,
+    /// What the whiteouts (subtrees) and opaque markers (children) of the current layer
+    /// already cleared: repeating one is a no-op.
+    cleared: HashSet<String>,
+    opaque: HashSet<String>,
 }
 
 fn split(path: &str) -> Vec<String> {
@@ -174,9 +198,9 @@ fn split(path: &str) -> Vec<String> {
         .collect()
 }
 
-fn is_under(path: &str, dir: &str) -> bool {
-    dir.is_empty()
-        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+/// `path` and its ancestors, nearest first (`a/b/c`, `a/b`, `a`).
+fn self_and_ancestors(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(path), |p| p.rfind('/').map(|i| &p[..i]))
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -202,6 +226,11 @@ impl Flattener {
             next_content: 0,
             layer: 0,
             warnings: Vec::new(),
+            path_bytes: 0,
+            steps: 0,
+            visits: 0,
+            cleared: HashSet::new(),
+            opaque: HashSet::new(),
         })
     }
 
@@ -216,6 +245,11 @@ impl Flattener {
             next_content: 0,
             layer: 0,
             warnings: Vec::new(),
+            path_bytes: 0,
+            steps: 0,
+            visits: 0,
+            cleared: HashSet::new(),
+            opaque: HashSet::new(),
         }
     }
 
@@ -257,40 +291,167 @@ impl Flattener {
         }
     }
 
-    /// Remove `path` and everything under it, keeping entries for which `keep` is true.
-    fn remove_tree(&mut self, path: &str, keep: impl Fn(&Entry) -> bool) {
+    /// Add (or replace) a node, within the limits on the tree.
+    fn insert_node(&mut self, key: String, entry: Entry) -> Result<()> {
+        let len = key.len() as u64;
+        if let Some(old) = self.nodes.insert(key, entry) {
+            self.path_bytes -= len;
+            self.release(&old);
+        }
+        self.path_bytes += len;
+        if self.nodes.len() > MAX_TREE_ENTRIES {
+            return Err(self.layer_err(format!(
+                "the image has more than {MAX_TREE_ENTRIES} files and directories (limit of cloak)"
+            )));
+        }
+        if self.path_bytes > MAX_TREE_PATH_BYTES {
+            return Err(self.layer_err(format!(
+                "the paths of the image's files take more than {MAX_TREE_PATH_BYTES} bytes (limit of cloak)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn remove_node(&mut self, key: &str) {
+        if let Some(e) = self.nodes.remove(key) {
+            self.path_bytes -= key.len() as u64;
+            self.release(&e);
+        }
+    }
+
+    /// Remove `path` and everything under it.
+    fn remove_tree(&mut self, path: &str) {
         let prefix = format!("{path}/");
-        let mut doomed: Vec<String> = self
+        let doomed: Vec<String> = self
             .nodes
-            .range(prefix.clone()..)
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(_, e)| !keep(e))
             .map(|(k, _)| k.clone())
             .collect();
-        if self.nodes.get(path).is_some_and(|e| !keep(e)) {
-            doomed.push(path.to_string());
-        }
         for k in doomed {
-            if let Some(e) = self.nodes.remove(&k) {
-                self.release(&e);
+            self.remove_node(&k);
+        }
+        self.remove_node(path);
+    }
+
+    /// Apply a whiteout: remove what lower layers put at `root` (when `with_root`) and under
+    /// it, keeping what this layer added and the directories leading to it. One range of
+    /// the sorted map is visited; a whiteout already covered by an earlier one of this
+    /// layer does nothing (what it could remove is gone).
+    fn remove_lower(&mut self, root: &str, with_root: bool) -> Result<()> {
+        let covered = self_and_ancestors(root).enumerate().any(|(i, p)| {
+            self.cleared.contains(p) || ((i > 0 || !with_root) && self.opaque.contains(p))
+        }) || (!root.is_empty() && self.opaque.contains(""));
+        if covered {
+            return Ok(());
+        }
+        let layer = self.layer;
+        let prefix = if root.is_empty() {
+            String::new()
+        } else {
+            format!("{root}/")
+        };
+        let mut new_above: HashSet<&str> = HashSet::new();
+        let mut lower: Vec<(&str, bool)> = Vec::new();
+        let mut visits = 0u64;
+        for (k, e) in self
+            .nodes
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+        {
+            visits += 1;
+            if e.layer == layer {
+                for a in self_and_ancestors(k).skip(1) {
+                    if a.len() < prefix.len() || !new_above.insert(a) {
+                        break;
+                    }
+                }
+            } else {
+                lower.push((k.as_str(), e.kind == EntryKind::Directory));
             }
         }
+        let mut doomed: Vec<String> = lower
+            .into_iter()
+            .filter(|(k, dir)| !(*dir && new_above.contains(k)))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        let root_goes = with_root
+            && !root.is_empty()
+            && visits == doomed.len() as u64
+            && self.nodes.get(root).is_some_and(|e| e.layer != layer);
+        drop(new_above);
+        self.visits += visits;
+        if self.visits > MAX_LAYER_WHITEOUT_VISITS {
+            return Err(self.layer_err(format!(
+                "its whiteouts visit more than {MAX_LAYER_WHITEOUT_VISITS} entries (limit of cloak)"
+            )));
+        }
+        if root_goes {
+            doomed.push(root.to_string());
+        }
+        for k in doomed {
+            self.remove_node(&k);
+        }
+        if with_root {
+            self.cleared.insert(root.to_string());
+        } else {
+            self.opaque.insert(root.to_string());
+        }
+        Ok(())
     }
 
     /// Resolve a directory path inside the image, following the image's symlinks but never
     /// above its root. Missing directories are created (as tar extraction would) when `create`.
     fn resolve_dir(&mut self, comps: &[String], create: bool, what: &str) -> Result<String> {
-        let mut cur: Vec<String> = Vec::new();
+        // Most entries sit in a directory that is already there under its own name.
+        if !comps.iter().any(|c| c == "..") {
+            let full = comps.join("/");
+            if full.is_empty()
+                || self
+                    .nodes
+                    .get(&full)
+                    .is_some_and(|e| e.kind == EntryKind::Directory)
+            {
+                return Ok(full);
+            }
+        }
+        let mut cur = String::new();
+        let mut depth = 0usize;
         let mut queue: std::collections::VecDeque<String> = comps.iter().cloned().collect();
         let mut hops = 0;
+        let mut steps = 0u64;
         while let Some(c) = queue.pop_front() {
+            steps += 1;
+            if steps > MAX_RESOLVE_STEPS {
+                return Err(self.layer_err(format!(
+                    "{what}: resolving it takes more than {MAX_RESOLVE_STEPS} steps through the image's symbolic links (limit of cloak)"
+                )));
+            }
             if c == ".." {
-                cur.pop();
+                cur.truncate(cur.rfind('/').unwrap_or(0));
+                depth = depth.saturating_sub(1);
                 continue;
             }
-            let candidate = join(&cur.join("/"), &c);
-            match self.nodes.get(&candidate).map(|e| e.kind.clone()) {
-                Some(EntryKind::Directory) => cur.push(c),
+            let before = cur.len();
+            if !cur.is_empty() {
+                cur.push('/');
+            }
+            cur.push_str(&c);
+            depth += 1;
+            if cur.len() >= PATH_MAX || depth > MAX_DEPTH {
+                return Err(self.layer_err(format!(
+                    "{what}: through the image's symbolic links it reaches a path of over {} bytes or {MAX_DEPTH} levels (limit of cloak)",
+                    PATH_MAX - 1
+                )));
+            }
+            match self.nodes.get(&cur).map(|e| &e.kind) {
+                Some(EntryKind::Directory) => {}
                 Some(EntryKind::Symlink { target }) => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
@@ -298,8 +459,12 @@ impl Flattener {
                             self.layer_err(format!("{what}: too many levels of symbolic links"))
                         );
                     }
+                    let target = target.clone();
+                    cur.truncate(before);
+                    depth -= 1;
                     if target.starts_with('/') {
                         cur.clear();
+                        depth = 0;
                     }
                     for t in split(&target).into_iter().rev() {
                         queue.push_front(t);
@@ -307,23 +472,29 @@ impl Flattener {
                 }
                 Some(_) => {
                     return Err(self.layer_err(format!(
-                        "{what}: /{candidate} is not a directory (the layer is inconsistent)"
+                        "{what}: /{} is not a directory (the layer is inconsistent)",
+                        escape(&cur)
                     )))
                 }
                 None if create => {
-                    let mut d = Entry::dir(self.layer);
-                    d.path = format!("/{candidate}");
-                    self.nodes.insert(candidate, d);
-                    cur.push(c);
+                    let d = Entry::dir(self.layer);
+                    self.insert_node(cur.clone(), d)?;
                 }
                 None => {
-                    return Err(
-                        self.layer_err(format!("{what}: /{candidate} does not exist in the image"))
-                    );
+                    return Err(self.layer_err(format!(
+                        "{what}: /{} does not exist in the image",
+                        escape(&cur)
+                    )));
                 }
             }
         }
-        Ok(cur.join("/"))
+        self.steps += steps;
+        if self.steps > MAX_LAYER_RESOLVE_STEPS {
+            return Err(self.layer_err(format!(
+                "resolving its paths takes more than {MAX_LAYER_RESOLVE_STEPS} steps (limit of cloak)"
+            )));
+        }
+        Ok(cur)
     }
 
     fn layer_err(&self, reason: String) -> Error {
@@ -337,6 +508,10 @@ impl Flattener {
     /// (to compare with the config's `diff_ids`). `name` is used in messages.
     pub fn apply_layer(&mut self, name: &str, blob: impl Read + Send) -> Result<Digest> {
         self.layer += 1;
+        self.steps = 0;
+        self.visits = 0;
+        self.cleared.clear();
+        self.opaque.clear();
         let stream_err = |e: io::Error| {
             // A tar or compression format error means the bytes are not a layer: say so.
             // (Not for transfer errors, which come as `Other` too.)
@@ -359,7 +534,7 @@ impl Flattener {
         std::thread::scope(|scope| {
             let plain = crate::layer::read_ahead(scope, move || decompress(blob), 8);
             let hashed = HashingReader::new(plain);
-            let mut archive = tar::Archive::new(hashed);
+            let mut archive = tar::Archive::new(limits::TarGuard::new(hashed, name));
             let entries = archive.entries().map_err(stream_err)?;
             for entry in entries {
                 let entry = entry.map_err(stream_err)?;
@@ -374,13 +549,26 @@ impl Flattener {
             // Read to the very end so that the blob's digest and size are verified.
             let mut rest = archive.into_inner();
             io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
-            Ok(rest.finish())
+            Ok(rest.into_inner().finish())
         })
     }
 
     fn apply_entry<R: Read>(&mut self, layer: &str, mut entry: tar::Entry<'_, R>) -> Result<()> {
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).to_string();
+        let raw = {
+            let bytes = entry.path_bytes();
+            let text = name::decode(&bytes)
+                .map_err(|e| self.layer_err(format!("entry {} {e}", name::escape_bytes(&bytes))))?;
+            text.to_string()
+        };
         let mut comps = split(&raw);
+        if comps.len() > MAX_DEPTH {
+            return Err(self.layer_err(format!(
+                "entry {} {}",
+                name::escape_bytes(raw.as_bytes()),
+                name::NameError::TooDeep(comps.len())
+            )));
+        }
+        let shown = escape(&raw).into_owned();
         let escaped = {
             let mut depth: i64 = 0;
             let mut out = false;
@@ -392,7 +580,7 @@ impl Flattener {
         };
         if escaped {
             self.warnings.push(format!(
-                "layer {layer}: entry {raw:?} reaches outside the image root; it was kept inside it"
+                "layer {layer}: entry {shown} reaches outside the image root; it was kept inside it"
             ));
         }
         let Some(last) = comps.pop() else {
@@ -402,45 +590,24 @@ impl Flattener {
         if last == ".." {
             return Ok(()); // names a directory that some other entry defines
         }
-        let parent = self.resolve_dir(&comps, true, &raw)?;
+        let parent = self.resolve_dir(&comps, true, &shown)?;
         if let Some(hidden) = last.strip_prefix(".wh.") {
             if hidden == ".wh..opq" {
-                let layer_no = self.layer;
-                let has_new_child = |dir: &str, nodes: &BTreeMap<String, Entry>| {
-                    let prefix = format!("{dir}/");
-                    nodes
-                        .range(prefix.clone()..)
-                        .take_while(|(k, _)| k.starts_with(&prefix))
-                        .any(|(_, e)| e.layer == layer_no)
-                };
-                let lower: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .filter(|(k, e)| is_under(k, &parent) && e.layer < layer_no)
-                    .filter(|(k, e)| {
-                        !(e.kind == EntryKind::Directory && has_new_child(k, &self.nodes))
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in lower {
-                    if let Some(e) = self.nodes.remove(&k) {
-                        self.release(&e);
-                    }
-                }
+                self.remove_lower(&parent, false)?;
             } else {
-                let target = join(&parent, hidden);
-                let layer_no = self.layer;
-                self.remove_tree(&target, |e| e.layer == layer_no);
+                self.remove_lower(&join(&parent, hidden), true)?;
             }
             return Ok(());
         }
         let path = join(&parent, &last);
         let header = entry.header().clone();
         let mut node = Entry::dir(self.layer);
-        node.path = format!("/{path}");
+        // The path is the node's key; `Entry::path` is filled in by `finish` (one copy of
+        // every path while layers are applied).
+        let abs = format!("/{path}");
         node.mode = header
             .mode()
-            .map_err(|e| self.layer_err(format!("{raw}: bad mode: {e}")))?
+            .map_err(|e| self.layer_err(format!("{shown}: bad mode: {e}")))?
             & 0o7777;
         node.uid = header.uid().unwrap_or(0);
         node.gid = header.gid().unwrap_or(0);
@@ -481,38 +648,32 @@ impl Flattener {
                     e.layer = self.layer;
                     return Ok(());
                 }
-                self.remove_tree(&path, |_| false);
+                self.remove_tree(&path);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 node.kind = EntryKind::File;
                 let id = self.next_content;
                 self.next_content += 1;
-                let spool = self.spools(&node.path);
-                let (digest, size) = self.store(&mut entry, id, &node.path, spool)?;
+                let spool = self.spools(&abs);
+                let (digest, size) = self.store(&mut entry, id, &abs, spool)?;
                 node.content = Some(id);
                 node.sha256 = digest;
                 node.size = size;
                 self.refs.insert(id, 1);
-                self.remove_tree(&path, |_| false);
+                self.remove_tree(&path);
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).to_string())
-                    .unwrap_or_default();
+                let target = self.link_target(&entry, &shown)?;
                 node.kind = EntryKind::Symlink { target };
-                self.remove_tree(&path, |_| false);
+                self.remove_tree(&path);
             }
             tar::EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).to_string())
-                    .unwrap_or_default();
+                let target_raw = self.link_target(&entry, &shown)?;
                 let mut tcomps = split(&target_raw);
                 let tname = tcomps.pop().ok_or_else(|| {
-                    self.layer_err(format!("{raw}: hardlink with an empty target"))
+                    self.layer_err(format!("{shown}: hardlink with an empty target"))
                 })?;
-                let what = format!("hardlink {raw} -> {target_raw}");
+                let what = format!("hardlink {shown} -> {}", escape(&target_raw));
                 let tparent = self.resolve_dir(&tcomps, false, &what).map_err(|_| {
                     self.layer_err(format!("{what}: the target is not a file of the image (links outside the image root are refused)"))
                 })?;
@@ -529,12 +690,11 @@ impl Flattener {
                     );
                 }
                 node = target;
-                node.path = format!("/{path}");
                 node.layer = self.layer;
                 if let Some(id) = node.content {
                     *self.refs.entry(id).or_insert(0) += 1;
                 }
-                self.remove_tree(&path, |_| false);
+                self.remove_tree(&path);
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
@@ -544,21 +704,33 @@ impl Flattener {
                 } else {
                     EntryKind::BlockDevice { major, minor }
                 };
-                self.remove_tree(&path, |_| false);
+                self.remove_tree(&path);
             }
             tar::EntryType::Fifo => {
                 node.kind = EntryKind::Fifo;
-                self.remove_tree(&path, |_| false);
+                self.remove_tree(&path);
             }
             other => {
                 self.warnings.push(format!(
-                    "layer {layer}: entry {raw:?} of tar type {other:?} was skipped"
+                    "layer {layer}: entry {shown} of tar type {other:?} was skipped"
                 ));
                 return Ok(());
             }
         }
-        self.nodes.insert(path, node);
-        Ok(())
+        self.insert_node(path, node)
+    }
+
+    /// The link target of `entry`, checked by the same rule as names.
+    fn link_target<R: Read>(&self, entry: &tar::Entry<'_, R>, shown: &str) -> Result<String> {
+        let Some(bytes) = entry.link_name_bytes() else {
+            return Ok(String::new());
+        };
+        name::decode(&bytes).map(str::to_string).map_err(|e| {
+            self.layer_err(format!(
+                "entry {shown}: link target {} {e}",
+                name::escape_bytes(&bytes)
+            ))
+        })
     }
 
     fn store<R: Read>(
@@ -614,7 +786,9 @@ impl Flattener {
     pub fn finish(self) -> FlatFs {
         let mut first_of: HashMap<u64, String> = HashMap::new();
         let mut entries = Vec::with_capacity(self.nodes.len());
-        for (_, mut e) in self.nodes {
+        for (key, mut e) in self.nodes {
+            e.path = format!("/{key}");
+            drop(key);
             if let Some(id) = e.content {
                 match first_of.get(&id) {
                     Some(primary) => {
@@ -828,5 +1002,7 @@ async fn apply_layers(src: &Source, image: &Image, mut flattener: Flattener) -> 
     Ok(flattener)
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

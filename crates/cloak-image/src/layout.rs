@@ -25,9 +25,30 @@ fn describe(dir: &Path, tag: Option<&str>) -> String {
     }
 }
 
+/// Read a small file whole, refusing it past `limit` bytes before more is read (the size
+/// is not taken from metadata: the file may be a pipe, or change while it is read).
+pub(crate) fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::ManifestTooLarge {
+            reference: format!("{what} ({})", path.display()),
+            size: std::fs::metadata(path)
+                .map_or(0, |m| m.len())
+                .max(bytes.len() as u64),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
 fn read_index(dir: &Path) -> Result<ImageIndex> {
     let path = dir.join("index.json");
-    let bytes = std::fs::read(&path).map_err(|e| Error::io("read OCI layout index", &path, e))?;
+    let bytes = read_limited(&path, MAX_MANIFEST_SIZE, "OCI layout index")?;
     serde_json::from_slice(&bytes).map_err(|e| Error::json(path.display().to_string(), e))
 }
 
@@ -118,7 +139,7 @@ impl LayoutSource {
             });
         }
         let path = blob_path(&self.dir, &desc.digest);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io("read manifest blob", &path, e))?;
+        let bytes = read_limited(&path, MAX_MANIFEST_SIZE, &what)?;
         let mut v = Verifier::new(what.clone(), desc.digest, Some(desc.size));
         v.update(&bytes)?;
         v.finish()?;

@@ -19,6 +19,7 @@ pub mod flatten;
 pub mod image;
 pub mod layer;
 pub mod layout;
+pub mod name;
 pub mod reference;
 pub mod registry;
 pub mod spec;

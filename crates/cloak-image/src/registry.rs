@@ -85,6 +85,17 @@ pub struct Registry {
     client: oci_client::Client,
     auth: oci_client::secrets::RegistryAuth,
     registry: String,
+    /// Manifests are fetched with this client (same TLS settings as `client`), so their
+    /// size is checked while the body streams: oci-client reads a manifest body whole.
+    http: Box<(reqwest::Client, Scheme)>,
+}
+
+/// How the registry is reached.
+#[derive(Clone, Copy)]
+enum Scheme {
+    Https,
+    /// `--tls-verify=false` and the registry speaks no TLS.
+    Http,
 }
 
 impl std::fmt::Debug for Registry {
@@ -116,6 +127,24 @@ impl Registry {
         } else {
             ClientProtocol::Https
         };
+        let mut http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(!opts.tls_verify)
+            .connect_timeout(std::time::Duration::from_secs(30));
+        for cert in &extra {
+            let cert = reqwest::Certificate::from_pem(&cert.data).map_err(|e| {
+                Error::Invalid(format!(
+                    "a CA certificate for {registry} is not valid PEM: {e}"
+                ))
+            })?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http.build().map_err(|e| {
+            Error::Invalid(format!("cannot set up an HTTP client for {registry}: {e}"))
+        })?;
+        let scheme = match protocol {
+            ClientProtocol::Http => Scheme::Http,
+            _ => Scheme::Https,
+        };
         let config = ClientConfig {
             protocol,
             accept_invalid_certificates: !opts.tls_verify,
@@ -128,6 +157,7 @@ impl Registry {
             client: oci_client::Client::new(config),
             auth: creds.to_registry_auth(),
             registry,
+            http: Box::new((http, scheme)),
         })
     }
 
@@ -183,18 +213,14 @@ impl Registry {
             spec::DOCKER_MANIFEST,
             spec::DOCKER_MANIFEST_LIST,
         ];
-        let (body, _) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, &accepted)
+        let action = format!("pull manifest of {}", reference.whole());
+        let body = self
+            .manifest_body(reference, &accepted)
             .await
-            .map_err(|e| self.err(format!("pull manifest of {}", reference.whole()), e))?;
-        if body.len() as u64 > MAX_MANIFEST_SIZE {
-            return Err(Error::ManifestTooLarge {
-                reference: format!("docker://{}", reference.whole()),
-                size: body.len() as u64,
-                limit: MAX_MANIFEST_SIZE,
-            });
-        }
+            .map_err(|e| match e {
+                ManifestFetch::Oci(e) => self.err(&action, e),
+                ManifestFetch::Cloak(e) => e,
+            })?;
         let digest = Digest::of(&body);
         if let Some(wanted) = reference.digest() {
             if wanted != digest.to_string() {
@@ -208,6 +234,91 @@ impl Registry {
         let media_type =
             crate::image::sniff_media_type(&body, &format!("docker://{}", reference.whole()))?;
         Ok((body, media_type, digest))
+    }
+
+    /// GET a manifest, refusing it from its Content-Length, or as soon as more than
+    /// [`MAX_MANIFEST_SIZE`] bytes have arrived, before the rest is read.
+    async fn manifest_body(
+        &self,
+        reference: &Reference,
+        accepted: &[&str],
+    ) -> std::result::Result<Bytes, ManifestFetch> {
+        use oci_client::secrets::RegistryAuth;
+        let token = self
+            .client
+            .auth(reference, &self.auth, RegistryOperation::Pull)
+            .await?;
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            match self.http.1 {
+                Scheme::Http => "http",
+                Scheme::Https => "https",
+            },
+            reference.resolve_registry(),
+            reference.repository(),
+            reference.digest().or(reference.tag()).unwrap_or("latest")
+        );
+        let mut req = self
+            .http
+            .0
+            .get(&url)
+            .header(reqwest::header::ACCEPT, accepted.join(", "));
+        req = match (&token, &self.auth) {
+            (Some(t), _) => req.bearer_auth(t),
+            (None, RegistryAuth::Basic(user, pass)) => req.basic_auth(user, Some(pass)),
+            _ => req,
+        };
+        let mut res = req.send().await.map_err(OciDistributionError::from)?;
+        let status = res.status();
+        let too_large = |size: u64| {
+            ManifestFetch::Cloak(Error::ManifestTooLarge {
+                reference: format!("docker://{}", reference.whole()),
+                size,
+                limit: MAX_MANIFEST_SIZE,
+            })
+        };
+        // Error bodies are read up to 64 KiB, for the registry's message.
+        let limit = if status == reqwest::StatusCode::OK {
+            MAX_MANIFEST_SIZE
+        } else {
+            64 * 1024
+        };
+        if let Some(n) = res.content_length().filter(|n| *n > limit) {
+            if status == reqwest::StatusCode::OK {
+                return Err(too_large(n));
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await.map_err(OciDistributionError::from)? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                if status == reqwest::StatusCode::OK {
+                    return Err(too_large((body.len() + chunk.len()) as u64));
+                }
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        match status {
+            reqwest::StatusCode::OK => Ok(body.into()),
+            reqwest::StatusCode::UNAUTHORIZED => {
+                Err(OciDistributionError::UnauthorizedError { url }.into())
+            }
+            s if s.is_client_error() => Err(match serde_json::from_slice(&body) {
+                Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+                Err(_) => OciDistributionError::ServerError {
+                    code: s.as_u16(),
+                    url,
+                    message: String::from_utf8_lossy(&body).to_string(),
+                },
+            }
+            .into()),
+            s => Err(OciDistributionError::ServerError {
+                code: s.as_u16(),
+                url,
+                message: String::from_utf8_lossy(&body).to_string(),
+            }
+            .into()),
+        }
     }
 
     /// Stream a blob, verifying its digest and size.
@@ -309,6 +420,18 @@ impl Registry {
             .await
             .map(|_| ())
             .map_err(|e| self.err(format!("push manifest docker://{}", reference.whole()), e))
+    }
+}
+
+/// Why fetching a manifest failed: the registry's answer, or a limit of cloak's.
+enum ManifestFetch {
+    Oci(OciDistributionError),
+    Cloak(Error),
+}
+
+impl From<OciDistributionError> for ManifestFetch {
+    fn from(e: OciDistributionError) -> Self {
+        ManifestFetch::Oci(e)
     }
 }
 

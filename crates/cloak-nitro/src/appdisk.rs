@@ -347,6 +347,7 @@ impl AppRamdisk {
                             h.rdev = (*a, *b);
                         }
                         Kind::Symlink(target) => {
+                            crate::cpio::check_symlink_target(&e.name, target)?;
                             h.mode = 0o120777;
                             h.size = target.len() as u64;
                             data = target.as_bytes();

@@ -75,14 +75,33 @@ pub struct Header {
     pub rdev: (u32, u32),
 }
 
+/// Refuse a symlink target with a NUL byte (the kernel would cut the target there).
+pub fn check_symlink_target(name: &str, target: &str) -> io::Result<()> {
+    if target.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?}: a symlink target with a NUL byte ({target:?})"),
+        ));
+    }
+    Ok(())
+}
+
 /// Write one header, its name and the padding after it; returns the bytes written. The
 /// data (and its padding, [`pad4`] of its length) is the caller's.
 pub fn write_header<W: Write + ?Sized>(out: &mut W, h: &Header, name: &str) -> io::Result<u64> {
+    // The kernel's unpacker ends a name at its first NUL: a name with one inside would
+    // land somewhere else than the name says (cloak-image refuses such names already).
+    if name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?}: a cpio name with a NUL byte"),
+        ));
+    }
     if h.size > u32::MAX as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{name}: {} bytes is over the 4 GiB newc limit per file",
+                "{name:?}: {} bytes is over the 4 GiB newc limit per file",
                 h.size
             ),
         ));
@@ -190,6 +209,7 @@ impl<W: Write> Writer<W> {
             Kind::Char(a, b) => self.header(ino, 0o020000 | perm, e, 1, 0, (*a, *b), &e.name),
             Kind::Block(a, b) => self.header(ino, 0o060000 | perm, e, 1, 0, (*a, *b), &e.name),
             Kind::Symlink(target) => {
+                check_symlink_target(&e.name, target)?;
                 self.header(
                     ino,
                     0o120000 | 0o777,
@@ -344,6 +364,41 @@ mod tests {
             std::fs::read_link(tmp.path().join("d/l")).unwrap().to_str(),
             Some("f")
         );
+    }
+
+    #[test]
+    fn names_and_symlink_targets_with_nul_are_an_error_not_a_panic() {
+        let mut w = Writer::new(Vec::new());
+        let err = w
+            .entry(&e("rootfs/cloak\0x", Kind::Dir, 0o755), 1, false, None)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("NUL"), "{err}");
+        let err = w
+            .entry(
+                &e("rootfs/l", Kind::Symlink("/etc\0/../cloak".into()), 0o777),
+                1,
+                false,
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("symlink target with a NUL"),
+            "{err}"
+        );
+        let mut out = Vec::new();
+        let h = Header {
+            ino: 1,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: 0,
+            size: 0,
+            rdev: (0, 0),
+        };
+        assert!(write_header(&mut out, &h, "a\0b").is_err());
+        assert!(out.is_empty(), "nothing is written for a refused name");
     }
 
     #[test]

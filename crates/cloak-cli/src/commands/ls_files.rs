@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use cloak_image::flatten::{flatten, ContentMode, EntryKind};
 use cloak_image::image::{resolve, Source};
+use cloak_image::name::escape;
 use cloak_image::{ImageRef, PlatformSpec};
 
 use crate::output::{print_json, Format};
@@ -58,8 +59,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             for e in fs.entries() {
                 let sha = e.sha256.map(|d| d.hex()).unwrap_or_else(|| "-".repeat(64));
                 let tail = match &e.kind {
-                    EntryKind::Symlink { target } => format!(" -> {target}"),
-                    EntryKind::Hardlink { target } => format!(" => {target}"),
+                    EntryKind::Symlink { target } => format!(" -> {}", escape(target)),
+                    EntryKind::Hardlink { target } => format!(" => {}", escape(target)),
                     EntryKind::CharDevice { major, minor }
                     | EntryKind::BlockDevice { major, minor } => {
                         format!(" ({major},{minor})")
@@ -73,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     e.uid,
                     e.gid,
                     e.size,
-                    e.path
+                    escape(&e.path)
                 );
             }
         }

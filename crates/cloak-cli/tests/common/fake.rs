@@ -17,11 +17,15 @@ pub enum Fault {
     HugeManifest,
     /// Serve a manifest with an unknown media type.
     UnknownMediaType,
+    /// Serve a manifest body of 1 GiB without a Content-Length (ended by closing).
+    EndlessManifest,
 }
 
 /// A running fake registry; the listener thread ends with the test process.
 pub struct FakeRegistry {
     pub addr: String,
+    /// Bytes of manifest bodies written so far (what the client let through its socket).
+    pub manifest_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Content {
@@ -30,6 +34,7 @@ struct Content {
     blobs: HashMap<String, Vec<u8>>,
     layers: Vec<String>,
     fault: Fault,
+    sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FakeRegistry {
@@ -68,12 +73,14 @@ impl FakeRegistry {
             }
             _ => {}
         }
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let content = Arc::new(Content {
             manifest,
             manifest_type,
             blobs,
             layers,
             fault,
+            sent: sent.clone(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -85,7 +92,10 @@ impl FakeRegistry {
                 });
             }
         });
-        FakeRegistry { addr }
+        FakeRegistry {
+            addr,
+            manifest_bytes: sent,
+        }
     }
 }
 
@@ -126,6 +136,21 @@ fn handle(mut stream: TcpStream, c: &Content) -> std::io::Result<()> {
         };
         if path == "/v2/" {
             respond(&mut stream, "200 OK", "application/json", b"{}", "")?;
+        } else if path.contains("/manifests/") && matches!(c.fault, Fault::EndlessManifest) {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nConnection: close\r\n\r\n",
+                c.manifest_type
+            )?;
+            if !head {
+                let chunk = vec![b' '; 64 * 1024];
+                for _ in 0..(1 << 30) / chunk.len() {
+                    stream.write_all(&chunk)?;
+                    c.sent
+                        .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            return Ok(());
         } else if path.contains("/manifests/") {
             let digest = format!(
                 "Docker-Content-Digest: sha256:{}\r\n",

@@ -332,3 +332,16 @@ pub fn gramine_runtime(dir: &Path, with_libpal: bool) -> PathBuf {
     );
     dir.to_path_buf()
 }
+
+/// A hostile image from `scripts/lib/hostile_layers.py KIND` (Python's tarfile and raw tar
+/// headers, the way an attacker would write them), as an OCI layout with tag `1`.
+pub fn hostile(dir: &Path, kind: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/hostile_layers.py");
+    crate::ok(
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(kind)
+            .arg(dir),
+    );
+    dir.to_path_buf()
+}

@@ -250,7 +250,8 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     {
         return Err(Error::Options(format!(
             "{} already contains {} (is it already converted?); cloak needs /cloak for itself",
-            image.reference, e.path
+            image.reference,
+            cloak_image::name::escape(&e.path)
         )));
     }
 
