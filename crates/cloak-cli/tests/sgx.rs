@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::images::{busybox, gramine_runtime, multilayer, single_layer, T};
+use common::images::{busybox, gramine_runtime, multilayer, T};
 use common::registry::Registry;
 use common::tree::from_dir;
 use common::*;
@@ -334,7 +334,7 @@ fn measure_reports_a_changed_trusted_file_or_manifest_byte() {
 fn bad_input_is_refused_before_anything_is_pushed() {
     let env = setup();
     let bb = env.push(&busybox(&env.tmp.path().join("bb")), "bb:1");
-    // single_layer sets Cmd ["/x"]; make an image with neither entrypoint nor cmd
+    // An image with neither entrypoint nor cmd (images::single_layer would set Cmd ["/x"])
     let empty = env.tmp.path().join("empty");
     common::images::Layout::new(&empty)
         .layer(
