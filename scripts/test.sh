@@ -13,4 +13,15 @@ step "static launcher (used by conversion and launcher tests)"; bash scripts/bui
 step "kernel for Nitro boot tests (Debian cloud kernel)"; bash scripts/fetch-kernel.sh; done_step
 step "EIF oracle (aws-nitro-enclaves-image-format, own lock file)"
 cargo build --release --quiet --locked --manifest-path tools/eif-oracle/Cargo.toml; done_step
+# Tests whose path depends on the CPU or the host (AVX-512VL, O_DIRECT, ...) append one line per
+# path to this file: "tested" or "NOT TESTED", the path, why. Summarised below, pass or fail.
+export CLOAK_TEST_PATHS; CLOAK_TEST_PATHS=$(mktemp); : >"$CLOAK_TEST_PATHS"
+paths_summary() {
+  printf '\n== CPU- and host-specific paths (%s tested, %s NOT tested)\n' \
+    "$(sort -u "$CLOAK_TEST_PATHS" | grep -c '^tested' || true)" \
+    "$(sort -u "$CLOAK_TEST_PATHS" | grep -c '^NOT TESTED' || true)"
+  sort -u "$CLOAK_TEST_PATHS" | sed 's/^/   /'
+  rm -f "$CLOAK_TEST_PATHS"
+}
+trap paths_summary EXIT
 step "cargo test"; cargo test --workspace --locked; done_step

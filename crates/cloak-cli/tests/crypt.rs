@@ -647,7 +647,6 @@ fn every_key_format_opens_its_recipient() {
     std::fs::write(&rsa_jwk, jwk(&k.rsa.0, true).to_string()).unwrap();
     let ec_jwk = t.join("ec.jwk");
     std::fs::write(&ec_jwk, jwk(&k.ec[0].0, true).to_string()).unwrap();
-    std::env::set_var("CLOAK_TEST_KEY_PASSWORD", "s3cret");
     let pwfile = t.join("pw");
     std::fs::write(&pwfile, "s3cret\n").unwrap();
     for (i, key) in [
@@ -665,7 +664,12 @@ fn every_key_format_opens_its_recipient() {
     .enumerate()
     {
         let dec = t.join(format!("dec{i}"));
-        cloak_decrypt(&enc, &dec, &[key]);
+        // The password for `env:` is in the child's environment only (tests run in parallel).
+        ok(cloak()
+            .env("CLOAK_TEST_KEY_PASSWORD", "s3cret")
+            .args(["decrypt", "--quiet", "--key", key])
+            .arg(oci(&enc))
+            .arg(oci(&dec)));
         assert_eq!(layer_digests(&dec), layer_digests(&bb), "{key}");
     }
     // Clear refusals that name the key file, never a password.

@@ -27,9 +27,28 @@ fn assert_no_image_written(out: &std::path::Path) {
     }
 }
 
-fn copy_from_fake(fault: Fault) -> (String, std::path::PathBuf, tempfile::TempDir) {
+/// The layer digests of the image tagged `1` in an OCI layout.
+fn layer_digests(layout: &std::path::Path) -> Vec<String> {
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let index = read(layout.join("index.json"));
+    let md = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = read(layout.join("blobs/sha256").join(&md[7..]));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Copy the busybox fixture from a fake registry with `fault`; returns the error, the
+/// destination, the fixture's layer digests and the temporary directory.
+fn copy_from_fake(fault: Fault) -> (String, std::path::PathBuf, Vec<String>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = busybox(&tmp.path().join("bb"));
+    let layers = layer_digests(&fixture);
     let fake = FakeRegistry::serve(&fixture, fault);
     let out = tmp.path().join("out");
     let err = fails(cloak().args([
@@ -39,26 +58,36 @@ fn copy_from_fake(fault: Fault) -> (String, std::path::PathBuf, tempfile::TempDi
         &format!("oci:{}:1", out.display()),
     ]));
     assert!(!err.contains("panicked"), "{err}");
-    (err, out, tmp)
+    (err, out, layers, tmp)
 }
 
 #[test]
 fn blob_with_wrong_digest_is_refused_and_nothing_is_committed() {
-    let (err, out, _tmp) = copy_from_fake(Fault::WrongBlobDigest);
-    assert!(err.contains("digest mismatch"), "{err}");
+    let (err, out, layers, _tmp) = copy_from_fake(Fault::WrongBlobDigest);
+    // The error names the blob, the digest it should have had and the one it had.
+    assert!(
+        layers.iter().any(|d| err.contains(&format!("blob {d}"))
+            && err.contains(&format!("digest mismatch: expected {d}, got sha256:"))),
+        "{err}"
+    );
     assert_no_image_written(&out);
 }
 
 #[test]
 fn truncated_blob_is_refused_and_nothing_is_committed() {
-    let (err, out, _tmp) = copy_from_fake(Fault::TruncatedBlob);
-    assert!(err.contains("blob sha256:"), "{err}");
+    let (err, out, layers, _tmp) = copy_from_fake(Fault::TruncatedBlob);
+    // The error names the blob and the cause: the body ended before its Content-Length.
+    assert!(
+        layers.iter().any(|d| err.contains(&format!("blob {d}")))
+            && err.contains("end of file before message length reached"),
+        "{err}"
+    );
     assert_no_image_written(&out);
 }
 
 #[test]
 fn ten_mib_manifest_is_refused() {
-    let (err, out, _tmp) = copy_from_fake(Fault::HugeManifest);
+    let (err, out, _, _tmp) = copy_from_fake(Fault::HugeManifest);
     assert!(err.contains("over the 4194304-byte limit"), "{err}");
     assert_no_image_written(&out);
 }
@@ -87,7 +116,7 @@ fn an_endless_manifest_is_refused_after_4_mib_without_reading_the_rest() {
 
 #[test]
 fn unknown_manifest_media_type_is_refused() {
-    let (err, out, _tmp) = copy_from_fake(Fault::UnknownMediaType);
+    let (err, out, _, _tmp) = copy_from_fake(Fault::UnknownMediaType);
     assert!(
         err.contains("unsupported media type")
             && err.contains("application/vnd.example.unknown.v1+json"),
@@ -179,7 +208,11 @@ fn tampered_layout_blob_is_detected_on_read() {
         &format!("oci:{}:1", layout.display()),
         &format!("oci:{}:1", out.display()),
     ]));
-    assert!(err.contains("digest mismatch"), "{err}");
+    let d = &layer_digests(&layout)[0];
+    assert!(
+        err.contains(&format!("digest mismatch: expected {d}, got sha256:")),
+        "{err}"
+    );
     assert_no_image_written(&out);
 }
 

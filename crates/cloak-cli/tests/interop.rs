@@ -223,11 +223,52 @@ fn multi_arch_indexes_copy_whole_or_by_platform() {
             "{arch}"
         );
     }
-    // without --all, the default platform's manifest alone is copied
-    let single = tmp.path().join("single");
-    ok(cloak().args(["copy", &src, &format!("oci:{}:1", single.display())]));
-    let t = cloak_tree(&format!("oci:{}:1", single.display()), &[]);
-    assert!(t.contains_key("/arch.txt"));
+    // Without --all one platform alone is copied (linux/amd64 unless --platform names another):
+    // one image manifest, the index's entry for that platform, and only its blobs.
+    let entries = index["manifests"].as_array().unwrap();
+    for (arch, extra) in [
+        ("amd64", vec![]),
+        ("arm64", vec!["--platform", "linux/arm64"]),
+    ] {
+        let single = tmp.path().join(format!("single-{arch}"));
+        let dest = format!("oci:{}:1", single.display());
+        ok(cloak().arg("copy").args(&extra).args([&src, &dest]));
+        let top: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(single.join("index.json")).unwrap()).unwrap();
+        let copied = top["manifests"].as_array().unwrap();
+        assert_eq!(copied.len(), 1, "{arch}: {top}");
+        assert_eq!(
+            copied[0]["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+            "{arch}: {top}"
+        );
+        let want = entries
+            .iter()
+            .find(|e| e["platform"]["architecture"] == arch)
+            .unwrap();
+        assert_eq!(copied[0]["digest"], want["digest"], "{arch}");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&ok(&mut skopeo(&["inspect", "--raw", &dest])).stdout).unwrap();
+        let config: serde_json::Value = serde_json::from_slice(
+            &ok(&mut skopeo(&["inspect", "--config", "--raw", &dest])).stdout,
+        )
+        .unwrap();
+        assert_eq!(config["architecture"], arch);
+        let blobs = std::fs::read_dir(single.join("blobs/sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            blobs,
+            2 + manifest["layers"].as_array().unwrap().len(),
+            "{arch}: manifest, config and layers only"
+        );
+        let t = cloak_tree(&dest, &[]);
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(arch.as_bytes()));
+        assert_eq!(
+            t["/arch.txt"].sha256.as_deref(),
+            Some(sha.as_str()),
+            "{arch}"
+        );
+    }
     let err = fails(cloak().args(["inspect", "--platform", "linux/s390x", &src]));
     assert!(
         err.contains("no image for platform linux/s390x") && err.contains("linux/arm64"),

@@ -65,7 +65,16 @@ fn tls_registry_with_credentials_from_a_docker_config() {
             .env("DOCKER_CONFIG", reg.docker_config_dir())
             .args(["inspect", &remote]),
     );
-    assert!(err.contains(&reg.addr()), "{err}");
+    // The error line itself (not only a log line) names the registry and the cause.
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("cloak: error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        line.contains(&format!("registry {}", reg.addr()))
+            && line.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
 }
 
 /// Deterministic incompressible bytes (xorshift), so the push takes long enough to interrupt.
@@ -152,5 +161,33 @@ fn registry_killed_mid_push_leaves_no_tag_and_the_same_command_then_succeeds() {
         &remote,
         &format!("oci:{}:1", back.display()),
     ]));
+    // What came back is the source: the same manifest, hence the same config and layers, and
+    // the same blobs byte for byte.
+    let manifest_digest = |layout: &std::path::Path| {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(manifest_digest(&back), manifest_digest(&dir));
+    let blobs = |layout: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(blobs(&back), blobs(&dir));
+    for name in blobs(&dir) {
+        let blob =
+            |layout: &std::path::Path| std::fs::read(layout.join("blobs/sha256").join(&name));
+        assert!(
+            blob(&back).unwrap() == blob(&dir).unwrap(),
+            "{name:?} differs"
+        );
+    }
     let _ = std::io::stderr().flush();
 }

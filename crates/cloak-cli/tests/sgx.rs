@@ -334,14 +334,7 @@ fn measure_reports_a_changed_trusted_file_or_manifest_byte() {
 fn bad_input_is_refused_before_anything_is_pushed() {
     let env = setup();
     let bb = env.push(&busybox(&env.tmp.path().join("bb")), "bb:1");
-    let nothing = env.push(
-        &single_layer(
-            &env.tmp.path().join("none"),
-            &[T::File("x", 0o644, 0, b"x")],
-        ),
-        "none:1",
-    );
-    // single_layer sets Cmd ["/x"]; make an image with neither entrypoint nor cmd
+    // An image with neither entrypoint nor cmd (images::single_layer would set Cmd ["/x"])
     let empty = env.tmp.path().join("empty");
     common::images::Layout::new(&empty)
         .layer(
@@ -350,7 +343,6 @@ fn bad_input_is_refused_before_anything_is_pushed() {
         )
         .finish("1", "amd64", serde_json::json!({}));
     let empty = env.push(&empty, "empty:1");
-    let _ = nothing;
     let weak_key = env.tmp.path().join("f4.pem");
     ok(Command::new("openssl")
         .args(["genrsa", "-out"])
@@ -417,6 +409,7 @@ fn bad_input_is_refused_before_anything_is_pushed() {
             "entry cloak\\0/run.json contains a NUL byte",
         ),
     ];
+    let blobs_before = env.reg.stored_blobs();
     for (name, input, extra, msg) in cases {
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let out = env.convert(
@@ -431,7 +424,28 @@ fn bad_input_is_refused_before_anything_is_pushed() {
             !env.reg.has_tag(&format!("refused-{name}:1")),
             "{name}: something was pushed"
         );
+        // Not a blob, not an upload, not an empty repository: the registry's storage is as
+        // it was before the refused conversions.
+        let refused: Vec<String> = env
+            .reg
+            .stored_repositories()
+            .into_iter()
+            .filter(|r| r.starts_with("refused-"))
+            .collect();
+        assert!(refused.is_empty(), "{name}: stored {refused:?}");
+        assert_eq!(
+            env.reg.stored_blobs(),
+            blobs_before,
+            "{name}: new blobs stored"
+        );
     }
+    assert!(
+        ["bb", "empty"]
+            .iter()
+            .all(|r| env.reg.stored_repositories().contains(*r)),
+        "the storage scan finds the pushed repositories: {:?}",
+        env.reg.stored_repositories()
+    );
 }
 
 /// `cloak measure` checks what users think it checks: each way to change a converted image that

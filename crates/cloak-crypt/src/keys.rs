@@ -549,17 +549,75 @@ mod tests {
     }
 
     #[test]
-    fn jwk_keys_round_trip_for_every_curve() {
+    fn jwk_keys_round_trip_for_every_curve_and_rsa() {
+        use rsa::traits::{PrivateKeyParts, PublicKeyParts};
         let mut rng = rand::rngs::OsRng;
-        let k = p521::SecretKey::random(&mut rng);
-        let jwk: Value = serde_json::from_str(&k.to_jwk_string()).unwrap();
-        let s = jwk_private(&jwk).unwrap();
-        assert!(matches!(s, Secret::P521(_)));
-        let mut public = jwk.clone();
-        public.as_object_mut().unwrap().remove("d");
-        assert!(matches!(jwk_public(&public).unwrap(), PublicKey::P521(_)));
-        assert!(parse_private(public.to_string().as_bytes(), None)
-            .unwrap_err()
-            .contains("public key"));
+        let p256 = p256::SecretKey::random(&mut rng);
+        let p384 = p384::SecretKey::random(&mut rng);
+        let p521 = p521::SecretKey::random(&mut rng);
+        let rsa = RsaPrivateKey::new(&mut rng, 2048).unwrap();
+        let b64 = |n: &rsa::BigUint| B64URL.encode(n.to_bytes_be());
+        let rsa_jwk = serde_json::json!({
+            "kty": "RSA",
+            "n": b64(rsa.n()),
+            "e": b64(rsa.e()),
+            "d": b64(rsa.d()),
+            "p": b64(&rsa.primes()[0]),
+            "q": b64(&rsa.primes()[1]),
+        });
+        type Check<'a> = Box<dyn Fn(&Secret, &PublicKey) -> bool + 'a>;
+        let cases: [(&str, String, Check); 4] = [
+            (
+                "P-256",
+                p256.to_jwk_string().to_string(),
+                Box::new(|s, p| {
+                    matches!((s, p), (Secret::P256(s), PublicKey::P256(p))
+                        if s.to_bytes() == p256.to_bytes() && *p == p256.public_key())
+                }),
+            ),
+            (
+                "P-384",
+                p384.to_jwk_string().to_string(),
+                Box::new(|s, p| {
+                    matches!((s, p), (Secret::P384(s), PublicKey::P384(p))
+                        if s.to_bytes() == p384.to_bytes() && *p == p384.public_key())
+                }),
+            ),
+            (
+                "P-521",
+                p521.to_jwk_string().to_string(),
+                Box::new(|s, p| {
+                    matches!((s, p), (Secret::P521(s), PublicKey::P521(p))
+                        if s.to_bytes() == p521.to_bytes() && *p == p521.public_key())
+                }),
+            ),
+            (
+                "RSA",
+                rsa_jwk.to_string(),
+                Box::new(|s, p| {
+                    matches!((s, p), (Secret::Rsa(s), PublicKey::Rsa(p))
+                        if **s == rsa && **p == rsa.to_public_key())
+                }),
+            ),
+        ];
+        for (name, text, same_key) in cases {
+            let jwk: Value = serde_json::from_str(&text).unwrap();
+            let secret = jwk_private(&jwk).unwrap();
+            let mut public = jwk.clone();
+            for k in ["d", "p", "q", "dp", "dq", "qi"] {
+                public.as_object_mut().unwrap().remove(k);
+            }
+            let public_key = jwk_public(&public).unwrap();
+            assert!(
+                same_key(&secret, &public_key),
+                "{name}: another key came back"
+            );
+            assert!(
+                parse_private(public.to_string().as_bytes(), None)
+                    .unwrap_err()
+                    .contains("public key"),
+                "{name}: a public JWK is not a private key"
+            );
+        }
     }
 }

@@ -91,8 +91,8 @@ fn extend(inner: &[u8]) -> String {
 }
 
 /// The three running hashes. Every byte of the application ramdisks goes into PCR0 and PCR2:
-/// with AVX-512VL both run side by side in one thread ([`crate::sha384x2`]); otherwise PCR0
-/// runs on a second thread.
+/// with the two-lane engine both run side by side in one thread ([`sha384x2::engine`]);
+/// otherwise PCR0 runs on a second thread.
 enum Pcrs {
     Lanes {
         p0: sha384x2::Lane,
@@ -108,7 +108,7 @@ enum Pcrs {
 
 impl Pcrs {
     fn new() -> Self {
-        if sha384x2::supported() && std::env::var_os("CLOAK_NO_AVX512").is_none() {
+        if sha384x2::engine().engine == sha384x2::Engine::Lanes {
             Pcrs::Lanes {
                 p0: Default::default(),
                 p1: Pcr::new(),
@@ -932,12 +932,16 @@ mod tests {
             p1: Pcr::new(),
             p2: Pcr::new(),
         }];
+        let path = "PCR engine with sha384x2 AVX-512VL lanes against sha2";
         if sha384x2::supported() {
+            crate::test_path(path, true, "AVX-512F and AVX-512VL present");
             engines.push(Pcrs::Lanes {
                 p0: Default::default(),
                 p1: Pcr::new(),
                 p2: Default::default(),
             });
+        } else {
+            crate::test_path(path, false, "this CPU has no AVX-512F with AVX-512VL");
         }
         for mut p in engines {
             p.update(SectionKind::Kernel, 0, &kernel);
@@ -1099,9 +1103,16 @@ mod tests {
             out.write_all(&prefix).unwrap();
             out.flush().unwrap();
             let Some(mut d) = Direct::open_skewed(&path, prefix.len() as u64, skew) else {
-                eprintln!("no O_DIRECT in {}: nothing to test", dir.path().display());
+                let why = format!(
+                    "the file system of {} refuses O_DIRECT",
+                    dir.path().display()
+                );
+                crate::test_path("EIF writes with O_DIRECT", false, &why);
                 return;
             };
+            if skew == 0 {
+                crate::test_path("EIF writes with O_DIRECT", true, "O_DIRECT accepted");
+            }
             for c in data.chunks(777_777) {
                 d.write(&mut out, c).unwrap();
             }

@@ -25,3 +25,25 @@ pub(crate) fn test_noise(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Say whether a CPU- or host-specific path was exercised by a test: one line on stderr (shown
+/// with `--nocapture`) and, when `CLOAK_TEST_PATHS` names a file (scripts/test.sh sets it and
+/// prints a summary of tested and untested paths at the end), one line appended there.
+#[cfg(test)]
+pub(crate) fn test_path(path: &str, tested: bool, why: &str) {
+    let line = format!(
+        "{}\t{path}\t{why}\n",
+        if tested { "tested" } else { "NOT TESTED" }
+    );
+    eprint!("cloak test path: {line}");
+    if let Some(file) = std::env::var_os("CLOAK_TEST_PATHS") {
+        use std::io::Write;
+        // One short write with O_APPEND: lines from parallel tests do not interleave.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .expect("CLOAK_TEST_PATHS is writable");
+        f.write_all(line.as_bytes()).unwrap();
+    }
+}

@@ -7,8 +7,13 @@
 //! XMM register (rotates and three-input boolean functions are single instructions there).
 //! Each lane keeps its own block alignment, so the streams may have seen different prefixes.
 //!
-//! [`supported`] says whether this CPU can do it; callers fall back to two independent hashes
-//! otherwise. The arithmetic is FIPS 180-4 §6.4 with the SHA-384 initial value (§5.3.4).
+//! [`engine`] decides once per process whether the PCRs use it: only on a CPU with AVX-512F and
+//! AVX-512VL ([`supported`]), without `CLOAK_NO_AVX512` set, and after a known-answer self-test
+//! against ring's SHA-384 ([`self_test`]); otherwise, or if the self-test fails (with a warning),
+//! callers use two independent ring hashes. The arithmetic is FIPS 180-4 §6.4 with the SHA-384
+//! initial value (§5.3.4).
+
+use std::sync::OnceLock;
 
 /// SHA-384's initial hash value.
 const IV: [u64; 8] = [
@@ -118,6 +123,121 @@ pub fn supported() -> bool {
     }
 }
 
+/// The engine that hashes PCR0 and PCR2 of an application ramdisk side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Both hashes in the two 64-bit lanes of AVX-512VL registers, on one thread.
+    Lanes,
+    /// ring's SHA-384 on two threads.
+    Threads,
+}
+
+/// The engine chosen and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The engine.
+    pub engine: Engine,
+    /// Why it was chosen, for reports and warnings.
+    pub reason: String,
+}
+
+/// Choose the engine from the facts: whether the CPU `has_avx512vl`, whether the user `opted_out`
+/// (`CLOAK_NO_AVX512`), and, only when the lanes could be used, their `self_test`. A failed
+/// self-test logs a warning and chooses ring. Pure apart from the warning, so tests can call it
+/// with any facts on any CPU.
+pub fn choose(
+    has_avx512vl: bool,
+    opted_out: bool,
+    self_test: impl FnOnce() -> Result<(), String>,
+) -> Choice {
+    let choice = |engine, reason: &str| Choice {
+        engine,
+        reason: reason.to_string(),
+    };
+    if !has_avx512vl {
+        return choice(Engine::Threads, "this CPU has no AVX-512F with AVX-512VL");
+    }
+    if opted_out {
+        return choice(Engine::Threads, "CLOAK_NO_AVX512 is set");
+    }
+    match self_test() {
+        Ok(()) => choice(Engine::Lanes, "AVX-512VL, known-answer self-test passed"),
+        Err(e) => {
+            let reason = format!(
+                "the two-lane SHA-384 failed its known-answer self-test ({e}); \
+                 the PCRs are computed with ring's SHA-384 instead"
+            );
+            tracing::warn!("{reason}");
+            Choice {
+                engine: Engine::Threads,
+                reason,
+            }
+        }
+    }
+}
+
+/// The engine of this process, chosen at its first use (see [`choose`]).
+pub fn engine() -> &'static Choice {
+    static CHOICE: OnceLock<Choice> = OnceLock::new();
+    CHOICE.get_or_init(|| {
+        choose(
+            supported(),
+            std::env::var_os("CLOAK_NO_AVX512").is_some(),
+            || self_test(&lanes),
+        )
+    })
+}
+
+/// A two-lane hash under test: `(SHA-384(prefix ‖ shared), SHA-384(shared))`, with `shared` fed
+/// to both lanes at once in pieces of `chunk` bytes.
+pub type TwoLaneHash<'a> = &'a dyn Fn(&[u8], &[u8], usize) -> ([u8; 48], [u8; 48]);
+
+/// The AVX-512VL engine as a [`TwoLaneHash`] (AVX-512VL required: check [`supported`] first).
+pub fn lanes(prefix: &[u8], shared: &[u8], chunk: usize) -> ([u8; 48], [u8; 48]) {
+    let mut a = Lane::default();
+    update1(&mut a, prefix);
+    let mut b = Lane::default();
+    for c in shared.chunks(chunk.max(1)) {
+        update2(&mut a, &mut b, c);
+    }
+    (finish(a), finish(b))
+}
+
+/// Known answers for `hash` from ring's SHA-384: lane offsets around the block and padding
+/// boundaries (0, 1, 111, 112, 127, 128, 129 bytes of prefix), several lengths and chunkings.
+pub fn self_test(hash: TwoLaneHash) -> Result<(), String> {
+    let bytes: Vec<u8> = (0..1200u32).map(|i| (i * 31 + 7) as u8).collect();
+    let ring = |parts: &[&[u8]]| {
+        let mut c = ring::digest::Context::new(&ring::digest::SHA384);
+        for p in parts {
+            c.update(p);
+        }
+        c.finish()
+    };
+    for prefix_len in [0, 1, 111, 112, 127, 128, 129] {
+        for (shared_len, chunk) in [(0, 1), (3, 1), (300, 7), (1000, 128), (1071, 1000)] {
+            let prefix = &bytes[..prefix_len];
+            let shared = &bytes[100..100 + shared_len];
+            let (a, b) = hash(prefix, shared, chunk);
+            if a[..] != *ring(&[prefix, shared]).as_ref() || b[..] != *ring(&[shared]).as_ref() {
+                return Err(format!(
+                    "prefix of {prefix_len} bytes, {shared_len} bytes in pieces of {chunk}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the compression function can run: AVX-512VL, or the unit tests' scalar kernel.
+fn usable() -> bool {
+    #[cfg(test)]
+    if tests::SCALAR.with(std::cell::Cell::get) {
+        return true;
+    }
+    supported()
+}
+
 /// One running SHA-384.
 #[derive(Clone)]
 pub struct Lane {
@@ -177,7 +297,7 @@ impl Lane {
 
 /// Feed the same bytes to two lanes (AVX-512VL required: check [`supported`] first).
 pub fn update2(a: &mut Lane, b: &mut Lane, data: &[u8]) {
-    assert!(supported(), "sha384x2::update2 needs AVX-512VL");
+    assert!(usable(), "sha384x2::update2 needs AVX-512VL");
     let (fa, wa) = a.split(data);
     let (fb, wb) = b.split(data);
     let mut ia = Blocks {
@@ -209,7 +329,7 @@ pub fn update2(a: &mut Lane, b: &mut Lane, data: &[u8]) {
 
 /// Feed bytes to one lane.
 pub fn update1(a: &mut Lane, data: &[u8]) {
-    assert!(supported(), "sha384x2::update1 needs AVX-512VL");
+    assert!(usable(), "sha384x2::update1 needs AVX-512VL");
     let (fa, wa) = a.split(data);
     if let Some(first) = fa {
         compress1(&mut a.state, &first);
@@ -221,7 +341,7 @@ pub fn update1(a: &mut Lane, data: &[u8]) {
 
 /// The digest of a lane.
 pub fn finish(mut a: Lane) -> [u8; 48] {
-    assert!(supported(), "sha384x2::finish needs AVX-512VL");
+    assert!(usable(), "sha384x2::finish needs AVX-512VL");
     let pad = a.padding();
     compress1(&mut a.state, &pad);
     let mut out = [0u8; 48];
@@ -262,6 +382,12 @@ fn compress1(state: &mut [u64; 8], blocks: &[u8]) {
 fn compress2(sa: &mut [u64; 8], ba: &[u8], sb: &mut [u64; 8], bb: &[u8]) {
     assert_eq!(ba.len(), bb.len());
     assert_eq!(ba.len() % 128, 0);
+    #[cfg(test)]
+    if tests::SCALAR.with(std::cell::Cell::get) {
+        tests::scalar_compress(sa, ba);
+        tests::scalar_compress(sb, bb);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: callers checked `supported()` (AVX-512F and AVX-512VL); the slices are whole
     // blocks of equal length (asserted above).
@@ -404,55 +530,183 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::test_noise as data;
+    use crate::test_path;
     use sha2::{Digest, Sha384};
+    use std::cell::Cell;
 
-    #[test]
-    fn both_lanes_equal_sha2_for_every_offset_and_chunking() {
-        if !supported() {
-            eprintln!("AVX-512VL absent: the two-lane SHA-384 is not used on this CPU");
-            return;
+    thread_local! {
+        /// Set by a test: this thread's lanes use [`scalar_compress`] instead of AVX-512VL, so
+        /// the lane bookkeeping (buffers, offsets, padding) is tested on every CPU.
+        pub(super) static SCALAR: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// FIPS 180-4 §6.4.2, one plain 64-bit word at a time.
+    pub(super) fn scalar_compress(state: &mut [u64; 8], blocks: &[u8]) {
+        for block in blocks.chunks_exact(128) {
+            let mut w = [0u64; 80];
+            for (t, word) in block.chunks_exact(8).enumerate() {
+                w[t] = u64::from_be_bytes(word.try_into().unwrap());
+            }
+            for t in 16..80 {
+                let s0 = w[t - 15].rotate_right(1) ^ w[t - 15].rotate_right(8) ^ (w[t - 15] >> 7);
+                let s1 = w[t - 2].rotate_right(19) ^ w[t - 2].rotate_right(61) ^ (w[t - 2] >> 6);
+                w[t] = w[t - 16]
+                    .wrapping_add(s0)
+                    .wrapping_add(w[t - 7])
+                    .wrapping_add(s1);
+            }
+            let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
+            for t in 0..80 {
+                let t1 = h
+                    .wrapping_add(e.rotate_right(14) ^ e.rotate_right(18) ^ e.rotate_right(41))
+                    .wrapping_add((e & f) ^ (!e & g))
+                    .wrapping_add(K[t])
+                    .wrapping_add(w[t]);
+                let t2 = (a.rotate_right(28) ^ a.rotate_right(34) ^ a.rotate_right(39))
+                    .wrapping_add((a & b) ^ (a & c) ^ (b & c));
+                (h, g, f, e, d, c, b) = (g, f, e, d.wrapping_add(t1), c, b, a);
+                a = t1.wrapping_add(t2);
+            }
+            for (s, v) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+                *s = s.wrapping_add(v);
+            }
         }
-        // Lane a first sees a prefix of every length 0..=130 (its blocks are misaligned
-        // against lane b's by that much), then both see the same bytes in chunks of odd sizes.
+    }
+
+    /// The CPU path of the two-lane kernel: tested here, or said (and counted) not to be.
+    fn avx512_path(test: &str) -> bool {
+        let path = format!("sha384x2 AVX-512VL kernel ({test})");
+        if supported() {
+            test_path(&path, true, "AVX-512F and AVX-512VL present");
+            true
+        } else {
+            test_path(&path, false, "this CPU has no AVX-512F with AVX-512VL");
+            false
+        }
+    }
+
+    /// Lane a first sees a prefix of every length 0..=130 (its blocks are misaligned against lane
+    /// b's by that much), then both see the same bytes in chunks of odd sizes.
+    fn lanes_equal_sha2_for_every_offset_and_chunking() {
         let shared = data(5000, 1);
         for prefix_len in (0..=130).chain([255, 256, 257, 1000]) {
             let prefix = data(prefix_len, 2 + prefix_len as u64);
             for chunk in [1usize, 7, 127, 128, 129, 300, 5000] {
-                let mut a = Lane::default();
-                update1(&mut a, &prefix);
-                let mut b = Lane::default();
-                for c in shared.chunks(chunk) {
-                    update2(&mut a, &mut b, c);
-                }
+                let (a, b) = lanes(&prefix, &shared, chunk);
                 let mut ra = Sha384::new();
                 ra.update(&prefix);
                 ra.update(&shared);
                 let rb = Sha384::digest(&shared);
                 assert_eq!(
-                    finish(a)[..],
+                    a[..],
                     ra.finalize()[..],
                     "prefix {prefix_len} chunk {chunk}"
                 );
-                assert_eq!(finish(b)[..], rb[..], "prefix {prefix_len} chunk {chunk}");
+                assert_eq!(b[..], rb[..], "prefix {prefix_len} chunk {chunk}");
             }
         }
     }
 
     #[test]
-    fn known_answers() {
-        if !supported() {
-            return;
+    fn lane_bookkeeping_equals_sha2_with_the_scalar_kernel() {
+        SCALAR.with(|s| s.set(true));
+        lanes_equal_sha2_for_every_offset_and_chunking();
+        assert_eq!(self_test(&lanes), Ok(()));
+    }
+
+    #[test]
+    fn both_avx512_lanes_equal_sha2_for_every_offset_and_chunking() {
+        if avx512_path("every offset and chunking") {
+            lanes_equal_sha2_for_every_offset_and_chunking();
+            assert_eq!(self_test(&lanes), Ok(()), "the real engine's self-test");
         }
-        let mut a = Lane::default();
-        update1(&mut a, b"abc");
-        // FIPS 180-4 example (SHA-384 of "abc").
+    }
+
+    #[test]
+    fn known_answers() {
+        // FIPS 180-4 examples (SHA-384 of "abc" and of nothing), with either kernel.
+        let abc = "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7";
+        let empty = "38b060a751ac96384cd9327eb1b1e36a21fdb71114be07434c0cc7bf63f6e1da274edebfe76f65fbd51ad2f14898b95b";
+        for scalar in [true, false] {
+            if !scalar && !avx512_path("FIPS 180-4 examples") {
+                continue;
+            }
+            SCALAR.with(|s| s.set(scalar));
+            let mut a = Lane::default();
+            update1(&mut a, b"abc");
+            assert_eq!(hex::encode(finish(a)), abc, "scalar {scalar}");
+            assert_eq!(
+                hex::encode(finish(Lane::default())),
+                empty,
+                "scalar {scalar}"
+            );
+        }
+    }
+
+    /// A correct two-lane hash built from sha2, and wrong ones that differ from it only in one
+    /// lane, or only at one block offset (the kind of bug a miscompiled kernel has).
+    fn reference(prefix: &[u8], shared: &[u8], _chunk: usize) -> ([u8; 48], [u8; 48]) {
+        let a = Sha384::new().chain_update(prefix).chain_update(shared);
+        (a.finalize().into(), Sha384::digest(shared).into())
+    }
+
+    #[test]
+    fn the_self_test_passes_a_correct_engine_and_catches_wrong_ones() {
+        assert_eq!(self_test(&reference), Ok(()));
+        let lane_b_wrong = |p: &[u8], s: &[u8], c: usize| {
+            let (a, mut b) = reference(p, s, c);
+            b[47] ^= 1;
+            (a, b)
+        };
+        assert!(self_test(&lane_b_wrong).is_err());
+        let wrong_at_112 = |p: &[u8], s: &[u8], c: usize| {
+            let (mut a, b) = reference(p, s, c);
+            if p.len() == 112 {
+                a[0] ^= 0x80;
+            }
+            (a, b)
+        };
+        let err = self_test(&wrong_at_112).unwrap_err();
+        assert!(err.contains("prefix of 112 bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_engine_is_chosen_from_cpu_opt_out_and_self_test_on_any_cpu() {
+        let untested = || -> Result<(), String> { panic!("self-test run without AVX-512VL") };
+        let c = choose(false, false, untested);
+        assert_eq!(c.engine, Engine::Threads);
+        assert!(c.reason.contains("no AVX-512F"), "{}", c.reason);
+        let c = choose(true, true, untested);
+        assert_eq!(c.engine, Engine::Threads);
+        assert!(c.reason.contains("CLOAK_NO_AVX512"), "{}", c.reason);
         assert_eq!(
-            hex::encode(finish(a)),
-            "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7"
+            choose(true, false, || self_test(&reference)).engine,
+            Engine::Lanes
         );
-        assert_eq!(
-            hex::encode(finish(Lane::default())),
-            "38b060a751ac96384cd9327eb1b1e36a21fdb71114be07434c0cc7bf63f6e1da274edebfe76f65fbd51ad2f14898b95b"
+        // An engine that fails its known answers is never used: ring computes the PCRs.
+        let broken = |p: &[u8], s: &[u8], c: usize| {
+            let (mut a, b) = reference(p, s, c);
+            a[5] ^= 4;
+            (a, b)
+        };
+        let c = choose(true, false, || self_test(&broken));
+        assert_eq!(c.engine, Engine::Threads);
+        assert!(
+            c.reason.contains("failed its known-answer self-test"),
+            "{}",
+            c.reason
         );
+    }
+
+    #[test]
+    fn this_process_uses_the_lanes_exactly_when_the_cpu_has_them() {
+        let opted_out = std::env::var_os("CLOAK_NO_AVX512").is_some();
+        let expected = if supported() && !opted_out {
+            Engine::Lanes
+        } else {
+            Engine::Threads
+        };
+        assert_eq!(engine().engine, expected, "{}", engine().reason);
+        avx512_path("the process engine");
     }
 }

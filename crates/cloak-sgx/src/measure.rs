@@ -225,6 +225,27 @@ pub fn mrenclave(manifest: &[u8], libpal: &[u8], layout: &Layout) -> Result<[u8;
         )));
     }
     let (entry, segments) = load_segments(libpal)?;
+    match segments.iter().map(|s| rounddown(s.vaddr)).min() {
+        None => {
+            return Err(Error::Elf {
+                what: "libpal.so".into(),
+                reason: "it has no PT_LOAD segment".into(),
+            })
+        }
+        Some(lowest) if lowest != 0 => {
+            // Gramine's signer (and loader) put such a PAL at that fixed address instead of
+            // top-down, and the loader then adds the free heap over it: refuse rather than
+            // compute an MRENCLAVE no Gramine enclave has.
+            return Err(Error::Elf {
+                what: "libpal.so".into(),
+                reason: format!(
+                    "its lowest PT_LOAD segment is at {lowest:#x}, not 0: Gramine loads only a \
+                     position-independent PAL (use the libpal.so of a Gramine build)"
+                ),
+            });
+        }
+        Some(_) => {}
+    }
     let p = place(layout, manifest.len() as u64, &segments)?;
     let n = layout.threads;
     let mut m = Measurer::new();
@@ -283,33 +304,28 @@ pub fn mrenclave(manifest: &[u8], libpal: &[u8], layout: &Layout) -> Result<[u8;
     for s in &p.sig_stacks {
         m.zero_pages(*s, SIG_STACK_SIZE, PT_REG | FLAG_R | FLAG_W);
     }
-    let lo = segments
-        .iter()
-        .map(|s| rounddown(s.vaddr))
-        .min()
-        .unwrap_or(0);
-    let base = p.pal - lo;
     for s in &segments {
         let flags = PT_REG
             | if s.flags & 4 != 0 { FLAG_R } else { 0 }
             | if s.flags & 2 != 0 { FLAG_W } else { 0 }
             | if s.flags & 1 != 0 { FLAG_X } else { 0 };
+        // As Gramine's signer and loader map a segment: file page rounddown(offset) at
+        // rounddown(vaddr), bytes outside [offset, offset + filesz) zeroed. (Identical to placing
+        // the file bytes at vaddr when offset and vaddr are congruent modulo the page size, as the
+        // ELF specification requires; Gramine does not check that, so neither does this.)
         let first = rounddown(s.vaddr);
         let end = roundup(s.vaddr + s.memsz);
+        let file_first = rounddown(s.offset);
         for page_va in (first..end).step_by(PAGE as usize) {
             let mut content = [0u8; PAGE as usize];
-            // File bytes [vaddr, vaddr + filesz) → this page's window.
-            let win_lo = page_va.max(s.vaddr);
-            let win_hi = (page_va + PAGE).min(s.vaddr + s.filesz);
-            if win_lo < win_hi {
-                let src = (s.offset + (win_lo - s.vaddr)) as usize;
-                let len = (win_hi - win_lo) as usize;
-                let dst = (win_lo - page_va) as usize;
-                content[dst..dst + len].copy_from_slice(
-                    &s.data[src - s.offset as usize..src - s.offset as usize + len],
-                );
+            let file_lo = file_first + (page_va - first);
+            let lo = file_lo.max(s.offset);
+            let hi = (file_lo + PAGE).min(s.offset + s.filesz);
+            if lo < hi {
+                content[(lo - file_lo) as usize..(hi - file_lo) as usize]
+                    .copy_from_slice(&s.data[(lo - s.offset) as usize..(hi - s.offset) as usize]);
             }
-            m.page(base + page_va, flags, &content);
+            m.page(p.pal + page_va, flags, &content);
         }
     }
     if !layout.edmm {

@@ -1,12 +1,10 @@
 //! SIGSTRUCT signing checked by independent means: num-bigint arithmetic (s³ mod n equals the
-//! PKCS#1 v1.5 encoding; Q1, Q2), OpenSSL's verifier, and a PKCS#11 token (SoftHSM2) holding
-//! the same key.
+//! PKCS#1 v1.5 encoding; Q1, Q2) and OpenSSL's verifier. The PKCS#11 token is in pkcs11.rs.
 
 use std::path::Path;
 use std::process::Command;
 
 use cloak_sgx::key::{FileSigner, Signer};
-use cloak_sgx::pkcs11::Pkcs11Signer;
 use cloak_sgx::sigstruct::{self, Body};
 use num_bigint::BigUint;
 use sha2::{Digest, Sha256};
@@ -164,70 +162,4 @@ fn default_key_is_created_once_with_mode_0600() {
     );
     let b = cloak_sgx::key::default_signer(&path).unwrap();
     assert_eq!(a.modulus_be(), b.modulus_be(), "the key is reused");
-}
-
-#[test]
-fn softhsm_token_signs_without_exporting_the_key() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    std::fs::create_dir_all(d.join("tokens")).unwrap();
-    std::fs::write(
-        d.join("softhsm2.conf"),
-        format!(
-            "directories.tokendir = {}/tokens\nobjectstore.backend = file\n",
-            d.display()
-        ),
-    )
-    .unwrap();
-    let conf = d.join("softhsm2.conf");
-    let key = openssl_key(d, "key.pem", &["-3"]);
-    run(Command::new("openssl").current_dir(d).args([
-        "pkcs8", "-topk8", "-nocrypt", "-in", "key.pem", "-out", "key.p8",
-    ]));
-    let util = |args: &[&str]| {
-        let mut c = Command::new("softhsm2-util");
-        c.env("SOFTHSM2_CONF", &conf).args(args);
-        run(&mut c);
-    };
-    util(&[
-        "--init-token",
-        "--free",
-        "--label",
-        "cloak-test",
-        "--so-pin",
-        "5678",
-        "--pin",
-        "1234",
-    ]);
-    util(&[
-        "--import",
-        d.join("key.p8").to_str().unwrap(),
-        "--token",
-        "cloak-test",
-        "--label",
-        "sgx",
-        "--id",
-        "01",
-        "--pin",
-        "1234",
-    ]);
-    // The module reads SOFTHSM2_CONF from this process; this test binary has no other test that
-    // touches it, so setting it here is safe.
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let uri = "pkcs11:token=cloak-test;object=sgx?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=1234";
-    let hsm = Pkcs11Signer::open(uri).unwrap();
-    assert!(!hsm.describe().contains("1234"), "PIN in description");
-    let file = FileSigner::from_pem_file(&key).unwrap();
-    let from_hsm = sigstruct::sign(&body(), &hsm).unwrap();
-    sigstruct::verify(&from_hsm, "hsm").unwrap();
-    // PKCS#1 v1.5 is deterministic: the token and the file produce the same SIGSTRUCT.
-    assert_eq!(from_hsm, sigstruct::sign(&body(), &file).unwrap());
-    let bad = Pkcs11Signer::open(&uri.replace("pin-value=1234", "pin-value=0000"))
-        .err()
-        .expect("a wrong PIN fails");
-    let msg = bad.to_string();
-    assert!(
-        msg.contains("login failed") && !msg.contains("0000"),
-        "{msg}"
-    );
 }

@@ -41,6 +41,28 @@ pub fn fails(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Say whether a CPU- or host-specific path was exercised: one line on stderr (shown with
+/// `--nocapture`) and, when `CLOAK_TEST_PATHS` names a file (scripts/test.sh sets it and prints
+/// a summary of tested and untested paths), one line appended there. The same as cloak-nitro's
+/// unit-test helper; test binaries share no code crate.
+pub fn test_path(path: &str, tested: bool, why: &str) {
+    let line = format!(
+        "{}\t{path}\t{why}\n",
+        if tested { "tested" } else { "NOT TESTED" }
+    );
+    eprint!("cloak test path: {line}");
+    if let Some(file) = std::env::var_os("CLOAK_TEST_PATHS") {
+        use std::io::Write;
+        // One short write with O_APPEND: lines from parallel tests do not interleave.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .expect("CLOAK_TEST_PATHS is writable");
+        f.write_all(line.as_bytes()).unwrap();
+    }
+}
+
 /// `skopeo` with arguments.
 pub fn skopeo(args: &[&str]) -> Command {
     let mut c = Command::new("skopeo");

@@ -111,12 +111,10 @@ impl Registry {
             std::fs::create_dir_all(d.join("certs")).unwrap();
             std::fs::copy(d.join("ca.crt"), d.join("certs/ca.crt")).unwrap();
             std::fs::create_dir_all(d.join("docker")).unwrap();
-            let auth = base64_encode(format!("{}:{}", s.user, s.password).as_bytes());
             extra = format!(
                 "  tls:\n    certificate: {0}/srv.crt\n    key: {0}/srv.key\nauth:\n  htpasswd:\n    realm: cloak\n    path: {0}/htpasswd\n",
                 d.display()
             );
-            let _ = auth;
         }
         let mut reg = Registry {
             dir,
@@ -208,6 +206,55 @@ impl Registry {
         self.spawn();
     }
 
+    /// Every blob in the registry's storage (layers, configs and manifests alike), as
+    /// `sha256:<hex>`, read from its file system rather than asked over HTTP: a blob pushed
+    /// without a tag, or an upload left behind, is found too.
+    pub fn stored_blobs(&self) -> std::collections::BTreeSet<String> {
+        let root = self.storage().join("docker/registry/v2/blobs/sha256");
+        let mut out = std::collections::BTreeSet::new();
+        for prefix in std::fs::read_dir(&root).into_iter().flatten() {
+            for blob in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+                let blob = blob.unwrap().path();
+                if blob.join("data").is_file() {
+                    let hex = blob.file_name().unwrap().to_string_lossy().to_string();
+                    out.insert(format!("sha256:{hex}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every repository the registry's storage knows, with a manifest, a layer link or an
+    /// upload in progress (`nitro/encrypted`, …), read from its file system.
+    pub fn stored_repositories(&self) -> std::collections::BTreeSet<String> {
+        fn walk(dir: &Path, name: &str, out: &mut std::collections::BTreeSet<String>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries {
+                let e = e.unwrap();
+                let file = e.file_name().to_string_lossy().to_string();
+                if ["_manifests", "_layers", "_uploads"].contains(&file.as_str()) {
+                    out.insert(name.to_string());
+                } else if e.file_type().unwrap().is_dir() {
+                    let sub = if name.is_empty() {
+                        file
+                    } else {
+                        format!("{name}/{file}")
+                    };
+                    walk(&e.path(), &sub, out);
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(
+            &self.storage().join("docker/registry/v2/repositories"),
+            "",
+            &mut out,
+        );
+        out
+    }
+
     /// Whether `repo:tag` resolves to a manifest (asked with skopeo, an independent client).
     pub fn has_tag(&self, repo_tag: &str) -> bool {
         let mut cmd = Command::new("skopeo");
@@ -238,9 +285,4 @@ impl Drop for Registry {
 fn base64_encode(data: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-/// Path helper for tests.
-pub fn path_str(p: &Path) -> String {
-    p.to_string_lossy().to_string()
 }

@@ -11,7 +11,7 @@ pub(crate) fn synthetic_pal() -> Vec<u8> {
     f[6] = 1;
     f[0x10..0x12].copy_from_slice(&3u16.to_le_bytes()); // ET_DYN
     f[0x12..0x14].copy_from_slice(&62u16.to_le_bytes()); // x86_64
-    f[0x18..0x20].copy_from_slice(&0x1040u64.to_le_bytes()); // e_entry
+    f[0x18..0x20].copy_from_slice(&0x40u64.to_le_bytes()); // e_entry
     f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
     f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
     f[0x38..0x3a].copy_from_slice(&3u16.to_le_bytes());
@@ -31,9 +31,9 @@ pub(crate) fn synthetic_pal() -> Vec<u8> {
         f[at + 32..at + 40].copy_from_slice(&filesz.to_le_bytes());
         f[at + 40..at + 48].copy_from_slice(&memsz.to_le_bytes());
     };
-    ph(&mut f, 0, 1, 5, 0x1000, 0x1000, 0x800, 0x800); // text
+    ph(&mut f, 0, 1, 5, 0x1000, 0, 0x800, 0x800); // text
     ph(&mut f, 1, 0x6474e551, 6, 0, 0, 0, 0); // GNU_STACK, ignored
-    ph(&mut f, 2, 1, 6, 0x2010, 0x3010, 0x100, 0x2100); // data + bss over 3 pages
+    ph(&mut f, 2, 1, 6, 0x2010, 0x2010, 0x100, 0x2100); // data + bss over 3 pages
     for (i, b) in f.iter_mut().enumerate().skip(0x1000) {
         *b = (i % 251) as u8 + 1;
     }
@@ -72,7 +72,7 @@ fn layout_of_the_notes_example() {
         p.sig_stacks,
         [0x0fec7000, 0x0feb7000, 0x0fea7000, 0x0fe97000]
     );
-    // text 0x1000..0x1800, data+bss 0x3010..0x5110 → [0x1000, 0x6000)
+    // text 0x0..0x800, data+bss 0x2010..0x4110 → [0, 0x5000)
     assert_eq!(p.pal_size, 0x5000);
     assert_eq!(p.pal, 0x0fe97000 - 0x5000);
 }
@@ -138,7 +138,7 @@ fn naive(manifest: &[u8], pal: &[u8], layout: &Layout) -> [u8; 32] {
         mem[at..at + s.filesz as usize]
             .copy_from_slice(&pal[s.offset as usize..(s.offset + s.filesz) as usize]);
         let flags = 0x200 | [0, 4, 2, 6, 1, 5, 3, 7][s.flags as usize & 7] as u64;
-        area(p.pal - 0x1000 + lo, mem, flags);
+        area(p.pal + lo, mem, flags);
     }
     if !layout.edmm {
         let mut a = 0x10000;
@@ -289,4 +289,31 @@ fn manifests_name_at_most_1024g() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("exceeds 1024G"), "{err}");
+}
+
+#[test]
+fn a_pal_that_is_not_position_independent_is_refused() {
+    // The synthetic PAL moved up by 4 MiB: Gramine would place it at 0x400000, not top-down.
+    let mut pal = synthetic_pal();
+    for i in [0, 2] {
+        let at = 64 + i * 56 + 16;
+        let vaddr = u64::from_le_bytes(pal[at..at + 8].try_into().unwrap());
+        pal[at..at + 8].copy_from_slice(&(vaddr + 0x40_0000).to_le_bytes());
+    }
+    let err = mrenclave(
+        b"x",
+        &pal,
+        &Layout {
+            enclave_size: 0x1000_0000,
+            threads: 1,
+            edmm: false,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("lowest PT_LOAD segment is at 0x400000")
+            && err.contains("position-independent"),
+        "{err}"
+    );
 }
