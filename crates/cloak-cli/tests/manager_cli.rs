@@ -478,6 +478,32 @@ fn quorum_flow(backend: Backend) {
     assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
     assert_eq!(audit["items"][0]["actor_name"], "alice");
 
+    // Alice changes her own password (from stdin); the old one stops working. Bob is disabled.
+    const NEW_PASSWORD: &str = "alice-new-password-for-cli-2";
+    alice
+        .run_env(
+            &["user", "passwd"],
+            &[],
+            &[],
+            Some(&format!("{NEW_PASSWORD}\n")),
+        )
+        .ok();
+    let err = h
+        .user()
+        .run_env(
+            &["login", "--url", &h.m.url, "--user", "alice"],
+            &["--cacert", &h.ca_path().display().to_string()],
+            &[("CLOAK_PASSWORD", ALICE_PASSWORD)],
+            None,
+        )
+        .fails(1);
+    assert!(err.contains("401"), "{err}");
+    h.logged_in("alice", NEW_PASSWORD);
+    let out = admin.run(&["user", "update", "bob", "--disable"]).ok();
+    assert!(out.contains("DISABLED"), "{out}");
+    let err = bob.run(&["app", "list"]).fails(1);
+    assert!(err.contains("log in again"), "{err}");
+
     let tokens = [
         admin.stored_token(),
         alice.stored_token(),
@@ -488,6 +514,7 @@ fn quorum_flow(backend: Backend) {
             ADMIN_PASSWORD,
             ALICE_PASSWORD,
             BOB_PASSWORD,
+            NEW_PASSWORD,
             &tokens[0],
             &tokens[1],
             &tokens[2],
