@@ -246,7 +246,8 @@ pub fn resolve(s: &Session, app: &str) -> anyhow::Result<String> {
     }
 }
 
-fn policy_text(p: &ApprovalPolicy) -> String {
+/// "2 of [alice-id, role:MANAGER], not the requester".
+pub fn policy_text(p: &ApprovalPolicy) -> String {
     format!(
         "{} of [{}]{}",
         p.n,

@@ -128,16 +128,9 @@ fn show(s: &Session, t: &Task, build: Option<&Build>) -> anyhow::Result<()> {
     outln!("Build:      {}", t.entity_id);
     outln!("Status:     {}", t.status.status);
     outln!("Approvals:  {}", progress(t));
-    let p = &t.approval_policy;
     outln!(
-        "Policy:     {} of [{}]{}",
-        p.n,
-        p.approvers.join(", "),
-        if p.exclude_requester {
-            ", not the requester"
-        } else {
-            ""
-        }
+        "Policy:     {}",
+        super::app::policy_text(&t.approval_policy)
     );
     if let Some(name) = &t.requester_info.user_name {
         outln!("Requester:  {name}");
