@@ -639,6 +639,8 @@ fn registry_passwords_api_keys_and_the_audit_chain() {
         )
         .ok();
     assert!(out.contains("(PENDING)"), "{out}");
+    let pipe_build = word_after(&out, "registered build ").to_string();
+
     admin.run(&["apikey", "revoke", &key_id]).ok();
     let err = pipeline.run_env(&["app", "list"], &[], &env, None).fails(1);
     assert!(
@@ -689,6 +691,34 @@ fn registry_passwords_api_keys_and_the_audit_chain() {
     let err = admin.run(&["app", "show", "nope"]).fails(1);
     assert!(err.contains("no app named \"nope\""), "{err}");
     admin.run(&["task", "list", "--status", "maybe"]).fails(2);
+
+    // Update, then delete: an app with a build is kept (the manager's 409) until the build goes.
+    let app = admin
+        .run(&[
+            "app",
+            "update",
+            "pipe",
+            "--description",
+            "CI",
+            "--quorum",
+            "2",
+            "-o",
+            "json",
+        ])
+        .json();
+    assert_eq!(app["description"], "CI");
+    assert_eq!(app["approval_policy"]["n"], 2);
+    let err = admin.run(&["app", "delete", "pipe"]).fails(1);
+    assert!(err.contains("409"), "{err}");
+    admin.run(&["build", "delete", &pipe_build]).ok();
+    let err = admin.run(&["build", "show", &pipe_build]).fails(1);
+    assert!(err.contains("404 not_found"), "{err}");
+    admin.run(&["app", "delete", "pipe"]).ok();
+    let apps = admin.run(&["app", "list", "-o", "json"]).json();
+    assert_eq!(apps["items"].as_array().unwrap().len(), 0, "{apps}");
+    admin.run(&["registry", "delete", &reg_id]).ok();
+    let regs = admin.run(&["registry", "list", "-o", "json"]).json();
+    assert_eq!(regs.as_array().unwrap().len(), 0, "{regs}");
 
     // The audit chain through the API: verified, exported as JSON lines, and a record changed
     // behind the manager's back is named.
