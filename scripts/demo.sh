@@ -2,8 +2,10 @@
 # The main job on embedded defaults: build an example image without Docker, push it to a local
 # registry started for the purpose (loopback, port chosen at run time), inspect it, list its
 # files, copy it back into an OCI layout, encrypt and decrypt it (cross-checked with skopeo),
-# convert it for SGX and for Nitro Enclaves and boot the Nitro image under qemu. Everything lives under .work/demo and is removed
-# at the next run; the registry is stopped on exit.
+# convert it for SGX and for Nitro Enclaves and boot the Nitro image under qemu; then start the
+# manager on its embedded default (SQLite), register both builds with their measurements, approve
+# them and verify the audit chain. Everything lives under .work/demo and is removed at the next
+# run; the registry and the manager are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -32,7 +34,12 @@ umoci config --image example:1.0 --config.entrypoint /bin/sh --config.cmd -c \
 
 echo "== starting a registry on a free loopback port"
 source "$root/scripts/lib/registry.sh"
-trap 'registry_stop "$work/registry"' EXIT
+manager_pid=
+cleanup() {
+  if [ -n "$manager_pid" ]; then kill "$manager_pid" 2>/dev/null || true; wait "$manager_pid" 2>/dev/null || true; fi
+  registry_stop "$work/registry"
+}
+trap cleanup EXIT
 reg=$(registry_start "$work/registry")
 
 echo "== cloak copy oci:example:1.0 docker://$reg/demo/example:1.0"
@@ -66,15 +73,59 @@ launcher=$(bash "$root/scripts/build-launcher.sh")
   --runtime-image "oci:$work/gramine-runtime:1" --launcher "$launcher" \
   --signing-key "file:$work/enclave-key.pem" --isvprodid 1 --isvsvn 1 \
   "docker://$reg/demo/example:1.0" "docker://$reg/demo/example-sgx:1.0" \
-  2>&1 | tee "$work/sgx-report.json" || { echo "SGX conversion failed"; exit 1; }
+  | tee "$work/sgx-report.json" || { echo "SGX conversion failed"; exit 1; }
 "$cloak" measure --tls-verify=false "docker://$reg/demo/example-sgx:1.0"
 
 echo "== cloak convert --target nitro (Debian cloud kernel), then boot it under qemu"
 kernel=$(bash "$root/scripts/fetch-kernel.sh")
 "$cloak" convert --target nitro --quiet --src-tls-verify=false --dest-tls-verify=false \
   --kernel "$kernel" --launcher "$launcher" --eif "$work/example.eif" \
-  "docker://$reg/demo/example:1.0" "docker://$reg/demo/example-nitro:1.0" -o text
+  "docker://$reg/demo/example:1.0" "docker://$reg/demo/example-nitro:1.0" -o json > "$work/nitro-report.json"
+jq -r '.attributes.nitro_enclave | "PCR0: \(.pcr0)\nPCR1: \(.pcr1)\nPCR2: \(.pcr2)"' "$work/nitro-report.json"
 "$cloak" describe-eif "$work/example.eif"
 echo "-- booting (console follows)"
 "$cloak" run --target nitro --tls-verify=false "docker://$reg/demo/example-nitro:1.0" | tail -n 8
+
+echo "== cloak manager serve on its embedded default (SQLite in $work/manager, TLS, a free loopback port)"
+# The administrator's password is generated here and only ever passed through the environment
+# and stdin; the session token lands in a 0600 file under this demo's own config directory.
+export XDG_CONFIG_HOME="$work/config"
+admin_password=$(openssl rand -hex 16)
+CLOAK_ADMIN_PASSWORD="$admin_password" "$cloak" manager serve --data-dir "$work/manager" \
+  --listen 127.0.0.1:0 --admin-user admin 2> "$work/manager.log" &
+manager_pid=$!
+url=
+for _ in $(seq 1 600); do
+  url=$(sed -n 's/.*cloak manager: listening on //p' "$work/manager.log" | head -n 1)
+  [ -n "$url" ] && break
+  kill -0 "$manager_pid" 2>/dev/null || { cat "$work/manager.log"; echo "the manager did not start"; exit 1; }
+  sleep 0.1
+done
+[ -n "$url" ] || { cat "$work/manager.log"; echo "the manager did not start in 60 s"; exit 1; }
+printf '%s\n' "$admin_password" | "$cloak" login --url "$url" --cacert "$work/manager/tls.crt" \
+  --user admin --password-stdin
+
+echo "== cloak app create, cloak build register (the measurements of the two conversions above)"
+"$cloak" app create --name demo-sgx --input-image "$reg/demo/example:1.0" \
+  --output-image "$reg/demo/example-sgx:1.0" >/dev/null
+"$cloak" app create --name demo-nitro --input-image "$reg/demo/example:1.0" \
+  --output-image "$reg/demo/example-nitro:1.0" >/dev/null
+sgx=$work/sgx-report.json nitro=$work/nitro-report.json
+sgx_task=$("$cloak" build register -o json --app demo-sgx --image "$reg/demo/example-sgx" --version 1.0 \
+  --sha "$(jq -r .imageDigest "$sgx")" --mrenclave "$(jq -r .mrenclave "$sgx")" \
+  --mrsigner "$(jq -r .mrsigner "$sgx")" --isvprodid "$(jq -r .isvprodid "$sgx")" \
+  --isvsvn "$(jq -r .isvsvn "$sgx")" | jq -r .pending_task_id)
+nitro_task=$("$cloak" build register -o json --app demo-nitro --image "$reg/demo/example-nitro" \
+  --version 1.0 --pcr0 "$(jq -r .attributes.nitro_enclave.pcr0 "$nitro")" \
+  --pcr1 "$(jq -r .attributes.nitro_enclave.pcr1 "$nitro")" \
+  --pcr2 "$(jq -r .attributes.nitro_enclave.pcr2 "$nitro")" | jq -r .pending_task_id)
+"$cloak" build list
+echo "== cloak task approve (the default policy: one approval by a WRITER or MANAGER)"
+"$cloak" task approve "$sgx_task" | grep -E "^(Approvals|Build)"
+"$cloak" task approve "$nitro_task" | grep -E "^(Approvals|Build)"
+"$cloak" build list
+echo "== cloak audit verify"
+"$cloak" audit verify
+"$cloak" audit list --limit 8
+"$cloak" logout
 echo "== done: results in $work"

@@ -133,6 +133,29 @@ impl Client {
         Ok(())
     }
 
+    /// A POST without a body (`/v1/sys/session/terminate`).
+    pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(reqwest::Method::POST, path, None::<&()>)
+    }
+
+    /// A GET whose answer is not JSON (`/v1/audit/export`'s JSON lines), as text.
+    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.get(&url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        if !resp.status().is_success() {
+            return decode::<serde_json::Value>(&url, resp).map(|_| String::new());
+        }
+        resp.text()
+            .map_err(|source| ClientError::Transport { url, source })
+    }
+
     /// Any request; the answer as JSON (`null` for an empty body).
     pub fn send<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -1,6 +1,7 @@
 //! `cloak`: turn container images into confidential-computing images.
 //!
-//! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad usage.
+//! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad usage
+//! (including a missing secret or flags that do not fit together).
 
 #[macro_use]
 mod output;
@@ -60,6 +61,24 @@ enum Command {
     Manager(commands::manager::Args),
     /// Verify TEE evidence (SGX/TDX quotes, Nitro documents, RA-TLS certificates).
     Attest(commands::attest::Args),
+    /// Log in to a manager; the session token is kept in $XDG_CONFIG_HOME/cloak/login.json (0600).
+    Login(commands::client::LoginArgs),
+    /// End the stored session and remove the login file.
+    Logout(commands::client::LogoutArgs),
+    /// Apps in the manager: list, show, create, update, delete.
+    App(commands::app::Args),
+    /// Builds in the manager: register measurements, list, show, revoke, delete.
+    Build(commands::build::Args),
+    /// Approval tasks: list, show, approve, deny.
+    Task(commands::task::Args),
+    /// Registry credentials saved in the manager: list, add, update, delete.
+    Registry(commands::registry_cred::Args),
+    /// Users of the manager account: list, create, passwd, update.
+    User(commands::user::Args),
+    /// API keys for pipelines: list, create, revoke.
+    Apikey(commands::user::KeyArgs),
+    /// The manager's audit log: list, verify, export.
+    Audit(commands::audit::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,12 +102,25 @@ fn main() -> std::process::ExitCode {
         Command::Decrypt(args) => commands::decrypt::run(args),
         Command::Manager(args) => commands::manager::run(args),
         Command::Attest(args) => commands::attest::run(args),
+        Command::Login(args) => commands::client::login(args),
+        Command::Logout(args) => commands::client::logout(args),
+        Command::App(args) => commands::app::run(args),
+        Command::Build(args) => commands::build::run(args),
+        Command::Task(args) => commands::task::run(args),
+        Command::Registry(args) => commands::registry_cred::run(args),
+        Command::User(args) => commands::user::run(args),
+        Command::Apikey(args) => commands::user::run_keys(args),
+        Command::Audit(args) => commands::audit::run(args),
     };
     match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("cloak: error: {}", chain(&err));
-            std::process::ExitCode::FAILURE
+            if err.is::<commands::client::UsageError>() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,6 +1,10 @@
 //! One module per verb: each has an `Args` struct and a `run` function.
 
 pub mod attest;
+pub mod app;
+pub mod audit;
+pub mod build;
+pub mod client;
 pub mod convert;
 pub mod copy;
 pub mod decrypt;
@@ -10,5 +14,8 @@ pub mod inspect;
 pub mod ls_files;
 pub mod manager;
 pub mod measure;
+pub mod registry_cred;
 pub mod run;
 pub mod sgx;
+pub mod task;
+pub mod user;
