@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::images::{busybox, gramine_runtime, hostile, multilayer, single_layer, T};
+use common::images::{busybox, gramine_runtime, hostile, multilayer, T};
 use common::registry::Registry;
 use common::tree::from_dir;
 use common::*;

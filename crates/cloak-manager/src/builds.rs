@@ -259,13 +259,15 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
                     Err(e) => return Err(e),
                 }
             }
-            None => return Err(Error::field(
-                "app_name",
-                format!(
+            None => {
+                return Err(Error::field(
+                    "app_name",
+                    format!(
                     "no app named {name:?} in this account: a MANAGER creates it (POST /v1/apps) \
                          with its approval policy"
                 ),
-            )),
+                ))
+            }
         },
         (None, None) => return Err(Error::field("app_id", "is required")),
     };

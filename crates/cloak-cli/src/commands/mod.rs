@@ -1,7 +1,7 @@
 //! One module per verb: each has an `Args` struct and a `run` function.
 
-pub mod attest;
 pub mod app;
+pub mod attest;
 pub mod audit;
 pub mod build;
 pub mod client;

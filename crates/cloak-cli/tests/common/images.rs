@@ -337,7 +337,7 @@ pub fn gramine_runtime(dir: &Path, with_libpal: bool) -> PathBuf {
 /// headers, the way an attacker would write them), as an OCI layout with tag `1`.
 pub fn hostile(dir: &Path, kind: &str) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/hostile_layers.py");
-    crate::ok(
+    super::ok(
         std::process::Command::new("python3")
             .arg(script)
             .arg(kind)
