@@ -2,7 +2,9 @@
 //! SHA-256 hashes, so a stolen database holds no usable token), login throttling per user and
 //! per client address (kept in the database, so every replica sees it), and roles.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -53,6 +55,79 @@ impl Principal {
 
     pub fn user_id(&self) -> Option<&str> {
         (self.actor.kind == "user").then_some(self.actor.id.as_str())
+    }
+}
+
+/// How long a token's principal is reused without asking the database. Changes made through
+/// this process (logout, role or status change, new password, revoked key) take effect at once;
+/// changes made through another replica within this time.
+const PRINCIPAL_TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most (only tokens that authenticated are cached).
+const PRINCIPAL_CACHE_MAX: usize = 10_000;
+
+/// Principals of recently seen tokens, by token hash: saves the database a lookup per request.
+#[derive(Debug, Default)]
+pub struct PrincipalCache(Mutex<PrincipalCacheInner>);
+
+#[derive(Debug, Default)]
+struct PrincipalCacheInner {
+    /// Moves at every invalidation, so that a lookup that read the database before a change
+    /// committed does not store what it read.
+    generation: u64,
+    map: HashMap<String, CachedPrincipal>,
+}
+
+#[derive(Debug)]
+struct CachedPrincipal {
+    principal: Principal,
+    /// The session's expiry (API keys do not expire).
+    expires_at: Option<i64>,
+    cached_at: Instant,
+}
+
+impl PrincipalCache {
+    /// The cached principal of `hash` if fresh and unexpired; else the generation to store under.
+    fn get(&self, hash: &str, now: i64) -> Result<Principal, u64> {
+        let inner = self.0.lock().expect("principal cache lock");
+        match inner.map.get(hash) {
+            Some(c)
+                if c.cached_at.elapsed() < PRINCIPAL_TTL
+                    && c.expires_at.is_none_or(|e| e > now) =>
+            {
+                Ok(c.principal.clone())
+            }
+            _ => Err(inner.generation),
+        }
+    }
+
+    fn put(&self, generation: u64, hash: String, principal: &Principal, expires_at: Option<i64>) {
+        let mut inner = self.0.lock().expect("principal cache lock");
+        if inner.generation != generation {
+            return;
+        }
+        if inner.map.len() >= PRINCIPAL_CACHE_MAX {
+            inner
+                .map
+                .retain(|_, c| c.cached_at.elapsed() < PRINCIPAL_TTL);
+            if inner.map.len() >= PRINCIPAL_CACHE_MAX {
+                inner.map.clear();
+            }
+        }
+        inner.map.insert(
+            hash,
+            CachedPrincipal {
+                principal: principal.clone(),
+                expires_at,
+                cached_at: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets every principal: call after committing a change to sessions, users or API keys.
+    pub fn invalidate(&self) {
+        let mut inner = self.0.lock().expect("principal cache lock");
+        inner.generation += 1;
+        inner.map.clear();
     }
 }
 
@@ -147,12 +222,30 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
     }
     let hash = secret_hash(token);
     let now = state.clock.now();
+    let generation = match state.principals.get(&hash, now) {
+        Ok(p) => return Ok(p),
+        Err(generation) => generation,
+    };
+    let (principal, expires_at) = lookup(state, token, &hash, now).await?;
+    state
+        .principals
+        .put(generation, hash, &principal, expires_at);
+    Ok(principal)
+}
+
+/// The principal of a token according to the database, and its session's expiry.
+async fn lookup(
+    state: &State,
+    token: &str,
+    hash: &str,
+    now: i64,
+) -> Result<(Principal, Option<i64>)> {
     if token.starts_with(API_KEY_PREFIX) {
         let row = sqlx::query(
             "SELECT key_id, account_id, name, role FROM api_keys \
              WHERE key_hash = $1 AND revoked_at IS NULL",
         )
-        .bind(&hash)
+        .bind(hash)
         .fetch_optional(state.db.reader())
         .await?
         .ok_or_else(|| {
@@ -160,7 +253,7 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
         })?;
         let key_id: String = row.try_get(0)?;
         let role: String = row.try_get(3)?;
-        return Ok(Principal {
+        let principal = Principal {
             account_id: row.try_get(1)?,
             role: Role::parse(&role).unwrap_or(Role::Reader),
             actor: Actor {
@@ -169,14 +262,15 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
                 name: row.try_get(2)?,
             },
             session: None,
-        });
+        };
+        return Ok((principal, None));
     }
     let row = sqlx::query(
         "SELECT s.user_id, s.account_id, u.user_name, u.role, s.expires_at FROM sessions s \
          JOIN users u ON u.user_id = s.user_id \
          WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND u.status = 'ACTIVE'",
     )
-    .bind(&hash)
+    .bind(hash)
     .fetch_optional(state.db.reader())
     .await?
     .ok_or_else(|| Error::Unauthenticated("the bearer token is not valid".into()))?;
@@ -187,7 +281,7 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
         ));
     }
     let role: String = row.try_get(3)?;
-    Ok(Principal {
+    let principal = Principal {
         account_id: row.try_get(1)?,
         role: Role::parse(&role).unwrap_or(Role::Reader),
         actor: Actor {
@@ -195,8 +289,9 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
             id: row.try_get(0)?,
             name: row.try_get(2)?,
         },
-        session: Some(hash),
-    })
+        session: Some(hash.to_string()),
+    };
+    Ok((principal, Some(expires)))
 }
 
 /// Notes the use of an API key for a change (audited with the change itself).
@@ -423,6 +518,7 @@ pub async fn terminate(state: &State, p: &Principal) -> Result<()> {
     )
     .await?;
     tx.commit().await?;
+    state.principals.invalidate();
     Ok(())
 }
 

@@ -181,6 +181,7 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
     )
     .await?;
     tx.commit().await?;
+    state.principals.invalidate();
     get(state, p, id).await
 }
 
@@ -311,5 +312,6 @@ pub async fn revoke_key(state: &State, p: &Principal, id: &str) -> Result<()> {
     )
     .await?;
     tx.commit().await?;
+    state.principals.invalidate();
     Ok(())
 }
