@@ -9,7 +9,7 @@
 # the same server's /healthz, the ceiling of its HTTP stack on this machine. Then 64 writers
 # registering builds with unique measurements (POST /v1/builds) for BENCH_WRITE_SECONDS (30).
 # Prints requests/s, p50/p99, the ratio to the ceiling, non-2xx answers and the manager's peak
-# RSS (VmHWM). Seeding: 10,000 POST /v1/builds through the API, 16 at a time (python3).
+# RSS (VmHWM). Seeding: one build through the API, the others copied from it in SQL (see seed).
 #
 # Usage: scripts/bench-manager.sh [sqlite|postgres]...   (default: both)
 # Environment: CLOAK_BIN (a release `cloak`; default: build it), BENCH_BUILDS (10000).
@@ -22,7 +22,7 @@ write_secs=${BENCH_WRITE_SECONDS:-30}
 backends=("$@")
 [ ${#backends[@]} -gt 0 ] || backends=(sqlite postgres)
 
-for tool in wrk jq curl python3 runuser; do
+for tool in wrk jq curl python3 runuser sqlite3; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install-deps.sh" >&2; exit 2; }
 done
 if [ -z "${CLOAK_BIN:-}" ]; then
@@ -55,6 +55,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 start_postgres() {
   local bin
   bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+  pg_bin=$bin
   pg_ctl="$bin/pg_ctl"
   mkdir -p "$work/pg" && chown postgres:postgres "$work/pg"
   runuser -u postgres -- "$bin/initdb" -D "$work/pg/data" -A trust -U postgres --no-sync >/dev/null
@@ -93,33 +94,42 @@ api() {
     -H 'content-type: application/json' ${3:+--data "$3"} "$url$2"
 }
 
-# seed N APP_ID IDS_FILE: registers N builds through the API, 16 requests at a time.
+# seed N APP_ID IDS_FILE: registers one build through the API, then N-1 copies of it (each with
+# its own task, ids and measurements) in one SQL transaction through the database's own client
+# (sqlite3 or psql): registering through the API costs an fsync each (about 10 ms here), too
+# slow to store 10,000. The copies have no audit records; nothing here verifies the chain.
 seed() {
-  python3 - "$url" "$ca" "$token" "$1" "$2" "$3" <<'PY'
-import http.client, json, ssl, sys, threading, urllib.parse
-url, ca, token, n, app_id, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
-u = urllib.parse.urlsplit(url)
-ctx = ssl.create_default_context(cafile=ca)
-ids, errors, lock, workers = [], [], threading.Lock(), 16
-def work(w):
-    c = http.client.HTTPSConnection(u.hostname, u.port, context=ctx)
-    for i in range(w, n, workers):
-        body = json.dumps({"app_id": app_id,
-            "docker_info": {"docker_image_name": "registry.example.com/seed", "docker_version": str(i)},
-            "mrenclave": "%064x" % (i + 1), "mrsigner": "22" * 32, "isvprodid": 1, "isvsvn": 1})
-        c.request("POST", "/v1/builds", body, {"authorization": "Bearer " + token,
-                                               "content-type": "application/json"})
-        r = c.getresponse(); data = r.read()
-        with lock:
-            if r.status == 201: ids.append(json.loads(data)["build_id"])
-            else: errors.append((r.status, data[:200]))
-ts = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
-for t in ts: t.start()
-for t in ts: t.join()
-if errors:
-    sys.exit("seeding: %d failures, first: %r" % (len(errors), errors[0]))
+  local n=$1 app=$2 out=$3 template
+  template=$(api POST /v1/builds "{\"app_id\":\"$app\",\"docker_info\":{\"docker_image_name\":\"registry.example.com/seed\",\"docker_version\":\"0\"},\"mrenclave\":\"$(printf '%064x' 0)\",\"mrsigner\":\"$(printf '%064d' 22)\",\"isvprodid\":1,\"isvsvn\":1}")
+  python3 - "$n" "$(jq -er .build_id <<<"$template")" "$(jq -er .task_id <<<"$template")" \
+    "$out" >"$work/seed.sql" <<'PY'
+import sys, uuid
+n, build, task, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ids = [build]
+print("BEGIN;")
+for i in range(1, n):
+    b, t = str(uuid.uuid4()), str(uuid.uuid4())
+    ids.append(b)
+    print(f"INSERT INTO tasks (task_id, account_id, task_type, entity_id, status, requester, description, "
+          f"policy, created_at, status_updated_at) SELECT '{t}', account_id, task_type, '{b}', status, requester, "
+          f"description, policy, created_at, status_updated_at FROM tasks WHERE task_id = '{task}';")
+    print(f"INSERT INTO builds (build_id, account_id, app_id, status, status_updated_at, docker_image_name, "
+          f"docker_version, docker_image_sha, mrenclave, mrsigner, isvprodid, isvsvn, pcr0, pcr1, pcr2, pcr8, "
+          f"measurement_key, debug, body, task_id, created_at, updated_at) SELECT '{b}', account_id, app_id, "
+          f"status, status_updated_at, docker_image_name, '{i}', docker_image_sha, '{i:064x}', mrsigner, "
+          f"isvprodid, isvsvn, pcr0, pcr1, pcr2, pcr8, measurement_key || '-{i}', debug, body, '{t}', "
+          f"created_at + {i}, updated_at + {i} FROM builds WHERE build_id = '{build}';")
+print("COMMIT;")
+# Statistics for the planner, as PostgreSQL's autovacuum keeps them on a live database.
+print("ANALYZE;")
 open(out, "w").write("\n".join(ids) + "\n")
 PY
+  chmod 644 "$work/seed.sql"
+  case $backend in
+    sqlite) sqlite3 -bail "$work/sqlite/manager.db" <"$work/seed.sql" >/dev/null ;;
+    postgres) runuser -u postgres -- "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -d bench -q \
+                -v ON_ERROR_STOP=1 -f "$work/seed.sql" >/dev/null ;;
+  esac
 }
 
 # Lua for wrk: the token, a result line from done(), and per-thread status counts.
@@ -201,7 +211,7 @@ function request()
 end
 LUA
 
-  printf '\n== %s: %d builds stored (seeded through the API in %.1f s)\n' "$backend" "$stored" "$seed_secs"
+  printf '\n== %s: %d builds stored (seeded in %.1f s)\n' "$backend" "$stored" "$seed_secs"
   printf '%-34s %10s %9s %9s %8s %7s\n' case 'req/s' 'p50 ms' 'p99 ms' ceiling non-2xx
   load healthz 32 "$secs" "$work/plain.lua" /healthz
   ceil=$r_rps
