@@ -526,6 +526,48 @@ pub async fn terminate(state: &State, p: &Principal) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn principal(role: Role) -> Principal {
+        Principal {
+            account_id: "acc".into(),
+            role,
+            actor: Actor {
+                kind: "user",
+                id: "u1".into(),
+                name: "alice".into(),
+            },
+            session: Some("h".into()),
+        }
+    }
+
+    #[test]
+    fn cached_principals_expire_with_their_session_and_go_at_invalidation() {
+        let cache = PrincipalCache::default();
+        let generation = cache.get("h", 100).unwrap_err();
+        cache.put(generation, "h".into(), &principal(Role::Manager), Some(200));
+        assert_eq!(cache.get("h", 100).unwrap().role, Role::Manager);
+        assert!(
+            cache.get("h", 200).is_err(),
+            "an expired session is not served"
+        );
+        assert!(cache.get("other", 100).is_err());
+        cache.invalidate();
+        assert!(cache.get("h", 100).is_err(), "invalidate forgets");
+    }
+
+    #[test]
+    fn a_lookup_that_raced_an_invalidation_is_not_stored() {
+        let cache = PrincipalCache::default();
+        // Read the database (old role) …
+        let generation = cache.get("h", 100).unwrap_err();
+        // … while a role change commits and invalidates.
+        cache.invalidate();
+        cache.put(generation, "h".into(), &principal(Role::Manager), None);
+        assert!(
+            cache.get("h", 100).is_err(),
+            "the stale principal was stored"
+        );
+    }
+
     #[test]
     fn passwords_hash_with_argon2id_and_verify() {
         let h = hash_password("correct horse battery").unwrap();
