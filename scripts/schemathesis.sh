@@ -61,8 +61,8 @@ api() {
 token=$(printf 'user = "admin:%s"\n' "$admin_password" |
   curl -sS --fail-with-body --cacert "$ca" -K - -X POST "$url/v1/sys/auth" | jq -er .access_token)
 
-# Fixtures, so that the generated path ids of these objects resolve (the others stay random
-# UUIDs, which exercise the 404s).
+# Fixtures: every path id below names one (--set-path), so that the operations on one object
+# reach their handlers; bodies and query parameters are generated (valid and invalid ones).
 hex() { printf "%0${2}d" 0 | tr 0 "$1"; }
 app_id=$(api POST /v1/apps '{"name":"fuzz","input_image_name":"registry.example.com/fuzz:in","output_image_name":"registry.example.com/fuzz:out"}' | jq -er .app_id)
 build=$(api POST /v1/builds "{\"app_id\":\"$app_id\",\"docker_info\":{\"docker_image_name\":\"registry.example.com/fuzz\",\"docker_version\":\"1\"},\"mrenclave\":\"$(hex a 64)\",\"mrsigner\":\"$(hex b 64)\",\"isvprodid\":1,\"isvsvn\":1}")
