@@ -168,6 +168,7 @@ load() {
     { cat "$work/wrk-$name.out" >&2; exit 1; }
   line=$(grep '^RESULT ' "$work/wrk-$name.out") || { cat "$work/wrk-$name.out" >&2; exit 1; }
   read -r _ r_rps r_p50 r_p99 r_bad r_err <<<"$line"
+  grep '^non-2xx: ' "$work/wrk-$name.out" | head -n 2 >&2 || true
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
@@ -186,8 +187,7 @@ for backend in "${backends[@]}"; do
   seed_secs=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN {print (b - a) / 1e9}')
   stored=$(api GET '/v1/builds?limit=1' | jq -er .metadata.total_count)
 
-  { lua_common; cat <<'LUA'; } >"$work/plain.lua"
-LUA
+  lua_common >"$work/plain.lua"
   { lua_common; cat <<LUA; } >"$work/one.lua"
 function prepare()
   ids = {}
