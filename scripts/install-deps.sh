@@ -40,3 +40,12 @@ if ! python3 -c 'import grpc' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcio 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
   python3 -c 'import grpc'
 fi
+
+# schemathesis: the independent API fuzzer of scripts/schemathesis.sh (run against the manager's
+# served /openapi.json). Pinned with the hypothesis it works with: hypothesis-jsonschema, which
+# schemathesis 3 uses, calls an internal API that later hypothesis releases removed.
+if ! python3 -c 'import schemathesis, sys; sys.exit(schemathesis.__version__ != "3.39.16")' 2>/dev/null; then
+  echo "installing: schemathesis (PyPI)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis==3.39.16 hypothesis==6.131.0 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  python3 -c 'import schemathesis'
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of the workspace (unit tests and the
-# end-to-end suites against a real registry, skopeo and umoci). This is what CI runs.
+# end-to-end suites against a real registry, skopeo and umoci), then the API fuzzer against a real
+# manager. This is what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*"; start=$(date +%s); }
@@ -25,3 +26,4 @@ paths_summary() {
 }
 trap paths_summary EXIT
 step "cargo test"; cargo test --workspace --locked; done_step
+step "schemathesis against the manager's /openapi.json (bounded)"; bash scripts/schemathesis.sh; done_step

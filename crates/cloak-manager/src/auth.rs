@@ -2,7 +2,9 @@
 //! SHA-256 hashes, so a stolen database holds no usable token), login throttling per user and
 //! per client address (kept in the database, so every replica sees it), and roles.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -55,6 +57,79 @@ impl Principal {
 
     pub fn user_id(&self) -> Option<&str> {
         (self.actor.kind == "user").then_some(self.actor.id.as_str())
+    }
+}
+
+/// How long a token's principal is reused without asking the database. Changes made through
+/// this process (logout, role or status change, new password, revoked key) take effect at once;
+/// changes made through another replica within this time.
+const PRINCIPAL_TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most (only tokens that authenticated are cached).
+const PRINCIPAL_CACHE_MAX: usize = 10_000;
+
+/// Principals of recently seen tokens, by token hash: saves the database a lookup per request.
+#[derive(Debug, Default)]
+pub struct PrincipalCache(Mutex<PrincipalCacheInner>);
+
+#[derive(Debug, Default)]
+struct PrincipalCacheInner {
+    /// Moves at every invalidation, so that a lookup that read the database before a change
+    /// committed does not store what it read.
+    generation: u64,
+    map: HashMap<String, CachedPrincipal>,
+}
+
+#[derive(Debug)]
+struct CachedPrincipal {
+    principal: Principal,
+    /// The session's expiry (API keys do not expire).
+    expires_at: Option<i64>,
+    cached_at: Instant,
+}
+
+impl PrincipalCache {
+    /// The cached principal of `hash` if fresh and unexpired; else the generation to store under.
+    fn get(&self, hash: &str, now: i64) -> Result<Principal, u64> {
+        let inner = self.0.lock().expect("principal cache lock");
+        match inner.map.get(hash) {
+            Some(c)
+                if c.cached_at.elapsed() < PRINCIPAL_TTL
+                    && c.expires_at.is_none_or(|e| e > now) =>
+            {
+                Ok(c.principal.clone())
+            }
+            _ => Err(inner.generation),
+        }
+    }
+
+    fn put(&self, generation: u64, hash: String, principal: &Principal, expires_at: Option<i64>) {
+        let mut inner = self.0.lock().expect("principal cache lock");
+        if inner.generation != generation {
+            return;
+        }
+        if inner.map.len() >= PRINCIPAL_CACHE_MAX {
+            inner
+                .map
+                .retain(|_, c| c.cached_at.elapsed() < PRINCIPAL_TTL);
+            if inner.map.len() >= PRINCIPAL_CACHE_MAX {
+                inner.map.clear();
+            }
+        }
+        inner.map.insert(
+            hash,
+            CachedPrincipal {
+                principal: principal.clone(),
+                expires_at,
+                cached_at: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets every principal: call after committing a change to sessions, users or API keys.
+    pub fn invalidate(&self) {
+        let mut inner = self.0.lock().expect("principal cache lock");
+        inner.generation += 1;
+        inner.map.clear();
     }
 }
 
@@ -149,6 +224,24 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
     }
     let hash = secret_hash(token);
     let now = state.clock.now();
+    let generation = match state.principals.get(&hash, now) {
+        Ok(p) => return Ok(p),
+        Err(generation) => generation,
+    };
+    let (principal, expires_at) = lookup(state, token, &hash, now).await?;
+    state
+        .principals
+        .put(generation, hash, &principal, expires_at);
+    Ok(principal)
+}
+
+/// The principal of a token according to the database, and its session's expiry.
+async fn lookup(
+    state: &State,
+    token: &str,
+    hash: &str,
+    now: i64,
+) -> Result<(Principal, Option<i64>)> {
     if token.starts_with(API_KEY_PREFIX) {
         // A key acts for its creator: never with more than the creator's current role, and
         // not at all once the creator is disabled.
@@ -157,7 +250,7 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
              JOIN users u ON u.user_id = k.created_by_user_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.status = 'ACTIVE'",
         )
-        .bind(&hash)
+        .bind(hash)
         .fetch_optional(state.db.reader())
         .await?
         .ok_or_else(|| {
@@ -166,7 +259,7 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
         let key_id: String = row.try_get(0)?;
         let role = Role::parse(&row.try_get::<String, _>(3)?).unwrap_or(Role::Reader);
         let creator = Role::parse(&row.try_get::<String, _>(4)?).unwrap_or(Role::Reader);
-        return Ok(Principal {
+        let principal = Principal {
             account_id: row.try_get(1)?,
             role: role.min(creator),
             owner: row.try_get(5)?,
@@ -176,14 +269,15 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
                 name: row.try_get(2)?,
             },
             session: None,
-        });
+        };
+        return Ok((principal, None));
     }
     let row = sqlx::query(
         "SELECT s.user_id, s.account_id, u.user_name, u.role, s.expires_at FROM sessions s \
          JOIN users u ON u.user_id = s.user_id \
          WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND u.status = 'ACTIVE'",
     )
-    .bind(&hash)
+    .bind(hash)
     .fetch_optional(state.db.reader())
     .await?
     .ok_or_else(|| Error::Unauthenticated("the bearer token is not valid".into()))?;
@@ -195,7 +289,7 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
     }
     let role: String = row.try_get(3)?;
     let user_id: String = row.try_get(0)?;
-    Ok(Principal {
+    let principal = Principal {
         account_id: row.try_get(1)?,
         role: Role::parse(&role).unwrap_or(Role::Reader),
         owner: user_id.clone(),
@@ -204,18 +298,22 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
             id: user_id,
             name: row.try_get(2)?,
         },
-        session: Some(hash),
-    })
+        session: Some(hash.to_string()),
+    };
+    Ok((principal, Some(expires)))
 }
 
 /// Notes the use of an API key for a change (audited with the change itself).
 pub async fn touch_api_key(state: &State, p: &Principal) -> Result<()> {
     if p.actor.kind == "api_key" {
+        // Through the write connection: on SQLite every write goes through the one writer.
+        let mut tx = state.db.begin().await?;
         sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2")
             .bind(state.clock.now())
             .bind(&p.actor.id)
-            .execute(state.db.reader())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
     }
     Ok(())
 }
@@ -457,12 +555,55 @@ pub async fn terminate(state: &State, p: &Principal) -> Result<()> {
     )
     .await?;
     tx.commit().await?;
+    state.principals.invalidate();
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn principal(role: Role) -> Principal {
+        Principal {
+            account_id: "acc".into(),
+            role,
+            actor: Actor {
+                kind: "user",
+                id: "u1".into(),
+                name: "alice".into(),
+            },
+            session: Some("h".into()),
+        }
+    }
+
+    #[test]
+    fn cached_principals_expire_with_their_session_and_go_at_invalidation() {
+        let cache = PrincipalCache::default();
+        let generation = cache.get("h", 100).unwrap_err();
+        cache.put(generation, "h".into(), &principal(Role::Manager), Some(200));
+        assert_eq!(cache.get("h", 100).unwrap().role, Role::Manager);
+        assert!(
+            cache.get("h", 200).is_err(),
+            "an expired session is not served"
+        );
+        assert!(cache.get("other", 100).is_err());
+        cache.invalidate();
+        assert!(cache.get("h", 100).is_err(), "invalidate forgets");
+    }
+
+    #[test]
+    fn a_lookup_that_raced_an_invalidation_is_not_stored() {
+        let cache = PrincipalCache::default();
+        // Read the database (old role) …
+        let generation = cache.get("h", 100).unwrap_err();
+        // … while a role change commits and invalidates.
+        cache.invalidate();
+        cache.put(generation, "h".into(), &principal(Role::Manager), None);
+        assert!(
+            cache.get("h", 100).is_err(),
+            "the stale principal was stored"
+        );
+    }
 
     #[test]
     fn passwords_hash_with_argon2id_and_verify() {

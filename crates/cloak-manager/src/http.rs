@@ -268,6 +268,15 @@ pub fn router(state: State) -> Router {
         .with_state(state)
 }
 
+/// OpenAPI 3.0's Schema Object is always an object: JSON Schema's `true` (any value, which
+/// schemars emits for `serde_json::Value`) is `{}` there; clients such as schemathesis reject it.
+fn oas30(schema: Value) -> Value {
+    match schema {
+        Value::Bool(true) => json!({}),
+        other => other,
+    }
+}
+
 /// The OpenAPI 3.0 document of the API, generated from the route table and the types.
 pub fn openapi() -> Value {
     let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
@@ -295,7 +304,7 @@ pub fn openapi() -> Value {
             op.insert("parameters".into(), Value::Array(params));
         }
         if let Some(req) = r.request {
-            let schema = req(&mut gen);
+            let schema = oas30(req(&mut gen).to_value());
             op.insert(
                 "requestBody".into(),
                 json!({"required": true, "content": {"application/json": {"schema": schema}}}),
@@ -304,13 +313,16 @@ pub fn openapi() -> Value {
         let mut responses = serde_json::Map::new();
         let ok = match r.response {
             Some(resp) => json!({"description": "success",
-                                 "content": {r.content_type: {"schema": resp(&mut gen)}}}),
+                                 "content": {r.content_type: {"schema": oas30(resp(&mut gen).to_value())}}}),
             None => json!({"description": "success, no body"}),
         };
         responses.insert(r.status.to_string(), ok);
         let mut errors = vec![400, 404, 413, 429, 500, 503];
         if r.access != Access::Public {
             errors.extend([401, 403]);
+        } else if r.op_id == "authenticateUser" {
+            // Public, but it checks the Basic credentials it is sent.
+            errors.push(401);
         }
         if r.method != "get" {
             errors.push(409);

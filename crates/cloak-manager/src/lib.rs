@@ -68,6 +68,8 @@ pub struct State {
     pub config: Arc<Config>,
     pub metrics: Arc<metrics::Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// Principals of recently authenticated tokens.
+    pub principals: Arc<auth::PrincipalCache>,
 }
 
 impl State {

@@ -115,6 +115,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
         config: Arc::new(config),
         metrics: Default::default(),
         clock,
+        principals: Default::default(),
     })
 }
 

@@ -354,4 +354,13 @@ ALTER TABLE users ADD COLUMN role_changed_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE api_keys ADD COLUMN created_by_user_id TEXT NOT NULL DEFAULT ''
 "#,
     ),
+    (
+        // GET /v1/builds orders by (created_at DESC, build_id): with the tiebreaker in the index,
+        // a page is read off the index instead of sorting every build of the account.
+        "builds listing order index",
+        r#"
+CREATE INDEX builds_account_created_id ON builds (account_id, created_at DESC, build_id);
+DROP INDEX builds_account_created
+"#,
+    ),
 ];

@@ -202,6 +202,7 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
     )
     .await?;
     tx.commit().await?;
+    state.principals.invalidate();
     get(state, p, id).await
 }
 
@@ -333,5 +334,6 @@ pub async fn revoke_key(state: &State, p: &Principal, id: &str) -> Result<()> {
     )
     .await?;
     tx.commit().await?;
+    state.principals.invalidate();
     Ok(())
 }
