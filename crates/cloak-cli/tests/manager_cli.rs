@@ -485,7 +485,7 @@ fn quorum_flow(backend: Backend) {
             &["user", "passwd"],
             &[],
             &[],
-            Some(&format!("{NEW_PASSWORD}\n")),
+            Some(&format!("{ALICE_PASSWORD}\n{NEW_PASSWORD}\n")),
         )
         .ok();
     let err = h
@@ -584,7 +584,7 @@ fn registry_passwords_api_keys_and_the_audit_chain() {
 
     // An API key for a pipeline: printed once, then used through CLOAK_MANAGER_TOKEN.
     let out = admin
-        .run(&["apikey", "create", "--name", "ci", "--role", "WRITER"])
+        .run(&["apikey", "create", "--name", "ci", "--role", "MANAGER"])
         .ok();
     let secret = out.lines().last().unwrap().trim().to_string();
     let key_id = word_after(&out, "(").trim_end_matches(',').to_string();

@@ -281,6 +281,21 @@ pub fn read_stdin_line(what: &str) -> anyhow::Result<String> {
     Ok(line.to_string())
 }
 
+/// The first `n` lines of standard input (a prompt on a terminal).
+pub fn read_stdin_lines(what: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("{what}, one per line:");
+    }
+    let mut text = String::new();
+    stdin
+        .lock()
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read the {what} from standard input"))?;
+    Ok(text.lines().take(n).map(str::to_string).collect())
+}
+
 // ---- login / logout ----
 
 /// `cloak login`.

@@ -6,7 +6,9 @@ use clap::Subcommand;
 use cloak_api::{ApiKey, ApiKeyCreated, ApiKeyRequest, Role, User, UserPatch, UserRequest};
 
 use super::client::Session;
-use super::client::{fmt_time, is_id, read_secret, read_stdin_line, seg, table, usage, Connection};
+use super::client::{
+    fmt_time, is_id, read_secret, read_stdin_lines, seg, table, usage, Connection,
+};
 use crate::output::print_json;
 
 #[derive(Debug, clap::Args)]
@@ -124,16 +126,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Passwd => {
             let me: User = s.get("/v1/user")?;
-            let password = read_stdin_line("new password")?;
-            if password.is_empty() {
-                return Err(usage(
-                    "no new password: pipe it to `cloak user passwd` on standard input",
-                ));
-            }
+            // Two lines: the current password, then the new one.
+            let lines = read_stdin_lines("current and new password", 2)?;
+            let (current, password) = match lines.as_slice() {
+                [c, n] if !c.is_empty() && !n.is_empty() => (c.clone(), n.clone()),
+                _ => return Err(usage(
+                    "pipe two lines to `cloak user passwd`: the current password, then the new one",
+                )),
+            };
             let u: User = s.patch(
                 &format!("/v1/users/{}", me.user_id),
                 &UserPatch {
                     password: Some(password),
+                    current_password: Some(current),
                     ..Default::default()
                 },
             )?;
