@@ -573,6 +573,7 @@ mod tests {
                 name: "alice".into(),
             },
             session: Some("h".into()),
+            owner: "u1".into(),
         }
     }
 
