@@ -78,6 +78,14 @@ pub struct Header {
 /// Write one header, its name and the padding after it; returns the bytes written. The
 /// data (and its padding, [`pad4`] of its length) is the caller's.
 pub fn write_header<W: Write + ?Sized>(out: &mut W, h: &Header, name: &str) -> io::Result<u64> {
+    // The kernel cuts a name at its first NUL: it would unpack another archive than the one
+    // measured.
+    if name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?}: a name with a NUL byte cannot go into a newc archive"),
+        ));
+    }
     if h.size > u32::MAX as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -183,6 +191,13 @@ impl<W: Write> Writer<W> {
                 ino
             }
         };
+        if e.name == "TRAILER!!!" {
+            // The kernel would stop unpacking here.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an entry named TRAILER!!! would end the archive",
+            ));
+        }
         let perm = e.mode & 0o7777;
         match &e.kind {
             Kind::Dir => self.header(ino, 0o040000 | perm, e, 2, 0, (0, 0), &e.name),
@@ -190,6 +205,12 @@ impl<W: Write> Writer<W> {
             Kind::Char(a, b) => self.header(ino, 0o020000 | perm, e, 1, 0, (*a, *b), &e.name),
             Kind::Block(a, b) => self.header(ino, 0o060000 | perm, e, 1, 0, (*a, *b), &e.name),
             Kind::Symlink(target) => {
+                if target.contains('\0') {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{:?}: symlink target {target:?} has a NUL byte", e.name),
+                    ));
+                }
                 self.header(
                     ino,
                     0o120000 | 0o777,
@@ -344,6 +365,28 @@ mod tests {
             std::fs::read_link(tmp.path().join("d/l")).unwrap().to_str(),
             Some("f")
         );
+    }
+
+    #[test]
+    fn names_the_kernel_would_read_differently_are_refused() {
+        let entry = |name: &str, kind: Kind| Entry {
+            name: name.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            link_group: None,
+        };
+        for e in [
+            entry("rootfs/cloak\0x", Kind::Dir),
+            entry("TRAILER!!!", Kind::Fifo),
+            entry("rootfs/l", Kind::Symlink("/etc\0x".into())),
+        ] {
+            let mut w = Writer::new(Vec::new());
+            let err = w.entry(&e, 1, true, None).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{}", e.name);
+        }
     }
 
     #[test]
