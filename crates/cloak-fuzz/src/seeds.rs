@@ -153,11 +153,11 @@ pub fn all(dir: &Path) -> Vec<(&'static str, String, Vec<u8>)> {
     annotations.insert("pubopts".to_string(), spec::public_options_json(&[3; 32]));
     annotations.insert(
         "keys.jwe".to_string(),
-        spec::join_entries(&[jwe_entry.clone()]),
+        spec::join_entries(std::slice::from_ref(&jwe_entry)),
     );
     annotations.insert(
         "keys.pkcs7".to_string(),
-        spec::join_entries(&[pkcs7_entry.clone()]),
+        spec::join_entries(std::slice::from_ref(&pkcs7_entry)),
     );
     annotations.insert(
         "keys.provider.fuzz".to_string(),
