@@ -1140,3 +1140,76 @@ fn tampering_and_missing_keys_are_refused_without_output() {
         assert!(!out_dir.exists(), "{name}: output written");
     }
 }
+
+#[test]
+fn layers_that_decrypt_to_the_same_blob_are_written_once() {
+    use common::images::{tar, Comp, Layout, T};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (key, public) = rsa_pair(t, "alice", "2048");
+    // Two empty layers (as `RUN true` or `ENV` leave behind) around a real one, and the same
+    // file layer twice: identical plain blobs, so decryption yields each digest twice.
+    let src = t.join("src");
+    let file = tar(&[T::File("hello", 0o644, 0, b"hello\n")]);
+    Layout::new(&src)
+        .layer(Comp::Gzip, tar(&[]))
+        .layer(Comp::Gzip, file.clone())
+        .layer(Comp::Gzip, tar(&[]))
+        .layer(Comp::Tar, file.clone())
+        .layer(Comp::Tar, file)
+        .finish("1", "amd64", serde_json::json!({}));
+    let plain = layer_digests(&src);
+    assert_eq!((plain[0] == plain[2], plain[3] == plain[4]), (true, true));
+    let enc = t.join("enc");
+    ok(cloak()
+        .args(["encrypt", "--quiet", "--recipient"])
+        .arg(format!("jwe:{}", public.display()))
+        .arg(oci(&src))
+        .arg(oci(&enc)));
+    let encrypted = layer_digests(&enc);
+    let distinct: std::collections::BTreeSet<_> = encrypted.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        5,
+        "each layer gets its own key: {encrypted:?}"
+    );
+    // Into a new OCI layout and into the one that already holds the encrypted image.
+    for (name, out) in [("new layout", t.join("dec")), ("same layout", enc.clone())] {
+        let mut c = cloak();
+        c.args(["decrypt", "--quiet", "--key"])
+            .arg(&key)
+            .arg(oci(&enc));
+        ok(c.arg(format!("oci:{}:plain", out.display())));
+        let m = json(&blob(
+            &out,
+            json(&out.join("index.json"))["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == "plain")
+                .unwrap()["digest"]
+                .as_str()
+                .unwrap(),
+        ));
+        let digests: Vec<_> = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(digests, plain, "{name}");
+        // Independent readers: umoci verifies every blob it unpacks, skopeo copies them.
+        let rootfs = umoci_unpack(&out, "plain", &t.join(format!("{name}-bundle")));
+        assert_eq!(
+            std::fs::read(rootfs.join("hello")).unwrap(),
+            b"hello\n",
+            "{name}"
+        );
+        ok(skopeo(&["copy", "-q"])
+            .arg(format!("oci:{}:plain", out.display()))
+            .arg(format!(
+                "oci:{}:1",
+                t.join(format!("{name}-copy")).display()
+            )));
+    }
+}
