@@ -1213,3 +1213,85 @@ fn layers_that_decrypt_to_the_same_blob_are_written_once() {
             )));
     }
 }
+
+#[test]
+fn encryption_annotations_a_plain_source_carries_are_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (alice, alice_pub) = rsa_pair(t, "alice", "2048");
+    let (mallory, mallory_pub) = rsa_pair(t, "mallory", "2048");
+    let fixture = busybox(&t.join("bb"));
+    // The attacker's real ocicrypt annotations, made by skopeo for the attacker's key...
+    let theirs = t.join("theirs");
+    ok(skopeo(&["copy", "-q", "--encryption-key"])
+        .arg(format!("jwe:{}", mallory_pub.display()))
+        .arg(oci(&fixture))
+        .arg(oci(&theirs)));
+    let planted = manifest(&theirs)["layers"][0]["annotations"].clone();
+    assert!(planted["org.opencontainers.image.enc.keys.jwe"].is_string());
+    // ...planted on the plain image's first layer, beside an annotation that must stay.
+    let src = t.join("src");
+    ok(Command::new("cp").arg("-a").arg(&fixture).arg(&src));
+    rewrite(&src, |_, m, _| {
+        let mut a = planted.clone();
+        a["org.opencontainers.image.enc.keys.pkcs7"] = "AAAA".into();
+        a["org.example.kept"] = "yes".into();
+        m["layers"][0]["annotations"] = a;
+    });
+    let enc = t.join("enc");
+    let out = ok(cloak()
+        .args(["encrypt", "--recipient"])
+        .arg(format!("jwe:{}", alice_pub.display()))
+        .arg(oci(&src))
+        .arg(oci(&enc)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("layer 0")
+            && stderr.contains("not encrypted but carries encryption annotations")
+            && stderr.contains("org.opencontainers.image.enc.keys.jwe")
+            && stderr.contains("org.opencontainers.image.enc.keys.pkcs7"),
+        "{stderr}"
+    );
+    let a = &manifest(&enc)["layers"][0]["annotations"];
+    assert_eq!(a["org.example.kept"], "yes");
+    assert!(
+        a.get("org.opencontainers.image.enc.keys.pkcs7").is_none(),
+        "{a}"
+    );
+    assert_ne!(
+        a["org.opencontainers.image.enc.pubopts"],
+        planted["org.opencontainers.image.enc.pubopts"]
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&ok(cloak().args(["inspect", "-o", "json", &oci(&enc)])).stdout)
+            .unwrap();
+    assert_eq!(
+        inspect["layers"][0]["encryption"]["recipients"]["jwe"], 1,
+        "only alice: {inspect}"
+    );
+    // The attacker's key opens nothing; alice's opens the image with cloak and with skopeo.
+    let err = fails(
+        cloak()
+            .args(["decrypt", "--key"])
+            .arg(&mallory)
+            .arg(oci(&enc))
+            .arg(oci(&t.join("mallory-out"))),
+    );
+    assert!(err.contains("missing private key"), "{err}");
+    cloak_decrypt(&enc, &t.join("dec"), &[alice.to_str().unwrap()]);
+    let out = skopeo_decrypt(&enc, &t.join("skopeo-dec"), &[&alice]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(
+        "decrypted by skopeo",
+        &from_dir(&umoci_unpack(&fixture, "1", &t.join("orig-bundle"))),
+        &from_dir(&umoci_unpack(
+            &t.join("skopeo-dec"),
+            "1",
+            &t.join("dec-bundle"),
+        )),
+    );
+}
