@@ -62,9 +62,10 @@ for t in "${targets[@]}"; do
   rc=$?
   set -e
   ran=$(( $(date +%s) - start ))
+  # (A run that stops at once prints no status line: no grep below may end the script.)
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rss_peak=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -1)
+  last=$(grep -aE '^#[0-9]+' "$log" | tail -1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corp=$(sed -n 's/.* corp: \([0-9]*\).*/\1/p' <<<"$last")
