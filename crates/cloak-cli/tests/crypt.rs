@@ -1144,3 +1144,158 @@ fn tampering_and_missing_keys_are_refused_without_output() {
         assert!(!out_dir.exists(), "{name}: output written");
     }
 }
+
+#[test]
+fn layers_that_decrypt_to_the_same_blob_are_written_once() {
+    use common::images::{tar, Comp, Layout, T};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (key, public) = rsa_pair(t, "alice", "2048");
+    // Two empty layers (as `RUN true` or `ENV` leave behind) around a real one, and the same
+    // file layer twice: identical plain blobs, so decryption yields each digest twice.
+    let src = t.join("src");
+    let file = tar(&[T::File("hello", 0o644, 0, b"hello\n")]);
+    Layout::new(&src)
+        .layer(Comp::Gzip, tar(&[]))
+        .layer(Comp::Gzip, file.clone())
+        .layer(Comp::Gzip, tar(&[]))
+        .layer(Comp::Tar, file.clone())
+        .layer(Comp::Tar, file)
+        .finish("1", "amd64", serde_json::json!({}));
+    let plain = layer_digests(&src);
+    assert_eq!((plain[0] == plain[2], plain[3] == plain[4]), (true, true));
+    let enc = t.join("enc");
+    ok(cloak()
+        .args(["encrypt", "--quiet", "--recipient"])
+        .arg(format!("jwe:{}", public.display()))
+        .arg(oci(&src))
+        .arg(oci(&enc)));
+    let encrypted = layer_digests(&enc);
+    let distinct: std::collections::BTreeSet<_> = encrypted.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        5,
+        "each layer gets its own key: {encrypted:?}"
+    );
+    // Into a new OCI layout and into the one that already holds the encrypted image.
+    for (name, out) in [("new layout", t.join("dec")), ("same layout", enc.clone())] {
+        let mut c = cloak();
+        c.args(["decrypt", "--quiet", "--key"])
+            .arg(&key)
+            .arg(oci(&enc));
+        ok(c.arg(format!("oci:{}:plain", out.display())));
+        let m = json(&blob(
+            &out,
+            json(&out.join("index.json"))["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == "plain")
+                .unwrap()["digest"]
+                .as_str()
+                .unwrap(),
+        ));
+        let digests: Vec<_> = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(digests, plain, "{name}");
+        // Independent readers: umoci verifies every blob it unpacks, skopeo copies them.
+        let rootfs = umoci_unpack(&out, "plain", &t.join(format!("{name}-bundle")));
+        assert_eq!(
+            std::fs::read(rootfs.join("hello")).unwrap(),
+            b"hello\n",
+            "{name}"
+        );
+        ok(skopeo(&["copy", "-q"])
+            .arg(format!("oci:{}:plain", out.display()))
+            .arg(format!(
+                "oci:{}:1",
+                t.join(format!("{name}-copy")).display()
+            )));
+    }
+}
+
+#[test]
+fn encryption_annotations_a_plain_source_carries_are_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (alice, alice_pub) = rsa_pair(t, "alice", "2048");
+    let (mallory, mallory_pub) = rsa_pair(t, "mallory", "2048");
+    let fixture = busybox(&t.join("bb"));
+    // The attacker's real ocicrypt annotations, made by skopeo for the attacker's key...
+    let theirs = t.join("theirs");
+    ok(skopeo(&["copy", "-q", "--encryption-key"])
+        .arg(format!("jwe:{}", mallory_pub.display()))
+        .arg(oci(&fixture))
+        .arg(oci(&theirs)));
+    let planted = manifest(&theirs)["layers"][0]["annotations"].clone();
+    assert!(planted["org.opencontainers.image.enc.keys.jwe"].is_string());
+    // ...planted on the plain image's first layer, beside an annotation that must stay.
+    let src = t.join("src");
+    ok(Command::new("cp").arg("-a").arg(&fixture).arg(&src));
+    rewrite(&src, |_, m, _| {
+        let mut a = planted.clone();
+        a["org.opencontainers.image.enc.keys.pkcs7"] = "AAAA".into();
+        a["org.example.kept"] = "yes".into();
+        m["layers"][0]["annotations"] = a;
+    });
+    let enc = t.join("enc");
+    let out = ok(cloak()
+        .args(["encrypt", "--recipient"])
+        .arg(format!("jwe:{}", alice_pub.display()))
+        .arg(oci(&src))
+        .arg(oci(&enc)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("layer 0")
+            && stderr.contains("not encrypted but carries encryption annotations")
+            && stderr.contains("org.opencontainers.image.enc.keys.jwe")
+            && stderr.contains("org.opencontainers.image.enc.keys.pkcs7"),
+        "{stderr}"
+    );
+    let a = &manifest(&enc)["layers"][0]["annotations"];
+    assert_eq!(a["org.example.kept"], "yes");
+    assert!(
+        a.get("org.opencontainers.image.enc.keys.pkcs7").is_none(),
+        "{a}"
+    );
+    assert_ne!(
+        a["org.opencontainers.image.enc.pubopts"],
+        planted["org.opencontainers.image.enc.pubopts"]
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_slice(&ok(cloak().args(["inspect", "-o", "json", &oci(&enc)])).stdout)
+            .unwrap();
+    assert_eq!(
+        inspect["layers"][0]["encryption"]["recipients"]["jwe"], 1,
+        "only alice: {inspect}"
+    );
+    // The attacker's key opens nothing; alice's opens the image with cloak and with skopeo.
+    let err = fails(
+        cloak()
+            .args(["decrypt", "--key"])
+            .arg(&mallory)
+            .arg(oci(&enc))
+            .arg(oci(&t.join("mallory-out"))),
+    );
+    assert!(err.contains("missing private key"), "{err}");
+    cloak_decrypt(&enc, &t.join("dec"), &[alice.to_str().unwrap()]);
+    let out = skopeo_decrypt(&enc, &t.join("skopeo-dec"), &[&alice]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(
+        "decrypted by skopeo",
+        &from_dir(&umoci_unpack(&fixture, "1", &t.join("orig-bundle"))),
+        &from_dir(&umoci_unpack(
+            &t.join("skopeo-dec"),
+            "1",
+            &t.join("dec-bundle"),
+        )),
+    );
+}

@@ -111,7 +111,7 @@ pub(crate) fn worker_count(jobs: usize) -> usize {
 }
 
 /// Write the result: the config and every layer (staged files moved into place, the others
-/// copied from `src`), then the manifest, which is what makes the image visible. Returns
+/// copied from `src`; a digest that appears twice is written once), then the manifest, which is what makes the image visible. Returns
 /// the destination's description.
 pub(crate) async fn write_image(
     t: &Transfer,
@@ -123,7 +123,13 @@ pub(crate) async fn write_image(
 ) -> Result<String> {
     let dst = Dest::open(&t.output, &t.dest_options).await?;
     copy_blob(src, &dst, &image.manifest.config, &t.progress).await?;
+    // Layers often repeat (empty layers, a file added twice): each blob is written once. A
+    // staged file is moved into an OCI layout, so it would not be there the second time.
+    let mut written = std::collections::BTreeSet::new();
     for l in layers {
+        if !written.insert(l.digest) {
+            continue;
+        }
         match staged.get(&l.digest) {
             Some(path) => dst.put_file(l, path).await?,
             None => {

@@ -68,6 +68,9 @@ pub struct EncryptReport {
     pub digest: String,
     /// Every layer.
     pub layers: Vec<LayerReport>,
+    /// What the user should know (e.g. encryption annotations dropped from plain layers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn parse_recipients(specs: &[String]) -> Result<Vec<Recipient>> {
@@ -100,6 +103,34 @@ pub fn select_layers(selectors: &[i64], n: usize) -> Result<Vec<bool>> {
 struct Staged {
     desc: Descriptor,
     path: PathBuf,
+    warning: Option<String>,
+}
+
+/// The annotations of a plain layer that its encrypted form keeps, and a warning naming the
+/// `org.opencontainers.image.enc.*` ones it drops. A plain layer has no recipients: such
+/// annotations were planted (a wrapped key for someone else, forged public options) and,
+/// copied, would sit beside the real recipients' entries.
+fn plain_annotations(
+    desc: &Descriptor,
+    index: usize,
+) -> (BTreeMap<String, String>, Option<String>) {
+    let (planted, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = desc
+        .annotations
+        .clone()
+        .into_iter()
+        .partition(|(k, _)| k.starts_with(spec::ENC_PREFIX));
+    let warning = (!planted.is_empty()).then(|| {
+        format!(
+            "layer {index} ({}) is not encrypted but carries encryption annotations; dropped them: {}",
+            desc.digest,
+            planted
+                .keys()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
+    (kept, warning)
 }
 
 fn encrypt_to_file(
@@ -166,11 +197,16 @@ async fn encrypt_layer(
             .await
             .map_err(|e| Error::Operation(format!("key wrapping worker failed: {e}")))??;
     let mut out = Descriptor::new(enc_type, digest, size);
-    out.annotations = desc.annotations.clone();
+    let (annotations, warning) = plain_annotations(&desc, index);
+    out.annotations = annotations;
     out.annotations
         .insert(spec::PUBOPTS.into(), spec::public_options_json(&hmac));
     keywrap::append(&mut out.annotations, wrapped);
-    Ok(Staged { desc: out, path })
+    Ok(Staged {
+        desc: out,
+        path,
+        warning,
+    })
 }
 
 /// The OCI manifest of the result: Docker manifests become OCI ones (ocicrypt's encrypted
@@ -264,9 +300,11 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
     let staged = bounded(worker_count(t.jobs), futures.collect()).await;
     let mut layers = Vec::new();
     let mut files = BTreeMap::new();
+    let mut warnings = Vec::new();
     for (i, s) in staged.into_iter().enumerate() {
         match s? {
             Some(s) => {
+                warnings.extend(s.warning);
                 files.insert(s.desc.digest, s.path);
                 layers.push(s.desc);
             }
@@ -280,6 +318,7 @@ pub async fn encrypt(req: EncryptRequest) -> Result<EncryptReport> {
         destination,
         digest: raw.digest.to_string(),
         layers: layer_reports(&layers),
+        warnings,
     })
 }
 
@@ -345,6 +384,7 @@ async fn rewrap_image(
         destination,
         digest: raw.digest.to_string(),
         layers: layer_reports(&layers),
+        warnings: Vec::new(),
     })
 }
 

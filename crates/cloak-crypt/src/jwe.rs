@@ -294,8 +294,14 @@ fn merged_header(protected: &Value, unprotected: Option<&Value>, per: Option<&Va
 fn unwrap_cek(key: &Secret, header: &Value, wrapped: &[u8]) -> Option<Vec<u8>> {
     let alg = header.get("alg")?.as_str()?;
     match (key, alg) {
-        (Secret::Rsa(k), "RSA-OAEP") => k.decrypt(Oaep::new::<sha1::Sha1>(), wrapped).ok(),
-        (Secret::Rsa(k), "RSA-OAEP-256") => k.decrypt(Oaep::new::<sha2::Sha256>(), wrapped).ok(),
+        // Blinded (RUSTSEC-2023-0071): the private-key operation sees a random multiple of
+        // the attacker's ciphertext, not the ciphertext itself.
+        (Secret::Rsa(k), "RSA-OAEP") => k
+            .decrypt_blinded(&mut rand::rngs::OsRng, Oaep::new::<sha1::Sha1>(), wrapped)
+            .ok(),
+        (Secret::Rsa(k), "RSA-OAEP-256") => k
+            .decrypt_blinded(&mut rand::rngs::OsRng, Oaep::new::<sha2::Sha256>(), wrapped)
+            .ok(),
         (Secret::Rsa(_), _) => None,
         (ec, alg) if alg.starts_with("ECDH-ES") => {
             let epk = header.get("epk")?;

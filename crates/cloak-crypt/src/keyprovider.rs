@@ -8,9 +8,12 @@
 //! so the provider name is part of the image format.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -20,6 +23,16 @@ use crate::spec::{b64, b64_encode};
 
 /// Environment variable naming the provider configuration file.
 pub const CONFIG_ENV: &str = "OCICRYPT_KEYPROVIDER_CONFIG";
+/// Environment variable overriding [`DEFAULT_TIMEOUT`] (whole seconds).
+pub const TIMEOUT_ENV: &str = "CLOAK_KEYPROVIDER_TIMEOUT";
+/// How long one provider call may take: a command provider is killed (with everything it
+/// started in its process group) after it; a gRPC call is abandoned.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest response read from a provider (a wrapped key is a few KiB).
+pub const MAX_RESPONSE: usize = 16 << 20;
+/// How much of a failing provider's stderr is kept for the error message; the rest is read
+/// and dropped so that a chatty provider never blocks on a full pipe.
+const STDERR_KEPT: usize = 64 << 10;
 
 /// One configured provider.
 #[derive(Clone, Debug, Deserialize)]
@@ -48,11 +61,39 @@ pub struct Config {
     /// Providers by name.
     #[serde(rename = "key-providers", default)]
     pub providers: BTreeMap<String, Provider>,
+    /// Limit of one provider call ([`DEFAULT_TIMEOUT`] when `None`); [`Config::load`] takes
+    /// it from `$CLOAK_KEYPROVIDER_TIMEOUT`.
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
+}
+
+/// The timeout `$CLOAK_KEYPROVIDER_TIMEOUT` gives, if set (`value` is its value).
+fn timeout_from_env(value: Option<std::ffi::OsString>) -> Result<Option<Duration>> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    v.to_str()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(|s| Some(Duration::from_secs(s)))
+        .ok_or_else(|| Error::Provider {
+            name: "(configuration)".into(),
+            reason: format!("${TIMEOUT_ENV} is {v:?}; give a whole number of seconds above 0"),
+        })
 }
 
 impl Config {
-    /// Load from `path`, else from `$OCICRYPT_KEYPROVIDER_CONFIG`, else empty.
+    /// Load from `path`, else from `$OCICRYPT_KEYPROVIDER_CONFIG`, else empty; the call
+    /// timeout from `$CLOAK_KEYPROVIDER_TIMEOUT`.
     pub fn load(path: Option<&Path>) -> Result<Self> {
+        let timeout = timeout_from_env(std::env::var_os(TIMEOUT_ENV))?;
+        Ok(Config {
+            timeout,
+            ..Self::load_file(path)?
+        })
+    }
+
+    fn load_file(path: Option<&Path>) -> Result<Self> {
         let path = match path {
             Some(p) => p.to_path_buf(),
             None => match std::env::var_os(CONFIG_ENV) {
@@ -100,11 +141,12 @@ fn bytes(v: Option<&Value>) -> Option<Vec<u8>> {
     }
 }
 
-fn call(name: &str, provider: &Provider, request: &Value) -> Result<Value> {
+fn call(config: &Config, name: &str, provider: &Provider, request: &Value) -> Result<Value> {
     let err = |reason: String| Error::Provider {
         name: name.into(),
         reason,
     };
+    let timeout = config.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let cmd = match (&provider.cmd, &provider.grpc) {
         (Some(c), _) => c,
         (None, Some(addr)) => {
@@ -113,37 +155,127 @@ fn call(name: &str, provider: &Provider, request: &Value) -> Result<Value> {
                 _ => "UnWrapKey",
             };
             let body = serde_json::to_vec(request).expect("JSON");
-            let reply = grpc::call(addr, method, &body).map_err(err)?;
+            let reply = grpc::call(addr, method, &body, timeout).map_err(err)?;
             return serde_json::from_slice(&reply)
                 .map_err(|e| err(format!("response is not JSON: {e}")));
         }
         (None, None) => return Err(err("neither cmd nor grpc is configured".into())),
     };
+    let body = serde_json::to_vec(request).expect("JSON");
+    let out = run_command(cmd, body, timeout).map_err(err)?;
+    serde_json::from_slice(&out).map_err(|e| err(format!("response is not JSON: {e}")))
+}
+
+/// What a reader thread of a provider's output reports.
+enum Output {
+    Stdout(std::io::Result<Vec<u8>>),
+    Stderr(Vec<u8>),
+}
+
+/// Run a command provider: the request goes to its stdin while its stdout and stderr are
+/// read (each on its own thread, so no pipe can fill up and stall both sides); stdout is
+/// bounded by [`MAX_RESPONSE`]; the whole call by `timeout`, after which the provider's
+/// process group is killed.
+fn run_command(
+    cmd: &CmdProvider,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> std::result::Result<Vec<u8>, String> {
+    let deadline = Instant::now() + timeout;
+    let shown = cmd.path.display();
     let mut child = Command::new(&cmd.path)
         .args(&cmd.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so that a timeout also ends what it started (a helper
+        // holding the pipes open would otherwise keep the reader threads waiting).
+        .process_group(0)
         .spawn()
-        .map_err(|e| err(format!("cannot run {}: {e}", cmd.path.display())))?;
-    let body = serde_json::to_vec(request).expect("JSON");
-    if let Some(mut stdin) = child.stdin.take() {
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let group = child.id();
+    let kill_group = || {
+        // SAFETY: kill(2) with a negative pid signals the process group the child leads;
+        // no memory is involved.
+        unsafe { libc::kill(-(group as libc::pid_t), libc::SIGKILL) };
+    };
+    let (mut stdin, mut stdout, mut stderr) = (
+        child.stdin.take().expect("piped"),
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
+    std::thread::spawn(move || {
         // A provider that exits early closes the pipe; its exit status says why.
         let _ = stdin.write_all(&body);
+    });
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let r = (&mut stdout)
+            .take(MAX_RESPONSE as u64 + 1)
+            .read_to_end(&mut out)
+            .map(|_| out);
+        let _ = tx.send(Output::Stdout(r));
+    });
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let _ = (&mut stderr)
+            .take(STDERR_KEPT as u64)
+            .read_to_end(&mut kept);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        let _ = tx2.send(Output::Stderr(kept));
+    });
+    let timed_out = |child: &mut std::process::Child| {
+        kill_group();
+        let _ = child.wait();
+        format!(
+            "{shown} did not finish within {} s and was killed; if the provider is just slow, raise ${TIMEOUT_ENV} (seconds)",
+            timeout.as_secs_f64()
+        )
+    };
+    let (mut response, mut errors) = (None, None);
+    while response.is_none() || errors.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Output::Stdout(r)) => {
+                let r = r.map_err(|e| format!("reading the answer of {shown}: {e}"));
+                if r.as_ref().is_ok_and(|o| o.len() > MAX_RESPONSE) {
+                    kill_group();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "{shown} answered more than {} MiB; a key provider's response is a few KiB",
+                        MAX_RESPONSE >> 20
+                    ));
+                }
+                response = Some(r?);
+            }
+            Ok(Output::Stderr(e)) => errors = Some(e),
+            Err(_) => return Err(timed_out(&mut child)),
+        }
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(format!("{}: {e}", cmd.path.display())))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(err(format!(
-            "{} failed ({}): {}",
-            cmd.path.display(),
-            out.status,
-            stderr.trim().chars().take(500).collect::<String>()
-        )));
+    // Both pipes are closed: the provider has exited or is about to.
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => return Err(timed_out(&mut child)),
+            Err(e) => return Err(format!("{shown}: {e}")),
+        }
+    };
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(errors.as_deref().unwrap_or_default());
+        return Err(format!(
+            "{shown} failed ({status}): {}",
+            stderr
+                .trim()
+                .chars()
+                .take(500)
+                .flat_map(char::escape_default)
+                .collect::<String>()
+        ));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| err(format!("response is not JSON: {e}")))
+    Ok(response.unwrap_or_default())
 }
 
 /// The gRPC transport: `keyprovider.KeyProviderService/{WrapKey,UnWrapKey}` over plaintext
@@ -259,7 +391,7 @@ mod grpc {
             let chunk: Bytes = chunk.map_err(|e| format!("gRPC response from {addr}: {e}"))?;
             let _ = body.flow_control().release_capacity(chunk.len());
             data.extend_from_slice(&chunk);
-            if data.len() > 16 << 20 {
+            if data.len() > super::MAX_RESPONSE {
                 return Err("gRPC response larger than 16 MiB".into());
             }
         }
@@ -281,7 +413,12 @@ mod grpc {
     }
 
     /// One unary call, on a thread of its own (callers may be inside an async runtime).
-    pub(super) fn call(addr: &str, method: &str, json: &[u8]) -> Result<Vec<u8>, String> {
+    pub(super) fn call(
+        addr: &str,
+        method: &str,
+        json: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>, String> {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -289,12 +426,15 @@ mod grpc {
                     .build()
                     .map_err(|e| e.to_string())?;
                 rt.block_on(async {
-                    tokio::time::timeout(
-                        std::time::Duration::from_secs(60),
-                        unary(addr, method, json),
-                    )
-                    .await
-                    .map_err(|_| format!("gRPC provider {addr} did not answer within 60 s"))?
+                    tokio::time::timeout(timeout, unary(addr, method, json))
+                        .await
+                        .map_err(|_| {
+                            format!(
+                                "gRPC provider {addr} did not answer within {} s; if it is just slow, raise ${}",
+                                timeout.as_secs_f64(),
+                                super::TIMEOUT_ENV
+                            )
+                        })?
                 })
             })
             .join()
@@ -331,7 +471,7 @@ pub fn wrap(config: &Config, name: &str, params: Option<&str>, optsdata: &[u8]) 
         },
         "keyunwrapparams": {"dc": null, "annotation": null},
     });
-    let response = call(name, provider, &request)?;
+    let response = call(config, name, provider, &request)?;
     bytes(
         response
             .get("keywrapresults")
@@ -351,7 +491,7 @@ pub fn unwrap(config: &Config, name: &str, annotation: &[u8]) -> Result<Vec<u8>>
         "keywrapparams": {"ec": null, "optsdata": null},
         "keyunwrapparams": {"dc": {"Parameters": {}}, "annotation": b64_encode(annotation)},
     });
-    let response = call(name, provider, &request)?;
+    let response = call(config, name, provider, &request)?;
     bytes(
         response
             .get("keyunwrapresults")
@@ -373,6 +513,116 @@ mod tests {
         assert_eq!(bytes(Some(&json!([1, 2, 3]))), Some(vec![1, 2, 3]));
         assert_eq!(bytes(Some(&json!([1, 256]))), None);
         assert_eq!(bytes(None), None);
+    }
+
+    /// A configuration with one command provider `NAME` running `script` with `/bin/sh`
+    /// (not executed directly: a script file still open for writing in a forked test
+    /// process would make exec fail with ETXTBSY).
+    fn provider(dir: &Path, name: &str, script: &str, timeout: Option<u64>) -> Config {
+        let path = dir.join(format!("{name}.sh"));
+        std::fs::write(&path, script).unwrap();
+        let mut c: Config = serde_json::from_value(json!({"key-providers": {name: {"cmd": {
+            "path": "/bin/sh", "args": [path]}}}}))
+        .unwrap();
+        c.timeout = timeout.map(Duration::from_secs);
+        c
+    }
+
+    /// Run `f` on a thread; a call that never returns fails the test instead of hanging it.
+    fn returns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(300))
+            .expect("the provider call never returned")
+    }
+
+    const ANSWER: &str = r#"echo '{"keyunwrapresults":{"optsdata":"AQID"}}'"#;
+
+    #[test]
+    fn a_provider_that_fills_stderr_before_reading_stdin_is_answered() {
+        let d = tempfile::tempdir().unwrap();
+        // 1 MiB of stderr before the request is read: far beyond a pipe's 64 KiB.
+        let c = provider(
+            d.path(),
+            "chatty",
+            &format!("head -c 1048576 /dev/zero | tr '\\0' x >&2\ncat >/dev/null\n{ANSWER}\n"),
+            None,
+        );
+        // A request larger than a pipe, so that writing it blocks until the provider reads.
+        let big = vec![7u8; 256 << 10];
+        let out = returns(move || unwrap(&c, "chatty", &big)).unwrap();
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_hanging_provider_is_killed_with_its_children_after_the_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        // The background sleep keeps stdout open after the shell is gone: the whole
+        // process group must go.
+        let c = provider(d.path(), "stuck", "sleep 1000 &\nsleep 1000\n", Some(1));
+        let e = returns(move || unwrap(&c, "stuck", b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("key provider stuck: "), "{e}");
+        assert!(e.contains("did not finish within 1 s"), "{e}");
+        assert!(e.contains(TIMEOUT_ENV), "{e}");
+    }
+
+    #[test]
+    fn a_huge_answer_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let c = provider(
+            d.path(),
+            "huge",
+            "cat >/dev/null\nexec cat /dev/zero\n",
+            None,
+        );
+        let e = returns(move || unwrap(&c, "huge", b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("answered more than 16 MiB"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_provider_is_named_with_a_bounded_escaped_stderr() {
+        let d = tempfile::tempdir().unwrap();
+        let c = provider(
+            d.path(),
+            "noisy",
+            "printf 'bad\\033[2J' >&2\nhead -c 10000000 /dev/zero >&2\nexit 3\n",
+            None,
+        );
+        let e = returns(move || unwrap(&c, "noisy", b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("key provider noisy: /bin/sh failed"), "{e}");
+        assert!(e.contains("bad\\u{1b}[2J"), "{e}");
+        assert!(!e.contains('\u{1b}') && e.len() < 4000, "{e}");
+    }
+
+    #[test]
+    fn a_provider_that_ignores_its_request_still_answers() {
+        let d = tempfile::tempdir().unwrap();
+        let c = provider(d.path(), "deaf", &format!("{ANSWER}\n"), None);
+        let big = vec![7u8; 1 << 20];
+        assert_eq!(
+            returns(move || unwrap(&c, "deaf", &big)).unwrap(),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn the_timeout_comes_from_the_environment_or_is_refused() {
+        let t = |v: &str| timeout_from_env(Some(v.into()));
+        assert_eq!(t("7").unwrap(), Some(Duration::from_secs(7)));
+        for bad in ["soon", "0", "-1", ""] {
+            let e = t(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("CLOAK_KEYPROVIDER_TIMEOUT") && e.contains("whole number"),
+                "{e}"
+            );
+        }
+        assert_eq!(timeout_from_env(None).unwrap(), None);
     }
 
     #[test]

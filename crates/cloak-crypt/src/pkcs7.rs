@@ -236,12 +236,19 @@ pub fn unwrap(der: &[u8], keys: &[PrivateKey]) -> Result<Option<Vec<u8>>> {
             let Secret::Rsa(rsa) = &k.secret else {
                 continue;
             };
-            let Ok(cek) = rsa.decrypt(Pkcs1v15Encrypt, wrapped) else {
-                continue;
-            };
-            let Ok(cipher) = aes_gcm::Aes128Gcm::new_from_slice(&cek) else {
-                continue;
-            };
+            // Blinded (RUSTSEC-2023-0071), and with implicit rejection: a wrapped key whose
+            // padding is wrong yields a random content key that then fails GCM like a wrong
+            // key does, so the two failures do not tell a padding oracle apart.
+            let cek = rsa
+                .decrypt_blinded(&mut rand::rngs::OsRng, Pkcs1v15Encrypt, wrapped)
+                .ok()
+                .filter(|cek| cek.len() == 16)
+                .unwrap_or_else(|| {
+                    let mut random = vec![0u8; 16];
+                    rand::rngs::OsRng.fill_bytes(&mut random);
+                    random
+                });
+            let cipher = aes_gcm::Aes128Gcm::new_from_slice(&cek).expect("a 16-byte key");
             if let Ok(plain) = cipher.decrypt(aes_gcm::Nonce::from_slice(p.nonce), p.sealed) {
                 return Ok(Some(plain));
             }

@@ -119,13 +119,18 @@ pub fn parse(index: &[u8]) -> io::Result<(u32, Vec<Record>)> {
                 .map(str::to_string)
                 .ok_or_else(|| bad(format!("a record without its {what}")))
         };
-        let num = |s: String, radix: u32, what: &str| {
-            u64::from_str_radix(&s, radix).map_err(|_| bad(format!("{what} {s:?}")))
+        // Every value is checked against its type's range, never truncated: a uid of 2^32
+        // must not become root, nor a mode outside 0o7777 another file type.
+        let num = |s: String, radix: u32, what: &str, max: u64| {
+            u64::from_str_radix(&s, radix)
+                .ok()
+                .filter(|v| *v <= max)
+                .ok_or_else(|| bad(format!("{what} {s:?}")))
         };
-        let id = num(next("id")?, 10, "id")?;
-        let mode = num(next("mode")?, 8, "mode")? as u32;
-        let uid = num(next("uid")?, 10, "uid")? as u32;
-        let gid = num(next("gid")?, 10, "gid")? as u32;
+        let id = num(next("id")?, 10, "id", u64::MAX)?;
+        let mode = num(next("mode")?, 8, "mode", 0o7777)? as u32;
+        let uid = num(next("uid")?, 10, "uid", u32::MAX.into())? as u32;
+        let gid = num(next("gid")?, 10, "gid", u32::MAX.into())? as u32;
         let path = next("path")?;
         if path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == "..") {
             return Err(bad(format!("path {path:?}")));
@@ -281,6 +286,15 @@ mod tests {
                 "id",
             ),
             (b"cloak-files 1 0\nd\x001\x00644\x000\x00", "gid"),
+            // Out of range: never truncated (2^32 would become uid 0, 0o17777 a type bit).
+            (
+                b"cloak-files 1 0\nd\x001\x00644\x004294967296\x000\x00rootfs/x\x00",
+                "uid",
+            ),
+            (
+                b"cloak-files 1 0\nd\x001\x0017777\x000\x000\x00rootfs/x\x00",
+                "mode",
+            ),
         ] {
             let err = parse(body).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");

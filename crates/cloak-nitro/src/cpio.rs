@@ -202,6 +202,13 @@ impl<W: Write> Writer<W> {
                 ino
             }
         };
+        if e.name == "TRAILER!!!" {
+            // The kernel would stop unpacking here.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an entry named TRAILER!!! would end the archive",
+            ));
+        }
         let perm = e.mode & 0o7777;
         match &e.kind {
             Kind::Dir => self.header(ino, 0o040000 | perm, e, 2, 0, (0, 0), &e.name),
@@ -399,6 +406,28 @@ mod tests {
         };
         assert!(write_header(&mut out, &h, "a\0b").is_err());
         assert!(out.is_empty(), "nothing is written for a refused name");
+    }
+
+    #[test]
+    fn names_the_kernel_would_read_differently_are_refused() {
+        let entry = |name: &str, kind: Kind| Entry {
+            name: name.into(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            link_group: None,
+        };
+        for e in [
+            entry("rootfs/cloak\0x", Kind::Dir),
+            entry("TRAILER!!!", Kind::Fifo),
+            entry("rootfs/l", Kind::Symlink("/etc\0x".into())),
+        ] {
+            let mut w = Writer::new(Vec::new());
+            let err = w.entry(&e, 1, true, None).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{}", e.name);
+        }
     }
 
     #[test]

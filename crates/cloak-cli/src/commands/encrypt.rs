@@ -48,6 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = runtime()?
         .block_on(encrypt(req))
         .with_context(|| format!("while encrypting {input} into {output}"))?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
     match args.pair.output {
         Format::Json => print_json(&report)?,
         Format::Text => {
