@@ -268,11 +268,10 @@ pub async fn create(state: &State, p: &Principal, req: AppRequest) -> Result<App
         }
         return Err(e);
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "App Created",
             entity_type: "app",
@@ -281,7 +280,6 @@ pub async fn create(state: &State, p: &Principal, req: AppRequest) -> Result<App
         },
     )
     .await?;
-    tx.commit().await?;
     get(state, p, &id).await
 }
 
@@ -359,11 +357,10 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: AppPatch) -> 
     if patch.approval_policy.is_some() {
         details["approval_policy"] = json!({"from": app.approval_policy, "to": policy});
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: if patch.approval_policy.is_some() {
                 "App Approval Policy Changed"
@@ -376,7 +373,6 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: AppPatch) -> 
         },
     )
     .await?;
-    tx.commit().await?;
     get(state, p, id).await
 }
 
@@ -418,11 +414,10 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
             id: id.into(),
         });
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "App Deleted",
             entity_type: "app",
@@ -431,6 +426,5 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }

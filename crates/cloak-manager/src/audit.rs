@@ -159,6 +159,19 @@ pub async fn append(
     Ok(rec.seq)
 }
 
+/// Appends the caller's record of a change to its account's chain and commits the change with
+/// it: the common end of every audited operation.
+pub async fn record(
+    state: &crate::State,
+    mut tx: Tx,
+    p: &crate::auth::Principal,
+    event: Event<'_>,
+) -> Result<()> {
+    append(&state.db, &mut tx, &p.account_id, &p.actor, event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 const COLUMNS: &str = "seq, time, account_id, actor_type, actor_id, actor_name, action, \
                        entity_type, entity_id, details, prev_hash, hash";
 

@@ -541,11 +541,10 @@ pub async fn terminate(state: &State, p: &Principal) -> Result<()> {
         .bind(hash)
         .execute(&mut *tx)
         .await?;
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "Session Terminated",
             entity_type: "user",
@@ -554,7 +553,6 @@ pub async fn terminate(state: &State, p: &Principal) -> Result<()> {
         },
     )
     .await?;
-    tx.commit().await?;
     state.principals.invalidate();
     Ok(())
 }

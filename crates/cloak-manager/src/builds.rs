@@ -354,11 +354,10 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         (_, Some(n)) => json!({"pcr0": n.pcr0, "pcr1": n.pcr1, "pcr2": n.pcr2, "pcr8": n.pcr8}),
         _ => json!({}),
     };
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "Build Registered",
             entity_type: "build",
@@ -374,7 +373,6 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         },
     )
     .await?;
-    tx.commit().await?;
     get(state, p, &build_id).await
 }
 
@@ -626,20 +624,13 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: BuildPatch) -
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
-        Event {
-            action: "Build Updated",
-            entity_type: "build",
-            entity_id: id,
-            details: json!({"configs": patch.configs.is_some(), "advanced_settings": patch.advanced_settings.is_some()}),
-        },
-    )
+    audit::record(state, tx, p, Event {
+        action: "Build Updated",
+        entity_type: "build",
+        entity_id: id,
+        details: json!({"configs": patch.configs.is_some(), "advanced_settings": patch.advanced_settings.is_some()}),
+    })
     .await?;
-    tx.commit().await?;
     get(state, p, id).await
 }
 
@@ -713,11 +704,10 @@ pub async fn revoke(state: &State, p: &Principal, id: &str, reason: &str) -> Res
     .execute(&mut *tx)
     .await?;
     tasks::fail_open(&mut tx, &task_id, "the build was revoked", now).await?;
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "Build Revoked",
             entity_type: "build",
@@ -726,7 +716,6 @@ pub async fn revoke(state: &State, p: &Principal, id: &str, reason: &str) -> Res
         },
     )
     .await?;
-    tx.commit().await?;
     get(state, p, id).await
 }
 
@@ -750,11 +739,10 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
         state.clock.now(),
     )
     .await?;
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "Build Deleted",
             entity_type: "build",
@@ -763,7 +751,6 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 

@@ -199,20 +199,13 @@ pub async fn create(state: &State, p: &Principal, req: RegistryRequest) -> Resul
         }
         return Err(e);
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
-        Event {
-            action: "Registry Credential Created",
-            entity_type: "registry",
-            entity_id: &id,
-            details: json!({"url": req.url, "host": host, "username": req.credential.default.username}),
-        },
-    )
+    audit::record(state, tx, p, Event {
+        action: "Registry Credential Created",
+        entity_type: "registry",
+        entity_id: &id,
+        details: json!({"url": req.url, "host": host, "username": req.credential.default.username}),
+    })
     .await?;
-    tx.commit().await?;
     get(state, p, &id).await
 }
 
@@ -273,20 +266,13 @@ pub async fn update(
         }
         return Err(e);
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
-        Event {
-            action: "Registry Credential Updated",
-            entity_type: "registry",
-            entity_id: id,
-            details: json!({"url": url, "username": username, "password_changed": patch.credential.is_some()}),
-        },
-    )
+    audit::record(state, tx, p, Event {
+        action: "Registry Credential Updated",
+        entity_type: "registry",
+        entity_id: id,
+        details: json!({"url": url, "username": username, "password_changed": patch.credential.is_some()}),
+    })
     .await?;
-    tx.commit().await?;
     get(state, p, id).await
 }
 
@@ -304,11 +290,10 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
             id: id.into(),
         });
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "Registry Credential Deleted",
             entity_type: "registry",
@@ -317,7 +302,6 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 

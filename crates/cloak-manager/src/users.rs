@@ -90,11 +90,10 @@ pub async fn create(state: &State, p: &Principal, req: UserRequest) -> Result<Us
         }
         return Err(e);
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "User Created",
             entity_type: "user",
@@ -103,7 +102,6 @@ pub async fn create(state: &State, p: &Principal, req: UserRequest) -> Result<Us
         },
     )
     .await?;
-    tx.commit().await?;
     get(state, p, &id).await
 }
 
@@ -183,11 +181,10 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
         .execute(&mut *tx)
         .await?;
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "User Updated",
             entity_type: "user",
@@ -201,7 +198,6 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: UserPatch) ->
         },
     )
     .await?;
-    tx.commit().await?;
     state.principals.invalidate();
     get(state, p, id).await
 }
@@ -275,11 +271,10 @@ pub async fn create_key(state: &State, p: &Principal, req: ApiKeyRequest) -> Res
     .bind(&p.owner)
     .execute(&mut *tx)
     .await?;
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "API Key Created",
             entity_type: "api_key",
@@ -288,7 +283,6 @@ pub async fn create_key(state: &State, p: &Principal, req: ApiKeyRequest) -> Res
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(ApiKeyCreated {
         key: ApiKey {
             key_id: id,
@@ -320,11 +314,10 @@ pub async fn revoke_key(state: &State, p: &Principal, id: &str) -> Result<()> {
             id: id.into(),
         });
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &p.account_id,
-        &p.actor,
+    audit::record(
+        state,
+        tx,
+        p,
         Event {
             action: "API Key Revoked",
             entity_type: "api_key",
@@ -333,7 +326,6 @@ pub async fn revoke_key(state: &State, p: &Principal, id: &str) -> Result<()> {
         },
     )
     .await?;
-    tx.commit().await?;
     state.principals.invalidate();
     Ok(())
 }
