@@ -64,7 +64,11 @@ impl Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(600))
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            // The manager closes a keep-alive connection idle for 10 s (its header-read timeout);
+            // a client reusing one at that instant gets a reset instead of an answer. Idle
+            // connections are dropped on this side first.
+            .pool_idle_timeout(Duration::from_secs(5));
         if let Some(pem) = ca_pem {
             let cert =
                 reqwest::Certificate::from_pem(pem).map_err(|e| ClientError::Ca(e.to_string()))?;

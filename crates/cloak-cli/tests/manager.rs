@@ -1168,6 +1168,68 @@ fn replicas_starting_together_migrate_once() {
     assert_eq!(n, distinct);
 }
 
+/// A value of this replica's `/metrics`.
+fn metric(m: &Manager, token: &str, line_start: &str) -> f64 {
+    m.raw_get("/metrics", token)
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics"))
+}
+
+/// `GET /v1/builds/{id}` is served from a per-replica cache; a change made through another
+/// replica reaches it (PostgreSQL NOTIFY at commit) and the stale copy is never served again.
+#[test]
+fn a_replica_forgets_a_build_that_another_replica_changed() {
+    let a = Manager::start(Backend::Postgres);
+    let b = a.replica();
+    let (admin_a, admin_b) = (a.admin(), b.admin());
+    let app = new_app(&admin_a, "cached", None);
+    let build: Build = admin_a
+        .post("/v1/builds", &ccm_build(&app.app_id, "1", 0x21))
+        .unwrap();
+    let path = format!("/v1/builds/{}", build.build_id);
+    let token = b
+        .client()
+        .login("admin", ADMIN_PASSWORD)
+        .unwrap()
+        .access_token;
+    assert_eq!(metric(&b, &token, "cloak_read_cache_enabled "), 1.0);
+    let hits = |m: &Manager| metric(m, &token, "cloak_read_cache_lookups_total{result=\"hit\"} ");
+    let before = hits(&b);
+    for _ in 0..3 {
+        let seen: Build = admin_b.get(&path).unwrap();
+        assert_eq!(seen.advanced_settings, build.advanced_settings);
+    }
+    assert!(
+        hits(&b) >= before + 2.0,
+        "replica b serves the build from its cache"
+    );
+
+    let changed = json!({"advanced_settings": {"changed_by": "replica a"}});
+    let patched: Build = admin_a.patch(&path, &changed).unwrap();
+    assert_eq!(patched.advanced_settings["changed_by"], "replica a");
+    // The notification is asynchronous: b may answer the old copy for the moment it takes to
+    // arrive, never after. Without the NOTIFY, b would serve the old copy forever.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let seen: Build = admin_b.get(&path).unwrap();
+        if seen.advanced_settings["changed_by"] == "replica a" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica b still serves the build as it was before replica a changed it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // And b's own writes empty its cache at once (same process).
+    let again = json!({"advanced_settings": {"changed_by": "replica b"}});
+    let _: Build = admin_b.patch(&path, &again).unwrap();
+    let seen: Build = admin_b.get(&path).unwrap();
+    assert_eq!(seen.advanced_settings["changed_by"], "replica b");
+}
+
 /// The ways one person could whitelist a build that an n-of-m quorum guards.
 fn nobody_gets_around_a_quorum_alone(backend: Backend) {
     let m = Manager::start(backend);

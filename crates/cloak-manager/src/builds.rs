@@ -444,7 +444,13 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Build> {
     })
 }
 
+/// One build, for display (served from the read cache when it holds it: see cache.rs; nothing
+/// that decides reads this).
 pub async fn get(state: &State, p: &Principal, id: &str) -> Result<Build> {
+    if let Some(b) = state.db.cache.get(&p.account_id, id) {
+        return Ok(Build::clone(&b));
+    }
+    let generation = state.db.cache.generation();
     let row = sqlx::query(&format!(
         "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id \
          WHERE b.account_id = $1 AND b.build_id = $2"
@@ -457,7 +463,9 @@ pub async fn get(state: &State, p: &Principal, id: &str) -> Result<Build> {
         kind: "build",
         id: id.into(),
     })?;
-    from_row(&row)
+    let build = from_row(&row)?;
+    state.db.cache.put(generation, &p.account_id, id, &build);
+    Ok(build)
 }
 
 /// Every build of an app (for attestation: matched on measurements).

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod builds;
 pub mod ca;
+pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod error;

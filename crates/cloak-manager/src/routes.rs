@@ -322,7 +322,26 @@ async fn metrics(S(state): S<State>) -> Result<Response> {
         "state=\"idle\"".into(),
         idle as f64,
     ));
-    let text = state.metrics.render(&gauges);
+    let (on, entries, hits, misses) = state.db.cache.stats();
+    gauges.push((
+        "cloak_read_cache_enabled",
+        "Whether GET /v1/builds/{id} is served from this replica's cache (1) or not (0).",
+        String::new(),
+        f64::from(u8::from(on)),
+    ));
+    gauges.push((
+        "cloak_read_cache_entries",
+        "Builds held by this replica's read cache.",
+        String::new(),
+        entries as f64,
+    ));
+    let mut text = state.metrics.render(&gauges);
+    text.push_str(&format!(
+        "# HELP cloak_read_cache_lookups_total Read cache lookups by result.\n\
+         # TYPE cloak_read_cache_lookups_total counter\n\
+         cloak_read_cache_lookups_total{{result=\"hit\"}} {hits}\n\
+         cloak_read_cache_lookups_total{{result=\"miss\"}} {misses}\n"
+    ));
     Ok((
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         text,

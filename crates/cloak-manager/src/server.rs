@@ -316,8 +316,14 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let listen = config.listen.clone();
     let insecure = config.insecure_http;
+    let database_url = config.database_url.clone();
+    // On SQLite, the process holding the data-dir lock is the only writer of the data dir's
+    // database (a database elsewhere could be shared: no cache then).
+    let sole_writer = _lock.is_some()
+        && database_url == format!("sqlite://{}", config.data_dir.join("manager.db").display());
     let state = prepare(config, Arc::new(crate::SystemClock)).await?;
     let _replica = state.db.replica_guard().await?;
+    state.db.start_read_cache(&database_url, sole_writer);
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| Error::Config(format!("--listen {listen}: {e}")))?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+use crate::cache::{ReadCache, WriteMark};
 use crate::error::{Error, Result};
 
 /// Which database the service talks to.
@@ -40,8 +41,46 @@ fn pragmas(
     })
 }
 
-/// A transaction on the write pool.
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A transaction on the write pool. While it lives the read cache keeps nothing new; when it
+/// ends (commit, rollback or drop) the cache is emptied, and on PostgreSQL its commit notifies
+/// the other replicas' caches (`NOTIFY`, delivered at commit). `&mut *tx` is the connection.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, sqlx::Any>,
+    notify: bool,
+    _mark: WriteMark<cloak_api::Build>,
+}
+
+/// The channel on which every PostgreSQL write transaction notifies the replicas' read caches.
+const CACHE_CHANNEL: &str = "cloak_read_cache";
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+}
+
+impl Tx {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if self.notify {
+            self.inner
+                .execute(format!("NOTIFY {CACHE_CHANNEL}").as_str())
+                .await?;
+        }
+        self.inner.commit().await
+        // `_mark` drops here, after the commit: the local cache forgets what it read before.
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.inner.rollback().await
+    }
+}
 
 /// The database of one installation.
 #[derive(Debug, Clone)]
@@ -51,10 +90,13 @@ pub struct Db {
     write: AnyPool,
     /// The key of the audit chain's HMACs (kept outside the database).
     audit_key: std::sync::Arc<[u8; 32]>,
+    /// `GET /v1/builds/{id}`'s cache (see cache.rs); off until `start_read_cache`.
+    pub(crate) cache: std::sync::Arc<ReadCache<cloak_api::Build>>,
 }
 
 /// Pool sizes: with N replicas and W workers on one PostgreSQL, keep
-/// `N × max_connections + W × (1 + workers) + superuser_reserved ≤ max_connections` of the server.
+/// `N × (max_connections + 1) + W × (1 + workers) + superuser_reserved ≤ max_connections` of the
+/// server (each replica also holds one connection listening for the read cache).
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSize {
     pub max_connections: u32,
@@ -113,6 +155,7 @@ impl Db {
                 read,
                 write,
                 audit_key: Default::default(),
+                cache: Default::default(),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = AnyConnectOptions::from_str(url)
@@ -127,6 +170,7 @@ impl Db {
                 read: pool.clone(),
                 write: pool,
                 audit_key: Default::default(),
+                cache: Default::default(),
             })
         } else {
             Err(Error::Config(
@@ -182,7 +226,32 @@ impl Db {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(self.write.begin().await?)
+        let mark = self.cache.write();
+        Ok(Tx {
+            inner: self.write.begin().await?,
+            notify: self.dialect == Dialect::Postgres,
+            _mark: mark,
+        })
+    }
+
+    /// Turns the read cache on for a process that sees every write: on SQLite, the one that
+    /// holds the data-dir lock (`sole_writer`); on PostgreSQL, while a listener on the
+    /// notification channel is connected (`url`), off whenever it is not.
+    pub fn start_read_cache(&self, url: &str, sole_writer: bool) {
+        match self.dialect {
+            Dialect::Sqlite => self.cache.set_enabled(sole_writer),
+            Dialect::Postgres => {
+                let cache = self.cache.clone();
+                let url = url.to_string();
+                tokio::spawn(async move {
+                    loop {
+                        follow_writes(&url, &cache).await;
+                        cache.set_enabled(false);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            }
+        }
     }
 
     /// `FOR UPDATE` where the dialect has it (SQLite's single writer already serialises).
@@ -287,6 +356,36 @@ impl Db {
             ran += 1;
         }
         Ok(ran)
+    }
+}
+
+/// Empties `cache` at every write notification; returns when the listener's connection is lost.
+async fn follow_writes(url: &str, cache: &ReadCache<cloak_api::Build>) {
+    let mut listener = match sqlx::postgres::PgListener::connect(url).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "read cache: cannot listen for writes; cache off");
+            return;
+        }
+    };
+    if let Err(e) = listener.listen(CACHE_CHANNEL).await {
+        tracing::warn!(error = %e, "read cache: LISTEN failed; cache off");
+        return;
+    }
+    // Writes before the listener was connected are not known: start empty.
+    cache.set_enabled(true);
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(_)) => cache.invalidate(),
+            Ok(None) => {
+                tracing::warn!("read cache: listener connection lost; cache off");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "read cache: listener failed; cache off");
+                return;
+            }
+        }
     }
 }
 

@@ -57,6 +57,39 @@ impl Manager {
         m
     }
 
+    /// Another replica of this installation: same PostgreSQL database, a copy of this data dir's
+    /// keys (master key, audit key, TLS), its own process and port.
+    pub fn replica(&self) -> Manager {
+        assert!(
+            matches!(self.backend, Backend::Postgres),
+            "replicas share a PostgreSQL database"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        for e in std::fs::read_dir(self.data_dir()).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() && e.file_name() != "lock" {
+                std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+            }
+        }
+        let mut m = Manager {
+            dir,
+            url: String::new(),
+            database_url: self.database_url.clone(),
+            backend: self.backend,
+            child: None,
+            extra: self.extra.clone(),
+            log_no: 0,
+        };
+        m.spawn();
+        m
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -197,6 +230,8 @@ impl Manager {
     fn http(&self) -> reqwest::blocking::Client {
         reqwest::blocking::Client::builder()
             .tls_certs_only([reqwest::Certificate::from_pem(&self.ca()).unwrap()])
+            // Below the manager's 10 s idle close, as cloak-api's client does.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .build()
             .unwrap()
     }
