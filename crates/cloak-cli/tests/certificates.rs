@@ -3,6 +3,10 @@
 //! SQLite and on a real PostgreSQL.
 
 mod common;
+#[path = "certificates/keys.rs"]
+mod keys;
+#[path = "certificates/sgx.rs"]
+mod sgx;
 
 use std::path::Path;
 use std::process::Command;
@@ -338,11 +342,7 @@ fn simulated_evidence_is_refused_unless_the_manager_allows_it() {
 
 /// A real Nitro document (nitro-attest's fixture, RSA public_key, no nonce) at its own time.
 fn real_nitro_document(postgres: bool) {
-    let doc = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/vectors/nitro-attestation/nitro_attest_attestation.cose"
-    ))
-    .expect("shared/vectors next to the checkout");
+    let doc = sgx::vector("nitro-attestation/nitro_attest_attestation.cose");
     let at = 1_736_179_625 + 5;
     let claims = cloak_attest::verify(
         &doc,
