@@ -2,6 +2,8 @@
 //! an injected clock (fixed inside each vector's window; no production flag changes time), on
 //! SQLite and on a real PostgreSQL.
 
+#[path = "certificates/collateral.rs"]
+mod collateral;
 mod common;
 #[path = "certificates/keys.rs"]
 mod keys;
@@ -37,11 +39,18 @@ struct Server {
     ca: Vec<u8>,
     clock: Arc<TestClock>,
     dir: tempfile::TempDir,
+    /// The database (a PostgreSQL URL, or the SQLite URL in the data dir).
+    database_url: String,
     sim_key: SimulationSigningKey,
 }
 
 impl Server {
     fn start(postgres: bool, now: i64) -> Server {
+        Server::start_with(postgres, now, |_| {})
+    }
+
+    /// [`Server::start`] with settings changed by `tweak` (e.g. a PCCS URL).
+    fn start_with(postgres: bool, now: i64, tweak: impl FnOnce(&mut Settings)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let pw = dir.path().join("admin-password");
@@ -51,7 +60,7 @@ impl Server {
         let sim_key = SimulationSigningKey::from_bytes(&kp.serialize_der()).unwrap();
         let sim_pub = dir.path().join("simulation.pub");
         std::fs::write(&sim_pub, sim_key.public_sec1()).unwrap();
-        let settings = Settings {
+        let mut settings = Settings {
             data_dir: Some(data),
             database_url: postgres.then(|| Postgres::shared().database()),
             admin_user: Some("admin".into()),
@@ -60,6 +69,7 @@ impl Server {
             simulation_public_key: Some(sim_pub),
             ..Default::default()
         };
+        tweak(&mut settings);
         let config = Config::resolve(settings).unwrap();
         config.prepare_data_dir().unwrap();
         let clock = Arc::new(TestClock(AtomicI64::new(now)));
@@ -92,6 +102,7 @@ impl Server {
             ca: std::fs::read(config.data_dir.join("tls.crt")).unwrap(),
             clock,
             dir,
+            database_url: config.database_url.clone(),
             sim_key,
         }
     }

@@ -395,12 +395,28 @@ async fn check(
             }
         }
     }
+    // Collateral given with the request wins; else the cache (and PCCS) for the platform the
+    // quote names. Either way it is verified against Intel's root with the quote.
     let collateral = match &req.collateral {
         Some(v) => Some(
             cloak_attest::Collateral::from_json(v.to_string().as_bytes())
                 .map_err(|e| refuse(e.code(), format!("collateral: {e}")))?,
         ),
-        None => None,
+        None => match cloak_attest::detect(&evidence).map(|e| e.kind) {
+            Ok(
+                cloak_attest::EvidenceKind::DcapQuote
+                | cloak_attest::EvidenceKind::RaTlsCertificate,
+            ) => {
+                let key = cloak_attest::collateral_key(&evidence)
+                    .map_err(|e| refuse(e.code(), e.to_string()))?;
+                Some(
+                    crate::collateral::get(state, &key)
+                        .await
+                        .map_err(|e| refuse("collateral_unavailable", e.to_string()))?,
+                )
+            }
+            _ => None,
+        },
     };
     let attest_policy = Policy {
         allow_debug: policy.allow_debug.unwrap_or(false),

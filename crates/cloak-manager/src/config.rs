@@ -28,6 +28,7 @@ pub struct Settings {
     pub log_format: Option<String>,
     pub allow_simulated_attestation: Option<bool>,
     pub simulation_public_key: Option<PathBuf>,
+    pub pccs_url: Option<String>,
 }
 
 impl Settings {
@@ -52,6 +53,7 @@ impl Settings {
                 .allow_simulated_attestation
                 .or(other.allow_simulated_attestation),
             simulation_public_key: self.simulation_public_key.or(other.simulation_public_key),
+            pccs_url: self.pccs_url.or(other.pccs_url),
         }
     }
 
@@ -88,6 +90,8 @@ pub struct Config {
     pub allow_simulated_attestation: bool,
     /// The key simulated evidence must be signed with.
     pub simulation_key: Option<cloak_attest::SimulationPublicKey>,
+    /// The PCCS or Intel PCS that DCAP collateral is fetched from (cached in the database).
+    pub pccs_url: Option<String>,
 }
 
 impl Config {
@@ -135,7 +139,16 @@ impl Config {
                 "SIMULATED attestation is accepted: certificates will be marked SIMULATED"
             );
         }
+        if let Some(u) = &s.pccs_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(Error::Config(format!(
+                    "--pccs-url {u:?}: give the PCCS's http(s) base URL, e.g. \
+                     https://pccs.example:8081 or https://api.trustedservices.intel.com"
+                )));
+            }
+        }
         Ok(Config {
+            pccs_url: s.pccs_url,
             allow_simulated_attestation,
             simulation_key,
             listen: s.listen.unwrap_or_else(|| "127.0.0.1:8443".into()),

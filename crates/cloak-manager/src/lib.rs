@@ -13,6 +13,7 @@ pub mod auth;
 pub mod builds;
 pub mod ca;
 pub mod certs;
+pub mod collateral;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -31,6 +31,11 @@ enum Command {
     RotateMasterKey(StoreArgs),
     /// Print the OpenAPI document of the API (the same as GET /openapi.json).
     Openapi,
+    /// DCAP collateral cache (offline: writes the database directly).
+    Collateral {
+        #[command(subcommand)]
+        command: CollateralCommand,
+    },
     /// Accounts (tenants): created offline by the operator, never through the API.
     Account {
         #[command(subcommand)]
@@ -51,6 +56,23 @@ enum AccountCommand {
         /// Its first administrator's user name.
         #[arg(long)]
         admin_user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CollateralCommand {
+    /// Load DCAP collateral (QuoteCollateralV3 JSON: a file, or every *.json of a directory)
+    /// into the cache, for sites without a PCCS; each file is keyed by the FMSPC and PCK CA it
+    /// names, and replaces a cached entry unless that one stays valid longer.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Collateral file or directory.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Report format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
     },
 }
 
@@ -130,6 +152,10 @@ struct ServeArgs {
     /// The ECDSA P-256 public key simulated evidence is signed with (PEM or DER).
     #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_SIMULATION_PUBLIC_KEY")]
     simulation_public_key: Option<PathBuf>,
+    /// PCCS or Intel PCS base URL DCAP collateral is fetched from (v4 API); it is cached in the
+    /// database, refreshed ahead of its nextUpdate, and used through PCCS outages until then.
+    #[arg(long, value_name = "URL", env = "CLOAK_MANAGER_PCCS_URL")]
+    pccs_url: Option<String>,
 }
 
 impl StoreArgs {
@@ -173,6 +199,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify { store, output },
         } => audit_verify(store, output),
         Command::RotateMasterKey(s) => rotate(s),
+        Command::Collateral {
+            command:
+                CollateralCommand::Import {
+                    store,
+                    path,
+                    output,
+                },
+        } => collateral_import(store, &path, output),
         Command::Openapi => {
             outln!(
                 "{}",
@@ -204,6 +238,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         trust_forwarded_for: a.trust_forwarded_for.then_some(true),
         allow_simulated_attestation: a.allow_simulated_attestation.then_some(true),
         simulation_public_key: a.simulation_public_key,
+        pccs_url: a.pccs_url,
         ..Default::default()
     };
     let config = Config::resolve(flags.or(a.store.settings()?))?;
@@ -253,6 +288,38 @@ async fn sqlx_accounts(
     db: &cloak_manager::store::Db,
 ) -> cloak_manager::Result<Vec<(String, String)>> {
     cloak_manager::accounts::list_all(db).await
+}
+
+fn collateral_import(
+    s: StoreArgs,
+    path: &std::path::Path,
+    output: Format,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(s.settings()?)?;
+    runtime()?.block_on(async {
+        let db = cloak_manager::server::open_db(&config).await?;
+        db.ready().await?;
+        let done = cloak_manager::collateral::import(&db, path, cloak_manager::now()).await?;
+        if output == Format::Json {
+            crate::output::print_json(&done)?;
+        } else {
+            for i in &done {
+                outln!(
+                    "{}: {} for {} (valid until {} by its {})",
+                    i.file,
+                    if i.stored {
+                        "imported"
+                    } else {
+                        "kept the cached collateral, valid longer; not imported"
+                    },
+                    i.key,
+                    i.not_after,
+                    i.not_after_item
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn rotate(s: StoreArgs) -> anyhow::Result<ExitCode> {
