@@ -440,6 +440,17 @@ pub fn extensions_of(cert_der: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         .collect())
 }
 
+/// The serial number of a DER certificate (its unsigned big-endian bytes, as encoded).
+pub fn serial_of(cert_der: &[u8]) -> Result<Vec<u8>> {
+    let cert = Cert::parse(cert_der).map_err(Error::BadExtension)?;
+    Ok(cert
+        .cert
+        .tbs_certificate()
+        .serial_number()
+        .as_bytes()
+        .to_vec())
+}
+
 /// [`decode`] the extensions of a DER certificate.
 pub fn decode_certificate(cert_der: &[u8]) -> Result<Embedded> {
     decode(&extensions_of(cert_der)?)

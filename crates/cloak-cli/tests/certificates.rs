@@ -5,6 +5,8 @@
 #[path = "certificates/collateral.rs"]
 mod collateral;
 mod common;
+#[path = "certificates/crl.rs"]
+mod crl;
 #[path = "certificates/keys.rs"]
 mod keys;
 #[path = "certificates/sgx.rs"]
@@ -36,6 +38,7 @@ impl cloak_manager::Clock for TestClock {
 
 struct Server {
     url: String,
+    /// The manager's TLS certificate (PEM).
     ca: Vec<u8>,
     clock: Arc<TestClock>,
     dir: tempfile::TempDir,

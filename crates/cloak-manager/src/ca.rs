@@ -12,6 +12,10 @@ use crate::error::{Error, Result};
 use crate::secrets::MasterKey;
 use crate::store::Db;
 
+/// How long a CRL from `GET /v1/ca/crl` is valid (its nextUpdate): relying parties that
+/// cache it see a revocation at most this late.
+pub const CRL_VALIDITY: i64 = 3600;
+
 /// The CA as loaded by one replica.
 pub struct Ca {
     /// PEM of the root certificate.
@@ -31,6 +35,41 @@ impl Ca {
     /// The chain a client verifies with: issuing certificate, then the root.
     pub fn chain_pem(&self) -> String {
         format!("{}{}", self.issuing_pem, self.root_pem)
+    }
+
+    /// A CRL signed by the issuing CA listing `revoked` (serial, revocation time); valid for
+    /// `CRL_VALIDITY` from `now`, numbered by `now` (so later lists have larger numbers).
+    pub fn crl(
+        &self,
+        revoked: &[(Vec<u8>, i64)],
+        now: i64,
+    ) -> Result<rcgen::CertificateRevocationList> {
+        let t = |s: i64| {
+            time::OffsetDateTime::from_unix_timestamp(s)
+                .map_err(|e| Error::Internal(format!("CRL time: {e}")))
+        };
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: t(now)?,
+            next_update: t(now + CRL_VALIDITY)?,
+            crl_number: rcgen::SerialNumber::from(now.max(0).to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|(serial, at)| {
+                    Ok(rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from(serial.clone()),
+                        revocation_time: t(*at)?,
+                        // The build was revoked: its certificates' subject stopped being trusted.
+                        reason_code: Some(rcgen::RevocationReason::CessationOfOperation),
+                        invalidity_date: None,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .map_err(|e| Error::Internal(format!("signing the CRL: {e}")))
     }
 
     /// Signs `params` for the key `spki_der`.

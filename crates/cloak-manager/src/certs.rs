@@ -801,6 +801,40 @@ pub async fn evaluate(
     })
 }
 
+/// `GET /v1/ca/crl`: the certificates issued to builds that are now REJECTED (revoked), still
+/// within their validity, in a CRL signed by the issuing CA. The CA is shared by every account,
+/// so the list spans them (it names serial numbers only).
+pub async fn crl(state: &State) -> Result<rcgen::CertificateRevocationList> {
+    let now = state.clock.now();
+    let ca = crate::ca::load_or_create(&state.db, &state.master(), now).await?;
+    let rows = sqlx::query(
+        "SELECT c.cert_pem, b.status_updated_at FROM certificates c JOIN builds b ON b.build_id = c.build_id \
+         WHERE c.status = 'ISSUED' AND b.status = 'REJECTED' AND c.not_after >= $1 \
+         ORDER BY c.created_at, c.certificate_id",
+    )
+    .bind(now)
+    .fetch_all(state.db.reader())
+    .await?;
+    let mut revoked = Vec::with_capacity(rows.len());
+    for r in rows {
+        let pem: Option<String> = r.try_get(0)?;
+        let at: i64 = r.try_get(1)?;
+        let Some(pem) = pem else { continue };
+        let der = pem_der(&pem)?;
+        let serial = cloak_attest::extension::serial_of(&der)
+            .map_err(|e| Error::Internal(format!("a stored certificate: {e}")))?;
+        revoked.push((serial, at));
+    }
+    ca.crl(&revoked, now)
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| Error::Internal(format!("a stored certificate is not PEM: {e}")))
+}
+
 /// `GET /v1/certificates/{id}`.
 pub async fn get(state: &State, p: &crate::auth::Principal, id: &str) -> Result<CertificateRecord> {
     let r = sqlx::query(
