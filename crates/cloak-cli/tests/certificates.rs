@@ -9,6 +9,8 @@ mod common;
 mod crl;
 #[path = "certificates/keys.rs"]
 mod keys;
+#[path = "certificates/nonce.rs"]
+mod nonce;
 #[path = "certificates/sgx.rs"]
 mod sgx;
 

@@ -119,17 +119,64 @@ fn refuse(code: &'static str, detail: impl Into<String>) -> Refusal {
     }
 }
 
-/// Issues a nonce (stored as a hash, single use).
-pub async fn nonce(state: &State) -> Result<NonceResponse> {
+/// Issues a nonce (stored as a hash, single use). The route is unauthenticated, so each client
+/// address gets `nonce_rate_per_minute` per fixed minute (counted in the database, so the limit
+/// holds across replicas), and at most `max_outstanding_nonces` unexpired nonces exist at once.
+pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     use rand::RngCore;
     let mut n = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut n);
     let now = state.clock.now();
+    let window = now - now.rem_euclid(60);
     let mut tx = state.db.begin().await?;
     sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
         .bind(now - NONCE_TTL)
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
+        .bind(window)
+        .execute(&mut *tx)
+        .await?;
+    // One statement counts and reads back (PostgreSQL serialises it on the row; SQLite has one
+    // writer), so concurrent requests cannot both see the last free slot.
+    let count: i64 = sqlx::query_scalar(
+        "INSERT INTO nonce_rate (client, window_start, count) VALUES ($1, $2, 1) \
+         ON CONFLICT (client) DO UPDATE SET count = CASE WHEN nonce_rate.window_start = excluded.window_start \
+         THEN nonce_rate.count + 1 ELSE 1 END, window_start = excluded.window_start RETURNING count",
+    )
+    .bind(client)
+    .bind(window)
+    .fetch_one(&mut *tx)
+    .await?;
+    if count > state.config.nonce_rate_per_minute {
+        return Err(Error::RateLimited {
+            detail: format!(
+                "too many nonces for {client}: {} a minute; retry in {} s",
+                state.config.nonce_rate_per_minute,
+                window + 60 - now
+            ),
+            retry_after: (window + 60 - now).max(1) as u64,
+        });
+    }
+    let outstanding: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nonces WHERE expires_at > $1")
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+    if outstanding >= state.config.max_outstanding_nonces {
+        let first: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(expires_at) FROM nonces WHERE expires_at > $1")
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+        let wait = first.map_or(1, |f| (f - now).max(1));
+        return Err(Error::RateLimited {
+            detail: format!(
+                "{outstanding} nonces are outstanding, the most this manager keeps \
+                 (max-outstanding-nonces); retry in {wait} s"
+            ),
+            retry_after: wait as u64,
+        });
+    }
     sqlx::query("INSERT INTO nonces (nonce_hash, created_at, expires_at) VALUES ($1, $2, $3)")
         .bind(hex::encode(Sha256::digest(n)))
         .bind(now)

@@ -212,7 +212,7 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: Some(s::<certs::CaResponse>), status: 200),
     route!(get "/v1/ca/crl", Public, "getCaCrl", "The issuing CA's CRL: certificates of revoked builds (DER; PEM with Accept: application/x-pem-file). Valid one hour.", ca_crl,
         req: None, resp: Some(s::<String>), status: 200, content: "application/pkix-crl"),
-    route!(post "/v1/attestation/nonce", Public, "createNonce", "A single-use nonce to bind in attestation evidence (5 minutes).", new_nonce,
+    route!(post "/v1/attestation/nonce", Public, "createNonce", "A single-use nonce to bind in attestation evidence (5 minutes); rate-limited per client address (429 with Retry-After).", new_nonce,
         req: None, resp: Some(s::<certs::NonceResponse>), status: 200),
     route!(post "/v1/certificates", Public, "requestCertificate", "A certificate for attested evidence of a whitelisted build (authenticated by the evidence).", request_certificate,
         req: Some(s::<certs::CertificateRequest>), resp: Some(s::<certs::CertificateRecord>), status: 201),
@@ -765,8 +765,13 @@ async fn ca_crl(S(state): S<State>, headers: axum::http::HeaderMap) -> Result<Re
     })
 }
 
-async fn new_nonce(S(state): S<State>) -> Result<Json<certs::NonceResponse>> {
-    Ok(Json(certs::nonce(&state).await?))
+async fn new_nonce(
+    S(state): S<State>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    headers: http::HeaderMap,
+) -> Result<Json<certs::NonceResponse>> {
+    let client = client_addr(&state, &headers, addr.as_deref());
+    Ok(Json(certs::nonce(&state, &client).await?))
 }
 
 async fn request_certificate(

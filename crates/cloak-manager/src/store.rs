@@ -371,4 +371,12 @@ CREATE TABLE dcap_collateral (cache_key TEXT PRIMARY KEY, collateral TEXT NOT NU
   not_after_item TEXT NOT NULL, fetched_at BIGINT NOT NULL, source TEXT NOT NULL)
 "#,
     ),
+    (
+        // Per-client-address nonce counts (fixed one-minute windows), shared by every replica.
+        "nonce rate limit",
+        r#"
+CREATE TABLE nonce_rate (client TEXT PRIMARY KEY, window_start BIGINT NOT NULL, count BIGINT NOT NULL);
+CREATE INDEX nonce_rate_window ON nonce_rate (window_start)
+"#,
+    ),
 ];

@@ -156,6 +156,13 @@ struct ServeArgs {
     /// database, refreshed ahead of its nextUpdate, and used through PCCS outages until then.
     #[arg(long, value_name = "URL", env = "CLOAK_MANAGER_PCCS_URL")]
     pccs_url: Option<String>,
+    /// Nonces (POST /v1/attestation/nonce, unauthenticated) one client address may get per
+    /// minute, counted in the database across replicas (default 60).
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_NONCE_RATE_PER_MINUTE")]
+    nonce_rate_per_minute: Option<i64>,
+    /// Unexpired nonces kept at most, all clients together (default 100000).
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_OUTSTANDING_NONCES")]
+    max_outstanding_nonces: Option<i64>,
 }
 
 impl StoreArgs {
@@ -239,6 +246,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         allow_simulated_attestation: a.allow_simulated_attestation.then_some(true),
         simulation_public_key: a.simulation_public_key,
         pccs_url: a.pccs_url,
+        nonce_rate_per_minute: a.nonce_rate_per_minute,
+        max_outstanding_nonces: a.max_outstanding_nonces,
         ..Default::default()
     };
     let config = Config::resolve(flags.or(a.store.settings()?))?;
