@@ -741,7 +741,7 @@ pub async fn request(
 ) -> Result<CertificateRecord> {
     let app_id = crate::validate::uuid("app_id", &req.app_id)?;
     let app = crate::apps::get_any(state, &app_id).await?;
-    let ca = crate::ca::load_or_create(&state.db, &state.master(), state.clock.now()).await?;
+    let ca = crate::ca::get(state).await?;
     let now = state.clock.now();
     let verdict = check(state, &app, &req, true).await;
     let id = uuid::Uuid::new_v4().to_string();
@@ -853,7 +853,7 @@ pub async fn evaluate(
 /// so the list spans them (it names serial numbers only).
 pub async fn crl(state: &State) -> Result<rcgen::CertificateRevocationList> {
     let now = state.clock.now();
-    let ca = crate::ca::load_or_create(&state.db, &state.master(), now).await?;
+    let ca = crate::ca::get(state).await?;
     let rows = sqlx::query(
         "SELECT c.cert_pem, b.status_updated_at FROM certificates c JOIN builds b ON b.build_id = c.build_id \
          WHERE c.status = 'ISSUED' AND b.status = 'REJECTED' AND c.not_after >= $1 \

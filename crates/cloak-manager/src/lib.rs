@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod builds;
 pub mod ca;
+mod ca_token;
 pub mod certs;
 pub mod collateral;
 pub mod config;
@@ -71,6 +72,8 @@ pub struct State {
     pub clock: Arc<dyn Clock>,
     /// Principals of recently authenticated tokens.
     pub principals: Arc<auth::PrincipalCache>,
+    /// The CA, loaded on first use (see `ca::get`).
+    pub ca: Arc<tokio::sync::OnceCell<Arc<ca::Ca>>>,
 }
 
 impl State {

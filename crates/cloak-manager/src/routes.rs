@@ -733,7 +733,7 @@ async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
 // ---- attestation and certificates ----
 
 async fn ca_chain(S(state): S<State>) -> Result<Json<certs::CaResponse>> {
-    let ca = crate::ca::load_or_create(&state.db, &state.master(), state.clock.now()).await?;
+    let ca = crate::ca::get(&state).await?;
     Ok(Json(certs::CaResponse {
         chain: ca.chain_pem(),
         root: ca.root_pem.clone(),

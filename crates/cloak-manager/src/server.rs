@@ -116,6 +116,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
         metrics: Default::default(),
         clock,
         principals: Default::default(),
+        ca: Default::default(),
     })
 }
 

@@ -31,6 +31,11 @@ enum Command {
     RotateMasterKey(StoreArgs),
     /// Print the OpenAPI document of the API (the same as GET /openapi.json).
     Openapi,
+    /// The manager's certificate authority (offline, with no replica running).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// DCAP collateral cache (offline: writes the database directly).
     Collateral {
         #[command(subcommand)]
@@ -56,6 +61,29 @@ enum AccountCommand {
         /// Its first administrator's user name.
         #[arg(long)]
         admin_user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Use an existing CA instead of the one the manager creates: its issuing certificate (and
+    /// root), and the issuing key as a PEM file or a PKCS#11 URI (the key stays in the token;
+    /// the URI is stored sealed under the master key: prefer pin-source=file:PATH to pin-value).
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The issuing CA certificate (PEM), optionally followed by its root.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The root CA certificate (PEM), when --cert holds only the issuing one.
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+        /// The issuing key: a PEM file, or pkcs11:token=…;object=…?module-path=…&pin-source=file:…
+        #[arg(long, value_name = "FILE|URI")]
+        key: String,
+        /// Replace an existing CA (its certificates stop verifying against the new chain).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -206,6 +234,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify { store, output },
         } => audit_verify(store, output),
         Command::RotateMasterKey(s) => rotate(s),
+        Command::Ca {
+            command:
+                CaCommand::Import {
+                    store,
+                    cert,
+                    root,
+                    key,
+                    replace,
+                },
+        } => ca_import(store, &cert, root.as_deref(), &key, replace),
         Command::Collateral {
             command:
                 CollateralCommand::Import {
@@ -297,6 +335,60 @@ async fn sqlx_accounts(
     db: &cloak_manager::store::Db,
 ) -> cloak_manager::Result<Vec<(String, String)>> {
     cloak_manager::accounts::list_all(db).await
+}
+
+fn ca_import(
+    s: StoreArgs,
+    cert: &std::path::Path,
+    root: Option<&std::path::Path>,
+    key: &str,
+    replace: bool,
+) -> anyhow::Result<ExitCode> {
+    use cloak_manager::ca::ImportKey;
+    let config = Config::resolve(s.settings()?)?;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let cert_pem = read(cert)?;
+    let root_pem = root.map(read).transpose()?;
+    let key = if key.starts_with("pkcs11:") {
+        ImportKey::Pkcs11(key.to_string())
+    } else {
+        ImportKey::Pem(read(std::path::Path::new(key))?)
+    };
+    // Every replica loads the CA once: none may run while it changes.
+    let _lock = if config.database_url.starts_with("sqlite:") {
+        Some(cloak_manager::server::lock_data_dir(&config.data_dir)?)
+    } else {
+        None
+    };
+    runtime()?.block_on(async {
+        let (db, master) = cloak_manager::server::open(&config).await?;
+        let _exclusive = match db.no_replica_running().await? {
+            Some(guard) => guard,
+            None => anyhow::bail!(
+                "a manager replica is running on this database: stop every replica, import, start them again"
+            ),
+        };
+        let done = cloak_manager::ca::import(
+            &db,
+            &master,
+            &cert_pem,
+            root_pem.as_deref(),
+            key,
+            replace,
+            cloak_manager::now(),
+        )
+        .await?;
+        outln!(
+            "{} the CA: issuing {} (key {}), root {}",
+            if done.replaced { "replaced" } else { "imported" },
+            done.issuing_subject,
+            if done.key_in_token { "in the PKCS#11 token" } else { "sealed under the master key" },
+            done.root_subject
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn collateral_import(
