@@ -191,9 +191,7 @@ fn load(url: &str, body: &str, dir: &std::path::Path, secs: u64) -> (f64, f64, f
         .expect("wrk (scripts/install-deps.sh)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let ms = |v: &str| -> f64 {
-        let split = v
-            .find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(v.len());
+        let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
         let (num, unit) = v.split_at(split);
         let n: f64 = num.parse().unwrap_or(f64::NAN);
         match unit {
@@ -238,7 +236,10 @@ fn peak_rss_mib() -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let vectors = std::path::PathBuf::from(args.get(1).expect("usage: bench_issuance VECTORS_DIR SECONDS"));
+    let vectors = std::path::PathBuf::from(
+        args.get(1)
+            .expect("usage: bench_issuance VECTORS_DIR SECONDS"),
+    );
     let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let pem = std::fs::read_to_string(vectors.join("sgx-dcap/gramine-cert.pem")).unwrap();
     let der = base64::engine::general_purpose::STANDARD

@@ -31,7 +31,7 @@ pub struct Ca {
 /// The issuing key: in memory (created, or imported from a file) or in a token.
 #[derive(Debug)]
 pub enum CaKey {
-    Memory(KeyPair),
+    Memory(Box<KeyPair>),
     Token(Box<crate::ca_token::TokenKey>),
 }
 
@@ -215,10 +215,10 @@ async fn load(db: &Db, master: &MasterKey) -> Result<Option<Ca>> {
             let spki = cert_spki(&issuing_pem)?;
             CaKey::Token(Box::new(crate::ca_token::TokenKey::open(uri, &spki)?))
         }
-        _ => CaKey::Memory(
+        _ => CaKey::Memory(Box::new(
             KeyPair::try_from(der.as_slice())
                 .map_err(|e| Error::Internal(format!("the stored CA key: {e}")))?,
-        ),
+        )),
     };
     let issuer = Issuer::from_ca_cert_pem(&issuing_pem, key)
         .map_err(|e| Error::Internal(format!("the stored CA certificate: {e}")))?;

@@ -522,14 +522,14 @@ pub async fn fetch(base: &str, key: &CollateralKey) -> std::result::Result<Colla
 
     let collateral = Collateral(QuoteCollateralV3 {
         pck_crl_issuer_chain,
-        root_ca_crl: root_ca_crl.into(),
-        pck_crl: pck_crl.into(),
+        root_ca_crl,
+        pck_crl,
         tcb_info_issuer_chain,
         tcb_info,
-        tcb_info_signature: tcb_info_signature.into(),
+        tcb_info_signature,
         qe_identity_issuer_chain,
         qe_identity,
-        qe_identity_signature: qe_identity_signature.into(),
+        qe_identity_signature,
         pck_certificate_chain: None,
     });
     let got = collateral.key().map_err(|e| format!("{base}: {e}"))?;
