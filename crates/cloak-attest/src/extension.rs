@@ -440,6 +440,67 @@ pub fn extensions_of(cert_der: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         .collect())
 }
 
+/// The serial number of a DER certificate (its unsigned big-endian bytes, as encoded).
+pub fn serial_of(cert_der: &[u8]) -> Result<Vec<u8>> {
+    let cert = Cert::parse(cert_der).map_err(Error::BadExtension)?;
+    Ok(cert
+        .cert
+        .tbs_certificate()
+        .serial_number()
+        .as_bytes()
+        .to_vec())
+}
+
+/// What a CA import checks of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Subject (RFC 4514).
+    pub subject: String,
+    /// Issuer (RFC 4514).
+    pub issuer: String,
+    /// SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
+    /// basicConstraints cA.
+    pub is_ca: bool,
+    /// notAfter, Unix seconds.
+    pub not_after: u64,
+}
+
+/// [`CertFacts`] of a DER certificate.
+pub fn cert_facts(cert_der: &[u8]) -> Result<CertFacts> {
+    use x509_cert_03::der::Decode;
+    let cert = Cert::parse(cert_der).map_err(Error::BadExtension)?;
+    let tbs = cert.cert.tbs_certificate();
+    let is_ca = tbs
+        .extensions()
+        .map(|e| e.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.extn_id.to_string() == "2.5.29.19")
+        .any(|e| {
+            x509_cert_03::ext::pkix::BasicConstraints::from_der(e.extn_value.as_bytes())
+                .is_ok_and(|b| b.ca)
+        });
+    Ok(CertFacts {
+        subject: tbs.subject().to_string(),
+        issuer: tbs.issuer().to_string(),
+        spki_der: cert.spki_der().map_err(Error::BadExtension)?,
+        is_ca,
+        not_after: cert.validity().1,
+    })
+}
+
+/// Checks that `issuer_der`'s key signed `cert_der` (ECDSA P-256/P-384).
+pub fn verify_issued_by(cert_der: &[u8], issuer_der: &[u8]) -> Result<()> {
+    let cert = Cert::parse(cert_der).map_err(Error::BadExtension)?;
+    let issuer = Cert::parse(issuer_der).map_err(Error::BadExtension)?;
+    cert.verify_signed_by(issuer.spki())
+        .map_err(|detail| Error::BadSignature {
+            item: format!("certificate {}", cert.subject()),
+            detail,
+        })
+}
+
 /// [`decode`] the extensions of a DER certificate.
 pub fn decode_certificate(cert_der: &[u8]) -> Result<Embedded> {
     decode(&extensions_of(cert_der)?)

@@ -39,6 +39,41 @@ impl Collateral {
         serde_json::to_vec(&self.0).unwrap_or_default()
     }
 
+    /// Which platforms this collateral serves: the TEE and FMSPC its TCB info names and the PCK
+    /// CA ("processor" or "platform") that issued its PCK CRL. Parsing only: it is verified, like
+    /// the quote, when a quote is checked against it.
+    pub fn key(&self) -> Result<CollateralKey> {
+        let c = &self.0;
+        let bad = |detail: String| Error::BadCollateral { detail };
+        let tcb: serde_json::Value = serde_json::from_str(&c.tcb_info)
+            .map_err(|e| bad(format!("tcbInfo is not JSON: {e}")))?;
+        let fmspc = tcb
+            .get("fmspc")
+            .and_then(|f| f.as_str())
+            .and_then(|f| hex::decode(f).ok())
+            .and_then(|f| <[u8; 6]>::try_from(f).ok())
+            .ok_or_else(|| bad("tcbInfo.fmspc is missing or not 6 bytes of hex".into()))?;
+        let tee = match tcb.get("id").and_then(|i| i.as_str()) {
+            Some("TDX") => Tee::Tdx,
+            // TCB info v3 without an id predates TDX.
+            Some("SGX") | None => Tee::Sgx,
+            Some(other) => return Err(bad(format!("tcbInfo.id {other:?}: expected SGX or TDX"))),
+        };
+        let crl: x509_cert_03::crl::CertificateList = Decode::from_der(&c.pck_crl)
+            .map_err(|e| bad(format!("PCK CRL is not a DER CRL: {e}")))?;
+        let issuer = crl.tbs_cert_list.issuer.to_string();
+        let pck_ca = if issuer.contains("PCK Processor CA") {
+            "processor"
+        } else if issuer.contains("PCK Platform CA") {
+            "platform"
+        } else {
+            return Err(bad(format!(
+                "the PCK CRL is issued by {issuer}, not an Intel SGX PCK Processor or Platform CA"
+            )));
+        };
+        Ok(CollateralKey { tee, fmspc, pck_ca })
+    }
+
     /// Each dated item of the collateral with its validity (Unix seconds, inclusive); the
     /// manager's cache refreshes before the earliest `not_after`.
     pub fn validity(&self) -> Result<Vec<Dated>> {
@@ -374,6 +409,18 @@ pub struct CollateralKey {
     pub fmspc: [u8; 6],
     /// `processor` or `platform`.
     pub pck_ca: &'static str,
+}
+
+impl CollateralKey {
+    /// `sgx:<fmspc hex>:<processor|platform>`: one cache entry per key.
+    pub fn cache_key(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.tee.as_str(),
+            hex::encode(self.fmspc),
+            self.pck_ca
+        )
+    }
 }
 
 /// The [`CollateralKey`] of a quote or of the quote inside an RA-TLS certificate (bytes as

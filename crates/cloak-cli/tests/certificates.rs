@@ -2,7 +2,17 @@
 //! an injected clock (fixed inside each vector's window; no production flag changes time), on
 //! SQLite and on a real PostgreSQL.
 
+#[path = "certificates/collateral.rs"]
+mod collateral;
 mod common;
+#[path = "certificates/crl.rs"]
+mod crl;
+#[path = "certificates/keys.rs"]
+mod keys;
+#[path = "certificates/nonce.rs"]
+mod nonce;
+#[path = "certificates/sgx.rs"]
+mod sgx;
 
 use std::path::Path;
 use std::process::Command;
@@ -30,14 +40,22 @@ impl cloak_manager::Clock for TestClock {
 
 struct Server {
     url: String,
+    /// The manager's TLS certificate (PEM).
     ca: Vec<u8>,
     clock: Arc<TestClock>,
     dir: tempfile::TempDir,
+    /// The database (a PostgreSQL URL, or the SQLite URL in the data dir).
+    database_url: String,
     sim_key: SimulationSigningKey,
 }
 
 impl Server {
     fn start(postgres: bool, now: i64) -> Server {
+        Server::start_with(postgres, now, |_| {})
+    }
+
+    /// [`Server::start`] with settings changed by `tweak` (e.g. a PCCS URL).
+    fn start_with(postgres: bool, now: i64, tweak: impl FnOnce(&mut Settings)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let pw = dir.path().join("admin-password");
@@ -47,7 +65,7 @@ impl Server {
         let sim_key = SimulationSigningKey::from_bytes(&kp.serialize_der()).unwrap();
         let sim_pub = dir.path().join("simulation.pub");
         std::fs::write(&sim_pub, sim_key.public_sec1()).unwrap();
-        let settings = Settings {
+        let mut settings = Settings {
             data_dir: Some(data),
             database_url: postgres.then(|| Postgres::shared().database()),
             admin_user: Some("admin".into()),
@@ -56,6 +74,7 @@ impl Server {
             simulation_public_key: Some(sim_pub),
             ..Default::default()
         };
+        tweak(&mut settings);
         let config = Config::resolve(settings).unwrap();
         config.prepare_data_dir().unwrap();
         let clock = Arc::new(TestClock(AtomicI64::new(now)));
@@ -88,6 +107,7 @@ impl Server {
             ca: std::fs::read(config.data_dir.join("tls.crt")).unwrap(),
             clock,
             dir,
+            database_url: config.database_url.clone(),
             sim_key,
         }
     }
@@ -338,11 +358,7 @@ fn simulated_evidence_is_refused_unless_the_manager_allows_it() {
 
 /// A real Nitro document (nitro-attest's fixture, RSA public_key, no nonce) at its own time.
 fn real_nitro_document(postgres: bool) {
-    let doc = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/vectors/nitro-attestation/nitro_attest_attestation.cose"
-    ))
-    .expect("shared/vectors next to the checkout");
+    let doc = sgx::vector("nitro-attestation/nitro_attest_attestation.cose");
     let at = 1_736_179_625 + 5;
     let claims = cloak_attest::verify(
         &doc,

@@ -95,7 +95,8 @@ struct Verdict {
     claims: Claims,
     evidence: Vec<u8>,
     build_id: String,
-    spki: Vec<u8>,
+    /// The key to certify; None only in a dry run without a CSR (binding not checked).
+    spki: Option<Vec<u8>>,
     subject: String,
     dns_names: Vec<String>,
     validity: i64,
@@ -118,17 +119,64 @@ fn refuse(code: &'static str, detail: impl Into<String>) -> Refusal {
     }
 }
 
-/// Issues a nonce (stored as a hash, single use).
-pub async fn nonce(state: &State) -> Result<NonceResponse> {
+/// Issues a nonce (stored as a hash, single use). The route is unauthenticated, so each client
+/// address gets `nonce_rate_per_minute` per fixed minute (counted in the database, so the limit
+/// holds across replicas), and at most `max_outstanding_nonces` unexpired nonces exist at once.
+pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     use rand::RngCore;
     let mut n = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut n);
     let now = state.clock.now();
+    let window = now - now.rem_euclid(60);
     let mut tx = state.db.begin().await?;
     sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
         .bind(now - NONCE_TTL)
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
+        .bind(window)
+        .execute(&mut *tx)
+        .await?;
+    // One statement counts and reads back (PostgreSQL serialises it on the row; SQLite has one
+    // writer), so concurrent requests cannot both see the last free slot.
+    let count: i64 = sqlx::query_scalar(
+        "INSERT INTO nonce_rate (client, window_start, count) VALUES ($1, $2, 1) \
+         ON CONFLICT (client) DO UPDATE SET count = CASE WHEN nonce_rate.window_start = excluded.window_start \
+         THEN nonce_rate.count + 1 ELSE 1 END, window_start = excluded.window_start RETURNING count",
+    )
+    .bind(client)
+    .bind(window)
+    .fetch_one(&mut *tx)
+    .await?;
+    if count > state.config.nonce_rate_per_minute {
+        return Err(Error::RateLimited {
+            detail: format!(
+                "too many nonces for {client}: {} a minute; retry in {} s",
+                state.config.nonce_rate_per_minute,
+                window + 60 - now
+            ),
+            retry_after: (window + 60 - now).max(1) as u64,
+        });
+    }
+    let outstanding: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nonces WHERE expires_at > $1")
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+    if outstanding >= state.config.max_outstanding_nonces {
+        let first: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(expires_at) FROM nonces WHERE expires_at > $1")
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+        let wait = first.map_or(1, |f| (f - now).max(1));
+        return Err(Error::RateLimited {
+            detail: format!(
+                "{outstanding} nonces are outstanding, the most this manager keeps \
+                 (max-outstanding-nonces); retry in {wait} s"
+            ),
+            retry_after: wait as u64,
+        });
+    }
     sqlx::query("INSERT INTO nonces (nonce_hash, created_at, expires_at) VALUES ($1, $2, $3)")
         .bind(hex::encode(Sha256::digest(n)))
         .bind(now)
@@ -192,9 +240,20 @@ fn hex_or_none(v: Option<&str>) -> String {
     v.unwrap_or("none").to_string()
 }
 
-/// The allowed certificates of a build: `advanced_settings.certificates` (the seed's
-/// `certificates` conversion option): subjects and their SANs.
-fn allowed_subjects(build: &cloak_api::Build) -> Vec<(String, Vec<String>)> {
+/// One certificate a build may get: an entry of `advanced_settings.certificates` (the seed's
+/// `certificates` conversion option, CCM's CertificateConfig).
+struct AllowedCert {
+    subject: String,
+    sans: Vec<String>,
+    /// `keyType` when the entry names one (`RSA`, `EC`); absent entries take any issued key.
+    key_type: Option<String>,
+    /// `keyParam`: `{"size": bits}` (RSA, or 256/384 for EC) or `{"curve": "P-256"}`.
+    key_param: Option<Value>,
+}
+
+/// The allowed certificates of a build: subjects, their SANs (`altNames`, `sans` or
+/// `subjectAltNames`) and key constraints.
+fn allowed_subjects(build: &cloak_api::Build) -> Vec<AllowedCert> {
     build
         .advanced_settings
         .get("certificates")
@@ -203,21 +262,80 @@ fn allowed_subjects(build: &cloak_api::Build) -> Vec<(String, Vec<String>)> {
             list.iter()
                 .filter_map(|c| {
                     let subject = c.get("subject")?.as_str()?.to_string();
-                    let sans = c
-                        .get("sans")
-                        .or_else(|| c.get("subjectAltNames"))
-                        .and_then(Value::as_array)
+                    let sans = ["altNames", "sans", "subjectAltNames"]
+                        .iter()
+                        .find_map(|k| c.get(*k).and_then(Value::as_array))
                         .map(|a| {
                             a.iter()
                                 .filter_map(|s| s.as_str().map(String::from))
                                 .collect()
                         })
                         .unwrap_or_default();
-                    Some((subject, sans))
+                    Some(AllowedCert {
+                        subject,
+                        sans,
+                        key_type: c.get("keyType").and_then(Value::as_str).map(String::from),
+                        key_param: c.get("keyParam").cloned(),
+                    })
                 })
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether `key` is the key the certificate entry asks for; the refusal says both.
+fn key_allowed(
+    entry: &AllowedCert,
+    key: &cloak_attest::csr::KeyType,
+) -> std::result::Result<(), String> {
+    use cloak_attest::csr::KeyType;
+    let actual = match key {
+        KeyType::Rsa { bits } => format!("RSA {bits}"),
+        KeyType::EcP256 => "EC P-256".into(),
+        KeyType::EcP384 => "EC P-384".into(),
+    };
+    let Some(kt) = entry.key_type.as_deref() else {
+        return Ok(());
+    };
+    let param = entry.key_param.as_ref();
+    let size = param.and_then(|p| p.get("size")).and_then(Value::as_u64);
+    let curve = param
+        .and_then(|p| p.get("curve"))
+        .and_then(Value::as_str)
+        .map(str::to_ascii_uppercase);
+    let expected = match kt.to_ascii_uppercase().as_str() {
+        "RSA" => match size {
+            Some(s) => format!("RSA {s}"),
+            None => "RSA".into(),
+        },
+        "EC" | "ECDSA" => match (curve.as_deref(), size) {
+            (Some("P-256" | "P256" | "SECP256R1" | "PRIME256V1"), _) | (None, Some(256)) => {
+                "EC P-256".into()
+            }
+            (Some("P-384" | "P384" | "SECP384R1"), _) | (None, Some(384)) => "EC P-384".into(),
+            (None, None) => "EC".into(),
+            (c, s) => {
+                return Err(format!(
+                    "the build's certificate {} asks for EC with curve {c:?} size {s:?}; issued curves are P-256 and P-384",
+                    entry.subject
+                ))
+            }
+        },
+        other => {
+            return Err(format!(
+                "the build's certificate {} asks for keyType {other:?}; issued key types are RSA and EC",
+                entry.subject
+            ))
+        }
+    };
+    if actual == expected || actual.starts_with(&format!("{expected} ")) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the build's certificate {} wants a key of {expected}; the CSR has {actual}",
+            entry.subject
+        ))
+    }
 }
 
 fn cn_of(subject: &str) -> Option<String> {
@@ -306,8 +424,9 @@ async fn check(
     }
     let csr = match &req.csr {
         Some(pem) => Some(
+            // Every CSR fault is the caller's input (400), whatever cloak-attest calls it.
             cloak_attest::csr::parse(pem.as_bytes())
-                .map_err(|e| refuse(e.code(), format!("csr: {e}")))?,
+                .map_err(|e| refuse("bad_csr", format!("csr: {e}")))?,
         ),
         None => None,
     };
@@ -323,12 +442,28 @@ async fn check(
             }
         }
     }
+    // Collateral given with the request wins; else the cache (and PCCS) for the platform the
+    // quote names. Either way it is verified against Intel's root with the quote.
     let collateral = match &req.collateral {
         Some(v) => Some(
             cloak_attest::Collateral::from_json(v.to_string().as_bytes())
                 .map_err(|e| refuse(e.code(), format!("collateral: {e}")))?,
         ),
-        None => None,
+        None => match cloak_attest::detect(&evidence).map(|e| e.kind) {
+            Ok(
+                cloak_attest::EvidenceKind::DcapQuote
+                | cloak_attest::EvidenceKind::RaTlsCertificate,
+            ) => {
+                let key = cloak_attest::collateral_key(&evidence)
+                    .map_err(|e| refuse(e.code(), e.to_string()))?;
+                Some(
+                    crate::collateral::get(state, &key)
+                        .await
+                        .map_err(|e| refuse("collateral_unavailable", e.to_string()))?,
+                )
+            }
+            _ => None,
+        },
     };
     let attest_policy = Policy {
         allow_debug: policy.allow_debug.unwrap_or(false),
@@ -353,9 +488,13 @@ async fn check(
         r.claims = Some(claims.clone());
         r
     };
+    // A dry run may lack the key (an operator checking a policy against a quote whose
+    // REPORTDATA binds something else): every other check still runs, and the answer says the
+    // binding was not checked. Issuance always needs it.
     let spki = match (&csr, &claims.public_key) {
-        (Some(c), _) => c.spki_der.clone(),
-        (None, Some(k)) => k.clone(),
+        (Some(c), _) => Some(c.spki_der.clone()),
+        (None, Some(k)) => Some(k.clone()),
+        (None, None) if !consume => None,
         (None, None) => {
             return Err(with_claims(
                 refuse(
@@ -366,8 +505,10 @@ async fn check(
             ))
         }
     };
-    cloak_attest::binding::check(&claims, &spki, nonce.as_deref())
-        .map_err(|e| with_claims(refuse(e.code(), e.to_string()), &claims))?;
+    if let Some(spki) = &spki {
+        cloak_attest::binding::check(&claims, spki, nonce.as_deref())
+            .map_err(|e| with_claims(refuse(e.code(), e.to_string()), &claims))?;
+    }
     // The builds of this app with these measurements, whatever their status.
     let builds = crate::builds::for_app(state, &app.app_id)
         .await
@@ -428,17 +569,20 @@ async fn check(
     let (subject, dns_names) = match &csr {
         Some(c) => {
             let cn = cn_of(&c.subject).unwrap_or_default();
-            let Some((_, sans)) = allowed.iter().find(|(s, _)| *s == cn) else {
+            let Some(entry) = allowed.iter().find(|a| a.subject == cn) else {
                 return Err(r(
                     "subject_not_allowed",
                     format!(
                         "the CSR asks for CN={cn:?}; build {} allows {:?}",
                         build.build_id,
-                        allowed.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>()
+                        allowed
+                            .iter()
+                            .map(|a| a.subject.as_str())
+                            .collect::<Vec<_>>()
                     ),
                 ));
             };
-            if let Some(bad) = c.dns_names.iter().find(|d| !sans.contains(d)) {
+            if let Some(bad) = c.dns_names.iter().find(|d| !entry.sans.contains(d)) {
                 return Err(r(
                     "subject_not_allowed",
                     format!(
@@ -453,10 +597,11 @@ async fn check(
                     "IP address SANs are not issued".into(),
                 ));
             }
+            key_allowed(entry, &c.key).map_err(|d| r("key_type_not_allowed", d))?;
             (cn, c.dns_names.clone())
         }
         None => match allowed.first() {
-            Some((s, _)) => (s.clone(), Vec::new()),
+            Some(a) => (a.subject.clone(), Vec::new()),
             None => {
                 return Err(r(
                     "subject_not_allowed",
@@ -525,7 +670,11 @@ fn sign(state: &State, ca: &crate::ca::Ca, v: &Verdict) -> Result<(String, i64)>
         c.set_criticality(false);
         p.custom_extensions.push(c);
     }
-    let cert = ca.sign(&p, &v.spki)?;
+    let spki = v
+        .spki
+        .as_deref()
+        .ok_or_else(|| Error::Internal("signing without a bound key".into()))?;
+    let cert = ca.sign(&p, spki)?;
     Ok((cert.pem(), not_after))
 }
 
@@ -592,7 +741,7 @@ pub async fn request(
 ) -> Result<CertificateRecord> {
     let app_id = crate::validate::uuid("app_id", &req.app_id)?;
     let app = crate::apps::get_any(state, &app_id).await?;
-    let ca = crate::ca::load_or_create(&state.db, &state.master(), state.clock.now()).await?;
+    let ca = crate::ca::get(state).await?;
     let now = state.clock.now();
     let verdict = check(state, &app, &req, true).await;
     let id = uuid::Uuid::new_v4().to_string();
@@ -682,12 +831,55 @@ pub async fn evaluate(
     let app_id = crate::validate::uuid("app_id", &req.app_id)?;
     let app = crate::apps::get(state, p, &app_id).await?;
     Ok(match check(state, &app, &req, false).await {
-        Ok(v) => json!({"verdict": "ACCEPTED", "build_id": v.build_id, "subject": v.subject,
-                        "tee": v.claims.tee.as_str(), "simulated": v.claims.simulated,
-                        "measurements": describe(&v.claims)}),
-        Err(r) => json!({"verdict": "REJECTED", "reason_code": r.code, "detail": r.detail,
-                         "build_id": r.build_id}),
+        Ok(v) => {
+            let (tcb_status, advisory_ids) = tcb_of(Some(&v.claims));
+            json!({"verdict": "ACCEPTED", "build_id": v.build_id, "subject": v.subject,
+                   "tee": v.claims.tee.as_str(), "simulated": v.claims.simulated,
+                   "measurements": describe(&v.claims), "tcb_status": tcb_status,
+                   "advisory_ids": advisory_ids,
+                   "key_binding": if v.spki.is_some() { "checked" } else {
+                       "not checked: no CSR was given and the evidence carries no key" }})
+        }
+        Err(r) => {
+            let (tcb_status, advisory_ids) = tcb_of(r.claims.as_ref());
+            json!({"verdict": "REJECTED", "reason_code": r.code, "detail": r.detail,
+                   "build_id": r.build_id, "tcb_status": tcb_status, "advisory_ids": advisory_ids})
+        }
     })
+}
+
+/// `GET /v1/ca/crl`: the certificates issued to builds that are now REJECTED (revoked), still
+/// within their validity, in a CRL signed by the issuing CA. The CA is shared by every account,
+/// so the list spans them (it names serial numbers only).
+pub async fn crl(state: &State) -> Result<rcgen::CertificateRevocationList> {
+    let now = state.clock.now();
+    let ca = crate::ca::get(state).await?;
+    let rows = sqlx::query(
+        "SELECT c.cert_pem, b.status_updated_at FROM certificates c JOIN builds b ON b.build_id = c.build_id \
+         WHERE c.status = 'ISSUED' AND b.status = 'REJECTED' AND c.not_after >= $1 \
+         ORDER BY c.created_at, c.certificate_id",
+    )
+    .bind(now)
+    .fetch_all(state.db.reader())
+    .await?;
+    let mut revoked = Vec::with_capacity(rows.len());
+    for r in rows {
+        let pem: Option<String> = r.try_get(0)?;
+        let at: i64 = r.try_get(1)?;
+        let Some(pem) = pem else { continue };
+        let der = pem_der(&pem)?;
+        let serial = cloak_attest::extension::serial_of(&der)
+            .map_err(|e| Error::Internal(format!("a stored certificate: {e}")))?;
+        revoked.push((serial, at));
+    }
+    ca.crl(&revoked, now)
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| Error::Internal(format!("a stored certificate is not PEM: {e}")))
 }
 
 /// `GET /v1/certificates/{id}`.

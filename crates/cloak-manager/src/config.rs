@@ -28,6 +28,9 @@ pub struct Settings {
     pub log_format: Option<String>,
     pub allow_simulated_attestation: Option<bool>,
     pub simulation_public_key: Option<PathBuf>,
+    pub pccs_url: Option<String>,
+    pub nonce_rate_per_minute: Option<i64>,
+    pub max_outstanding_nonces: Option<i64>,
 }
 
 impl Settings {
@@ -52,6 +55,9 @@ impl Settings {
                 .allow_simulated_attestation
                 .or(other.allow_simulated_attestation),
             simulation_public_key: self.simulation_public_key.or(other.simulation_public_key),
+            pccs_url: self.pccs_url.or(other.pccs_url),
+            nonce_rate_per_minute: self.nonce_rate_per_minute.or(other.nonce_rate_per_minute),
+            max_outstanding_nonces: self.max_outstanding_nonces.or(other.max_outstanding_nonces),
         }
     }
 
@@ -88,6 +94,12 @@ pub struct Config {
     pub allow_simulated_attestation: bool,
     /// The key simulated evidence must be signed with.
     pub simulation_key: Option<cloak_attest::SimulationPublicKey>,
+    /// The PCCS or Intel PCS that DCAP collateral is fetched from (cached in the database).
+    pub pccs_url: Option<String>,
+    /// Nonces one client address may get per minute (`POST /v1/attestation/nonce`).
+    pub nonce_rate_per_minute: i64,
+    /// Unexpired nonces kept at most (all clients): past it, new ones wait for expiries.
+    pub max_outstanding_nonces: i64,
 }
 
 impl Config {
@@ -135,7 +147,28 @@ impl Config {
                 "SIMULATED attestation is accepted: certificates will be marked SIMULATED"
             );
         }
+        if let Some(u) = &s.pccs_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(Error::Config(format!(
+                    "--pccs-url {u:?}: give the PCCS's http(s) base URL, e.g. \
+                     https://pccs.example:8081 or https://api.trustedservices.intel.com"
+                )));
+            }
+        }
+        let nonce_rate_per_minute = s.nonce_rate_per_minute.unwrap_or(60);
+        let max_outstanding_nonces = s.max_outstanding_nonces.unwrap_or(100_000);
+        if !(1..=1_000_000).contains(&nonce_rate_per_minute)
+            || !(1..=100_000_000).contains(&max_outstanding_nonces)
+        {
+            return Err(Error::Config(
+                "nonce-rate-per-minute must be 1 to 1000000 and max-outstanding-nonces 1 to 100000000"
+                    .into(),
+            ));
+        }
         Ok(Config {
+            nonce_rate_per_minute,
+            max_outstanding_nonces,
+            pccs_url: s.pccs_url,
             allow_simulated_attestation,
             simulation_key,
             listen: s.listen.unwrap_or_else(|| "127.0.0.1:8443".into()),

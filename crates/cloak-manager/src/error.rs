@@ -89,6 +89,7 @@ impl Error {
                 | "unknown_evidence_kind"
                 | "bad_key" => StatusCode::BAD_REQUEST,
                 "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+                "collateral_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::FORBIDDEN,
             },
             Error::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,
@@ -132,7 +133,9 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        let detail = if status.is_server_error() {
+        // A refusal's detail is written for the client (what failed, expected and actual),
+        // also when a dependency is down (collateral_unavailable): only other 5xx hide theirs.
+        let detail = if status.is_server_error() && !matches!(self, Error::Refused { .. }) {
             // The cause goes to the log (with the request id), never to the client.
             tracing::error!(error = %self, code = self.code(), "request failed");
             match status {

@@ -12,8 +12,10 @@ pub mod audit;
 pub mod auth;
 pub mod builds;
 pub mod ca;
+mod ca_token;
 pub mod cache;
 pub mod certs;
+pub mod collateral;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -71,6 +73,8 @@ pub struct State {
     pub clock: Arc<dyn Clock>,
     /// Principals of recently authenticated tokens.
     pub principals: Arc<auth::PrincipalCache>,
+    /// The CA, loaded on first use (see `ca::get`).
+    pub ca: Arc<tokio::sync::OnceCell<Arc<ca::Ca>>>,
 }
 
 impl State {

@@ -210,7 +210,9 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: Some(s::<Registry>), status: 200, query: &[("name", "string", "image reference")]),
     route!(get "/v1/ca", Public, "getCaChain", "The manager CA's chain (issuing CA, root).", ca_chain,
         req: None, resp: Some(s::<certs::CaResponse>), status: 200),
-    route!(post "/v1/attestation/nonce", Public, "createNonce", "A single-use nonce to bind in attestation evidence (5 minutes).", new_nonce,
+    route!(get "/v1/ca/crl", Public, "getCaCrl", "The issuing CA's CRL: certificates of revoked builds (DER; PEM with Accept: application/x-pem-file). Valid one hour.", ca_crl,
+        req: None, resp: Some(s::<String>), status: 200, content: "application/pkix-crl"),
+    route!(post "/v1/attestation/nonce", Public, "createNonce", "A single-use nonce to bind in attestation evidence (5 minutes); rate-limited per client address (429 with Retry-After).", new_nonce,
         req: None, resp: Some(s::<certs::NonceResponse>), status: 200),
     route!(post "/v1/certificates", Public, "requestCertificate", "A certificate for attested evidence of a whitelisted build (authenticated by the evidence).", request_certificate,
         req: Some(s::<certs::CertificateRequest>), resp: Some(s::<certs::CertificateRecord>), status: 201),
@@ -750,15 +752,45 @@ async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
 // ---- attestation and certificates ----
 
 async fn ca_chain(S(state): S<State>) -> Result<Json<certs::CaResponse>> {
-    let ca = crate::ca::load_or_create(&state.db, &state.master(), state.clock.now()).await?;
+    let ca = crate::ca::get(&state).await?;
     Ok(Json(certs::CaResponse {
         chain: ca.chain_pem(),
         root: ca.root_pem.clone(),
     }))
 }
 
-async fn new_nonce(S(state): S<State>) -> Result<Json<certs::NonceResponse>> {
-    Ok(Json(certs::nonce(&state).await?))
+async fn ca_crl(S(state): S<State>, headers: axum::http::HeaderMap) -> Result<Response> {
+    let crl = certs::crl(&state).await?;
+    let wants_pem = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("pem") || v.contains("text/plain"));
+    Ok(if wants_pem {
+        let pem = crl
+            .pem()
+            .map_err(|e| Error::Internal(format!("CRL PEM: {e}")))?;
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+            pem,
+        )
+            .into_response()
+    } else {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/pkix-crl")],
+            crl.der().to_vec(),
+        )
+            .into_response()
+    })
+}
+
+async fn new_nonce(
+    S(state): S<State>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    headers: http::HeaderMap,
+) -> Result<Json<certs::NonceResponse>> {
+    let client = client_addr(&state, &headers, addr.as_deref());
+    Ok(Json(certs::nonce(&state, &client).await?))
 }
 
 async fn request_certificate(

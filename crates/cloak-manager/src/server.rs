@@ -116,6 +116,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
         metrics: Default::default(),
         clock,
         principals: Default::default(),
+        ca: Default::default(),
     })
 }
 
@@ -199,6 +200,7 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    crate::collateral::spawn_refresher(state.clone());
     let router = crate::http::router(state);
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

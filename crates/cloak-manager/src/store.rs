@@ -462,4 +462,20 @@ CREATE INDEX builds_account_created_id ON builds (account_id, created_at DESC, b
 DROP INDEX builds_account_created
 "#,
     ),
+    (
+        // One row per platform (tee:fmspc:pck-ca), shared by every replica; see collateral.rs.
+        "DCAP collateral cache",
+        r#"
+CREATE TABLE dcap_collateral (cache_key TEXT PRIMARY KEY, collateral TEXT NOT NULL, not_after BIGINT NOT NULL,
+  not_after_item TEXT NOT NULL, fetched_at BIGINT NOT NULL, source TEXT NOT NULL)
+"#,
+    ),
+    (
+        // Per-client-address nonce counts (fixed one-minute windows), shared by every replica.
+        "nonce rate limit",
+        r#"
+CREATE TABLE nonce_rate (client TEXT PRIMARY KEY, window_start BIGINT NOT NULL, count BIGINT NOT NULL);
+CREATE INDEX nonce_rate_window ON nonce_rate (window_start)
+"#,
+    ),
 ];

@@ -31,6 +31,16 @@ enum Command {
     RotateMasterKey(StoreArgs),
     /// Print the OpenAPI document of the API (the same as GET /openapi.json).
     Openapi,
+    /// The manager's certificate authority (offline, with no replica running).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// DCAP collateral cache (offline: writes the database directly).
+    Collateral {
+        #[command(subcommand)]
+        command: CollateralCommand,
+    },
     /// Accounts (tenants): created offline by the operator, never through the API.
     Account {
         #[command(subcommand)]
@@ -51,6 +61,46 @@ enum AccountCommand {
         /// Its first administrator's user name.
         #[arg(long)]
         admin_user: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Use an existing CA instead of the one the manager creates: its issuing certificate (and
+    /// root), and the issuing key as a PEM file or a PKCS#11 URI (the key stays in the token;
+    /// the URI is stored sealed under the master key: prefer pin-source=file:PATH to pin-value).
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The issuing CA certificate (PEM), optionally followed by its root.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The root CA certificate (PEM), when --cert holds only the issuing one.
+        #[arg(long, value_name = "FILE")]
+        root: Option<PathBuf>,
+        /// The issuing key: a PEM file, or pkcs11:token=…;object=…?module-path=…&pin-source=file:…
+        #[arg(long, value_name = "FILE|URI")]
+        key: String,
+        /// Replace an existing CA (its certificates stop verifying against the new chain).
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CollateralCommand {
+    /// Load DCAP collateral (QuoteCollateralV3 JSON: a file, or every *.json of a directory)
+    /// into the cache, for sites without a PCCS; each file is keyed by the FMSPC and PCK CA it
+    /// names, and replaces a cached entry unless that one stays valid longer.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Collateral file or directory.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Report format.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Format,
     },
 }
 
@@ -130,6 +180,17 @@ struct ServeArgs {
     /// The ECDSA P-256 public key simulated evidence is signed with (PEM or DER).
     #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_SIMULATION_PUBLIC_KEY")]
     simulation_public_key: Option<PathBuf>,
+    /// PCCS or Intel PCS base URL DCAP collateral is fetched from (v4 API); it is cached in the
+    /// database, refreshed ahead of its nextUpdate, and used through PCCS outages until then.
+    #[arg(long, value_name = "URL", env = "CLOAK_MANAGER_PCCS_URL")]
+    pccs_url: Option<String>,
+    /// Nonces (POST /v1/attestation/nonce, unauthenticated) one client address may get per
+    /// minute, counted in the database across replicas (default 60).
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_NONCE_RATE_PER_MINUTE")]
+    nonce_rate_per_minute: Option<i64>,
+    /// Unexpired nonces kept at most, all clients together (default 100000).
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_OUTSTANDING_NONCES")]
+    max_outstanding_nonces: Option<i64>,
 }
 
 impl StoreArgs {
@@ -173,6 +234,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             command: AuditCommand::Verify { store, output },
         } => audit_verify(store, output),
         Command::RotateMasterKey(s) => rotate(s),
+        Command::Ca {
+            command:
+                CaCommand::Import {
+                    store,
+                    cert,
+                    root,
+                    key,
+                    replace,
+                },
+        } => ca_import(store, &cert, root.as_deref(), &key, replace),
+        Command::Collateral {
+            command:
+                CollateralCommand::Import {
+                    store,
+                    path,
+                    output,
+                },
+        } => collateral_import(store, &path, output),
         Command::Openapi => {
             outln!(
                 "{}",
@@ -204,6 +283,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         trust_forwarded_for: a.trust_forwarded_for.then_some(true),
         allow_simulated_attestation: a.allow_simulated_attestation.then_some(true),
         simulation_public_key: a.simulation_public_key,
+        pccs_url: a.pccs_url,
+        nonce_rate_per_minute: a.nonce_rate_per_minute,
+        max_outstanding_nonces: a.max_outstanding_nonces,
         ..Default::default()
     };
     let config = Config::resolve(flags.or(a.store.settings()?))?;
@@ -253,6 +335,92 @@ async fn sqlx_accounts(
     db: &cloak_manager::store::Db,
 ) -> cloak_manager::Result<Vec<(String, String)>> {
     cloak_manager::accounts::list_all(db).await
+}
+
+fn ca_import(
+    s: StoreArgs,
+    cert: &std::path::Path,
+    root: Option<&std::path::Path>,
+    key: &str,
+    replace: bool,
+) -> anyhow::Result<ExitCode> {
+    use cloak_manager::ca::ImportKey;
+    let config = Config::resolve(s.settings()?)?;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let cert_pem = read(cert)?;
+    let root_pem = root.map(read).transpose()?;
+    let key = if key.starts_with("pkcs11:") {
+        ImportKey::Pkcs11(key.to_string())
+    } else {
+        ImportKey::Pem(read(std::path::Path::new(key))?)
+    };
+    // Every replica loads the CA once: none may run while it changes.
+    let _lock = if config.database_url.starts_with("sqlite:") {
+        Some(cloak_manager::server::lock_data_dir(&config.data_dir)?)
+    } else {
+        None
+    };
+    runtime()?.block_on(async {
+        let (db, master) = cloak_manager::server::open(&config).await?;
+        let _exclusive = match db.no_replica_running().await? {
+            Some(guard) => guard,
+            None => anyhow::bail!(
+                "a manager replica is running on this database: stop every replica, import, start them again"
+            ),
+        };
+        let done = cloak_manager::ca::import(
+            &db,
+            &master,
+            &cert_pem,
+            root_pem.as_deref(),
+            key,
+            replace,
+            cloak_manager::now(),
+        )
+        .await?;
+        outln!(
+            "{} the CA: issuing {} (key {}), root {}",
+            if done.replaced { "replaced" } else { "imported" },
+            done.issuing_subject,
+            if done.key_in_token { "in the PKCS#11 token" } else { "sealed under the master key" },
+            done.root_subject
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn collateral_import(
+    s: StoreArgs,
+    path: &std::path::Path,
+    output: Format,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(s.settings()?)?;
+    runtime()?.block_on(async {
+        let db = cloak_manager::server::open_db(&config).await?;
+        db.ready().await?;
+        let done = cloak_manager::collateral::import(&db, path, cloak_manager::now()).await?;
+        if output == Format::Json {
+            crate::output::print_json(&done)?;
+        } else {
+            for i in &done {
+                outln!(
+                    "{}: {} for {} (valid until {} by its {})",
+                    i.file,
+                    if i.stored {
+                        "imported"
+                    } else {
+                        "kept the cached collateral, valid longer; not imported"
+                    },
+                    i.key,
+                    i.not_after,
+                    i.not_after_item
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn rotate(s: StoreArgs) -> anyhow::Result<ExitCode> {

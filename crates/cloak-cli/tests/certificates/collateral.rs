@@ -1,0 +1,244 @@
+//! DCAP collateral from a PCCS: a fake PCCS (a small HTTP server here, serving the vector's
+//! collateral on Intel's v4 paths, then answering 500) shows that the cached collateral keeps
+//! issuance going through the outage, that a refresh is attempted once it is due, and that
+//! issuance is refused naming the expired item once the cache is past its nextUpdate. Then
+//! `cloak manager collateral import` loads the same collateral into a manager without a PCCS.
+
+use super::sgx::{collateral, gramine, gramine_app, vector, RATLS_AT};
+use super::*;
+use std::io::{BufRead, BufReader, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+struct FakePccs {
+    url: String,
+    failing: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+}
+
+/// Percent-encodes everything but unreserved characters (issuer chain headers).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl FakePccs {
+    /// Serves `col` (QuoteCollateralV3 JSON) as a PCCS does.
+    fn start(col: &Value) -> FakePccs {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let failing = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let s = |k: &str| col[k].as_str().unwrap().to_string();
+        let pck_crl = hex::decode(s("pck_crl")).unwrap();
+        let tcb = format!(
+            r#"{{"tcbInfo":{},"signature":"{}"}}"#,
+            s("tcb_info"),
+            s("tcb_info_signature")
+        );
+        let qe = format!(
+            r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
+            s("qe_identity"),
+            s("qe_identity_signature")
+        );
+        let (pck_chain, tcb_chain, qe_chain, root_crl_hex) = (
+            url_encode(&s("pck_crl_issuer_chain")),
+            url_encode(&s("tcb_info_issuer_chain")),
+            url_encode(&s("qe_identity_issuer_chain")),
+            s("root_ca_crl"),
+        );
+        let (f, n) = (failing.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                n.fetch_add(1, Ordering::SeqCst);
+                let path = line.split(' ').nth(1).unwrap_or("").to_ascii_lowercase();
+                let (status, header, body): (&str, String, Vec<u8>) = if f.load(Ordering::SeqCst) {
+                    (
+                        "500 Internal Server Error",
+                        String::new(),
+                        b"PCCS is down".to_vec(),
+                    )
+                } else if path.starts_with("/sgx/certification/v4/pckcrl?ca=platform") {
+                    (
+                        "200 OK",
+                        format!("SGX-PCK-CRL-Issuer-Chain: {pck_chain}\r\n"),
+                        pck_crl.clone(),
+                    )
+                } else if path.starts_with("/sgx/certification/v4/tcb?fmspc=00606a000000") {
+                    (
+                        "200 OK",
+                        format!("TCB-Info-Issuer-Chain: {tcb_chain}\r\n"),
+                        tcb.clone().into_bytes(),
+                    )
+                } else if path.starts_with("/sgx/certification/v4/qe/identity") {
+                    (
+                        "200 OK",
+                        format!("SGX-Enclave-Identity-Issuer-Chain: {qe_chain}\r\n"),
+                        qe.clone().into_bytes(),
+                    )
+                } else if path == "/sgx/certification/v4/rootcacrl" {
+                    ("200 OK", String::new(), root_crl_hex.clone().into_bytes())
+                } else {
+                    ("404 Not Found", String::new(), Vec::new())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\n{header}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            }
+        });
+        FakePccs {
+            url,
+            failing,
+            requests,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// The earliest expiry of the vector's collateral and the item it belongs to.
+fn earliest_expiry() -> (i64, String) {
+    let col =
+        cloak_attest::Collateral::from_json(&vector("sgx-dcap/col_quotev3_0825.json")).unwrap();
+    let d = col
+        .validity()
+        .unwrap()
+        .into_iter()
+        .min_by_key(|d| d.not_after)
+        .unwrap();
+    (d.not_after as i64, d.item)
+}
+
+fn pccs_flow(postgres: bool) {
+    let col = collateral("sgx-dcap/col_quotev3_0825.json");
+    let pccs = FakePccs::start(&col);
+    let (der, claims) = gramine();
+    let pccs_url = pccs.url.clone();
+    let s = Server::start_with(postgres, RATLS_AT, |st| st.pccs_url = Some(pccs_url));
+    let admin = s.admin();
+    let anon = s.anonymous();
+    let (app, build) = gramine_app(&admin, "pccs", &claims);
+    approve(&admin, &build);
+    // No collateral in the request: the manager fetches it for the quote's FMSPC and PCK CA.
+    let body = json!({"app_id": app.app_id, "evidence": b64(&der)});
+    let issued: Value = anon.post("/v1/certificates", &body).unwrap();
+    assert_eq!(issued["status"], "ISSUED", "{issued}");
+    let fetched = pccs.count();
+    assert_eq!(fetched, 4, "pckcrl, tcb, qe/identity, rootcacrl");
+
+    // The PCCS goes down: the cached collateral serves, without asking it while fresh.
+    pccs.failing.store(true, Ordering::SeqCst);
+    let issued: Value = anon.post("/v1/certificates", &body).unwrap();
+    assert_eq!(issued["status"], "ISSUED", "{issued}");
+    assert_eq!(pccs.count(), fetched);
+
+    // Past half its life the cache is due for a refresh: the PCCS is asked, fails, and the
+    // cached collateral still serves until its nextUpdate.
+    let (not_after, item) = earliest_expiry();
+    s.clock.0.store(not_after, Ordering::SeqCst);
+    let issued: Value = anon.post("/v1/certificates", &body).unwrap();
+    assert_eq!(issued["status"], "ISSUED", "{issued}");
+    assert!(pccs.count() > fetched, "a due refresh asks the PCCS");
+
+    // One second later the cached collateral has expired: refused, naming the item and time.
+    s.clock.0.store(not_after + 1, Ordering::SeqCst);
+    let (status, why) = refusal(anon.post("/v1/certificates", &body));
+    assert_eq!(status, 403);
+    // (The README's window ends at 2025-09-14T04:36:46Z: that item's nextUpdate.)
+    assert_eq!(not_after, 1_757_824_606);
+    assert!(
+        why.starts_with("collateral_expired:")
+            && why.contains(&item)
+            && why.contains("2025-09-14T04:36:46Z"),
+        "{why}"
+    );
+
+    // A manager without a PCCS and without cached collateral says what to do.
+    let bare = Server::start(postgres, RATLS_AT);
+    let admin = bare.admin();
+    let (app, build) = gramine_app(&admin, "offline", &claims);
+    approve(&admin, &build);
+    let body = json!({"app_id": app.app_id, "evidence": b64(&der)});
+    let (status, why) = refusal(bare.anonymous().post("/v1/certificates", &body));
+    assert_eq!(status, 503);
+    assert!(
+        why.starts_with("collateral_unavailable:") && why.contains("collateral import"),
+        "{why}"
+    );
+    // The operator imports the collateral offline; issuance works without a PCCS.
+    let dir = bare.dir.path().join("collateral");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("00606a000000.json"),
+        vector("sgx-dcap/col_quotev3_0825.json"),
+    )
+    .unwrap();
+    let mut import = Command::new(env!("CARGO_BIN_EXE_cloak"));
+    import
+        .args([
+            "manager",
+            "collateral",
+            "import",
+            "--output",
+            "json",
+            "--data-dir",
+        ])
+        .arg(bare.dir.path().join("data"));
+    if postgres {
+        import.arg("--database-url").arg(&bare.database_url);
+    }
+    let out = import.arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["key"], "sgx:00606a000000:platform", "{report}");
+    assert_eq!(report[0]["stored"], true);
+    let issued: Value = bare.anonymous().post("/v1/certificates", &body).unwrap();
+    assert_eq!(issued["status"], "ISSUED", "{issued}");
+    // A file that is not collateral is refused, naming it.
+    std::fs::write(dir.join("zz-broken.json"), b"{}").unwrap();
+    let mut again = Command::new(env!("CARGO_BIN_EXE_cloak"));
+    again
+        .args(["manager", "collateral", "import", "--data-dir"])
+        .arg(bare.dir.path().join("data"));
+    if postgres {
+        again.arg("--database-url").arg(&bare.database_url);
+    }
+    let out = again.arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zz-broken.json"), "{err}");
+}
+
+#[test]
+fn cached_collateral_carries_issuance_through_a_pccs_outage_until_its_next_update_sqlite() {
+    pccs_flow(false);
+}
+
+#[test]
+fn cached_collateral_carries_issuance_through_a_pccs_outage_until_its_next_update_postgres() {
+    pccs_flow(true);
+}
