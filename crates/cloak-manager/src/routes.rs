@@ -397,12 +397,16 @@ async fn delete_user(
     p: Principal,
     Path(uid): Path<String>,
 ) -> Result<StatusCode> {
-    let uid = id("user_id", &uid)?;
-    if p.user_id() == Some(uid.as_str()) {
+    disable_user(&state, &p, &id("user_id", &uid)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `deleteUserAccount` after its extra rule (nobody disables themselves); the console too.
+pub(crate) async fn disable_user(state: &State, p: &Principal, uid: &str) -> Result<()> {
+    if p.user_id() == Some(uid) {
         return Err(Error::Conflict("you cannot disable yourself".into()));
     }
-    users::delete(&state, &p, &uid).await?;
-    Ok(StatusCode::NO_CONTENT)
+    users::delete(state, p, uid).await
 }
 
 async fn list_keys(S(state): S<State>, p: Principal) -> Result<Json<Vec<ApiKey>>> {
@@ -452,14 +456,24 @@ async fn update_app(
     Path(a): Path<String>,
     JsonBody(req): JsonBody<AppPatch>,
 ) -> Result<Json<App>> {
+    Ok(Json(
+        update_app_checked(&state, &p, &id("app_id", &a)?, req).await?,
+    ))
+}
+
+/// `updateApp` after its extra rule (the approval policy is the MANAGER's); the console too.
+pub(crate) async fn update_app_checked(
+    state: &State,
+    p: &Principal,
+    app_id: &str,
+    req: AppPatch,
+) -> Result<App> {
     if req.approval_policy.is_some() {
         p.require(Role::Manager).map_err(|_| {
             Error::Forbidden("changing an app's approval policy needs the MANAGER role".into())
         })?;
     }
-    Ok(Json(
-        apps::update(&state, &p, &id("app_id", &a)?, req).await?,
-    ))
+    apps::update(state, p, app_id, req).await
 }
 
 async fn delete_app(S(state): S<State>, p: Principal, Path(a): Path<String>) -> Result<StatusCode> {
@@ -708,6 +722,12 @@ async fn verify_audit(S(state): S<State>, p: Principal) -> Result<Json<AuditVeri
 }
 
 async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
+    let out = export_ndjson(&state, &p).await?;
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+/// The account's whole audit chain as JSON lines, oldest first (the API's and console's export).
+pub(crate) async fn export_ndjson(state: &State, p: &Principal) -> Result<String> {
     let mut out = String::new();
     let mut since = 0;
     loop {
@@ -725,7 +745,7 @@ async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
             since = r.seq;
         }
     }
-    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+    Ok(out)
 }
 
 // ---- attestation and certificates ----
