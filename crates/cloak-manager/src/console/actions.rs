@@ -55,11 +55,15 @@ where
     Fut: std::future::Future<Output = Result<Response>>,
 {
     let refill = f.refill(form, &err);
+    let problem = refill.problem.clone().expect("a refused change has its problem");
     match render(refill).await {
-        Ok(mut resp) => {
+        // The page showed the error by its field or its form.
+        Ok(mut resp) if problem.placed.load(std::sync::atomic::Ordering::Relaxed) => {
             *resp.status_mut() = err.status();
             resp
         }
+        // The page has no such form for this user (a forged request): the error alone.
+        Ok(_) => super::error_response(&err),
         Err(e) => super::error_response(&e),
     }
 }

@@ -98,7 +98,7 @@ impl Problem {
 #[derive(Debug, Default)]
 pub struct Refill {
     pub values: Vec<(String, String)>,
-    pub problem: Option<Problem>,
+    pub problem: Option<std::sync::Arc<Problem>>,
     /// Which form on the page was submitted (pages with several forms).
     pub form: String,
 }
@@ -113,18 +113,21 @@ impl Refill {
 
     fn problem_for(&self, form: &str, name: &str) -> Option<&Problem> {
         self.problem
-            .as_ref()
+            .as_deref()
             .filter(|p| self.form == form && p.names(name))
     }
 
     /// The error of `form` that no field showed, as an alert (call after the fields).
     pub fn unplaced(&self, form: &str) -> String {
         match &self.problem {
-            Some(p) if self.form == form && !p.placed.load(std::sync::atomic::Ordering::Relaxed) => format!(
-                r#"<p class="error" role="alert"><strong>{}</strong>: {}</p>"#,
-                e(&p.kind),
-                e(&p.detail)
-            ),
+            Some(p) if self.form == form && !p.placed.load(std::sync::atomic::Ordering::Relaxed) => {
+                p.placed.store(true, std::sync::atomic::Ordering::Relaxed);
+                format!(
+                    r#"<p class="error" role="alert"><strong>{}</strong>: {}</p>"#,
+                    e(&p.kind),
+                    e(&p.detail)
+                )
+            }
             _ => String::new(),
         }
     }

@@ -253,7 +253,7 @@ impl Fields {
                 .filter(|(k, _)| k != "csrf" && !k.contains("password"))
                 .cloned()
                 .collect(),
-            problem: Some(html::Problem::from_error(err)),
+            problem: Some(std::sync::Arc::new(html::Problem::from_error(err))),
             form: form.into(),
         }
     }
