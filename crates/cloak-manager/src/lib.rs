@@ -16,6 +16,7 @@ pub mod certs;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod routes;
@@ -25,6 +26,7 @@ pub mod store;
 pub mod tasks;
 pub mod users;
 mod validate;
+pub mod worker;
 
 use std::sync::{Arc, RwLock};
 
