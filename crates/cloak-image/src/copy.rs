@@ -33,6 +33,8 @@ pub trait Progress: Send + Sync {
     fn advance(&self, _digest: &Digest, _n: u64) {}
     /// A blob is done.
     fn finish(&self, _digest: &Digest, _action: BlobAction) {}
+    /// A conversion stage starts (`resolve`, `flatten`, `amend`, `measure`, `package`).
+    fn stage(&self, _name: &str) {}
 }
 
 /// Progress that reports nothing.

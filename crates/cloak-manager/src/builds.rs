@@ -234,6 +234,26 @@ pub fn parse_request(body: &[u8]) -> Result<BuildRequest> {
 
 /// Registers a build and opens its BUILD_WHITELIST task.
 pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Build> {
+    let app = prepare(state, p, &nb).await?;
+    let mut tx = state.db.begin().await?;
+    let (build_id, details) = insert(state, &mut tx, p, &nb, &app).await?;
+    audit::record(state, tx, p, registered(&build_id, details)).await?;
+    get(state, p, &build_id).await
+}
+
+/// The "Build Registered" audit record of [`insert`]'s answer.
+pub fn registered(build_id: &str, details: Value) -> Event<'_> {
+    Event {
+        action: "Build Registered",
+        entity_type: "build",
+        entity_id: build_id,
+        details,
+    }
+}
+
+/// The app a registration goes to (created for IBM's flat body when a MANAGER asks), after
+/// refusing revoked measurements: what must happen before the registering transaction.
+pub async fn prepare(state: &State, p: &Principal, nb: &NewBuild) -> Result<cloak_api::App> {
     let app = match (&nb.app_id, &nb.app_name) {
         (Some(id), _) => apps::get(state, p, id).await?,
         (None, Some(name)) => match apps::find_by_name(state, p, name).await? {
@@ -272,6 +292,25 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         (None, None) => return Err(Error::field("app_id", "is required")),
     };
     let key = nb.measurement_key();
+    if let Some((old, reason)) = revoked(state.db.reader(), &p.account_id, &key).await? {
+        return Err(Error::Conflict(format!(
+            "these measurements were revoked with build {old} ({reason}); they cannot be registered again"
+        )));
+    }
+    Ok(app)
+}
+
+/// Inserts the build (PENDING) and its BUILD_WHITELIST task in the caller's transaction; returns
+/// the build id and the details of its "Build Registered" audit record, which the caller
+/// records (a conversion job commits both with the job's end, so a job registers at most once).
+pub async fn insert(
+    state: &State,
+    tx: &mut crate::store::Tx,
+    p: &Principal,
+    nb: &NewBuild,
+    app: &cloak_api::App,
+) -> Result<(String, Value)> {
+    let key = nb.measurement_key();
     let now = state.clock.now();
     let build_id = uuid::Uuid::new_v4().to_string();
     let sgx = nb.sgx.clone().unwrap_or_default();
@@ -284,15 +323,9 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         "advanced_settings": nb.advanced_settings,
         "configs": {},
     });
-    if let Some((old, reason)) = revoked(state.db.reader(), &p.account_id, &key).await? {
-        return Err(Error::Conflict(format!(
-            "these measurements were revoked with build {old} ({reason}); they cannot be registered again"
-        )));
-    }
-    let mut tx = state.db.begin().await?;
     let task_id = tasks::open(
         state,
-        &mut tx,
+        tx,
         p,
         &build_id,
         &app.approval_policy,
@@ -327,12 +360,11 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
     .bind(i64::from(nb.debug))
     .bind(body.to_string())
     .bind(&task_id)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(Error::from);
     if let Err(e) = inserted {
         if e.is_unique_violation() {
-            drop(tx);
             let existing: Option<String> = sqlx::query_scalar(
                 "SELECT build_id FROM builds WHERE app_id = $1 AND measurement_key = $2",
             )
@@ -354,26 +386,15 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         (_, Some(n)) => json!({"pcr0": n.pcr0, "pcr1": n.pcr1, "pcr2": n.pcr2, "pcr8": n.pcr8}),
         _ => json!({}),
     };
-    audit::record(
-        state,
-        tx,
-        p,
-        Event {
-            action: "Build Registered",
-            entity_type: "build",
-            entity_id: &build_id,
-            details: json!({
-                "app": app.name,
-                "image": format!("{}:{}", nb.docker.docker_image_name, nb.docker.docker_version),
-                "image_sha": nb.docker.docker_image_sha,
-                "measurements": measurements,
-                "task_id": task_id,
-                "approval_policy": app.approval_policy,
-            }),
-        },
-    )
-    .await?;
-    get(state, p, &build_id).await
+    let details = json!({
+        "app": app.name,
+        "image": format!("{}:{}", nb.docker.docker_image_name, nb.docker.docker_version),
+        "image_sha": nb.docker.docker_image_sha,
+        "measurements": measurements,
+        "task_id": task_id,
+        "approval_policy": app.approval_policy,
+    });
+    Ok((build_id, details))
 }
 
 const COLS: &str = "b.build_id, b.app_id, a.name AS app_name, b.status, b.status_updated_at, \

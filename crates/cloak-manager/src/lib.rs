@@ -17,6 +17,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod routes;
@@ -26,6 +27,7 @@ pub mod store;
 pub mod tasks;
 pub mod users;
 mod validate;
+pub mod worker;
 
 use std::sync::{Arc, RwLock};
 

@@ -180,6 +180,11 @@ impl Db {
         &self.read
     }
 
+    /// The pool for single-statement writes outside a transaction.
+    pub fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx> {
         Ok(self.write.begin().await?)
@@ -361,6 +366,28 @@ ALTER TABLE api_keys ADD COLUMN created_by_user_id TEXT NOT NULL DEFAULT ''
         r#"
 CREATE INDEX builds_account_created_id ON builds (account_id, created_at DESC, build_id);
 DROP INDEX builds_account_created
+"#,
+    ),
+    (
+        // Conversion jobs: a durable queue. A worker owns a RUNNING job while its lease
+        // (lease_owner, attempts, lease_expires_at in ms) holds; every change a worker makes is
+        // guarded by owner and attempt. `credentials` holds the request's auth configs sealed
+        // under the master key, erased when the job ends. job_attempts is the history.
+        "conversion jobs",
+        r#"
+CREATE TABLE jobs (job_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  app_id TEXT, target TEXT NOT NULL, state TEXT NOT NULL, stage TEXT, bytes_done BIGINT NOT NULL,
+  bytes_total BIGINT, attempts BIGINT NOT NULL, max_attempts BIGINT NOT NULL, request TEXT NOT NULL,
+  credentials {blob}, requester TEXT NOT NULL, idempotency_key TEXT, lease_owner TEXT,
+  lease_expires_at BIGINT, cancel_requested BIGINT NOT NULL, error_stage TEXT, error_message TEXT,
+  build_id TEXT, result TEXT, input_image TEXT NOT NULL, output_image TEXT NOT NULL,
+  created_at BIGINT NOT NULL, started_at BIGINT, finished_at BIGINT,
+  UNIQUE (account_id, idempotency_key));
+CREATE INDEX jobs_queue ON jobs (state, created_at);
+CREATE INDEX jobs_account_created ON jobs (account_id, created_at DESC, job_id);
+CREATE TABLE job_attempts (job_id TEXT NOT NULL REFERENCES jobs(job_id), attempt BIGINT NOT NULL,
+  worker TEXT NOT NULL, started_at BIGINT NOT NULL, ended_at BIGINT, outcome TEXT, error TEXT,
+  PRIMARY KEY (job_id, attempt))
 "#,
     ),
 ];

@@ -91,6 +91,9 @@ pub struct SgxReport {
     pub trusted_files: usize,
     /// The options used, defaults filled in.
     pub options: SgxOptions,
+    /// The image's exposed ports (`80/tcp`), from its config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
 }
 
 fn json_to_toml(key: &str, v: &serde_json::Value) -> Result<toml::Value> {
@@ -169,11 +172,14 @@ fn sizing(o: &SgxOptions) -> Result<Sizing> {
     Ok(Sizing { mem_size, threads })
 }
 
-/// Convert an image for SGX. See the module documentation for the stages.
-pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
-    // resolve: everything that can be refused is checked before anything is written
-    let o = req.options.clone();
-    let size = sizing(&o)?;
+/// The options' checks that need no image: sizes, directory classes, manifest options (also
+/// what the manager runs before it queues a job, so a bad option is refused at once).
+pub fn check_options(o: &SgxOptions) -> Result<()> {
+    checked_options(o).map(|_| ())
+}
+
+fn checked_options(o: &SgxOptions) -> Result<(Sizing, DirClasses, BTreeMap<String, toml::Value>)> {
+    let size = sizing(o)?;
     let classes = DirClasses::new(
         o.ro_dirs.as_deref(),
         o.rw_dirs.as_deref(),
@@ -185,6 +191,25 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         .flatten()
         .map(|(k, v)| Ok((k.clone(), json_to_toml(k, v)?)))
         .collect::<Result<_>>()?;
+    let mut probe = cloak_sgx::manifest::ManifestSpec {
+        extra: extra.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &o.log_file_path {
+        probe
+            .extra
+            .insert("loader.log_file".into(), toml::Value::String(path.clone()));
+    }
+    probe.render()?;
+    Ok((size, classes, extra))
+}
+
+/// Convert an image for SGX. See the module documentation for the stages.
+pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
+    // resolve: everything that can be refused is checked before anything is written
+    req.progress.stage("resolve");
+    let o = req.options.clone();
+    let (size, classes, extra) = checked_options(&o)?;
     let key_spec = req
         .signing_key
         .clone()
@@ -222,21 +247,10 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     )
     .await?;
     let runtime = runtime::collect(&rt_fs, &rt_image.reference, runtime::GRAMINE_DIR)?;
-
-    // Refuse conflicting manifestOptions now, before any blob moves.
-    let mut probe = cloak_sgx::manifest::ManifestSpec {
-        extra: extra.clone(),
-        ..Default::default()
-    };
-    if let Some(path) = &o.log_file_path {
-        probe
-            .extra
-            .insert("loader.log_file".into(), toml::Value::String(path.clone()));
-    }
-    probe.render()?;
     let dst = Dest::open(&req.output, &req.dest_options).await?;
 
     // flatten: the input's files, hashed as they stream, while its layers are copied over
+    req.progress.stage("flatten");
     let (fs, copied) = tokio::join!(
         flatten(&src, &image, ContentMode::HashOnly),
         build::copy_base_layers(&src, &image, &dst, &req.progress)
@@ -256,6 +270,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     }
 
     // amend: run configuration and the enclave manifest
+    req.progress.stage("amend");
     let glibc = format!("{}/runtime/glibc", runtime::RUNTIME_DIR);
     let mut env = app.env.clone();
     match env.iter_mut().find(|e| e.starts_with("LD_LIBRARY_PATH=")) {
@@ -363,6 +378,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     let manifest2 = render(true)?;
 
     // measure: MRENCLAVE of both variants, SIGSTRUCTs, MRSIGNER
+    req.progress.stage("measure");
     let libpal = std::fs::read(&runtime.libpal).map_err(|e| {
         Error::Options(format!(
             "reading libpal.so from {}: {e}",
@@ -375,6 +391,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     let sgx2 = cloak_sgx::measure_and_sign(&manifest2, &libpal, signer.as_ref(), date)?;
 
     // package: two new layers, the config's entrypoint, annotations; manifest pushed last
+    req.progress.stage("package");
     let mtime = source_date_epoch();
     let mut rt_entries = runtime.entries;
     rt_entries.push(LayerEntry::dir("/cloak/bin", 0o755));
@@ -464,5 +481,6 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         runtime_digest: rt_image.raw_manifest.digest.to_string(),
         trusted_files: trusted.len(),
         options: used,
+        exposed_ports: crate::app::exposed_ports(&image.config),
     })
 }
