@@ -12,8 +12,8 @@ use serde::Deserialize;
 use super::html::{badge, csrf, e, field, pager, q, select, time, Kind, Refill};
 use super::pages::{chain_banner, chain_state, offset, query, respond, LIMIT};
 use super::{page, Session};
-use crate::error::{Error, Result};
-use crate::{apps, audit, certs, registry, users, State};
+use crate::error::Result;
+use crate::{audit, certs, registry, users, State};
 use cloak_api::*;
 
 // ---- registry credentials ----
@@ -344,98 +344,4 @@ pub(super) async fn users_page(
     body.push_str(&refill.unplaced("key-new"));
     body.push_str(r#"<button type="submit">Create API key</button></form>"#);
     Ok(page(s, status, "/users", "Users and API keys", &body))
-}
-
-// ---- conversions ----
-
-/// The overview's list of running conversions.
-pub(super) async fn running_jobs(_state: &State, _s: &Session) -> Result<String> {
-    Ok("<p>No conversion is running.</p>".into())
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct ConvertQuery {
-    app_id: Option<String>,
-    target: Option<String>,
-}
-
-pub(super) async fn convert(S(state): S<State>, s: Session, RawQuery(raw): RawQuery) -> Response {
-    respond(
-        async {
-            let cq: ConvertQuery = query(&raw)?;
-            convert_page(&state, &s, &cq, StatusCode::OK, &Refill::default()).await
-        }
-        .await,
-    )
-}
-
-/// The conversion form: the target's seed options with their defaults and help.
-pub(super) async fn convert_page(
-    state: &State,
-    s: &Session,
-    cq: &ConvertQuery,
-    status: StatusCode,
-    refill: &Refill,
-) -> Result<Response> {
-    s.may("getAllApps")?;
-    let target = match cq.target.as_deref().unwrap_or("nitro") {
-        "nitro" => "nitro",
-        "sgx" => "sgx",
-        _ => return Err(Error::field("target", "must be nitro or sgx")),
-    };
-    let mut body = String::from(r#"<nav class="tabs" aria-label="target"><ul>"#);
-    for (t, l) in [("nitro", "AWS Nitro Enclaves"), ("sgx", "Intel SGX")] {
-        let cur = if t == target { r#" aria-current="page""# } else { "" };
-        let app_q = cq.app_id.as_deref().map(|a| format!("&app_id={}", q(a))).unwrap_or_default();
-        let _ = write!(body, r#"<li><a href="/convert?target={t}{app_q}"{cur}>{l}</a></li>"#);
-    }
-    body.push_str("</ul></nav>");
-    if !s.can("createBuild") {
-        body.push_str("<p>Converting needs the WRITER role.</p>");
-        return Ok(page(s, status, "/convert", "Convert an image", &body));
-    }
-    let (_, list) = apps::list(state, &s.p, 1000, 0).await?;
-    let mut opts: Vec<(String, String)> = list.iter().map(|a| (a.app_id.clone(), a.name.clone())).collect();
-    opts.insert(0, (String::new(), "choose an application".into()));
-    let sel = refill
-        .value("app_id")
-        .or(cq.app_id.as_deref())
-        .unwrap_or("")
-        .to_string();
-    let chosen = list.iter().find(|a| a.app_id == sel);
-    let _ = write!(
-        body,
-        r#"<form method="post" action="/convert" class="card" id="convert-form">{c}<input type="hidden" name="target" value="{target}">"#,
-        c = csrf(&s.csrf)
-    );
-    let o: Vec<(&str, &str)> = opts.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    select(&mut body, "convert", "app_id", "Application", &o, &sel);
-    field(&mut body, refill, "convert", "input_image.name", "Input image", Kind::Text, chosen.map(|a| a.input_image_name.as_str()).unwrap_or(""), "The image to convert, e.g. 127.0.0.1:5000/app:1.0");
-    field(&mut body, refill, "convert", "input_image.use_saved", "Use saved credentials for the input image's registry", Kind::Checkbox, "on", "");
-    body.push_str(r#"<p class="help saved" data-saved-for="convert-input_image-name" aria-live="polite"></p>"#);
-    field(&mut body, refill, "convert", "output_image.name", "Output image", Kind::Text, chosen.map(|a| a.output_image_name.as_str()).unwrap_or(""), "Where the converted image is pushed.");
-    field(&mut body, refill, "convert", "output_image.use_saved", "Use saved credentials for the output image's registry", Kind::Checkbox, "on", "");
-    body.push_str(r#"<p class="help saved" data-saved-for="convert-output_image-name" aria-live="polite"></p>"#);
-    body.push_str("<fieldset><legend>Converter options</legend>");
-    field(&mut body, refill, "convert", "converter_options.debug", "Debug enclave (measurements differ; never in production)", Kind::Checkbox, "", "");
-    field(&mut body, refill, "convert", "converter_options.allow_cmdline_args", "Allow extra command-line arguments", Kind::Checkbox, "", "");
-    field(&mut body, refill, "convert", "converter_options.entrypoint", "Entrypoint override", Kind::Text, "", "Empty keeps the image's Entrypoint and Cmd.");
-    field(&mut body, refill, "convert", "converter_options.env", "Environment", Kind::TextArea, "", "One KEY=value per line, fixed in the measured image.");
-    body.push_str("</fieldset>");
-    if target == "nitro" {
-        body.push_str("<fieldset><legend>Nitro Enclaves options</legend>");
-        field(&mut body, refill, "convert", "nitro_enclaves_options.mem_size", "Memory (MiB)", Kind::Number, "2048", "The enclave's memory; it must hold 4× the EIF.");
-        field(&mut body, refill, "convert", "nitro_enclaves_options.cpu_count", "vCPUs", Kind::Number, "2", "");
-        field(&mut body, refill, "convert", "nitro_enclaves_options.enable_overlay_filesystem_persistence", "Persist the overlay file system", Kind::Checkbox, "", "");
-    } else {
-        body.push_str("<fieldset><legend>SGX options</legend>");
-        field(&mut body, refill, "convert", "sgx_options.mem_size", "Enclave size", Kind::Text, chosen.map(|a| a.mem_size.to_string()).as_deref().unwrap_or("1024M"), "Enclave memory, e.g. 1024M or 2G.");
-        field(&mut body, refill, "convert", "sgx_options.threads", "Threads", Kind::Number, &chosen.map(|a| a.threads.to_string()).unwrap_or_else(|| "16".into()), "Maximum threads in the enclave.");
-        field(&mut body, refill, "convert", "sgx_options.isvprodid", "ISV product id", Kind::Number, &chosen.map(|a| a.isvprodid.to_string()).unwrap_or_else(|| "0".into()), "");
-        field(&mut body, refill, "convert", "sgx_options.isvsvn", "ISV security version", Kind::Number, &chosen.map(|a| a.isvsvn.to_string()).unwrap_or_else(|| "0".into()), "");
-    }
-    body.push_str("</fieldset>");
-    body.push_str(&refill.unplaced("convert"));
-    body.push_str(r#"<button type="submit">Convert</button></form>"#);
-    Ok(page(s, status, "/convert", "Convert an image", &body))
 }

@@ -11,6 +11,7 @@
 mod actions;
 pub mod html;
 mod admin;
+mod convert;
 mod pages;
 
 use axum::body::Body;
@@ -65,7 +66,10 @@ pub fn router() -> Router<State> {
         .route("/users/{user_id}", post(actions::update_user))
         .route("/api-keys", post(actions::create_key))
         .route("/api-keys/{key_id}/revoke", post(actions::revoke_key))
-        .route("/convert", get(pages::convert))
+        .route("/convert", get(convert::convert).post(convert::submit))
+        .route("/jobs/{job_id}", get(convert::job))
+        .route("/jobs/{job_id}/state", get(convert::job_state))
+        .route("/jobs/{job_id}/cancel", post(convert::cancel))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .layer(axum::middleware::from_fn(security_headers))

@@ -19,7 +19,7 @@ use crate::{apps, audit, builds, tasks, State};
 use cloak_api::*;
 
 pub(super) use super::admin::{
-    audit, audit_export, certificates, convert, registries, registry_match, users,
+    audit, audit_export, certificates, registries, registry_match, users,
 };
 
 /// Rows per page of the long lists.
@@ -218,7 +218,7 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
 
     // Conversions.
     body.push_str(r#"<section class="card" aria-labelledby="rc"><h2 id="rc">Running conversions</h2>"#);
-    body.push_str(&super::admin::running_jobs(state, s).await?);
+    body.push_str(&super::convert::running_jobs(state, s).await?);
     body.push_str("</section></div>");
 
     // Recent audit events.
