@@ -313,3 +313,124 @@ fn readers_see_no_controls_and_the_server_refuses_them_and_posts_without_csrf() 
         .unwrap();
     assert_eq!(r.status().as_u16(), 303, "a revoked session is sent to sign in");
 }
+
+/// Opens the job page until the job has ended (the page's own script reloads it too).
+fn wait_for_job(b: &Browser, m: &Manager, job_url: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    loop {
+        b.goto(job_url);
+        let h1 = b.text("h1");
+        if !h1.contains("QUEUED") && !h1.contains("RUNNING") {
+            return h1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not end: {}\n{}",
+            b.text("main"),
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
+    let reg = common::registry::Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = common::images::busybox(&tmp.path().join("busybox"));
+    let input = format!("{}/console/busybox:1", reg.addr());
+    let output = format!("{}/console/busybox-nitro:1", reg.addr());
+    common::ok(common::cloak().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{input}"),
+    ]));
+    let kernel = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/kernel/vmlinuz");
+    if !kernel.exists() {
+        common::ok(std::process::Command::new("bash").arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-kernel.sh"),
+        ));
+    }
+    let m = Manager::start_with(
+        Backend::Sqlite,
+        &[
+            "--nitro-kernel",
+            kernel.to_str().unwrap(),
+            "--insecure-registry",
+            &reg.addr(),
+            "--workers",
+            "1",
+        ],
+    );
+    let admin = m.admin();
+    new_user(&admin, "alice", "WRITER");
+    new_user(&admin, "bob", "WRITER");
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "busybox", "input_image_name": input, "output_image_name": output,
+                    "approval_policy": {"n": 2, "approvers": ["role:WRITER"]}}),
+        )
+        .unwrap();
+    let b = Browser::start();
+    sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+
+    // The Nitro form, filled from the app; a bad option is refused beside its field.
+    b.goto(&format!("{}/convert?target=nitro&app_id={}", m.url, app.app_id));
+    assert_eq!(
+        b.exec("return document.getElementById('convert-request-input_image-name').value", json!([])),
+        json!(input)
+    );
+    b.fill("#convert-nitro_enclaves_options-cpu_count", "0");
+    b.click("form[action='/convert'] button[type=submit]");
+    let err = b.text("#convert-nitro_enclaves_options-cpu_count-error");
+    assert!(err.contains("cpu"), "{}", b.text("main"));
+    b.fill("#convert-nitro_enclaves_options-cpu_count", "2");
+    b.fill("#convert-request-converter_options-env_vars", "MODE=console");
+    b.check_page("30-convert-nitro");
+    b.click("form[action='/convert'] button[type=submit]");
+    let job_url = b.url();
+    assert!(job_url.contains("/jobs/"), "{job_url}: {}", b.text("main"));
+    b.check_page("31-job");
+    let h1 = wait_for_job(&b, &m, &job_url);
+    assert_eq!(h1, "Conversion SUCCEEDED", "{}", b.text("main"));
+    b.check_page("32-job-result");
+
+    // The build is PENDING with the job result's PCRs.
+    let job_id = job_url.rsplit('/').next().unwrap();
+    let job: Job = admin.get(&format!("/v1/jobs/{job_id}")).unwrap();
+    let result: Build = serde_json::from_value(job.result.clone().unwrap()).unwrap();
+    let pcrs = result.attributes.nitro_enclave.clone().expect("PCRs in the result");
+    let build_id = job.build_id.clone().unwrap();
+    let main = b.text("main");
+    for pcr in [&pcrs.pcr0, &pcrs.pcr1, &pcrs.pcr2] {
+        assert!(main.contains(pcr.as_str()), "{pcr} not on the result");
+    }
+    b.click("#result-build");
+    let main = b.text("main");
+    assert!(main.contains("PENDING"), "{main}");
+    for pcr in [&pcrs.pcr0, &pcrs.pcr1, &pcrs.pcr2] {
+        assert!(main.contains(pcr.as_str()), "{pcr} not on the build");
+    }
+    assert!(main.contains("MODE=console"), "the conversion options: {main}");
+
+    // Two approvers, one after the other.
+    for who in ["alice", "bob"] {
+        sign_in(&b, &m, who, PASSWORD);
+        b.goto(&format!("{}/tasks", m.url));
+        assert!(b.text("main").contains(&pcrs.pcr0));
+        b.click("button.approve");
+    }
+    assert!(b.text("main").contains("WHITELISTED"), "{}", b.text("main"));
+    assert_eq!(build_status(&admin, &build_id), "WHITELISTED");
+
+    sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+    b.goto(&format!("{}/audit", m.url));
+    let main = b.text("main");
+    assert!(main.contains("Audit chain verified"), "{main}");
+    for action in ["Image Conversion Requested", "Image Conversion Succeeded", "Build Registered", "Build Whitelisted"] {
+        assert!(main.contains(action), "{action} missing:\n{main}");
+    }
+    b.check_page("33-audit-after-conversion");
+}

@@ -167,9 +167,28 @@ impl Browser {
         })
     }
 
+    /// Clicks a link or submit button and waits until the next page has loaded (a loaded
+    /// machine may answer the click before the navigation it starts).
     pub fn click(&self, css: &str) {
         let el = self.find(css);
+        self.exec("window.__cloakOld = true;", json!([]));
         self.cmd("POST", &format!("/element/{el}/click"), json!({}));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let done = self.exec(
+                "return window.__cloakOld === undefined && document.readyState === 'complete';",
+                json!([]),
+            );
+            if done == json!(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clicking {css} on {} loaded no page",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Types into a field (after clearing it).
