@@ -62,6 +62,15 @@ pub struct Problem {
 impl Problem {
     pub fn from_error(err: &Error) -> Problem {
         let field = match err {
+            // The conversion option checks name the option at the start of the reason.
+            Error::InvalidField { field, reason } if field == "options" => Some(
+                reason
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .filter(|w| !w.is_empty())
+                    .unwrap_or(field)
+                    .to_string(),
+            ),
             Error::InvalidField { field, .. } => Some(field.clone()),
             Error::Unauthenticated(_) => Some("password".into()),
             _ => None,
@@ -81,13 +90,18 @@ impl Problem {
         }
     }
 
-    /// Whether this error names the input `name` (or something inside it).
+    /// Whether this error names the input `name` (or something inside it), or names it without
+    /// the prefix of its object (option checks name `cpu_count` for
+    /// `nitro_enclaves_options.cpu_count`).
     pub fn names(&self, name: &str) -> bool {
         match &self.field {
             Some(f) => {
                 f == name
                     || f.strip_prefix(name)
                         .is_some_and(|rest| rest.starts_with('[') || rest.starts_with('.'))
+                    || name
+                        .strip_suffix(f.as_str())
+                        .is_some_and(|head| head.ends_with('.'))
             }
             None => false,
         }
@@ -339,5 +353,11 @@ mod tests {
         assert!(p.names("approval_policy.approvers"));
         assert!(p.names("approval_policy"));
         assert!(!p.names("approval_policy.n"));
+        let p = Problem {
+            field: Some("cpu_count".into()),
+            ..Default::default()
+        };
+        assert!(p.names("nitro_enclaves_options.cpu_count"));
+        assert!(!p.names("nitro_enclaves_options.xcpu_count"));
     }
 }
