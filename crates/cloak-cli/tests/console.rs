@@ -119,7 +119,7 @@ fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
     // A build registered through the API (the convert page's flow is in its own test).
     let build = nitro_build(&admin, &app_id, 0x5a);
     let pcr0 = hex(0x5a, 96);
-    b.goto(&format!("{}/builds?status=PENDING&search={}", m.url, &pcr0[..12]));
+    b.goto(&format!("{}/builds?status=PENDING&measurement={}", m.url, &pcr0[..12]));
     assert!(b.text("main").contains("1 of 1 builds match"), "{}", b.text("main"));
     b.check_page("06-builds");
     b.click(&format!("a[href='/builds/{}']", build.build_id));

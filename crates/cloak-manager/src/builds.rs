@@ -501,6 +501,8 @@ pub struct BuildFilter {
     pub all_search: Option<String>,
     pub app_id: Option<String>,
     pub sort_by: Option<String>,
+    /// The start of a hex MRENCLAVE, MRSIGNER or PCR0 (an index range, unlike `all_search`).
+    pub measurement: Option<String>,
 }
 
 fn order_by(sort_by: Option<&str>) -> Result<String> {
@@ -576,13 +578,38 @@ pub async fn list(
              OR b.pcr0 LIKE ${i} ESCAPE '\\')"
         ));
     }
+    if let Some(m) = f.measurement.as_ref().filter(|s| !s.is_empty()) {
+        // A prefix of a hex measurement, as a range over each column's index.
+        let m = m.to_ascii_lowercase();
+        if !m.bytes().all(|c| c.is_ascii_hexdigit()) || m.len() > 96 {
+            return Err(Error::field(
+                "measurement",
+                "must be the start of a hex MRENCLAVE, MRSIGNER or PCR0 (at most 96 digits)",
+            ));
+        }
+        args.push(m.clone());
+        args.push(format!("{m}g"));
+        let (lo, hi) = (args.len() - 1, args.len());
+        // One indexed range per column (an OR of the three would scan the account's builds).
+        wh.push_str(&format!(
+            " AND b.build_id IN (SELECT build_id FROM builds WHERE mrenclave >= ${lo} AND mrenclave < ${hi} \
+             UNION SELECT build_id FROM builds WHERE mrsigner >= ${lo} AND mrsigner < ${hi} \
+             UNION SELECT build_id FROM builds WHERE pcr0 >= ${lo} AND pcr0 < ${hi})"
+        ));
+    }
     let order = order_by(f.sort_by.as_deref())?;
+    // Without a filter or order on the app, counting and paging need no join: they run on the
+    // builds indexes alone (a deep page skips index entries instead of joined rows).
+    let needs_app = wh.contains("a.") || order.contains("a.");
     let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM builds WHERE account_id = $1")
         .bind(&p.account_id)
         .fetch_one(state.db.reader())
         .await?;
-    let count_sql =
-        format!("SELECT COUNT(*) FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh}");
+    let count_sql = if needs_app {
+        format!("SELECT COUNT(*) FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh}")
+    } else {
+        format!("SELECT COUNT(*) FROM builds b WHERE {wh}")
+    };
     let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
     for a in &args {
         q = q.bind(a);
@@ -592,10 +619,18 @@ pub async fn list(
     } else {
         q.fetch_one(state.db.reader()).await?
     };
-    let sql = format!(
-        "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh} \
-         ORDER BY {order} LIMIT {limit} OFFSET {offset}"
-    );
+    let sql = if needs_app {
+        format!(
+            "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh} \
+             ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+        )
+    } else {
+        format!(
+            "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE b.build_id IN \
+             (SELECT b.build_id FROM builds b WHERE {wh} ORDER BY {order} LIMIT {limit} OFFSET {offset}) \
+             ORDER BY {order}"
+        )
+    };
     let mut q = sqlx::query(&sql);
     for a in &args {
         q = q.bind(a);
@@ -792,6 +827,19 @@ pub async fn revoked(
 }
 
 /// Builds per status in one account (for `/metrics`: across accounts).
+/// Builds of one account by status (one pass over the status index).
+pub async fn count_by_status_in(state: &State, p: &Principal) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT status, COUNT(*) FROM builds WHERE account_id = $1 GROUP BY status ORDER BY status",
+    )
+    .bind(&p.account_id)
+    .fetch_all(state.db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
 pub async fn count_by_status(state: &State) -> Result<Vec<(String, i64)>> {
     let rows = sqlx::query("SELECT status, COUNT(*) FROM builds GROUP BY status")
         .fetch_all(state.db.reader())

@@ -535,6 +535,7 @@ async fn list_builds(
             .map(|a| id("app_id", &a))
             .transpose()?,
         sort_by: q.sort_by,
+        measurement: None,
     };
     for (field, v) in [
         ("docker_image_name", &f.docker_image_name),

@@ -390,4 +390,17 @@ CREATE TABLE job_attempts (job_id TEXT NOT NULL REFERENCES jobs(job_id), attempt
   PRIMARY KEY (job_id, attempt))
 "#,
     ),
+    (
+        // The console's pages at 10,000 builds: a measurement search is a prefix (an index range
+        // per measurement column instead of LIKE over every build); an app's builds and a tab of
+        // tasks are read in their listing order off an index instead of sorted.
+        "console listing indexes",
+        r#"
+CREATE INDEX builds_mrenclave ON builds (mrenclave);
+CREATE INDEX builds_mrsigner ON builds (mrsigner);
+CREATE INDEX builds_pcr0 ON builds (pcr0);
+CREATE INDEX builds_app_created_id ON builds (app_id, created_at DESC, build_id);
+CREATE INDEX tasks_account_status_created_id ON tasks (account_id, status, created_at DESC, task_id)
+"#,
+    ),
 ];

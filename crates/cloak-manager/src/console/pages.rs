@@ -176,7 +176,7 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
     );
 
     // Pending tasks the caller has not decided.
-    let (_, _, pending) = tasks::list(state, &s.p, None, Some("PENDING"), 50, 0).await?;
+    let (_, _, pending) = tasks::list(state, &s.p, None, Some("PENDING"), 20, 0).await?;
     let me = s.p.user_id().unwrap_or("");
     let mine: Vec<&Task> = pending
         .iter()
@@ -202,12 +202,12 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
 
     // Builds by status.
     body.push_str(r#"<section class="card" aria-labelledby="bs"><h2 id="bs">Builds by status</h2><ul>"#);
+    let counts = builds::count_by_status_in(state, &s.p).await?;
     for st in ["PENDING", "WHITELISTED", "REJECTED"] {
-        let f = builds::BuildFilter {
-            status: Some(st.into()),
-            ..Default::default()
-        };
-        let (_, n, _) = builds::list(state, &s.p, &f, 1, 0).await?;
+        let n = counts
+            .iter()
+            .find(|(k, _)| k == st)
+            .map_or(0, |(_, n)| *n);
         let _ = write!(
             body,
             r#"<li><a href="/builds?status={st}">{b} {n}</a></li>"#,
@@ -404,7 +404,7 @@ pub(super) async fn app_page(
 pub(super) struct BuildQuery {
     status: Option<String>,
     image: Option<String>,
-    search: Option<String>,
+    measurement: Option<String>,
     offset: Option<i64>,
 }
 
@@ -456,14 +456,14 @@ async fn builds_page(state: &State, s: &Session, raw: &Option<String>) -> Result
     let off = offset(bq.offset)?;
     let status = bq.status.clone().unwrap_or_default();
     let image = bq.image.clone().unwrap_or_default();
-    let search = bq.search.clone().unwrap_or_default();
-    for (f, v) in [("image", &image), ("search", &search)] {
+    let search = bq.measurement.clone().unwrap_or_default();
+    for (f, v) in [("image", &image), ("measurement", &search)] {
         crate::validate::text(f, v, 256)?;
     }
     let f = builds::BuildFilter {
         status: Some(status.clone()).filter(|s| !s.is_empty()),
         docker_image_name: Some(image.clone()).filter(|s| !s.is_empty()),
-        all_search: Some(search.to_ascii_lowercase()).filter(|s| !s.is_empty()),
+        measurement: Some(search.trim().to_string()).filter(|s| !s.is_empty()),
         ..Default::default()
     };
     let (total, n, items) = builds::list(state, &s.p, &f, LIMIT, off).await?;
@@ -478,12 +478,12 @@ async fn builds_page(state: &State, s: &Session, raw: &Option<String>) -> Result
     );
     let none = Refill::default();
     field(&mut body, &none, "bf", "image", "Image name contains", Kind::Text, &image, "");
-    field(&mut body, &none, "bf", "search", "Measurement, image or app contains", Kind::Text, &search, "");
+    field(&mut body, &none, "bf", "measurement", "Measurement starts with", Kind::Text, &search, "Hex digits of an MRENCLAVE, MRSIGNER or PCR0.");
     body.push_str(r#"<button type="submit">Filter</button></form>"#);
     let _ = write!(body, "<p>{n} of {total} builds match.</p>");
     body.push_str(&builds_table(&items));
     let base = format!(
-        "/builds?status={}&image={}&search={}",
+        "/builds?status={}&image={}&measurement={}",
         q(&status),
         q(&image),
         q(&search)
