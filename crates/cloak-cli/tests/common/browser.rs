@@ -202,16 +202,16 @@ impl Browser {
         );
     }
 
-    /// The rendered text of the first element matching `css`.
+    /// The rendered text of the first element matching `css` (read in one script, so a page
+    /// that reloads itself cannot leave a stale element in between).
     pub fn text(&self, css: &str) -> String {
-        match self.all(css).into_iter().next() {
-            Some(el) => self
-                .cmd("GET", &format!("/element/{el}/text"), json!(null))
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            None => String::new(),
-        }
+        self.exec(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+            json!([css]),
+        )
+        .as_str()
+        .unwrap_or("")
+        .to_string()
     }
 
     /// The page's HTML as the browser holds it.
