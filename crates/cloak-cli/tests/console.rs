@@ -43,7 +43,11 @@ fn sign_in(b: &Browser, m: &Manager, user: &str, password: &str) {
     b.goto(&format!("{}/login", m.url));
     b.delete_cookies();
     b.goto(&format!("{}/", m.url));
-    assert!(b.url().contains("/login"), "not sent to sign-in: {}", b.url());
+    assert!(
+        b.url().contains("/login"),
+        "not sent to sign-in: {}",
+        b.url()
+    );
     b.fill("#login-user_name", user);
     b.fill("#login-password", password);
     b.click("form[action='/login'] button[type=submit]");
@@ -97,12 +101,26 @@ fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
     b.fill("#app-approval_policy-approvers", "role:WRITER");
     b.click("form[action='/apps'] button[type=submit]");
     let err = b.text("#app-approval_policy-n-error");
-    assert!(err.contains("invalid_field"), "no error by the field: {}", b.text("main"));
+    assert!(
+        err.contains("invalid_field"),
+        "no error by the field: {}",
+        b.text("main")
+    );
     assert_eq!(
-        b.exec("return document.getElementById('app-approval_policy-n').getAttribute('aria-invalid')", json!([])),
+        b.exec(
+            "return document.getElementById('app-approval_policy-n').getAttribute('aria-invalid')",
+            json!([])
+        ),
         json!("true")
     );
-    assert_eq!(b.exec("return document.getElementById('app-name').value", json!([])), json!("web"), "typed values are kept");
+    assert_eq!(
+        b.exec(
+            "return document.getElementById('app-name').value",
+            json!([])
+        ),
+        json!("web"),
+        "typed values are kept"
+    );
     b.check_page("03-application-form-error");
     b.fill("#app-approval_policy-n", "2");
     b.click("form[action='/apps'] button[type=submit]");
@@ -110,7 +128,10 @@ fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
     let app_id = b.url().rsplit('/').next().unwrap().to_string();
     let app: App = admin.get(&format!("/v1/apps/{app_id}")).unwrap();
     assert_eq!(app.approval_policy.n, 2);
-    assert_eq!(app.approval_policy.approvers, vec!["role:WRITER".to_string()]);
+    assert_eq!(
+        app.approval_policy.approvers,
+        vec!["role:WRITER".to_string()]
+    );
     b.check_page("04-application");
     b.goto(&format!("{}/apps", m.url));
     assert!(b.text("main").contains("web"));
@@ -119,13 +140,24 @@ fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
     // A build registered through the API (the convert page's flow is in its own test).
     let build = nitro_build(&admin, &app_id, 0x5a);
     let pcr0 = hex(0x5a, 96);
-    b.goto(&format!("{}/builds?status=PENDING&measurement={}", m.url, &pcr0[..12]));
-    assert!(b.text("main").contains("1 of 1 builds match"), "{}", b.text("main"));
+    b.goto(&format!(
+        "{}/builds?status=PENDING&measurement={}",
+        m.url,
+        &pcr0[..12]
+    ));
+    assert!(
+        b.text("main").contains("1 of 1 builds match"),
+        "{}",
+        b.text("main")
+    );
     b.check_page("06-builds");
     b.click(&format!("a[href='/builds/{}']", build.build_id));
     let main = b.text("main");
     assert!(main.contains(&pcr0), "PCR0 in full");
-    assert!(main.contains(&format!("sha256:{}", hex(0xab, 64))), "image digest");
+    assert!(
+        main.contains(&format!("sha256:{}", hex(0xab, 64))),
+        "image digest"
+    );
     assert!(main.contains("0 of 2 approvals"), "{main}");
     assert!(b.all("button[data-copy]").len() >= 3, "copy buttons");
     b.check_page("07-build");
@@ -134,12 +166,19 @@ fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
     for (n, who) in ["alice", "bob"].iter().enumerate() {
         sign_in(&b, &m, who, PASSWORD);
         b.goto(&format!("{}/tasks", m.url));
-        assert!(b.text("main").contains(&pcr0), "the measurements beside the button");
+        assert!(
+            b.text("main").contains(&pcr0),
+            "the measurements beside the button"
+        );
         if n == 0 {
             b.check_page("08-tasks");
         }
         b.click("button.approve");
-        assert!(b.url().ends_with(&format!("/builds/{}", build.build_id)), "{}", b.url());
+        assert!(
+            b.url().ends_with(&format!("/builds/{}", build.build_id)),
+            "{}",
+            b.url()
+        );
         let main = b.text("main");
         if n == 0 {
             assert!(main.contains("1 of 2 approvals: alice"), "{main}");
@@ -167,7 +206,10 @@ fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
     b.goto(&format!("{}/registries", m.url));
     b.fill("#reg-new-url", "registry.example.com");
     b.fill("#reg-new-credential-default-username", "robot");
-    b.fill("#reg-new-credential-default-password", "s3cret-registry-pass");
+    b.fill(
+        "#reg-new-credential-default-password",
+        "s3cret-registry-pass",
+    );
     b.click("form[action='/registries'] button[type=submit]");
     assert!(b.text("main").contains("user robot"), "{}", b.text("main"));
     assert!(!b.source().contains("s3cret-registry-pass"));
@@ -189,7 +231,10 @@ fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
     assert!(b.text("main").contains("Copy its secret now"));
     assert!(b.source().contains("ck_key_"));
     b.goto(&format!("{}/users", m.url));
-    assert!(!b.source().contains("ck_key_"), "the secret is shown only once");
+    assert!(
+        !b.source().contains("ck_key_"),
+        "the secret is shown only once"
+    );
     assert!(!m.log().contains("s3cret-registry-pass"));
 }
 
@@ -226,7 +271,10 @@ fn readers_see_no_controls_and_the_server_refuses_them_and_posts_without_csrf() 
     sign_in(&b, &m, "rita", PASSWORD);
     b.goto(&format!("{}/tasks", m.url));
     assert!(b.text("main").contains(&hex(0x33, 96)));
-    assert!(b.all("button.approve").is_empty(), "a READER sees no approve button");
+    assert!(
+        b.all("button.approve").is_empty(),
+        "a READER sees no approve button"
+    );
     assert!(b.all("form[action$='/deny']").is_empty());
     b.check_page("21-tasks-reader");
     b.goto(&format!("{}/builds/{}", m.url, build.build_id));
@@ -292,16 +340,26 @@ fn readers_see_no_controls_and_the_server_refuses_them_and_posts_without_csrf() 
     let err = b.text(&format!("#deny-{task}-denial_reason-error"));
     assert!(err.contains("required"), "{}", b.text("main"));
     b.check_page("22-tasks-deny-error");
-    b.fill(&format!("#deny-{task}-denial_reason"), "base image carries CVE-2026-0001");
+    b.fill(
+        &format!("#deny-{task}-denial_reason"),
+        "base image carries CVE-2026-0001",
+    );
     b.click(&format!("{deny} button[type=submit]"));
-    assert!(b.url().ends_with(&format!("/builds/{}", build.build_id)), "{}", b.url());
+    assert!(
+        b.url().ends_with(&format!("/builds/{}", build.build_id)),
+        "{}",
+        b.url()
+    );
     let main = b.text("main");
     assert!(main.contains("REJECTED"), "{main}");
     assert!(main.contains("base image carries CVE-2026-0001"), "{main}");
     b.check_page("23-build-denied");
     assert_eq!(build_status(&admin, &build.build_id), "REJECTED");
     let t: Value = admin.get(&format!("/v1/tasks/{task}")).unwrap();
-    assert_eq!(t["denial_reason"], json!("base image carries CVE-2026-0001"));
+    assert_eq!(
+        t["denial_reason"],
+        json!("base image carries CVE-2026-0001")
+    );
 
     // Signing out ends the session: the old cookie no longer works.
     b.click("form[action='/logout'] button[type=submit]");
@@ -311,7 +369,11 @@ fn readers_see_no_controls_and_the_server_refuses_them_and_posts_without_csrf() 
         .header("cookie", &alice_cookie)
         .send()
         .unwrap();
-    assert_eq!(r.status().as_u16(), 303, "a revoked session is sent to sign in");
+    assert_eq!(
+        r.status().as_u16(),
+        303,
+        "a revoked session is sent to sign in"
+    );
 }
 
 /// Opens the job page until the job has ended (the page's own script reloads it too).
@@ -346,7 +408,8 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
         &format!("oci:{}:1", layout.display()),
         &format!("docker://{input}"),
     ]));
-    let kernel = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/kernel/vmlinuz");
+    let kernel =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/kernel/vmlinuz");
     if !kernel.exists() {
         common::ok(std::process::Command::new("bash").arg(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-kernel.sh"),
@@ -377,9 +440,15 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
     sign_in(&b, &m, "admin", ADMIN_PASSWORD);
 
     // The Nitro form, filled from the app; a bad option is refused beside its field.
-    b.goto(&format!("{}/convert?target=nitro&app_id={}", m.url, app.app_id));
+    b.goto(&format!(
+        "{}/convert?target=nitro&app_id={}",
+        m.url, app.app_id
+    ));
     assert_eq!(
-        b.exec("return document.getElementById('convert-request-input_image-name').value", json!([])),
+        b.exec(
+            "return document.getElementById('convert-request-input_image-name').value",
+            json!([])
+        ),
         json!(input)
     );
     b.fill("#convert-nitro_enclaves_options-cpu_count", "0");
@@ -387,7 +456,10 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
     let err = b.text("#convert-nitro_enclaves_options-cpu_count-error");
     assert!(err.contains("cpu"), "{}", b.text("main"));
     b.fill("#convert-nitro_enclaves_options-cpu_count", "2");
-    b.fill("#convert-request-converter_options-env_vars", "MODE=console");
+    b.fill(
+        "#convert-request-converter_options-env_vars",
+        "MODE=console",
+    );
     b.check_page("30-convert-nitro");
     b.click("form[action='/convert'] button[type=submit]");
     let job_url = b.url();
@@ -402,7 +474,11 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
     let job_id = job_url.rsplit('/').next().unwrap();
     let job: Job = admin.get(&format!("/v1/jobs/{job_id}")).unwrap();
     let result: Build = serde_json::from_value(job.result.clone().unwrap()).unwrap();
-    let pcrs = result.attributes.nitro_enclave.clone().expect("PCRs in the result");
+    let pcrs = result
+        .attributes
+        .nitro_enclave
+        .clone()
+        .expect("PCRs in the result");
     let build_id = job.build_id.clone().unwrap();
     let main = b.text("main");
     for pcr in [&pcrs.pcr0, &pcrs.pcr1, &pcrs.pcr2] {
@@ -414,7 +490,10 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
     for pcr in [&pcrs.pcr0, &pcrs.pcr1, &pcrs.pcr2] {
         assert!(main.contains(pcr.as_str()), "{pcr} not on the build");
     }
-    assert!(main.contains("MODE=console"), "the conversion options: {main}");
+    assert!(
+        main.contains("MODE=console"),
+        "the conversion options: {main}"
+    );
 
     // Two approvers, one after the other.
     for who in ["alice", "bob"] {
@@ -430,7 +509,12 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
     b.goto(&format!("{}/audit", m.url));
     let main = b.text("main");
     assert!(main.contains("Audit chain verified"), "{main}");
-    for action in ["Image Conversion Requested", "Image Conversion Succeeded", "Build Registered", "Build Whitelisted"] {
+    for action in [
+        "Image Conversion Requested",
+        "Image Conversion Succeeded",
+        "Build Registered",
+        "Build Whitelisted",
+    ] {
         assert!(main.contains(action), "{action} missing:\n{main}");
     }
     b.check_page("33-audit-after-conversion");

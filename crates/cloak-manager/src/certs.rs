@@ -724,7 +724,10 @@ pub async fn get(state: &State, p: &crate::auth::Principal, id: &str) -> Result<
     .bind(id)
     .fetch_optional(state.db.reader())
     .await?
-    .ok_or_else(|| Error::NotFound { kind: "certificate", id: id.into() })?;
+    .ok_or_else(|| Error::NotFound {
+        kind: "certificate",
+        id: id.into(),
+    })?;
     record_from_row(&r)
 }
 
@@ -742,7 +745,11 @@ pub async fn list(
         Some(s @ ("ISSUED" | "REJECTED")) => Some(s),
         Some(_) => return Err(Error::field("status", "must be ISSUED or REJECTED")),
     };
-    let wh = if status.is_some() { "account_id = $1 AND status = $2" } else { "account_id = $1" };
+    let wh = if status.is_some() {
+        "account_id = $1 AND status = $2"
+    } else {
+        "account_id = $1"
+    };
     let count_sql = format!("SELECT COUNT(*) FROM certificates WHERE {wh}");
     let mut q = sqlx::query_scalar::<_, i64>(&count_sql).bind(&p.account_id);
     if let Some(s) = status {

@@ -96,8 +96,8 @@ impl Browser {
                 .as_str()
                 .unwrap_or_else(|| panic!("no WebDriver session: {resp}"))
                 .to_string();
-            let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/console-screenshots");
+            let shots =
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
             std::fs::create_dir_all(&shots).unwrap();
             return Browser {
                 driver,
@@ -120,7 +120,10 @@ impl Browser {
         };
         let v: Value = req.send().unwrap().json().unwrap();
         if let Some(err) = v["value"]["error"].as_str() {
-            panic!("WebDriver {method} {path}: {err}: {}", v["value"]["message"]);
+            panic!(
+                "WebDriver {method} {path}: {err}: {}",
+                v["value"]["message"]
+            );
         }
         v["value"].clone()
     }
@@ -158,13 +161,10 @@ impl Browser {
 
     /// The one element matching `css` (panics with the page's text if there is none).
     pub fn find(&self, css: &str) -> String {
-        self.all(css).into_iter().next().unwrap_or_else(|| {
-            panic!(
-                "no element {css} on {}:\n{}",
-                self.url(),
-                self.text("body")
-            )
-        })
+        self.all(css)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no element {css} on {}:\n{}", self.url(), self.text("body")))
     }
 
     /// Clicks a link or submit button and waits until the next page has loaded (a loaded
@@ -281,7 +281,12 @@ impl Browser {
     pub fn check_page(&self, name: &str) {
         self.screenshot(name);
         let v = self.axe();
-        assert!(v.is_empty(), "axe on {name} ({}):\n{}", self.url(), v.join("\n"));
+        assert!(
+            v.is_empty(),
+            "axe on {name} ({}):\n{}",
+            self.url(),
+            v.join("\n")
+        );
     }
 }
 

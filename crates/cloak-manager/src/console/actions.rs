@@ -55,7 +55,10 @@ where
     Fut: std::future::Future<Output = Result<Response>>,
 {
     let refill = f.refill(form, &err);
-    let problem = refill.problem.clone().expect("a refused change has its problem");
+    let problem = refill
+        .problem
+        .clone()
+        .expect("a refused change has its problem");
     match render(refill).await {
         // The page showed the error by its field or its form.
         Ok(mut resp) if problem.placed.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -94,8 +97,7 @@ pub(super) async fn login(
         return pages::login_page(&state, err.status(), &next, &user, &f.refill("login", &err));
     }
     let client = client_addr(&state, &headers, addr.as_deref());
-    match auth::login_password(&state, user.clone(), f.get("password").to_string(), &client).await
-    {
+    match auth::login_password(&state, user.clone(), f.get("password").to_string(), &client).await {
         Ok(a) => {
             let mut resp = see_other(&next);
             let h = resp.headers_mut();
@@ -129,7 +131,12 @@ pub(super) async fn logout(S(state): S<State>, post: Post) -> Response {
 
 fn app_body(f: &Fields, create: bool, policy: bool) -> Value {
     let mut m = Map::new();
-    for k in ["name", "description", "input_image_name", "output_image_name"] {
+    for k in [
+        "name",
+        "description",
+        "input_image_name",
+        "output_image_name",
+    ] {
         if create || !f.get(k).is_empty() || k == "description" {
             put(&mut m, k, json!(f.get(k).trim()));
         }
@@ -143,7 +150,11 @@ fn app_body(f: &Fields, create: bool, policy: bool) -> Value {
     }
     if policy {
         put(&mut m, "approval_policy.n", num(f.get("approval_policy.n")));
-        put(&mut m, "approval_policy.approvers", list(f.get("approval_policy.approvers")));
+        put(
+            &mut m,
+            "approval_policy.approvers",
+            list(f.get("approval_policy.approvers")),
+        );
         put(
             &mut m,
             "approval_policy.exclude_requester",
@@ -157,8 +168,16 @@ fn app_body(f: &Fields, create: bool, policy: bool) -> Value {
     if let Some(v) = f.opt("certificate_policy.validity_seconds") {
         put(&mut cp, "validity_seconds", num(&v));
     }
-    put(&mut cp, "allow_debug", json!(f.checked("certificate_policy.allow_debug")));
-    put(&mut cp, "require_nonce", json!(f.checked("certificate_policy.require_nonce")));
+    put(
+        &mut cp,
+        "allow_debug",
+        json!(f.checked("certificate_policy.allow_debug")),
+    );
+    put(
+        &mut cp,
+        "require_nonce",
+        json!(f.checked("certificate_policy.require_nonce")),
+    );
     m.insert("certificate_policy".into(), Value::Object(cp));
     Value::Object(m)
 }
@@ -246,13 +265,7 @@ async fn decide(state: &State, s: &Session, id: &str, f: &Fields, approve: bool)
     tasks::decide(state, &s.p, &id, req).await
 }
 
-async fn decided(
-    state: State,
-    s: Session,
-    id: String,
-    f: Fields,
-    approve: bool,
-) -> Response {
+async fn decided(state: State, s: Session, id: String, f: Fields, approve: bool) -> Response {
     match decide(&state, &s, &id, &f, approve).await {
         Ok(t) => {
             let build = format!("/builds/{}", t.entity_id);
@@ -292,7 +305,11 @@ fn registry_body(f: &Fields, create: bool) -> Value {
     put(&mut m, "description", json!(f.get("description").trim()));
     let pw = f.get("credential.default.password");
     if create || !pw.is_empty() {
-        put(&mut m, "credential.default.username", json!(f.get("credential.default.username").trim()));
+        put(
+            &mut m,
+            "credential.default.username",
+            json!(f.get("credential.default.username").trim()),
+        );
         put(&mut m, "credential.default.password", json!(pw));
     }
     Value::Object(m)
@@ -446,7 +463,15 @@ pub(super) async fn create_key(S(state): S<State>, Post { s, f }: Post) -> Respo
     .await;
     match r {
         // The secret is shown once, on this answer (not stored, not in a redirect).
-        Ok(k) => match admin::users_page(&state, &s, StatusCode::CREATED, &Refill::default(), Some(&k)).await {
+        Ok(k) => match admin::users_page(
+            &state,
+            &s,
+            StatusCode::CREATED,
+            &Refill::default(),
+            Some(&k),
+        )
+        .await
+        {
             Ok(resp) => resp,
             Err(e) => super::error_response(&e),
         },
@@ -485,7 +510,11 @@ mod tests {
     fn dotted_names_become_nested_json_and_numbers_stay_text_when_not_numbers() {
         let mut m = Map::new();
         put(&mut m, "approval_policy.n", num("2"));
-        put(&mut m, "approval_policy.approvers", list("role:MANAGER, ,u1"));
+        put(
+            &mut m,
+            "approval_policy.approvers",
+            list("role:MANAGER, ,u1"),
+        );
         put(&mut m, "isvsvn", num("x1"));
         assert_eq!(
             Value::Object(m),

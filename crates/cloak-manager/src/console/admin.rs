@@ -52,10 +52,46 @@ pub(super) async fn registries_page(
                 id = e(&r.registry_id),
                 c = csrf(&s.csrf)
             );
-            field(&mut body, refill, &form, "url", "Registry", Kind::Text, &r.url, "");
-            field(&mut body, refill, &form, "description", "Description", Kind::Text, &r.description, "");
-            field(&mut body, refill, &form, "credential.default.username", "User name", Kind::Text, &r.credential.default.username, "");
-            field(&mut body, refill, &form, "credential.default.password", "New password", Kind::Password, "", "Empty keeps the saved password.");
+            field(
+                &mut body,
+                refill,
+                &form,
+                "url",
+                "Registry",
+                Kind::Text,
+                &r.url,
+                "",
+            );
+            field(
+                &mut body,
+                refill,
+                &form,
+                "description",
+                "Description",
+                Kind::Text,
+                &r.description,
+                "",
+            );
+            field(
+                &mut body,
+                refill,
+                &form,
+                "credential.default.username",
+                "User name",
+                Kind::Text,
+                &r.credential.default.username,
+                "",
+            );
+            field(
+                &mut body,
+                refill,
+                &form,
+                "credential.default.password",
+                "New password",
+                Kind::Password,
+                "",
+                "Empty keeps the saved password.",
+            );
             body.push_str(&refill.unplaced(&form));
             let _ = write!(
                 body,
@@ -71,16 +107,60 @@ pub(super) async fn registries_page(
         body.push_str("<p>No saved credentials.</p>");
     }
     if s.can("createRegistry") {
-        body.push_str(r#"<h2>Add a credential</h2><form method="post" action="/registries" class="card">"#);
+        body.push_str(
+            r#"<h2>Add a credential</h2><form method="post" action="/registries" class="card">"#,
+        );
         body.push_str(&csrf(&s.csrf));
-        field(&mut body, refill, "reg-new", "url", "Registry", Kind::Text, "", "Host (and port) of the registry, e.g. registry.example:5000");
-        field(&mut body, refill, "reg-new", "description", "Description", Kind::Text, "", "");
-        field(&mut body, refill, "reg-new", "credential.default.username", "User name", Kind::Text, "", "");
-        field(&mut body, refill, "reg-new", "credential.default.password", "Password", Kind::Password, "", "Write-only.");
+        field(
+            &mut body,
+            refill,
+            "reg-new",
+            "url",
+            "Registry",
+            Kind::Text,
+            "",
+            "Host (and port) of the registry, e.g. registry.example:5000",
+        );
+        field(
+            &mut body,
+            refill,
+            "reg-new",
+            "description",
+            "Description",
+            Kind::Text,
+            "",
+            "",
+        );
+        field(
+            &mut body,
+            refill,
+            "reg-new",
+            "credential.default.username",
+            "User name",
+            Kind::Text,
+            "",
+            "",
+        );
+        field(
+            &mut body,
+            refill,
+            "reg-new",
+            "credential.default.password",
+            "Password",
+            Kind::Password,
+            "",
+            "Write-only.",
+        );
         body.push_str(&refill.unplaced("reg-new"));
         body.push_str(r#"<button type="submit">Add credential</button></form>"#);
     }
-    Ok(page(s, status, "/registries", "Registry credentials", &body))
+    Ok(page(
+        s,
+        status,
+        "/registries",
+        "Registry credentials",
+        &body,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,8 +180,10 @@ pub(super) async fn registry_match(
         let mq: MatchQuery = query(&raw)?;
         let name = mq.name.unwrap_or_default();
         Ok(match registry::for_image(&state, &s.p, &name).await {
-            Ok(r) => Json(serde_json::json!({"url": r.url, "username": r.credential.default.username}))
-                .into_response(),
+            Ok(r) => {
+                Json(serde_json::json!({"url": r.url, "username": r.credential.default.username}))
+                    .into_response()
+            }
             Err(_) => Json(serde_json::json!(null)).into_response(),
         })
     }
@@ -175,7 +257,9 @@ pub(super) struct AuditQuery {
 
 /// A table of audit records.
 pub(super) fn audit_table(items: &[AuditRecord]) -> String {
-    let mut body = String::from(r#"<table><caption class="sr-only">Audit records</caption><thead><tr><th scope="col">#</th><th scope="col">Time</th><th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Object</th><th scope="col">Details</th></tr></thead><tbody>"#);
+    let mut body = String::from(
+        r#"<table><caption class="sr-only">Audit records</caption><thead><tr><th scope="col">#</th><th scope="col">Time</th><th scope="col">Actor</th><th scope="col">Action</th><th scope="col">Object</th><th scope="col">Details</th></tr></thead><tbody>"#,
+    );
     for r in items {
         let _ = write!(
             body,
@@ -263,7 +347,11 @@ pub(super) async fn users(S(state): S<State>, s: Session) -> Response {
     respond(users_page(&state, &s, StatusCode::OK, &Refill::default(), None).await)
 }
 
-const ROLES: &[(&str, &str)] = &[("READER", "READER"), ("WRITER", "WRITER"), ("MANAGER", "MANAGER")];
+const ROLES: &[(&str, &str)] = &[
+    ("READER", "READER"),
+    ("WRITER", "WRITER"),
+    ("MANAGER", "MANAGER"),
+];
 
 pub(super) async fn users_page(
     state: &State,
@@ -299,18 +387,73 @@ pub(super) async fn users_page(
             id = e(&u.user_id),
             c = csrf(&s.csrf)
         );
-        select(&mut body, &form, "role", &format!("Role of {}", u.user_name), ROLES, role);
-        select(&mut body, &form, "status", &format!("Status of {}", u.user_name), &[("ACTIVE", "ACTIVE"), ("DISABLED", "DISABLED")], &u.status);
+        select(
+            &mut body,
+            &form,
+            "role",
+            &format!("Role of {}", u.user_name),
+            ROLES,
+            role,
+        );
+        select(
+            &mut body,
+            &form,
+            "status",
+            &format!("Status of {}", u.user_name),
+            &[("ACTIVE", "ACTIVE"), ("DISABLED", "DISABLED")],
+            &u.status,
+        );
         body.push_str(&refill.unplaced(&form));
-        let _ = write!(body, r#"<button type="submit">Save {}</button></form></td></tr>"#, e(&u.user_name));
+        let _ = write!(
+            body,
+            r#"<button type="submit">Save {}</button></form></td></tr>"#,
+            e(&u.user_name)
+        );
     }
     body.push_str("</tbody></table>");
     body.push_str(r#"<h3>New user</h3><form method="post" action="/users" class="card">"#);
     body.push_str(&csrf(&s.csrf));
-    field(&mut body, refill, "user-new", "user_name", "User name", Kind::Text, "", "");
-    field(&mut body, refill, "user-new", "user_email", "Email", Kind::Text, "", "Optional.");
-    field(&mut body, refill, "user-new", "password", "Password", Kind::Password, "", "At least 12 characters; write-only.");
-    select(&mut body, "user-new", "role", "Role", ROLES, refill.value("role").filter(|_| refill.form == "user-new").unwrap_or("READER"));
+    field(
+        &mut body,
+        refill,
+        "user-new",
+        "user_name",
+        "User name",
+        Kind::Text,
+        "",
+        "",
+    );
+    field(
+        &mut body,
+        refill,
+        "user-new",
+        "user_email",
+        "Email",
+        Kind::Text,
+        "",
+        "Optional.",
+    );
+    field(
+        &mut body,
+        refill,
+        "user-new",
+        "password",
+        "Password",
+        Kind::Password,
+        "",
+        "At least 12 characters; write-only.",
+    );
+    select(
+        &mut body,
+        "user-new",
+        "role",
+        "Role",
+        ROLES,
+        refill
+            .value("role")
+            .filter(|_| refill.form == "user-new")
+            .unwrap_or("READER"),
+    );
     body.push_str(&refill.unplaced("user-new"));
     body.push_str(r#"<button type="submit">Create user</button></form>"#);
 
@@ -339,7 +482,16 @@ pub(super) async fn users_page(
     body.push_str("</tbody></table>");
     body.push_str(r#"<h3>New API key</h3><form method="post" action="/api-keys" class="card">"#);
     body.push_str(&csrf(&s.csrf));
-    field(&mut body, refill, "key-new", "name", "Name", Kind::Text, "", "What uses it, e.g. ci-pipeline.");
+    field(
+        &mut body,
+        refill,
+        "key-new",
+        "name",
+        "Name",
+        Kind::Text,
+        "",
+        "What uses it, e.g. ci-pipeline.",
+    );
     select(&mut body, "key-new", "role", "Role", ROLES, "WRITER");
     body.push_str(&refill.unplaced("key-new"));
     body.push_str(r#"<button type="submit">Create API key</button></form>"#);

@@ -83,23 +83,38 @@ async fn convert_page(
     let target = target_of(cq.target.as_deref())?;
     let mut body = String::from(r#"<nav class="tabs" aria-label="target"><ul>"#);
     for (t, l) in [("nitro", "AWS Nitro Enclaves"), ("sgx", "Intel SGX")] {
-        let cur = if t == target { r#" aria-current="page""# } else { "" };
+        let cur = if t == target {
+            r#" aria-current="page""#
+        } else {
+            ""
+        };
         let app_q = cq
             .app_id
             .as_deref()
             .map(|a| format!("&app_id={}", q(a)))
             .unwrap_or_default();
-        let _ = write!(body, r#"<li><a href="/convert?target={t}{app_q}"{cur}>{l}</a></li>"#);
+        let _ = write!(
+            body,
+            r#"<li><a href="/convert?target={t}{app_q}"{cur}>{l}</a></li>"#
+        );
     }
     body.push_str("</ul></nav>");
-    let op = if target == "nitro" { "convertAppBuildNitroEnclaves" } else { "convertApp" };
+    let op = if target == "nitro" {
+        "convertAppBuildNitroEnclaves"
+    } else {
+        "convertApp"
+    };
     if !s.can(op) {
         body.push_str("<p>Converting needs the WRITER role.</p>");
         body.push_str(&recent_jobs(state, s).await?);
         return Ok(page(s, status, "/convert", "Convert an image", &body));
     }
     let (_, list) = apps::list(state, &s.p, 1000, 0).await?;
-    let app_field = if target == "nitro" { "request.app_id" } else { "appId" };
+    let app_field = if target == "nitro" {
+        "request.app_id"
+    } else {
+        "appId"
+    };
     let sel = r
         .value(app_field)
         .filter(|_| r.form == "convert")
@@ -115,9 +130,18 @@ async fn convert_page(
         c = csrf(&s.csrf)
     );
     select(&mut body, "convert", app_field, "Application", &opts, &sel);
-    if let Some(p) = r.problem.as_deref().filter(|p| r.form == "convert" && p.names(app_field)) {
+    if let Some(p) = r
+        .problem
+        .as_deref()
+        .filter(|p| r.form == "convert" && p.names(app_field))
+    {
         p.placed.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = write!(body, r#"<p class="error" role="alert"><strong>{}</strong>: {}</p>"#, e(&p.kind), e(&p.detail));
+        let _ = write!(
+            body,
+            r#"<p class="error" role="alert"><strong>{}</strong>: {}</p>"#,
+            e(&p.kind),
+            e(&p.detail)
+        );
     }
     let input = chosen.map(|a| a.input_image_name.as_str()).unwrap_or("");
     let output = chosen.map(|a| a.output_image_name.as_str()).unwrap_or("");
@@ -126,37 +150,202 @@ async fn convert_page(
     } else {
         ("inputImageName", "outputImageName")
     };
-    field(&mut body, r, "convert", in_name, "Input image", Kind::Text, input, "HOST[:PORT]/REPOSITORY:TAG of the image to convert.");
+    field(
+        &mut body,
+        r,
+        "convert",
+        in_name,
+        "Input image",
+        Kind::Text,
+        input,
+        "HOST[:PORT]/REPOSITORY:TAG of the image to convert.",
+    );
     let id_of = |n: &str| format!("convert-{}", n.replace('.', "-"));
-    let _ = write!(body, r#"<p class="help saved" data-saved-for="{}" aria-live="polite"></p>"#, id_of(in_name));
-    field(&mut body, r, "convert", out_name, "Output image", Kind::Text, output, "Where the converted image is pushed (the tag is written last).");
-    let _ = write!(body, r#"<p class="help saved" data-saved-for="{}" aria-live="polite"></p>"#, id_of(out_name));
+    let _ = write!(
+        body,
+        r#"<p class="help saved" data-saved-for="{}" aria-live="polite"></p>"#,
+        id_of(in_name)
+    );
+    field(
+        &mut body,
+        r,
+        "convert",
+        out_name,
+        "Output image",
+        Kind::Text,
+        output,
+        "Where the converted image is pushed (the tag is written last).",
+    );
+    let _ = write!(
+        body,
+        r#"<p class="help saved" data-saved-for="{}" aria-live="polite"></p>"#,
+        id_of(out_name)
+    );
     body.push_str(r#"<p class="help">Registry credentials: the saved credential of each image's registry is used (Registry credentials page); none is needed for a public or unauthenticated registry.</p>"#);
     if target == "nitro" {
         body.push_str("<fieldset><legend>Converter options</legend>");
         let co = "request.converter_options";
-        field(&mut body, r, "convert", &format!("{co}.entrypoint"), "Entrypoint", Kind::Text, "", "Replaces the image's Entrypoint; words separated by spaces. Empty keeps it.");
-        field(&mut body, r, "convert", &format!("{co}.env_vars"), "Fixed environment", Kind::TextArea, "", "NAME=value, one per line; measured into the enclave.");
-        field(&mut body, r, "convert", &format!("{co}.allow_cmdline_args"), "Accept command-line arguments at run time", Kind::Checkbox, "", "");
-        field(&mut body, r, "convert", &format!("{co}.debug"), "Debug mode (never in production)", Kind::Checkbox, "", "");
+        field(
+            &mut body,
+            r,
+            "convert",
+            &format!("{co}.entrypoint"),
+            "Entrypoint",
+            Kind::Text,
+            "",
+            "Replaces the image's Entrypoint; words separated by spaces. Empty keeps it.",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            &format!("{co}.env_vars"),
+            "Fixed environment",
+            Kind::TextArea,
+            "",
+            "NAME=value, one per line; measured into the enclave.",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            &format!("{co}.allow_cmdline_args"),
+            "Accept command-line arguments at run time",
+            Kind::Checkbox,
+            "",
+            "",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            &format!("{co}.debug"),
+            "Debug mode (never in production)",
+            Kind::Checkbox,
+            "",
+            "",
+        );
         body.push_str("</fieldset><fieldset><legend>Nitro Enclaves options</legend>");
         let no = "nitro_enclaves_options";
-        field(&mut body, r, "convert", &format!("{no}.mem_size"), "Memory (MiB)", Kind::Number, "1024", "The enclave's memory; it must hold four times the EIF.");
-        field(&mut body, r, "convert", &format!("{no}.cpu_count"), "vCPUs", Kind::Number, "2", "");
-        field(&mut body, r, "convert", &format!("{no}.enable_overlay_filesystem_persistence"), "Keep file system changes across restarts", Kind::Checkbox, "", "");
+        field(
+            &mut body,
+            r,
+            "convert",
+            &format!("{no}.mem_size"),
+            "Memory (MiB)",
+            Kind::Number,
+            "1024",
+            "The enclave's memory; it must hold four times the EIF.",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            &format!("{no}.cpu_count"),
+            "vCPUs",
+            Kind::Number,
+            "2",
+            "",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            &format!("{no}.enable_overlay_filesystem_persistence"),
+            "Keep file system changes across restarts",
+            Kind::Checkbox,
+            "",
+            "",
+        );
     } else {
         body.push_str("<fieldset><legend>SGX options</legend>");
-        let mem = chosen.map(|a| format!("{}M", a.mem_size)).unwrap_or_else(|| "1024M".into());
-        field(&mut body, r, "convert", "memSize", "Enclave size", Kind::Text, &mem, "A power of two with K, M or G, e.g. 1024M.");
-        let th = chosen.map(|a| a.threads.to_string()).unwrap_or_else(|| "16".into());
-        field(&mut body, r, "convert", "threads", "Threads", Kind::Number, &th, "Maximum threads in the enclave, 1 to 4096.");
+        let mem = chosen
+            .map(|a| format!("{}M", a.mem_size))
+            .unwrap_or_else(|| "1024M".into());
+        field(
+            &mut body,
+            r,
+            "convert",
+            "memSize",
+            "Enclave size",
+            Kind::Text,
+            &mem,
+            "A power of two with K, M or G, e.g. 1024M.",
+        );
+        let th = chosen
+            .map(|a| a.threads.to_string())
+            .unwrap_or_else(|| "16".into());
+        field(
+            &mut body,
+            r,
+            "convert",
+            "threads",
+            "Threads",
+            Kind::Number,
+            &th,
+            "Maximum threads in the enclave, 1 to 4096.",
+        );
         let (pid, svn) = chosen.map(|a| (a.isvprodid, a.isvsvn)).unwrap_or((0, 0));
-        field(&mut body, r, "convert", "isvprodid", "ISV product id", Kind::Number, &pid.to_string(), "0 to 65535.");
-        field(&mut body, r, "convert", "isvsvn", "ISV security version", Kind::Number, &svn.to_string(), "0 to 65535.");
-        field(&mut body, r, "convert", "entrypoint", "Entrypoint", Kind::Text, "", "Replaces the image's Entrypoint; words separated by spaces. Empty keeps it.");
-        field(&mut body, r, "convert", "manifestEnv", "Fixed environment", Kind::TextArea, "", "NAME=value, one per line; measured into the enclave.");
-        field(&mut body, r, "convert", "allowCmdlineArgs", "Accept command-line arguments at run time", Kind::Checkbox, "", "");
-        field(&mut body, r, "convert", "debug", "Debug enclave (never in production)", Kind::Checkbox, "", "");
+        field(
+            &mut body,
+            r,
+            "convert",
+            "isvprodid",
+            "ISV product id",
+            Kind::Number,
+            &pid.to_string(),
+            "0 to 65535.",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            "isvsvn",
+            "ISV security version",
+            Kind::Number,
+            &svn.to_string(),
+            "0 to 65535.",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            "entrypoint",
+            "Entrypoint",
+            Kind::Text,
+            "",
+            "Replaces the image's Entrypoint; words separated by spaces. Empty keeps it.",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            "manifestEnv",
+            "Fixed environment",
+            Kind::TextArea,
+            "",
+            "NAME=value, one per line; measured into the enclave.",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            "allowCmdlineArgs",
+            "Accept command-line arguments at run time",
+            Kind::Checkbox,
+            "",
+            "",
+        );
+        field(
+            &mut body,
+            r,
+            "convert",
+            "debug",
+            "Debug enclave (never in production)",
+            Kind::Checkbox,
+            "",
+            "",
+        );
     }
     body.push_str("</fieldset>");
     body.push_str(&r.unplaced("convert"));
@@ -170,7 +359,9 @@ async fn recent_jobs(state: &State, s: &Session) -> Result<String> {
         return Ok(String::new());
     }
     let (_, _, items) = jobs::list(state, &s.p, None, 10, 0).await?;
-    let mut out = String::from(r#"<h2>Recent conversions</h2><table><caption class="sr-only">Recent conversions</caption><thead><tr><th scope="col">Job</th><th scope="col">Target</th><th scope="col">State</th><th scope="col">Created</th></tr></thead><tbody>"#);
+    let mut out = String::from(
+        r#"<h2>Recent conversions</h2><table><caption class="sr-only">Recent conversions</caption><thead><tr><th scope="col">Job</th><th scope="col">Target</th><th scope="col">State</th><th scope="col">Created</th></tr></thead><tbody>"#,
+    );
     for j in &items {
         let _ = write!(
             out,
@@ -201,7 +392,11 @@ fn lines(s: &str) -> Option<Value> {
 
 fn num(s: &str) -> Option<Value> {
     let s = s.trim();
-    (!s.is_empty()).then(|| s.parse::<i64>().map(|n| json!(n)).unwrap_or_else(|_| json!(s)))
+    (!s.is_empty()).then(|| {
+        s.parse::<i64>()
+            .map(|n| json!(n))
+            .unwrap_or_else(|_| json!(s))
+    })
 }
 
 /// The API request a form describes, as the endpoint's JSON.
@@ -216,7 +411,11 @@ fn request_of(f: &Fields, target: &str) -> Value {
         let mut co = Map::new();
         put(&mut co, "entrypoint", words(g("entrypoint")));
         put(&mut co, "env_vars", lines(g("env_vars")));
-        put(&mut co, "allow_cmdline_args", Some(json!(g("allow_cmdline_args") == "on")));
+        put(
+            &mut co,
+            "allow_cmdline_args",
+            Some(json!(g("allow_cmdline_args") == "on")),
+        );
         put(&mut co, "debug", Some(json!(g("debug") == "on")));
         let n = |k: &str| f.get(&format!("nitro_enclaves_options.{k}"));
         let mut no = Map::new();
@@ -239,15 +438,27 @@ fn request_of(f: &Fields, target: &str) -> Value {
     } else {
         let mut m = Map::new();
         put(&mut m, "appId", f.opt("appId").map(|a| json!(a)));
-        put(&mut m, "inputImageName", Some(json!(f.get("inputImageName").trim())));
-        put(&mut m, "outputImageName", Some(json!(f.get("outputImageName").trim())));
+        put(
+            &mut m,
+            "inputImageName",
+            Some(json!(f.get("inputImageName").trim())),
+        );
+        put(
+            &mut m,
+            "outputImageName",
+            Some(json!(f.get("outputImageName").trim())),
+        );
         put(&mut m, "memSize", f.opt("memSize").map(|v| json!(v)));
         put(&mut m, "threads", num(f.get("threads")));
         put(&mut m, "isvprodid", num(f.get("isvprodid")));
         put(&mut m, "isvsvn", num(f.get("isvsvn")));
         put(&mut m, "entrypoint", words(f.get("entrypoint")));
         put(&mut m, "manifestEnv", lines(f.get("manifestEnv")));
-        put(&mut m, "allowCmdlineArgs", Some(json!(f.checked("allowCmdlineArgs"))));
+        put(
+            &mut m,
+            "allowCmdlineArgs",
+            Some(json!(f.checked("allowCmdlineArgs"))),
+        );
         put(&mut m, "debug", Some(json!(f.checked("debug"))));
         Value::Object(m)
     }
@@ -360,7 +571,11 @@ pub(super) async fn job(S(state): S<State>, s: Session, Path(id): Path<String>) 
     )
 }
 
-pub(super) async fn cancel(S(state): S<State>, Path(id): Path<String>, Post { s, f: _ }: Post) -> Response {
+pub(super) async fn cancel(
+    S(state): S<State>,
+    Path(id): Path<String>,
+    Post { s, f: _ }: Post,
+) -> Response {
     let r: Result<Job> = async {
         s.may("cancelJob")?;
         jobs::cancel(&state, &s.p, &crate::validate::uuid("job_id", &id)?).await

@@ -134,7 +134,9 @@ impl Refill {
     /// The error of `form` that no field showed, as an alert (call after the fields).
     pub fn unplaced(&self, form: &str) -> String {
         match &self.problem {
-            Some(p) if self.form == form && !p.placed.load(std::sync::atomic::Ordering::Relaxed) => {
+            Some(p)
+                if self.form == form && !p.placed.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
                 p.placed.store(true, std::sync::atomic::Ordering::Relaxed);
                 format!(
                     r#"<p class="error" role="alert"><strong>{}</strong>: {}</p>"#,

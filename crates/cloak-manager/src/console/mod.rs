@@ -9,9 +9,9 @@
 //! files served from the binary; the Content-Security-Policy allows nothing inline.
 
 mod actions;
-pub mod html;
 mod admin;
 mod convert;
+pub mod html;
 mod pages;
 
 use axum::body::Body;
@@ -55,9 +55,15 @@ pub fn router() -> Router<State> {
         .route("/tasks", get(pages::tasks))
         .route("/tasks/{task_id}/approve", post(actions::approve))
         .route("/tasks/{task_id}/deny", post(actions::deny))
-        .route("/registries", get(pages::registries).post(actions::create_registry))
+        .route(
+            "/registries",
+            get(pages::registries).post(actions::create_registry),
+        )
         .route("/registries/{registry_id}", post(actions::update_registry))
-        .route("/registries/{registry_id}/delete", post(actions::delete_registry))
+        .route(
+            "/registries/{registry_id}/delete",
+            post(actions::delete_registry),
+        )
         .route("/registries/match", get(pages::registry_match))
         .route("/certificates", get(pages::certificates))
         .route("/audit", get(pages::audit))
@@ -79,11 +85,11 @@ async fn security_headers(req: Request, next: Next) -> Response {
     let is_asset = req.uri().path().starts_with("/assets/");
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert(
-        "content-security-policy",
-        HeaderValue::from_static(CSP),
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
     );
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     if !is_asset {
@@ -319,7 +325,12 @@ pub fn plain_page(status: StatusCode, title: &str, body: &str) -> Response {
         head(title),
         e(title)
     );
-    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
 }
 
 /// The sections of the navigation: (path, label, operation whose role is needed to see it).
@@ -347,7 +358,9 @@ pub fn page(s: &Session, status: StatusCode, active: &str, title: &str, body: &s
         } else {
             ""
         };
-        nav.push_str(&format!(r#"<li><a href="{path}"{current}>{label}</a></li>"#));
+        nav.push_str(&format!(
+            r#"<li><a href="{path}"{current}>{label}</a></li>"#
+        ));
     }
     let html = format!(
         r##"{head}<body><a class="skip" href="#main">Skip to content</a><header class="top"><span class="brand">cloak</span><nav aria-label="sections"><ul>{nav}</ul></nav><form class="signout" method="post" action="/logout">{csrf}<span class="who">{user} ({role})</span> <button type="submit">Sign out</button></form></header><main id="main"><h1>{t}</h1>{body}</main><div id="live" class="sr-only" aria-live="polite"></div></body></html>"##,
@@ -357,7 +370,12 @@ pub fn page(s: &Session, status: StatusCode, active: &str, title: &str, body: &s
         role = s.p.role.as_str(),
         t = e(title),
     );
-    (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
 }
 
 /// A 303 to `path` after a change (so reloading does not submit again).
@@ -398,7 +416,10 @@ mod tests {
 
     #[test]
     fn only_local_paths_are_followed_after_sign_in() {
-        assert_eq!(local_path("/builds?status=PENDING"), "/builds?status=PENDING");
+        assert_eq!(
+            local_path("/builds?status=PENDING"),
+            "/builds?status=PENDING"
+        );
         assert_eq!(local_path("//evil.example/"), "/");
         assert_eq!(local_path("https://evil.example/"), "/");
         assert_eq!(local_path("/\\evil.example"), "/");
@@ -407,7 +428,10 @@ mod tests {
     #[test]
     fn cookies_are_read_by_exact_name() {
         let mut h = http::HeaderMap::new();
-        h.insert(header::COOKIE, "x_cloak_session=a; cloak_session=b".parse().unwrap());
+        h.insert(
+            header::COOKIE,
+            "x_cloak_session=a; cloak_session=b".parse().unwrap(),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("b"));
     }
 }

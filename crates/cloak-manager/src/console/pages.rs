@@ -86,8 +86,26 @@ pub(super) fn login_page(
         r#"<input type="hidden" name="next" value="{}">"#,
         e(super::local_path(next))
     );
-    field(&mut body, refill, "login", "user_name", "User name", Kind::Text, user, "");
-    field(&mut body, refill, "login", "password", "Password", Kind::Password, "", "");
+    field(
+        &mut body,
+        refill,
+        "login",
+        "user_name",
+        "User name",
+        Kind::Text,
+        user,
+        "",
+    );
+    field(
+        &mut body,
+        refill,
+        "login",
+        "password",
+        "Password",
+        Kind::Password,
+        "",
+        "",
+    );
     body.push_str(&refill.unplaced("login"));
     body.push_str(r#"<button type="submit">Sign in</button></form>"#);
     let mut resp = super::plain_page(status, "Sign in", &body);
@@ -201,13 +219,12 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
     body.push_str("</section>");
 
     // Builds by status.
-    body.push_str(r#"<section class="card" aria-labelledby="bs"><h2 id="bs">Builds by status</h2><ul>"#);
+    body.push_str(
+        r#"<section class="card" aria-labelledby="bs"><h2 id="bs">Builds by status</h2><ul>"#,
+    );
     let counts = builds::count_by_status_in(state, &s.p).await?;
     for st in ["PENDING", "WHITELISTED", "REJECTED"] {
-        let n = counts
-            .iter()
-            .find(|(k, _)| k == st)
-            .map_or(0, |(_, n)| *n);
+        let n = counts.iter().find(|(k, _)| k == st).map_or(0, |(_, n)| *n);
         let _ = write!(
             body,
             r#"<li><a href="/builds?status={st}">{b} {n}</a></li>"#,
@@ -217,7 +234,9 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
     body.push_str("</ul></section>");
 
     // Conversions.
-    body.push_str(r#"<section class="card" aria-labelledby="rc"><h2 id="rc">Running conversions</h2>"#);
+    body.push_str(
+        r#"<section class="card" aria-labelledby="rc"><h2 id="rc">Running conversions</h2>"#,
+    );
     body.push_str(&super::convert::running_jobs(state, s).await?);
     body.push_str("</section></div>");
 
@@ -244,11 +263,7 @@ pub(super) fn progress(t: &Task) -> String {
         .filter(|a| a.status == "APPROVED")
         .map(|a| a.user_name.as_str())
         .collect();
-    let mut s = format!(
-        "{} of {} approvals",
-        approved.len(),
-        t.approval_policy.n
-    );
+    let mut s = format!("{} of {} approvals", approved.len(), t.approval_policy.n);
     if !approved.is_empty() {
         s.push_str(": ");
         s.push_str(&approved.join(", "));
@@ -312,22 +327,121 @@ pub(super) fn app_new_page(s: &Session, status: StatusCode, refill: &Refill) -> 
 /// The fields of the create and edit forms (`policy`: whether the approval policy is editable).
 fn app_fields(out: &mut String, r: &Refill, form: &str, app: Option<&App>, policy: bool) {
     let v = |f: &dyn Fn(&App) -> String, d: &str| app.map(f).unwrap_or_else(|| d.to_string());
-    field(out, r, form, "name", "Name", Kind::Text, &v(&|a| a.name.clone(), ""), "Unique in the account.");
-    field(out, r, form, "description", "Description", Kind::Text, &v(&|a| a.description.clone(), ""), "");
-    field(out, r, form, "input_image_name", "Input image", Kind::Text, &v(&|a| a.input_image_name.clone(), ""), "The image to convert, e.g. registry.example/app:1.0");
-    field(out, r, form, "output_image_name", "Output image", Kind::Text, &v(&|a| a.output_image_name.clone(), ""), "Where the confidential image is pushed.");
+    field(
+        out,
+        r,
+        form,
+        "name",
+        "Name",
+        Kind::Text,
+        &v(&|a| a.name.clone(), ""),
+        "Unique in the account.",
+    );
+    field(
+        out,
+        r,
+        form,
+        "description",
+        "Description",
+        Kind::Text,
+        &v(&|a| a.description.clone(), ""),
+        "",
+    );
+    field(
+        out,
+        r,
+        form,
+        "input_image_name",
+        "Input image",
+        Kind::Text,
+        &v(&|a| a.input_image_name.clone(), ""),
+        "The image to convert, e.g. registry.example/app:1.0",
+    );
+    field(
+        out,
+        r,
+        form,
+        "output_image_name",
+        "Output image",
+        Kind::Text,
+        &v(&|a| a.output_image_name.clone(), ""),
+        "Where the confidential image is pushed.",
+    );
     if app.is_none() {
-        field(out, r, form, "isvprodid", "ISV product id", Kind::Number, "0", "SGX only: 0 to 65535.");
-        field(out, r, form, "isvsvn", "ISV security version", Kind::Number, "0", "SGX only: 0 to 65535.");
-        field(out, r, form, "mem_size", "Enclave memory (MiB)", Kind::Number, "", "Empty for the default.");
-        field(out, r, form, "threads", "Threads", Kind::Number, "", "Empty for the default.");
+        field(
+            out,
+            r,
+            form,
+            "isvprodid",
+            "ISV product id",
+            Kind::Number,
+            "0",
+            "SGX only: 0 to 65535.",
+        );
+        field(
+            out,
+            r,
+            form,
+            "isvsvn",
+            "ISV security version",
+            Kind::Number,
+            "0",
+            "SGX only: 0 to 65535.",
+        );
+        field(
+            out,
+            r,
+            form,
+            "mem_size",
+            "Enclave memory (MiB)",
+            Kind::Number,
+            "",
+            "Empty for the default.",
+        );
+        field(
+            out,
+            r,
+            form,
+            "threads",
+            "Threads",
+            Kind::Number,
+            "",
+            "Empty for the default.",
+        );
     }
     out.push_str(r#"<fieldset><legend>Approval quorum</legend>"#);
     if policy {
         let pol = app.map(|a| a.approval_policy.clone()).unwrap_or_default();
-        field(out, r, form, "approval_policy.n", "Approvals needed", Kind::Number, &pol.n.to_string(), "How many distinct approvers must approve a build.");
-        field(out, r, form, "approval_policy.approvers", "Approvers", Kind::Text, &pol.approvers.join(", "), "Comma-separated user ids or role:MANAGER / role:WRITER.");
-        field(out, r, form, "approval_policy.exclude_requester", "The requester of a build may not approve it", Kind::Checkbox, if pol.exclude_requester { "on" } else { "" }, "");
+        field(
+            out,
+            r,
+            form,
+            "approval_policy.n",
+            "Approvals needed",
+            Kind::Number,
+            &pol.n.to_string(),
+            "How many distinct approvers must approve a build.",
+        );
+        field(
+            out,
+            r,
+            form,
+            "approval_policy.approvers",
+            "Approvers",
+            Kind::Text,
+            &pol.approvers.join(", "),
+            "Comma-separated user ids or role:MANAGER / role:WRITER.",
+        );
+        field(
+            out,
+            r,
+            form,
+            "approval_policy.exclude_requester",
+            "The requester of a build may not approve it",
+            Kind::Checkbox,
+            if pol.exclude_requester { "on" } else { "" },
+            "",
+        );
     } else {
         let pol = app.map(|a| a.approval_policy.clone()).unwrap_or_default();
         let _ = write!(
@@ -338,11 +452,59 @@ fn app_fields(out: &mut String, r: &Refill, form: &str, app: Option<&App>, polic
         );
     }
     out.push_str("</fieldset><fieldset><legend>Certificate policy</legend>");
-    let cp = app.map(|a| a.certificate_policy.clone()).unwrap_or_default();
-    field(out, r, form, "certificate_policy.allowed_tcb_statuses", "Allowed TCB statuses", Kind::Text, &cp.allowed_tcb_statuses.unwrap_or_default().join(", "), "Comma-separated, e.g. UpToDate, SWHardeningNeeded. Empty for the default (UpToDate).");
-    field(out, r, form, "certificate_policy.validity_seconds", "Certificate validity (seconds)", Kind::Number, &cp.validity_seconds.map(|v| v.to_string()).unwrap_or_default(), "Empty for the default.");
-    field(out, r, form, "certificate_policy.allow_debug", "Allow debug enclaves", Kind::Checkbox, if cp.allow_debug == Some(true) { "on" } else { "" }, "");
-    field(out, r, form, "certificate_policy.require_nonce", "Require a fresh nonce", Kind::Checkbox, if cp.require_nonce != Some(false) { "on" } else { "" }, "");
+    let cp = app
+        .map(|a| a.certificate_policy.clone())
+        .unwrap_or_default();
+    field(
+        out,
+        r,
+        form,
+        "certificate_policy.allowed_tcb_statuses",
+        "Allowed TCB statuses",
+        Kind::Text,
+        &cp.allowed_tcb_statuses.unwrap_or_default().join(", "),
+        "Comma-separated, e.g. UpToDate, SWHardeningNeeded. Empty for the default (UpToDate).",
+    );
+    field(
+        out,
+        r,
+        form,
+        "certificate_policy.validity_seconds",
+        "Certificate validity (seconds)",
+        Kind::Number,
+        &cp.validity_seconds
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        "Empty for the default.",
+    );
+    field(
+        out,
+        r,
+        form,
+        "certificate_policy.allow_debug",
+        "Allow debug enclaves",
+        Kind::Checkbox,
+        if cp.allow_debug == Some(true) {
+            "on"
+        } else {
+            ""
+        },
+        "",
+    );
+    field(
+        out,
+        r,
+        form,
+        "certificate_policy.require_nonce",
+        "Require a fresh nonce",
+        Kind::Checkbox,
+        if cp.require_nonce != Some(false) {
+            "on"
+        } else {
+            ""
+        },
+        "",
+    );
     out.push_str("</fieldset>");
 }
 
@@ -379,7 +541,11 @@ pub(super) async fn app_page(
         let _ = write!(
             body,
             r#"<details{open}><summary>Edit</summary><form method="post" action="/apps/{id}" class="card">{c}"#,
-            open = if refill.problem.is_some() { " open" } else { "" },
+            open = if refill.problem.is_some() {
+                " open"
+            } else {
+                ""
+            },
             id = e(&a.app_id),
             c = csrf(&s.csrf)
         );
@@ -395,7 +561,13 @@ pub(super) async fn app_page(
     body.push_str(r#"<h2>Builds</h2>"#);
     body.push_str(&builds_table(&items));
     body.push_str(&pager(&format!("/apps/{}", a.app_id), off, LIMIT, n));
-    Ok(page(s, status, "/apps", &format!("Application {}", a.name), &body))
+    Ok(page(
+        s,
+        status,
+        "/apps",
+        &format!("Application {}", a.name),
+        &body,
+    ))
 }
 
 // ---- builds ----
@@ -426,7 +598,9 @@ fn short_measure(b: &Build) -> String {
 }
 
 fn builds_table(items: &[Build]) -> String {
-    let mut body = String::from(r#"<table><caption class="sr-only">Builds</caption><thead><tr><th scope="col">Image</th><th scope="col">Application</th><th scope="col">Status</th><th scope="col">Measurement</th><th scope="col">Registered</th></tr></thead><tbody>"#);
+    let mut body = String::from(
+        r#"<table><caption class="sr-only">Builds</caption><thead><tr><th scope="col">Image</th><th scope="col">Application</th><th scope="col">Status</th><th scope="col">Measurement</th><th scope="col">Registered</th></tr></thead><tbody>"#,
+    );
     for b in items {
         let _ = write!(
             body,
@@ -467,18 +641,42 @@ async fn builds_page(state: &State, s: &Session, raw: &Option<String>) -> Result
         ..Default::default()
     };
     let (total, n, items) = builds::list(state, &s.p, &f, LIMIT, off).await?;
-    let mut body = String::from(r#"<form method="get" action="/builds" class="filters" role="search">"#);
+    let mut body =
+        String::from(r#"<form method="get" action="/builds" class="filters" role="search">"#);
     select(
         &mut body,
         "bf",
         "status",
         "Status",
-        &[("", "any"), ("PENDING", "PENDING"), ("WHITELISTED", "WHITELISTED"), ("REJECTED", "REJECTED")],
+        &[
+            ("", "any"),
+            ("PENDING", "PENDING"),
+            ("WHITELISTED", "WHITELISTED"),
+            ("REJECTED", "REJECTED"),
+        ],
         &status,
     );
     let none = Refill::default();
-    field(&mut body, &none, "bf", "image", "Image name contains", Kind::Text, &image, "");
-    field(&mut body, &none, "bf", "measurement", "Measurement starts with", Kind::Text, &search, "Hex digits of an MRENCLAVE, MRSIGNER or PCR0.");
+    field(
+        &mut body,
+        &none,
+        "bf",
+        "image",
+        "Image name contains",
+        Kind::Text,
+        &image,
+        "",
+    );
+    field(
+        &mut body,
+        &none,
+        "bf",
+        "measurement",
+        "Measurement starts with",
+        Kind::Text,
+        &search,
+        "Hex digits of an MRENCLAVE, MRSIGNER or PCR0.",
+    );
     body.push_str(r#"<button type="submit">Filter</button></form>"#);
     let _ = write!(body, "<p>{n} of {total} builds match.</p>");
     body.push_str(&builds_table(&items));
@@ -510,14 +708,21 @@ pub(super) fn measurements(b: &Build) -> String {
         out.push_str(&copyable("MRSIGNER", m));
     }
     if let (Some(p), Some(v)) = (b.isvprodid, b.isvsvn) {
-        let _ = write!(out, r#"<div class="measure"><span class="mlabel">ISVPRODID / ISVSVN</span> <code>{p} / {v}</code></div>"#);
+        let _ = write!(
+            out,
+            r#"<div class="measure"><span class="mlabel">ISVPRODID / ISVSVN</span> <code>{p} / {v}</code></div>"#
+        );
     }
     out.push_str("</div>");
     let _ = write!(
         out,
         r#"<dl class="facts"><dt>Image</dt><dd>{img}</dd><dt>Image digest</dt><dd><code>{sha}</code></dd><dt>Application</dt><dd><a href="/apps/{aid}">{app}</a></dd><dt>Debug</dt><dd>{dbg}</dd></dl>"#,
         img = e(&b.docker_info.docker_image_name),
-        sha = e(b.docker_info.docker_image_sha.as_deref().unwrap_or("(not recorded)")),
+        sha = e(b
+            .docker_info
+            .docker_image_sha
+            .as_deref()
+            .unwrap_or("(not recorded)")),
         aid = e(&b.app_id),
         app = e(&b.app_name),
         dbg = if b.debug { "yes" } else { "no" }
@@ -548,7 +753,11 @@ pub(super) async fn build_page(
         t = time(b.status.status_updated_at)
     );
     if let Some(r) = &b.status_reason {
-        let _ = write!(body, r#"<p class="reason"><strong>Reason:</strong> {}</p>"#, e(r));
+        let _ = write!(
+            body,
+            r#"<p class="reason"><strong>Reason:</strong> {}</p>"#,
+            e(r)
+        );
     }
     body.push_str("<h2>Measurements</h2>");
     body.push_str(&measurements(&b));
@@ -571,12 +780,20 @@ pub(super) async fn build_page(
         r#"<p>{st} <span class="progress-text">{p}</span> · requested by {req} · <a href="/tasks?tab={tab}#task-{tid}">task</a></p>"#,
         st = badge(&t.status.status),
         p = e(&progress(&t)),
-        req = e(t.requester_info.user_name.as_deref().unwrap_or(&t.requester_info.requester_type)),
+        req = e(t
+            .requester_info
+            .user_name
+            .as_deref()
+            .unwrap_or(&t.requester_info.requester_type)),
         tab = tab_of(&t.status.status),
         tid = e(&t.task_id)
     );
     if let Some(r) = &t.denial_reason {
-        let _ = write!(body, r#"<p class="reason"><strong>Denied:</strong> {}</p>"#, e(r));
+        let _ = write!(
+            body,
+            r#"<p class="reason"><strong>Denied:</strong> {}</p>"#,
+            e(r)
+        );
     }
     if s.can("revokeBuild") && b.status.status != "REJECTED" {
         let _ = write!(
@@ -585,7 +802,16 @@ pub(super) async fn build_page(
             id = e(&b.build_id),
             c = csrf(&s.csrf)
         );
-        field(&mut body, refill, "revoke", "reason", "Reason", Kind::TextArea, "", "Shown on the build and in the audit log.");
+        field(
+            &mut body,
+            refill,
+            "revoke",
+            "reason",
+            "Reason",
+            Kind::TextArea,
+            "",
+            "Shown on the build and in the audit log.",
+        );
         body.push_str(&refill.unplaced("revoke"));
         body.push_str(r#"<button type="submit" class="danger">Revoke build</button></form>"#);
     }
@@ -640,9 +866,20 @@ pub(super) async fn tasks_page(
     };
     let (_, n, items) = tasks::list(state, &s.p, None, Some(filter), TASK_LIMIT, off).await?;
     let mut body = String::from(r#"<nav class="tabs" aria-label="task status"><ul>"#);
-    for (t, label) in [("pending", "Pending"), ("approved", "Approved"), ("denied", "Denied")] {
-        let cur = if t == tab { r#" aria-current="page""# } else { "" };
-        let _ = write!(body, r#"<li><a href="/tasks?tab={t}"{cur}>{label}</a></li>"#);
+    for (t, label) in [
+        ("pending", "Pending"),
+        ("approved", "Approved"),
+        ("denied", "Denied"),
+    ] {
+        let cur = if t == tab {
+            r#" aria-current="page""#
+        } else {
+            ""
+        };
+        let _ = write!(
+            body,
+            r#"<li><a href="/tasks?tab={t}"{cur}>{label}</a></li>"#
+        );
     }
     body.push_str("</ul></nav>");
     if items.is_empty() {
@@ -658,14 +895,26 @@ pub(super) async fn tasks_page(
             d = e(&t.description),
             st = badge(&t.status.status),
             p = e(&progress(t)),
-            req = e(t.requester_info.user_name.as_deref().unwrap_or(&t.requester_info.requester_type)),
+            req = e(t
+                .requester_info
+                .user_name
+                .as_deref()
+                .unwrap_or(&t.requester_info.requester_type)),
             t = time(t.status.created_at)
         );
         if let Some(r) = &t.denial_reason {
-            let _ = write!(body, r#"<p class="reason"><strong>Denied:</strong> {}</p>"#, e(r));
+            let _ = write!(
+                body,
+                r#"<p class="reason"><strong>Denied:</strong> {}</p>"#,
+                e(r)
+            );
         }
         if let Some(b) = &b {
-            let _ = write!(body, r#"<p><a href="/builds/{}">Build</a></p>"#, e(&b.build_id));
+            let _ = write!(
+                body,
+                r#"<p><a href="/builds/{}">Build</a></p>"#,
+                e(&b.build_id)
+            );
             body.push_str(&measurements(b));
         }
         if decide && t.status.status == "INPROGRESS" {
@@ -676,7 +925,16 @@ pub(super) async fn tasks_page(
                 id = e(&t.task_id),
                 c = csrf(&s.csrf)
             );
-            field(&mut body, refill, &form, "denial_reason", "Reason for denying", Kind::TextArea, "", "Required to deny; shown on the build.");
+            field(
+                &mut body,
+                refill,
+                &form,
+                "denial_reason",
+                "Reason for denying",
+                Kind::TextArea,
+                "",
+                "Required to deny; shown on the build.",
+            );
             body.push_str(&refill.unplaced(&form));
             body.push_str(r#"<button type="submit" class="danger">Deny</button></form></div>"#);
             body.push_str(&refill.unplaced(&format!("approve-{}", t.task_id)));
