@@ -532,7 +532,7 @@ pub(super) async fn job(S(state): S<State>, s: Session, Path(id): Path<String>) 
             );
             let bar = match j.bytes_total {
                 Some(t) if t > 0 => format!(r#"<progress id="job-progress" max="{t}" value="{}" aria-labelledby="job-progress-label"></progress>"#, j.bytes_done.min(t)),
-                _ if j.state.is_final() => format!(r#"<progress id="job-progress" max="1" value="1" aria-labelledby="job-progress-label"></progress>"#),
+                _ if j.state.is_final() => r#"<progress id="job-progress" max="1" value="1" aria-labelledby="job-progress-label"></progress>"#.to_string(),
                 _ => r#"<progress id="job-progress" aria-labelledby="job-progress-label"></progress>"#.into(),
             };
             let live = if j.state.is_final() { String::new() } else { format!(r#" data-job="{}""#, e(&j.job_id)) };
