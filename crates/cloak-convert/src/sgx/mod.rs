@@ -207,7 +207,7 @@ fn checked_options(o: &SgxOptions) -> Result<(Sizing, DirClasses, BTreeMap<Strin
 /// Convert an image for SGX. See the module documentation for the stages.
 pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     // resolve: everything that can be refused is checked before anything is written
-    req.progress.stage("resolve");
+    crate::stage(req.progress.as_ref(), "resolve")?;
     let o = req.options.clone();
     let (size, classes, extra) = checked_options(&o)?;
     let key_spec = req
@@ -250,7 +250,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     let dst = Dest::open(&req.output, &req.dest_options).await?;
 
     // flatten: the input's files, hashed as they stream, while its layers are copied over
-    req.progress.stage("flatten");
+    crate::stage(req.progress.as_ref(), "flatten")?;
     let (fs, copied) = tokio::join!(
         flatten(&src, &image, ContentMode::HashOnly),
         build::copy_base_layers(&src, &image, &dst, &req.progress)
@@ -270,7 +270,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     }
 
     // amend: run configuration and the enclave manifest
-    req.progress.stage("amend");
+    crate::stage(req.progress.as_ref(), "amend")?;
     let glibc = format!("{}/runtime/glibc", runtime::RUNTIME_DIR);
     let mut env = app.env.clone();
     match env.iter_mut().find(|e| e.starts_with("LD_LIBRARY_PATH=")) {
@@ -378,7 +378,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     let manifest2 = render(true)?;
 
     // measure: MRENCLAVE of both variants, SIGSTRUCTs, MRSIGNER
-    req.progress.stage("measure");
+    crate::stage(req.progress.as_ref(), "measure")?;
     let libpal = std::fs::read(&runtime.libpal).map_err(|e| {
         Error::Options(format!(
             "reading libpal.so from {}: {e}",
@@ -391,7 +391,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     let sgx2 = cloak_sgx::measure_and_sign(&manifest2, &libpal, signer.as_ref(), date)?;
 
     // package: two new layers, the config's entrypoint, annotations; manifest pushed last
-    req.progress.stage("package");
+    crate::stage(req.progress.as_ref(), "package")?;
     let mtime = source_date_epoch();
     let mut rt_entries = runtime.entries;
     rt_entries.push(LayerEntry::dir("/cloak/bin", 0o755));
