@@ -775,3 +775,67 @@ fn twenty_jobs_on_two_worker_processes_each_run_once() {
     assert_eq!(builds.items.len(), 20);
     eprintln!("jobs ran in {} worker processes", workers.len());
 }
+
+#[test]
+fn cloak_job_submits_follows_and_exits_zero_only_on_success() {
+    let env = setup();
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "apps/cli:1");
+    let m = env.manager(Backend::Sqlite, &["--workers", "1"]);
+    let t = token(&m);
+    let ca = m.data_dir().join("tls.crt");
+    let job = |args: &[&str]| {
+        let mut c = cloak();
+        c.arg("job")
+            .args(args)
+            .args(["--url", &m.url, "--cacert"])
+            .arg(&ca)
+            .env("CLOAK_MANAGER_TOKEN", &t)
+            .env("CLOAK_REGISTRY_PASSWORD", PASSWORD)
+            .env("XDG_CONFIG_HOME", env.tmp.path());
+        c
+    };
+    let out = format!("{}/apps/cli-sgx:1", env.reg.addr());
+    let done = ok(&mut job(&[
+        "submit",
+        "--target",
+        "sgx",
+        "--registry-user",
+        USER,
+        "--follow",
+        "-o",
+        "json",
+        &input,
+        &out,
+    ]));
+    let j: Job = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    assert!(j.build_id.is_some());
+    env.measure_expecting(&out, &j.result.unwrap()["mrenclave"]);
+
+    // A wrong password: the job fails, follow says why and exits 1.
+    let bad = common::run(
+        job(&[
+            "submit",
+            "--target",
+            "sgx",
+            "--registry-user",
+            USER,
+            "--follow",
+            &input,
+            &out,
+        ])
+        .env("CLOAK_REGISTRY_PASSWORD", "wrong-password"),
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        text.contains("FAILED") && text.contains("authentication failed"),
+        "{text}"
+    );
+
+    let listed = ok(&mut job(&["list", "-o", "json"]));
+    let l: ListResponse<Job> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(l.items.len(), 2);
+    let shown = ok(&mut job(&["show", &j.job_id]));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("SUCCEEDED"));
+}
