@@ -61,14 +61,20 @@ impl Env {
 
     /// The operator's flags of a manager or worker converting against this registry.
     fn operator_args(&self, ca: Option<&str>) -> Vec<String> {
+        let mut a = self.keyless_args(ca);
+        a.push("--sgx-signing-key".into());
+        a.push(format!("file:{}", self.key.display()));
+        a
+    }
+
+    /// The operator's flags without a signing key (the account keys sign).
+    fn keyless_args(&self, ca: Option<&str>) -> Vec<String> {
         let ca = ca
             .map(String::from)
             .unwrap_or_else(|| self.reg.cert_dir().join("ca.crt").display().to_string());
         vec![
             "--sgx-runtime-image".into(),
             format!("oci:{}:1", self.runtime.display()),
-            "--sgx-signing-key".into(),
-            format!("file:{}", self.key.display()),
             "--registry-ca".into(),
             ca,
             "--nitro-kernel".into(),
@@ -577,11 +583,22 @@ struct Worker(Child);
 
 impl Worker {
     fn start(m: &Manager, env: &Env, ca: Option<&str>, extra: &[&str], log: &Path) -> Worker {
+        Worker::spawn(m, env.operator_args(ca), extra, &[], log)
+    }
+
+    fn spawn(
+        m: &Manager,
+        operator: Vec<String>,
+        extra: &[&str],
+        envs: &[(&str, &Path)],
+        log: &Path,
+    ) -> Worker {
         let child = Command::new(env!("CARGO_BIN_EXE_cloak"))
             .args(["manager", "worker"])
             .args(m.store_args())
-            .args(env.operator_args(ca))
+            .args(operator)
             .args(extra)
+            .envs(envs.iter().map(|(k, v)| (*k, *v)))
             .env("CLOAK_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -838,4 +855,137 @@ fn cloak_job_submits_follows_and_exits_zero_only_on_success() {
     assert_eq!(l.items.len(), 2);
     let shown = ok(&mut job(&["show", &j.job_id]));
     assert!(String::from_utf8_lossy(&shown.stdout).contains("SUCCEEDED"));
+}
+
+fn sgx_job(m: &Manager, t: &str, input: &str, output: &str, isvsvn: u16) -> Value {
+    let body = json!({"inputImageName": input, "outputImageName": output,
+                      "authConfig": auth(), "isvsvn": isvsvn, "signingKey": {"default": {}}});
+    let (status, _, resp) = post(m, t, "/convert-image", &body, &[]);
+    assert_eq!(status, 200, "{resp}");
+    resp
+}
+
+#[test]
+fn default_signing_key_is_the_accounts_sealed_key_or_the_operators_pkcs11_token() {
+    let env = setup();
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "apps/keys:1");
+    let keyless: Vec<String> = env.keyless_args(None);
+    let keyless: Vec<&str> = keyless.iter().map(String::as_str).collect();
+
+    // No key configured: the account's key, generated once, sealed, used for every conversion.
+    let mut args = keyless.clone();
+    args.extend(["--workers", "1"]);
+    let m = Manager::start_with(Backend::Sqlite, &args);
+    let t = token(&m);
+    let a = sgx_job(
+        &m,
+        &t,
+        &input,
+        &format!("{}/apps/keys-sgx:1", env.reg.addr()),
+        1,
+    );
+    let b = sgx_job(
+        &m,
+        &t,
+        &input,
+        &format!("{}/apps/keys-sgx:2", env.reg.addr()),
+        2,
+    );
+    assert_eq!(a["mrsigner"], b["mrsigner"], "one key per account");
+    env.measure_expecting(
+        &format!("{}/apps/keys-sgx:2", env.reg.addr()),
+        &b["mrenclave"],
+    );
+    let audit: Value = m
+        .admin()
+        .get("/v1/audit?action=Signing%20Key%20Generated")
+        .unwrap();
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+    let db = m.raw_database();
+    assert!(
+        !common::manager::contains(&db, "PRIVATE KEY"),
+        "the key is in the database in clear"
+    );
+    assert!(!m.log().contains("PRIVATE KEY"));
+
+    // The operator's PKCS#11 token (SoftHSM2) instead: the same MRSIGNER as the key file it
+    // holds gives to `cloak convert`.
+    let d = env.tmp.path().join("hsm");
+    std::fs::create_dir_all(d.join("tokens")).unwrap();
+    let conf = d.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}/tokens\nobjectstore.backend = file\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    ok(Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+        .arg(&env.key)
+        .arg("-out")
+        .arg(d.join("key.p8")));
+    let util = |args: &[&str]| {
+        ok(Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args(args));
+    };
+    util(&[
+        "--init-token",
+        "--free",
+        "--label",
+        "jobs",
+        "--so-pin",
+        "5678",
+        "--pin",
+        "1234",
+    ]);
+    util(&[
+        "--import",
+        d.join("key.p8").to_str().unwrap(),
+        "--token",
+        "jobs",
+        "--label",
+        "sgx",
+        "--id",
+        "01",
+        "--pin",
+        "1234",
+    ]);
+    let uri =
+        "pkcs11:token=jobs;object=sgx?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=1234";
+    let m2 = Manager::start_with(Backend::Sqlite, &["--workers", "0"]);
+    let t2 = token(&m2);
+    let mut operator = env.keyless_args(None);
+    operator.extend(["--sgx-signing-key".to_string(), uri.to_string()]);
+    let _w = Worker::spawn(
+        &m2,
+        operator,
+        &[],
+        &[("SOFTHSM2_CONF", conf.as_path())],
+        &env.tmp.path().join("hsm-worker.log"),
+    );
+    let c = sgx_job(
+        &m2,
+        &t2,
+        &input,
+        &format!("{}/apps/keys-hsm:1", env.reg.addr()),
+        1,
+    );
+    let reference = ok(cloak()
+        .env("DOCKER_CONFIG", env.reg.docker_config_dir())
+        .args(["convert", "--target", "sgx", "--quiet", "--src-cert-dir"])
+        .arg(env.reg.cert_dir())
+        .arg("--runtime-image")
+        .arg(format!("oci:{}:1", env.runtime.display()))
+        .arg("--signing-key")
+        .arg(format!("file:{}", env.key.display()))
+        .arg(format!("docker://{input}"))
+        .arg(format!("oci:{}:ref", env.tmp.path().join("ref").display())));
+    let r: Value = serde_json::from_slice(&reference.stdout).unwrap();
+    assert_eq!(c["mrsigner"], r["mrsigner"]);
+    assert_ne!(c["mrsigner"], a["mrsigner"]);
+    let jobs: Value = m2.admin().get("/v1/jobs").unwrap();
+    assert!(!jobs.to_string().contains("pin-value"), "{jobs}");
 }

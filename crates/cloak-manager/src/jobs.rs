@@ -230,7 +230,9 @@ pub async fn validate(state: &State, p: &Principal, req: &ConvertRequest) -> Res
             check_auth("outputAuthConfig", &r.output_auth_config)?;
             check_auth("authConfig", &r.auth_config)?;
             let options = sgx_options(&r.options)?;
-            if js.sgx_runtime_image.is_none() {
+            // A manager that runs workers knows what they lack; an API-only replica
+            // (--workers 0) leaves that to the `cloak manager worker` processes.
+            if js.workers > 0 && js.sgx_runtime_image.is_none() {
                 return Err(Error::Conflict(
                     "this manager converts no SGX images: its operator has not set \
                      --sgx-runtime-image"
@@ -275,7 +277,7 @@ pub async fn validate(state: &State, p: &Principal, req: &ConvertRequest) -> Res
                 &q.output_image.auth_config,
             )?;
             let options = nitro_options(r)?;
-            if js.nitro_kernel.is_none() && js.nitro_blobs.is_none() {
+            if js.workers > 0 && js.nitro_kernel.is_none() && js.nitro_blobs.is_none() {
                 return Err(Error::Conflict(
                     "this manager converts no Nitro images: its operator has set neither \
                      --nitro-kernel nor --nitro-blobs"
@@ -1079,4 +1081,29 @@ pub async fn cancelled(state: &State, c: &Claim, stage: Option<&str>) -> Result<
     }
     tx.commit().await?;
     Ok(ok)
+}
+
+/// Re-seals the credentials of jobs that have not ended (master key rotation).
+pub async fn reseal_all(db: &crate::store::Db, keys: &crate::secrets::MasterKey) -> Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query("SELECT job_id, credentials FROM jobs WHERE credentials IS NOT NULL")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut n = 0;
+    for r in &rows {
+        let id: String = r.try_get(0)?;
+        let sealed: Vec<u8> = r.try_get(1)?;
+        if keys.is_current(&sealed) {
+            continue;
+        }
+        let plain = keys.open(&seal_context(&id), &sealed)?;
+        sqlx::query("UPDATE jobs SET credentials = $1 WHERE job_id = $2")
+            .bind(keys.seal(&seal_context(&id), &plain))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        n += 1;
+    }
+    tx.commit().await?;
+    Ok(n)
 }

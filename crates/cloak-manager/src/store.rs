@@ -390,4 +390,14 @@ CREATE TABLE job_attempts (job_id TEXT NOT NULL REFERENCES jobs(job_id), attempt
   PRIMARY KEY (job_id, attempt))
 "#,
     ),
+    (
+        // The SGX key `signingKey: {"default": {}}` signs with, per account: generated on first
+        // use, sealed under the master key; key_id is SHA-256 of the modulus (never secret).
+        "account signing keys",
+        r#"
+CREATE TABLE signing_keys (account_id TEXT NOT NULL REFERENCES accounts(account_id), kind TEXT NOT NULL,
+  key_sealed {blob} NOT NULL, key_id TEXT NOT NULL, created_at BIGINT NOT NULL,
+  PRIMARY KEY (account_id, kind))
+"#,
+    ),
 ];

@@ -352,6 +352,21 @@ async fn prepare(
         .unwrap_or_else(cloak_convert::launcher::default_path);
     match c.spec.target {
         JobTarget::Sgx => {
+            // The operator's key (a file or a PKCS#11 token), else the account's sealed key.
+            let signer: Option<Box<dyn cloak_sgx::key::Signer + Send + Sync>> =
+                match &js.sgx_signing_key {
+                    Some(_) => None,
+                    None => {
+                        let pem = crate::signing::account_sgx_key(state, &c.principal)
+                            .await
+                            .map_err(internal)?;
+                        let source = format!("the SGX key of account {}", c.principal.account_id);
+                        Some(Box::new(
+                            cloak_sgx::key::FileSigner::from_pem(&pem, source)
+                                .map_err(|e| ("resolve", e.to_string()))?,
+                        ))
+                    }
+                };
             let runtime_image: ImageRef = js
                 .sgx_runtime_image
                 .as_deref()
@@ -371,11 +386,8 @@ async fn prepare(
                 dest_options: dst,
                 launcher,
                 options: c.spec.sgx.clone().unwrap_or_default(),
-                signing_key: Some(
-                    js.sgx_signing_key
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                ),
+                signing_key: js.sgx_signing_key.clone(),
+                signer,
                 date: None,
                 platform: Default::default(),
                 progress,

@@ -52,6 +52,8 @@ pub struct SgxRequest {
     pub options: SgxOptions,
     /// Signing key: `default`, `file:…`, `pkcs11:…` (overrides `options.signingKey`).
     pub signing_key: Option<String>,
+    /// A signer held by the caller (the manager's sealed account key); wins over `signing_key`.
+    pub signer: Option<Box<dyn cloak_sgx::key::Signer + Send + Sync>>,
     /// SIGSTRUCT date `YYYY-MM-DD`; default: the input's `created` date (reproducible).
     pub date: Option<String>,
     /// Platform selected from a multi-arch input.
@@ -205,7 +207,7 @@ fn checked_options(o: &SgxOptions) -> Result<(Sizing, DirClasses, BTreeMap<Strin
 }
 
 /// Convert an image for SGX. See the module documentation for the stages.
-pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
+pub async fn convert(mut req: SgxRequest) -> Result<SgxReport> {
     // resolve: everything that can be refused is checked before anything is written
     crate::stage(req.progress.as_ref(), "resolve")?;
     let o = req.options.clone();
@@ -215,7 +217,10 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         .clone()
         .or_else(|| o.signing_key.as_ref().and_then(|k| k.uri.clone()))
         .unwrap_or_else(|| "default".into());
-    let signer = cloak_sgx::key::open(&key_spec)?;
+    let signer: Box<dyn cloak_sgx::key::Signer> = match req.signer.take() {
+        Some(s) => s,
+        None => cloak_sgx::key::open(&key_spec)?,
+    };
     crate::launcher::check(&req.launcher)?;
     let launcher = std::fs::read(&req.launcher).map_err(|e| {
         Error::Options(format!(
