@@ -1107,3 +1107,74 @@ pub async fn reseal_all(db: &crate::store::Db, keys: &crate::secrets::MasterKey)
     tx.commit().await?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_drop_the_tag_and_digest_but_not_the_port() {
+        for (image, repo) in [
+            ("127.0.0.1:5000/apps/bb:1", "127.0.0.1:5000/apps/bb"),
+            ("127.0.0.1:5000/apps/bb", "127.0.0.1:5000/apps/bb"),
+            ("reg.example/app@sha256:abcd", "reg.example/app"),
+            ("reg.example/app:2@sha256:abcd", "reg.example/app"),
+            ("busybox:1.36", "busybox"),
+        ] {
+            assert_eq!(repository(image), repo, "{image}");
+        }
+    }
+
+    #[test]
+    fn requests_may_not_name_files_of_the_host() {
+        for name in [
+            "oci:/etc:1",
+            "docker-archive:/root/x.tar",
+            "dir:/tmp/x",
+            "docker://oci:/x",
+        ] {
+            let e = registry_image("inputImageName", name).unwrap_err();
+            assert!(e.to_string().starts_with("inputImageName"), "{name}: {e}");
+        }
+        let (bare, _) = registry_image("inputImageName", "docker://127.0.0.1:5000/a:1").unwrap();
+        assert_eq!(bare, "127.0.0.1:5000/a:1");
+        assert!(registry_image("inputImageName", "a b").is_err());
+    }
+
+    #[test]
+    fn nitro_bodies_come_nested_or_flat() {
+        let nested = br#"{"request": {"app_id": "a", "input_image": {"name": "r/i:1"},
+            "output_image": {"name": "r/o:1"}, "converter_options": {}},
+            "nitro_enclaves_options": {"cpu_count": 2}}"#;
+        let flat = br#"{"app_id": "a", "input_image": {"name": "r/i:1"},
+            "output_image": {"name": "r/o:1"}, "converter_options": {},
+            "nitro_enclaves_options": {"cpu_count": 2}}"#;
+        for body in [&nested[..], &flat[..]] {
+            let r = parse_nitro(body).unwrap();
+            assert_eq!(r.request.output_image.name, "r/o:1");
+            assert_eq!(r.nitro_enclaves_options["cpu_count"], 2);
+        }
+        let e = parse_nitro(br#"{"request": {"app_id": "a"}}"#).unwrap_err();
+        assert!(e.to_string().contains("input_image"), "{e}");
+    }
+
+    #[test]
+    fn sgx_options_are_checked_as_cloak_convert_checks_them() {
+        let opts = |v: Value| v.as_object().unwrap().clone();
+        assert!(sgx_options(&opts(json!({"memSize": "1G", "threads": 4}))).is_ok());
+        for (bad, named) in [
+            (json!({"memSize": "3G"}), "memSize"),
+            (json!({"memsize": "1G"}), "memsize"),
+            (json!({"signingKey": {"sdkms": {}}}), "signingKey.sdkms"),
+            (
+                json!({"signingKey": {"uri": "file:/k.pem"}}),
+                "signingKey.uri",
+            ),
+            (json!({"coreDumpPattern": "/x"}), "coreDumpPattern"),
+        ] {
+            let e = sgx_options(&opts(bad.clone())).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.to_string().contains(named), "{bad}: {e}");
+        }
+    }
+}
