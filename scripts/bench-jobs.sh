@@ -27,7 +27,7 @@ launcher=$(bash scripts/build-launcher.sh)
 mgr="$bench/jobs-manager"
 cleanup() {
   [ -n "${manager_pid:-}" ] && kill "$manager_pid" 2>/dev/null || true
-  [ -n "${worker_pid:-}" ] && kill "$worker_pid" 2>/dev/null || true
+  [ -n "${worker_pid:-}" ] && pkill -TERM -P "$worker_pid" 2>/dev/null || true
   registry_stop "$bench"/reg-*
   rm -rf "$mgr" "$bench/reg-dst"
 }
@@ -95,10 +95,11 @@ for r in $(seq 1 "$runs"); do
         sleep 0.2
       done
       end=$(date +%s.%N)
-      kill -TERM "$worker_pid"
+      # SIGTERM to the worker itself (GNU time's child): time then writes its numbers.
+      pkill -TERM -P "$worker_pid"
       wait "$worker_pid" || true
       worker_pid=
-      echo "$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }') $(cat "$bench/jobs-worker.rss")" \
+      echo "$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }') $(tail -1 "$bench/jobs-worker.rss")" \
         >> "$bench/jobs-job.samples"
     fi
     registry_stop "$bench/reg-dst"
