@@ -301,7 +301,7 @@ pub fn check_options(o: &NitroOptions) -> Result<()> {
 
 /// Convert an image into an EIF (and optionally an OCI image holding it).
 pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
-    req.progress.stage("resolve");
+    crate::stage(req.progress.as_ref(), "resolve")?;
     check_options(&req.options)?;
     if req.output.is_none() && req.eif.is_none() {
         return Err(Error::Options(
@@ -414,7 +414,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     // On any failure below the ramdisk is dropped unfinished: the writer then stops with an
     // error and nothing appears at the EIF path. flatten, amend (the ramdisks) and measure
     // (PCRs while the EIF streams) run together here.
-    req.progress.stage("flatten");
+    crate::stage(req.progress.as_ref(), "flatten")?;
     let flat = flatten_streaming(&src, &image, Box::new(StreamSink(ramdisk))).await;
     let written = match flat {
         Ok((fs, sink)) => {
@@ -467,7 +467,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
                 ));
             }
             entries.store(fs.entries().len() as u64, Ordering::Relaxed);
-            req.progress.stage("measure");
+            crate::stage(req.progress.as_ref(), "measure")?;
             let entries = tree(&fs, &run_json, mtime, &mut warnings);
             let finished = ramdisk
                 .finish(entries)
@@ -506,7 +506,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         needed.max(512).div_ceil(64) * 64
     });
     let mut output_image = None;
-    req.progress.stage("package");
+    crate::stage(req.progress.as_ref(), "package")?;
     if let Some(out) = &req.output {
         let layer = write_layer(
             work.path(),

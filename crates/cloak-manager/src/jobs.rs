@@ -230,7 +230,9 @@ pub async fn validate(state: &State, p: &Principal, req: &ConvertRequest) -> Res
             check_auth("outputAuthConfig", &r.output_auth_config)?;
             check_auth("authConfig", &r.auth_config)?;
             let options = sgx_options(&r.options)?;
-            if js.sgx_runtime_image.is_none() {
+            // A manager that runs workers knows what they lack; an API-only replica
+            // (--workers 0) leaves that to the `cloak manager worker` processes.
+            if js.workers > 0 && js.sgx_runtime_image.is_none() {
                 return Err(Error::Conflict(
                     "this manager converts no SGX images: its operator has not set \
                      --sgx-runtime-image"
@@ -275,7 +277,7 @@ pub async fn validate(state: &State, p: &Principal, req: &ConvertRequest) -> Res
                 &q.output_image.auth_config,
             )?;
             let options = nitro_options(r)?;
-            if js.nitro_kernel.is_none() && js.nitro_blobs.is_none() {
+            if js.workers > 0 && js.nitro_kernel.is_none() && js.nitro_blobs.is_none() {
                 return Err(Error::Conflict(
                     "this manager converts no Nitro images: its operator has set neither \
                      --nitro-kernel nor --nitro-blobs"
@@ -1079,4 +1081,100 @@ pub async fn cancelled(state: &State, c: &Claim, stage: Option<&str>) -> Result<
     }
     tx.commit().await?;
     Ok(ok)
+}
+
+/// Re-seals the credentials of jobs that have not ended (master key rotation).
+pub async fn reseal_all(db: &crate::store::Db, keys: &crate::secrets::MasterKey) -> Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query("SELECT job_id, credentials FROM jobs WHERE credentials IS NOT NULL")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut n = 0;
+    for r in &rows {
+        let id: String = r.try_get(0)?;
+        let sealed: Vec<u8> = r.try_get(1)?;
+        if keys.is_current(&sealed) {
+            continue;
+        }
+        let plain = keys.open(&seal_context(&id), &sealed)?;
+        sqlx::query("UPDATE jobs SET credentials = $1 WHERE job_id = $2")
+            .bind(keys.seal(&seal_context(&id), &plain))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        n += 1;
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_drop_the_tag_and_digest_but_not_the_port() {
+        for (image, repo) in [
+            ("127.0.0.1:5000/apps/bb:1", "127.0.0.1:5000/apps/bb"),
+            ("127.0.0.1:5000/apps/bb", "127.0.0.1:5000/apps/bb"),
+            ("reg.example/app@sha256:abcd", "reg.example/app"),
+            ("reg.example/app:2@sha256:abcd", "reg.example/app"),
+            ("busybox:1.36", "busybox"),
+        ] {
+            assert_eq!(repository(image), repo, "{image}");
+        }
+    }
+
+    #[test]
+    fn requests_may_not_name_files_of_the_host() {
+        for name in [
+            "oci:/etc:1",
+            "docker-archive:/root/x.tar",
+            "dir:/tmp/x",
+            "docker://oci:/x",
+        ] {
+            let e = registry_image("inputImageName", name).unwrap_err();
+            assert!(e.to_string().starts_with("inputImageName"), "{name}: {e}");
+        }
+        let (bare, _) = registry_image("inputImageName", "docker://127.0.0.1:5000/a:1").unwrap();
+        assert_eq!(bare, "127.0.0.1:5000/a:1");
+        assert!(registry_image("inputImageName", "a b").is_err());
+    }
+
+    #[test]
+    fn nitro_bodies_come_nested_or_flat() {
+        let nested = br#"{"request": {"app_id": "a", "input_image": {"name": "r/i:1"},
+            "output_image": {"name": "r/o:1"}, "converter_options": {}},
+            "nitro_enclaves_options": {"cpu_count": 2}}"#;
+        let flat = br#"{"app_id": "a", "input_image": {"name": "r/i:1"},
+            "output_image": {"name": "r/o:1"}, "converter_options": {},
+            "nitro_enclaves_options": {"cpu_count": 2}}"#;
+        for body in [&nested[..], &flat[..]] {
+            let r = parse_nitro(body).unwrap();
+            assert_eq!(r.request.output_image.name, "r/o:1");
+            assert_eq!(r.nitro_enclaves_options["cpu_count"], 2);
+        }
+        let e = parse_nitro(br#"{"request": {"app_id": "a"}}"#).unwrap_err();
+        assert!(e.to_string().contains("input_image"), "{e}");
+    }
+
+    #[test]
+    fn sgx_options_are_checked_as_cloak_convert_checks_them() {
+        let opts = |v: Value| v.as_object().unwrap().clone();
+        assert!(sgx_options(&opts(json!({"memSize": "1G", "threads": 4}))).is_ok());
+        for (bad, named) in [
+            (json!({"memSize": "3G"}), "memSize"),
+            (json!({"memsize": "1G"}), "memsize"),
+            (json!({"signingKey": {"sdkms": {}}}), "signingKey.sdkms"),
+            (
+                json!({"signingKey": {"uri": "file:/k.pem"}}),
+                "signingKey.uri",
+            ),
+            (json!({"coreDumpPattern": "/x"}), "coreDumpPattern"),
+        ] {
+            let e = sgx_options(&opts(bad.clone())).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.to_string().contains(named), "{bad}: {e}");
+        }
+    }
 }

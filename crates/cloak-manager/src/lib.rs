@@ -23,6 +23,7 @@ pub mod registry;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod tasks;
 pub mod users;

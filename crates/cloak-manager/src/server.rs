@@ -316,6 +316,8 @@ pub async fn run_workers(config: Config, workers: usize) -> Result<()> {
         clock: Arc::new(crate::SystemClock),
         principals: Default::default(),
     };
+    // Held like a replica's: master key rotation refuses while workers run.
+    let _replica = state.db.replica_guard().await?;
     let handles = crate::worker::spawn(state, workers);
     eprintln!("cloak manager: {workers} conversion worker(s) running");
     shutdown_signal().await;

@@ -391,6 +391,16 @@ CREATE TABLE job_attempts (job_id TEXT NOT NULL REFERENCES jobs(job_id), attempt
 "#,
     ),
     (
+        // The SGX key `signingKey: {"default": {}}` signs with, per account: generated on first
+        // use, sealed under the master key; key_id is SHA-256 of the modulus (never secret).
+        "account signing keys",
+        r#"
+CREATE TABLE signing_keys (account_id TEXT NOT NULL REFERENCES accounts(account_id), kind TEXT NOT NULL,
+  key_sealed {blob} NOT NULL, key_id TEXT NOT NULL, created_at BIGINT NOT NULL,
+  PRIMARY KEY (account_id, kind))
+"#,
+    ),
+    (
         // The console's pages at 10,000 builds: a measurement search is a prefix (an index range
         // per measurement column instead of LIKE over every build); an app's builds and a tab of
         // tasks are read in their listing order off an index instead of sorted.

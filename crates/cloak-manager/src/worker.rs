@@ -27,12 +27,16 @@ use cloak_api::{
     ConvertImageResponse, DockerInfo, JobTarget, NitroEnclaveAttributes, SgxAttributes,
 };
 
-/// A job's progress: the stage and the bytes of blobs moved, read by the heartbeat.
+/// A job's progress: the stage and the bytes of blobs moved, read by the heartbeat. A blob the
+/// destination already had or mounted counts as done when it is (no byte had to move).
 #[derive(Debug, Default)]
 pub struct JobProgress {
     stage: Mutex<Option<String>>,
+    cancel: std::sync::atomic::AtomicBool,
     done: AtomicU64,
     total: AtomicU64,
+    /// Size and bytes advanced of each blob in flight.
+    blobs: Mutex<std::collections::HashMap<Digest, (u64, u64)>>,
 }
 
 impl JobProgress {
@@ -43,15 +47,30 @@ impl JobProgress {
 }
 
 impl Progress for JobProgress {
-    fn start(&self, _digest: &Digest, size: u64) {
+    fn start(&self, digest: &Digest, size: u64) {
         self.total.fetch_add(size, Ordering::Relaxed);
+        self.blobs
+            .lock()
+            .expect("progress lock")
+            .insert(digest.clone(), (size, 0));
     }
-    fn advance(&self, _digest: &Digest, n: u64) {
+    fn advance(&self, digest: &Digest, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = self.blobs.lock().expect("progress lock").get_mut(digest) {
+            b.1 += n;
+        }
     }
-    fn finish(&self, _digest: &Digest, _action: BlobAction) {}
+    fn finish(&self, digest: &Digest, _action: BlobAction) {
+        if let Some((size, moved)) = self.blobs.lock().expect("progress lock").remove(digest) {
+            self.done
+                .fetch_add(size.saturating_sub(moved), Ordering::Relaxed);
+        }
+    }
     fn stage(&self, name: &str) {
         *self.stage.lock().expect("progress lock") = Some(name.to_string());
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
     }
 }
 
@@ -160,6 +179,7 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                     Ok(h) => {
                         tracing::info!(job = %c.job_id, reason = ?h, "stopping the conversion");
                         stopped = Some(h);
+                        progress.cancel.store(true, Ordering::SeqCst);
                         if let Some(s) = stop_tx.take() { let _ = s.send(()); }
                     }
                     Err(e) => tracing::warn!(job = %c.job_id, error = %e, "lease renewal failed"),
@@ -169,14 +189,24 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     };
     let _ = thread.join();
     let stage = progress.stage();
+    if stopped.is_none() {
+        // The last progress (a short job ends before its first heartbeat sees bytes).
+        let total = progress.total.load(Ordering::Relaxed);
+        let _ = jobs::heartbeat(
+            state,
+            &c,
+            stage.as_deref(),
+            progress.done.load(Ordering::Relaxed) as i64,
+            (total > 0).then_some(total as i64),
+        )
+        .await;
+    }
     match (stopped, outcome) {
         (Some(Heartbeat::Lost), _) => {
             tracing::warn!(job = %c.job_id, attempt = c.attempt, "lease lost: another worker owns the job now");
         }
-        (Some(Heartbeat::Cancel), _) | (_, None) => {
-            jobs::cancelled(state, &c, stage.as_deref()).await?;
-            tracing::info!(job = %c.job_id, "conversion cancelled");
-        }
+        // Finished before the cancellation was seen: the image is complete and tagged, so
+        // the job is what it is, SUCCEEDED.
         (_, Some(Ok(produced))) => {
             let (nb, result) = register_as(&c, produced)?;
             match jobs::succeed(state, &c, nb, result).await {
@@ -190,6 +220,10 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                     jobs::fail(state, &c, "register", &msg, false).await?;
                 }
             }
+        }
+        (Some(Heartbeat::Cancel), _) | (_, None) => {
+            jobs::cancelled(state, &c, stage.as_deref()).await?;
+            tracing::info!(job = %c.job_id, "conversion cancelled");
         }
         (_, Some(Err(e))) => {
             let stage = stage.unwrap_or_else(|| "resolve".into());
@@ -318,6 +352,21 @@ async fn prepare(
         .unwrap_or_else(cloak_convert::launcher::default_path);
     match c.spec.target {
         JobTarget::Sgx => {
+            // The operator's key (a file or a PKCS#11 token), else the account's sealed key.
+            let signer: Option<Box<dyn cloak_sgx::key::Signer + Send + Sync>> =
+                match &js.sgx_signing_key {
+                    Some(_) => None,
+                    None => {
+                        let pem = crate::signing::account_sgx_key(state, &c.principal)
+                            .await
+                            .map_err(internal)?;
+                        let source = format!("the SGX key of account {}", c.principal.account_id);
+                        Some(Box::new(
+                            cloak_sgx::key::FileSigner::from_pem(&pem, source)
+                                .map_err(|e| ("resolve", e.to_string()))?,
+                        ))
+                    }
+                };
             let runtime_image: ImageRef = js
                 .sgx_runtime_image
                 .as_deref()
@@ -337,11 +386,8 @@ async fn prepare(
                 dest_options: dst,
                 launcher,
                 options: c.spec.sgx.clone().unwrap_or_default(),
-                signing_key: Some(
-                    js.sgx_signing_key
-                        .clone()
-                        .unwrap_or_else(|| "default".into()),
-                ),
+                signing_key: js.sgx_signing_key.clone(),
+                signer,
                 date: None,
                 platform: Default::default(),
                 progress,

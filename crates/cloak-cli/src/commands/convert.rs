@@ -368,6 +368,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(cloak_convert::launcher::default_path),
                 options,
                 signing_key: args.signing_key.clone(),
+                signer: None,
                 date: args.date.clone(),
                 platform,
                 progress: crate::progress::for_stderr(args.quiet),
