@@ -14,6 +14,7 @@ packages=(
   postgresql-15 postgresql-client-15  # the manager's PostgreSQL tests (a server per test run, no service)
   sqlite3           # a real client to read and tamper with the manager's SQLite database in tests
   wrk               # HTTP load generator for the manager benchmarks
+  chromium chromium-driver  # headless browser (WebDriver) for the console's browser tests
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -48,4 +49,19 @@ if ! python3 -c 'import schemathesis, sys; sys.exit(schemathesis.__version__ != 
   echo "installing: schemathesis (PyPI)" >&2
   python3 -m pip install --quiet --disable-pip-version-check schemathesis==3.39.16 hypothesis==6.131.0 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
   python3 -c 'import schemathesis'
+fi
+
+# axe-core: the accessibility checker the console's browser tests inject into each page (npm,
+# pinned by tests/browser/package-lock.json). Node and npm come from Debian if absent.
+if ! command -v npm >/dev/null; then
+  echo "installing: nodejs npm" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+browser_dir="$(dirname "$0")/../tests/browser"
+if ! (cd "$browser_dir" && node -e 'process.exit(require("./node_modules/axe-core/package.json").version === require("./package.json").dependencies["axe-core"] ? 0 : 1)' 2>/dev/null); then
+  echo "installing: axe-core (npm ci, tests/browser)" >&2
+  npm ci --prefix "$browser_dir" --no-audit --no-fund --loglevel=error >&2
 fi

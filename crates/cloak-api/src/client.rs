@@ -160,6 +160,39 @@ impl Client {
             .map_err(|source| ClientError::Transport { url, source })
     }
 
+    /// Queues a conversion at `path` (one of the conversion endpoints) with
+    /// `Prefer: respond-async`, and an `Idempotency-Key` when given; answers the job.
+    pub fn submit_conversion<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        idempotency_key: Option<&str>,
+    ) -> Result<crate::Job, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: url.clone(),
+            status: 0,
+            detail: format!("cannot encode the request: {e}"),
+        })?;
+        let mut req = self
+            .http
+            .post(&url)
+            .header("Prefer", "respond-async")
+            .header("content-type", "application/json")
+            .body(bytes);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        decode(&url, resp)
+    }
+
     /// Any request; the answer as JSON (`null` for an empty body).
     pub fn send<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -71,6 +71,8 @@ enum Command {
     Build(commands::build::Args),
     /// Approval tasks: list, show, approve, deny.
     Task(commands::task::Args),
+    /// Conversions run by a manager: submit, follow (with progress), show, list, cancel.
+    Job(commands::job::Args),
     /// Registry credentials saved in the manager: list, add, update, delete.
     Registry(commands::registry_cred::Args),
     /// Users of the manager account: list, create, passwd, update.
@@ -107,6 +109,7 @@ fn main() -> std::process::ExitCode {
         Command::App(args) => commands::app::run(args),
         Command::Build(args) => commands::build::run(args),
         Command::Task(args) => commands::task::run(args),
+        Command::Job(args) => commands::job::run(args),
         Command::Registry(args) => commands::registry_cred::run(args),
         Command::User(args) => commands::user::run(args),
         Command::Apikey(args) => commands::user::run_keys(args),

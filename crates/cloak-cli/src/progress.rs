@@ -43,6 +43,10 @@ impl Progress for Bars {
                 .println(format!("{} {action:?}", &digest.hex()[..12]));
         }
     }
+
+    fn stage(&self, name: &str) {
+        let _ = self.multi.println(format!("stage: {name}"));
+    }
 }
 
 /// Bars when stderr is a terminal and `quiet` is false, nothing otherwise.

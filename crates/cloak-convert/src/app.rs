@@ -66,6 +66,17 @@ fn merge_env(base: &[String], overrides: &[String], what: &str) -> Result<Vec<St
         .collect())
 }
 
+/// The ports an image config exposes (`ExposedPorts` keys, e.g. `80/tcp`), sorted.
+pub fn exposed_ports(config: &ImageConfig) -> Vec<String> {
+    config
+        .config
+        .as_ref()
+        .and_then(|c| c.extra.get("ExposedPorts"))
+        .and_then(|p| p.as_object())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// Derive the application from the image config and the overrides.
 pub fn app_spec(image: &str, config: &ImageConfig, o: &AppOverrides) -> Result<AppSpec> {
     let rc = config.config.clone().unwrap_or_default();

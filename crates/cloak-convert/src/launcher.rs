@@ -3,7 +3,7 @@
 //! a statically linked x86-64 executable: a dynamically linked one makes the kernel panic with
 //! "Failed to execute /init" at boot, long after the conversion said it succeeded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cloak_sgx::elf::{dynamic_info, machine, EM_AARCH64, EM_X86_64};
 
@@ -52,6 +52,38 @@ fn check_bytes(bytes: &[u8]) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Where the static launcher is when `--launcher` is not given: the first of these that is a
+/// static x86-64 executable (see [`check`]):
+/// `PREFIX/lib/cloak/cloak-launcher` for `PREFIX/bin/cloak` (what `scripts/install.sh`
+/// installs), `cloak-launcher` beside the executable, and the workspace's static build
+/// (`scripts/build-launcher.sh`). When none qualifies, the first that exists is returned, so that
+/// the conversion refuses it with the reason and the install hint (a plain `cargo build` leaves
+/// a dynamically linked launcher beside `cloak`).
+pub fn default_path() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let dir = exe.as_ref().and_then(|e| e.parent());
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = dir {
+        if let Some(prefix) = d.parent() {
+            candidates.push(prefix.join("lib/cloak/cloak-launcher"));
+        }
+        candidates.push(d.join("cloak-launcher"));
+    }
+    if let Some(t) = exe.as_ref().and_then(|e| {
+        e.ancestors()
+            .find(|a| a.join("x86_64-unknown-linux-gnu").is_dir())
+    }) {
+        candidates.push(t.join("x86_64-unknown-linux-gnu/release/cloak-launcher"));
+    }
+    candidates
+        .iter()
+        .find(|p| check(p).is_ok())
+        .or_else(|| candidates.iter().find(|p| p.exists()))
+        .or(candidates.first())
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("cloak-launcher"))
 }
 
 #[cfg(test)]

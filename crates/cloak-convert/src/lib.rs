@@ -13,3 +13,14 @@ pub mod options;
 pub mod sgx;
 
 pub use error::{Error, Result};
+
+/// Enters a named stage: reports it, and stops here when the caller cancelled.
+pub(crate) fn stage(progress: &dyn cloak_image::copy::Progress, name: &str) -> Result<()> {
+    if progress.cancelled() {
+        return Err(Error::Image(cloak_image::Error::Cancelled {
+            what: format!("the conversion, before {name}"),
+        }));
+    }
+    progress.stage(name);
+    Ok(())
+}

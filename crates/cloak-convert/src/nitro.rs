@@ -280,8 +280,29 @@ fn kernel_version(config: Option<&PathBuf>) -> String {
         .unwrap_or_default()
 }
 
+/// The options' checks that need no image (also run by the manager before it queues a job).
+pub fn check_options(o: &NitroOptions) -> Result<()> {
+    if o.nitro_enclaves_options.cpu_count == Some(0) {
+        return Err(Error::Options("cpu_count must be at least 1".into()));
+    }
+    let co = &o.converter_options;
+    for (name, list) in [
+        ("env_vars", &co.env_vars),
+        ("mutable_env_vars", &co.mutable_env_vars),
+    ] {
+        for e in list.iter().flatten() {
+            if crate::options::split_env(e).is_none() {
+                return Err(Error::Options(format!("{name}: {e:?} is not NAME=value")));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Convert an image into an EIF (and optionally an OCI image holding it).
 pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
+    crate::stage(req.progress.as_ref(), "resolve")?;
+    check_options(&req.options)?;
     if req.output.is_none() && req.eif.is_none() {
         return Err(Error::Options(
             "give an output image, --eif FILE, or both".into(),
@@ -391,7 +412,9 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         })
     };
     // On any failure below the ramdisk is dropped unfinished: the writer then stops with an
-    // error and nothing appears at the EIF path.
+    // error and nothing appears at the EIF path. flatten, amend (the ramdisks) and measure
+    // (PCRs while the EIF streams) run together here.
+    crate::stage(req.progress.as_ref(), "flatten")?;
     let flat = flatten_streaming(&src, &image, Box::new(StreamSink(ramdisk))).await;
     let written = match flat {
         Ok((fs, sink)) => {
@@ -444,6 +467,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
                 ));
             }
             entries.store(fs.entries().len() as u64, Ordering::Relaxed);
+            crate::stage(req.progress.as_ref(), "measure")?;
             let entries = tree(&fs, &run_json, mtime, &mut warnings);
             let finished = ramdisk
                 .finish(entries)
@@ -482,6 +506,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         needed.max(512).div_ceil(64) * 64
     });
     let mut output_image = None;
+    crate::stage(req.progress.as_ref(), "package")?;
     if let Some(out) = &req.output {
         let layer = write_layer(
             work.path(),
@@ -527,6 +552,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
             "docker_image_name": image.reference,
             "docker_image_sha": image.raw_manifest.digest.to_string(),
             "docker_image_size": layers_size >> 20,
+            "exposed_ports": crate::app::exposed_ports(&image.config),
         }),
         enclave_info: serde_json::json!({}),
         attributes: BTreeMap::from([("nitro_enclave".to_string(), attrs)]),

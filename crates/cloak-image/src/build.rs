@@ -172,6 +172,11 @@ pub async fn push(
         dst.put_blob(&config_desc, Box::new(std::io::Cursor::new(config_bytes)))
             .await?;
     }
+    if progress.cancelled() {
+        return Err(Error::Cancelled {
+            what: dst.describe(),
+        });
+    }
     dst.commit(&manifest).await?;
     Ok(PushedImage {
         reference: dst.describe(),

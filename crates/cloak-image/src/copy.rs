@@ -33,6 +33,13 @@ pub trait Progress: Send + Sync {
     fn advance(&self, _digest: &Digest, _n: u64) {}
     /// A blob is done.
     fn finish(&self, _digest: &Digest, _action: BlobAction) {}
+    /// A conversion stage starts (`resolve`, `flatten`, `amend`, `measure`, `package`).
+    fn stage(&self, _name: &str) {}
+    /// Whether the caller wants the work stopped: checked between stages and before a
+    /// manifest is written (a cancelled image never gets its tag).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Progress that reports nothing.

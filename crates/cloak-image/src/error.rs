@@ -10,6 +10,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Every variant names the input it failed on and, where there is one, what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The caller cancelled the transfer before the manifest was written (no tag names it).
+    #[error("{what}: cancelled before the manifest was written; no tag points at a partial image")]
+    Cancelled {
+        /// The destination.
+        what: String,
+    },
+
     /// An image reference could not be parsed.
     #[error("invalid image reference {input:?}: {reason} (use docker://HOST/REPO:TAG, oci:DIR[:TAG] or docker-archive:FILE)")]
     InvalidReference {

@@ -217,6 +217,11 @@ pub async fn authenticate(state: &State, headers: &http::HeaderMap) -> Result<Pr
                 .into(),
         )
     })?;
+    authenticate_token(state, token).await
+}
+
+/// Resolves a session token or API key (from a bearer header or the console's cookie).
+pub async fn authenticate_token(state: &State, token: &str) -> Result<Principal> {
     if token.is_empty() || token.len() > 200 {
         return Err(Error::Unauthenticated(
             "the bearer token is not valid".into(),
@@ -396,6 +401,17 @@ fn backoff(failures: i64, free: i64) -> i64 {
 /// `POST /v1/sys/auth`: checks Basic credentials and opens a session.
 pub async fn login(state: &State, headers: &http::HeaderMap, client: &str) -> Result<AuthResponse> {
     let (user, password) = parse_basic(headers)?;
+    login_password(state, user, password, client).await
+}
+
+/// Checks a user name and password (throttled, audited) and opens a session: the API's Basic
+/// login and the console's sign-in form.
+pub async fn login_password(
+    state: &State,
+    user: String,
+    password: String,
+    client: &str,
+) -> Result<AuthResponse> {
     let user_key = format!("user:{user}");
     let addr_key = format!("addr:{client}");
     let now = state.clock.now();

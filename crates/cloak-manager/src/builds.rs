@@ -234,6 +234,26 @@ pub fn parse_request(body: &[u8]) -> Result<BuildRequest> {
 
 /// Registers a build and opens its BUILD_WHITELIST task.
 pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Build> {
+    let app = prepare(state, p, &nb).await?;
+    let mut tx = state.db.begin().await?;
+    let (build_id, details) = insert(state, &mut tx, p, &nb, &app).await?;
+    audit::record(state, tx, p, registered(&build_id, details)).await?;
+    get(state, p, &build_id).await
+}
+
+/// The "Build Registered" audit record of [`insert`]'s answer.
+pub fn registered(build_id: &str, details: Value) -> Event<'_> {
+    Event {
+        action: "Build Registered",
+        entity_type: "build",
+        entity_id: build_id,
+        details,
+    }
+}
+
+/// The app a registration goes to (created for IBM's flat body when a MANAGER asks), after
+/// refusing revoked measurements: what must happen before the registering transaction.
+pub async fn prepare(state: &State, p: &Principal, nb: &NewBuild) -> Result<cloak_api::App> {
     let app = match (&nb.app_id, &nb.app_name) {
         (Some(id), _) => apps::get(state, p, id).await?,
         (None, Some(name)) => match apps::find_by_name(state, p, name).await? {
@@ -272,6 +292,25 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         (None, None) => return Err(Error::field("app_id", "is required")),
     };
     let key = nb.measurement_key();
+    if let Some((old, reason)) = revoked(state.db.reader(), &p.account_id, &key).await? {
+        return Err(Error::Conflict(format!(
+            "these measurements were revoked with build {old} ({reason}); they cannot be registered again"
+        )));
+    }
+    Ok(app)
+}
+
+/// Inserts the build (PENDING) and its BUILD_WHITELIST task in the caller's transaction; returns
+/// the build id and the details of its "Build Registered" audit record, which the caller
+/// records (a conversion job commits both with the job's end, so a job registers at most once).
+pub async fn insert(
+    state: &State,
+    tx: &mut crate::store::Tx,
+    p: &Principal,
+    nb: &NewBuild,
+    app: &cloak_api::App,
+) -> Result<(String, Value)> {
+    let key = nb.measurement_key();
     let now = state.clock.now();
     let build_id = uuid::Uuid::new_v4().to_string();
     let sgx = nb.sgx.clone().unwrap_or_default();
@@ -284,15 +323,9 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         "advanced_settings": nb.advanced_settings,
         "configs": {},
     });
-    if let Some((old, reason)) = revoked(state.db.reader(), &p.account_id, &key).await? {
-        return Err(Error::Conflict(format!(
-            "these measurements were revoked with build {old} ({reason}); they cannot be registered again"
-        )));
-    }
-    let mut tx = state.db.begin().await?;
     let task_id = tasks::open(
         state,
-        &mut tx,
+        tx,
         p,
         &build_id,
         &app.approval_policy,
@@ -327,12 +360,11 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
     .bind(i64::from(nb.debug))
     .bind(body.to_string())
     .bind(&task_id)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(Error::from);
     if let Err(e) = inserted {
         if e.is_unique_violation() {
-            drop(tx);
             let existing: Option<String> = sqlx::query_scalar(
                 "SELECT build_id FROM builds WHERE app_id = $1 AND measurement_key = $2",
             )
@@ -354,26 +386,15 @@ pub async fn register(state: &State, p: &Principal, nb: NewBuild) -> Result<Buil
         (_, Some(n)) => json!({"pcr0": n.pcr0, "pcr1": n.pcr1, "pcr2": n.pcr2, "pcr8": n.pcr8}),
         _ => json!({}),
     };
-    audit::record(
-        state,
-        tx,
-        p,
-        Event {
-            action: "Build Registered",
-            entity_type: "build",
-            entity_id: &build_id,
-            details: json!({
-                "app": app.name,
-                "image": format!("{}:{}", nb.docker.docker_image_name, nb.docker.docker_version),
-                "image_sha": nb.docker.docker_image_sha,
-                "measurements": measurements,
-                "task_id": task_id,
-                "approval_policy": app.approval_policy,
-            }),
-        },
-    )
-    .await?;
-    get(state, p, &build_id).await
+    let details = json!({
+        "app": app.name,
+        "image": format!("{}:{}", nb.docker.docker_image_name, nb.docker.docker_version),
+        "image_sha": nb.docker.docker_image_sha,
+        "measurements": measurements,
+        "task_id": task_id,
+        "approval_policy": app.approval_policy,
+    });
+    Ok((build_id, details))
 }
 
 const COLS: &str = "b.build_id, b.app_id, a.name AS app_name, b.status, b.status_updated_at, \
@@ -488,6 +509,8 @@ pub struct BuildFilter {
     pub all_search: Option<String>,
     pub app_id: Option<String>,
     pub sort_by: Option<String>,
+    /// The start of a hex MRENCLAVE, MRSIGNER or PCR0 (an index range, unlike `all_search`).
+    pub measurement: Option<String>,
 }
 
 fn order_by(sort_by: Option<&str>) -> Result<String> {
@@ -563,13 +586,38 @@ pub async fn list(
              OR b.pcr0 LIKE ${i} ESCAPE '\\')"
         ));
     }
+    if let Some(m) = f.measurement.as_ref().filter(|s| !s.is_empty()) {
+        // A prefix of a hex measurement, as a range over each column's index.
+        let m = m.to_ascii_lowercase();
+        if !m.bytes().all(|c| c.is_ascii_hexdigit()) || m.len() > 96 {
+            return Err(Error::field(
+                "measurement",
+                "must be the start of a hex MRENCLAVE, MRSIGNER or PCR0 (at most 96 digits)",
+            ));
+        }
+        args.push(m.clone());
+        args.push(format!("{m}g"));
+        let (lo, hi) = (args.len() - 1, args.len());
+        // One indexed range per column (an OR of the three would scan the account's builds).
+        wh.push_str(&format!(
+            " AND b.build_id IN (SELECT build_id FROM builds WHERE mrenclave >= ${lo} AND mrenclave < ${hi} \
+             UNION SELECT build_id FROM builds WHERE mrsigner >= ${lo} AND mrsigner < ${hi} \
+             UNION SELECT build_id FROM builds WHERE pcr0 >= ${lo} AND pcr0 < ${hi})"
+        ));
+    }
     let order = order_by(f.sort_by.as_deref())?;
+    // Without a filter or order on the app, counting and paging need no join: they run on the
+    // builds indexes alone (a deep page skips index entries instead of joined rows).
+    let needs_app = wh.contains("a.") || order.contains("a.");
     let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM builds WHERE account_id = $1")
         .bind(&p.account_id)
         .fetch_one(state.db.reader())
         .await?;
-    let count_sql =
-        format!("SELECT COUNT(*) FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh}");
+    let count_sql = if needs_app {
+        format!("SELECT COUNT(*) FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh}")
+    } else {
+        format!("SELECT COUNT(*) FROM builds b WHERE {wh}")
+    };
     let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
     for a in &args {
         q = q.bind(a);
@@ -579,10 +627,18 @@ pub async fn list(
     } else {
         q.fetch_one(state.db.reader()).await?
     };
-    let sql = format!(
-        "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh} \
-         ORDER BY {order} LIMIT {limit} OFFSET {offset}"
-    );
+    let sql = if needs_app {
+        format!(
+            "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE {wh} \
+             ORDER BY {order} LIMIT {limit} OFFSET {offset}"
+        )
+    } else {
+        format!(
+            "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id WHERE b.build_id IN \
+             (SELECT b.build_id FROM builds b WHERE {wh} ORDER BY {order} LIMIT {limit} OFFSET {offset}) \
+             ORDER BY {order}"
+        )
+    };
     let mut q = sqlx::query(&sql);
     for a in &args {
         q = q.bind(a);
@@ -779,6 +835,19 @@ pub async fn revoked(
 }
 
 /// Builds per status in one account (for `/metrics`: across accounts).
+/// Builds of one account by status (one pass over the status index).
+pub async fn count_by_status_in(state: &State, p: &Principal) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT status, COUNT(*) FROM builds WHERE account_id = $1 GROUP BY status ORDER BY status",
+    )
+    .bind(&p.account_id)
+    .fetch_all(state.db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
 pub async fn count_by_status(state: &State) -> Result<Vec<(String, i64)>> {
     let rows = sqlx::query("SELECT status, COUNT(*) FROM builds GROUP BY status")
         .fetch_all(state.db.reader())

@@ -148,6 +148,20 @@ fn ca_params(cn: &str, path_len: Option<u8>, days: i64, now: i64) -> Result<Cert
     Ok(p)
 }
 
+/// Validity of the root certificate, days.
+const ROOT_DAYS: i64 = 3650;
+/// Validity of the issuing certificate, days (it expires first).
+const ISSUING_DAYS: i64 = 1825;
+
+/// When the issuing certificate expires (Unix seconds), if the CA exists yet.
+pub async fn expiry(db: &Db) -> Result<Option<i64>> {
+    let created: Option<i64> =
+        sqlx::query_scalar("SELECT created_at FROM ca_keys WHERE name = 'issuing'")
+            .fetch_optional(db.reader())
+            .await?;
+    Ok(created.map(|c| c + ISSUING_DAYS * 86400))
+}
+
 /// Loads the CA, creating it on first use (once, even with replicas starting together).
 pub async fn load_or_create(db: &Db, master: &MasterKey, now: i64) -> Result<Ca> {
     if let Some(ca) = load(db, master).await? {
@@ -155,14 +169,14 @@ pub async fn load_or_create(db: &Db, master: &MasterKey, now: i64) -> Result<Ca>
     }
     let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)
         .map_err(|e| Error::Internal(format!("CA key: {e}")))?;
-    let root_params = ca_params("cloak manager root CA", None, 3650, now)?;
+    let root_params = ca_params("cloak manager root CA", None, ROOT_DAYS, now)?;
     let root = root_params
         .self_signed(&root_key)
         .map_err(|e| Error::Internal(format!("CA certificate: {e}")))?;
     let root_issuer = Issuer::new(root_params, root_key);
     let issuing_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)
         .map_err(|e| Error::Internal(format!("CA key: {e}")))?;
-    let issuing = ca_params("cloak manager issuing CA", Some(0), 1825, now)?
+    let issuing = ca_params("cloak manager issuing CA", Some(0), ISSUING_DAYS, now)?
         .signed_by(&issuing_key, &root_issuer)
         .map_err(|e| Error::Internal(format!("CA certificate: {e}")))?;
     let root_sealed = master.seal("ca:root:key", root_issuer.key().serialize_der().as_slice());

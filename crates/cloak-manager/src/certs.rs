@@ -882,18 +882,10 @@ fn pem_der(pem: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::Internal(format!("a stored certificate is not PEM: {e}")))
 }
 
-/// `GET /v1/certificates/{id}`.
-pub async fn get(state: &State, p: &crate::auth::Principal, id: &str) -> Result<CertificateRecord> {
-    let r = sqlx::query(
-        "SELECT certificate_id, app_id, build_id, status, reason_code, detail, tee, simulated, tcb_status, \
-         advisory_ids, subject, not_after, cert_pem, request_id, created_at FROM certificates \
-         WHERE account_id = $1 AND certificate_id = $2",
-    )
-    .bind(&p.account_id)
-    .bind(id)
-    .fetch_optional(state.db.reader())
-    .await?
-    .ok_or_else(|| Error::NotFound { kind: "certificate", id: id.into() })?;
+const RECORD_COLS: &str = "certificate_id, app_id, build_id, status, reason_code, detail, tee, \
+    simulated, tcb_status, advisory_ids, subject, not_after, cert_pem, request_id, created_at";
+
+fn record_from_row(r: &sqlx::any::AnyRow) -> Result<CertificateRecord> {
     let adv: String = r.try_get(9)?;
     Ok(CertificateRecord {
         certificate_id: r.try_get(0)?,
@@ -913,4 +905,57 @@ pub async fn get(state: &State, p: &crate::auth::Principal, id: &str) -> Result<
         request_id: r.try_get(13)?,
         created_at: r.try_get(14)?,
     })
+}
+
+/// `GET /v1/certificates/{id}`.
+pub async fn get(state: &State, p: &crate::auth::Principal, id: &str) -> Result<CertificateRecord> {
+    let r = sqlx::query(&format!(
+        "SELECT {RECORD_COLS} FROM certificates WHERE account_id = $1 AND certificate_id = $2"
+    ))
+    .bind(&p.account_id)
+    .bind(id)
+    .fetch_optional(state.db.reader())
+    .await?
+    .ok_or_else(|| Error::NotFound {
+        kind: "certificate",
+        id: id.into(),
+    })?;
+    record_from_row(&r)
+}
+
+/// The account's certificate records, newest first, optionally only ISSUED or REJECTED; with
+/// the number that match.
+pub async fn list(
+    state: &State,
+    p: &crate::auth::Principal,
+    status: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<(i64, Vec<CertificateRecord>)> {
+    let status = match status.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s @ ("ISSUED" | "REJECTED")) => Some(s),
+        Some(_) => return Err(Error::field("status", "must be ISSUED or REJECTED")),
+    };
+    let wh = if status.is_some() {
+        "account_id = $1 AND status = $2"
+    } else {
+        "account_id = $1"
+    };
+    let count_sql = format!("SELECT COUNT(*) FROM certificates WHERE {wh}");
+    let mut q = sqlx::query_scalar::<_, i64>(&count_sql).bind(&p.account_id);
+    if let Some(s) = status {
+        q = q.bind(s);
+    }
+    let n = q.fetch_one(state.db.reader()).await?;
+    let sql = format!(
+        "SELECT {RECORD_COLS} FROM certificates WHERE {wh} \
+         ORDER BY created_at DESC, certificate_id LIMIT {limit} OFFSET {offset}"
+    );
+    let mut q = sqlx::query(&sql).bind(&p.account_id);
+    if let Some(s) = status {
+        q = q.bind(s);
+    }
+    let rows = q.fetch_all(state.db.reader()).await?;
+    Ok((n, rows.iter().map(record_from_row).collect::<Result<_>>()?))
 }

@@ -31,6 +31,18 @@ pub struct Settings {
     pub pccs_url: Option<String>,
     pub nonce_rate_per_minute: Option<i64>,
     pub max_outstanding_nonces: Option<i64>,
+    pub sgx_runtime_image: Option<String>,
+    pub nitro_kernel: Option<PathBuf>,
+    pub nitro_blobs: Option<PathBuf>,
+    pub insecure_registry: Option<Vec<String>>,
+    pub registry_ca: Option<PathBuf>,
+    pub launcher: Option<PathBuf>,
+    pub sgx_signing_key: Option<String>,
+    pub job_lease_seconds: Option<u64>,
+    pub job_max_attempts: Option<u32>,
+    pub max_jobs_per_account: Option<u32>,
+    pub max_running_jobs_per_account: Option<u32>,
+    pub workers: Option<u32>,
 }
 
 impl Settings {
@@ -58,6 +70,20 @@ impl Settings {
             pccs_url: self.pccs_url.or(other.pccs_url),
             nonce_rate_per_minute: self.nonce_rate_per_minute.or(other.nonce_rate_per_minute),
             max_outstanding_nonces: self.max_outstanding_nonces.or(other.max_outstanding_nonces),
+            sgx_runtime_image: self.sgx_runtime_image.or(other.sgx_runtime_image),
+            nitro_kernel: self.nitro_kernel.or(other.nitro_kernel),
+            nitro_blobs: self.nitro_blobs.or(other.nitro_blobs),
+            insecure_registry: self.insecure_registry.or(other.insecure_registry),
+            registry_ca: self.registry_ca.or(other.registry_ca),
+            launcher: self.launcher.or(other.launcher),
+            sgx_signing_key: self.sgx_signing_key.or(other.sgx_signing_key),
+            job_lease_seconds: self.job_lease_seconds.or(other.job_lease_seconds),
+            job_max_attempts: self.job_max_attempts.or(other.job_max_attempts),
+            max_jobs_per_account: self.max_jobs_per_account.or(other.max_jobs_per_account),
+            max_running_jobs_per_account: self
+                .max_running_jobs_per_account
+                .or(other.max_running_jobs_per_account),
+            workers: self.workers.or(other.workers),
         }
     }
 
@@ -100,6 +126,57 @@ pub struct Config {
     pub nonce_rate_per_minute: i64,
     /// Unexpired nonces kept at most (all clients): past it, new ones wait for expiries.
     pub max_outstanding_nonces: i64,
+    /// What conversion jobs use (set once by the operator; requests never name host files).
+    pub jobs: JobSettings,
+}
+
+/// The operator's settings of conversion jobs.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// The Gramine runtime image of SGX conversions.
+    pub sgx_runtime_image: Option<String>,
+    /// The Nitro kernel (bzImage); else `nitro_blobs/bzImage`.
+    pub nitro_kernel: Option<PathBuf>,
+    /// A nitro-cli blobs folder (bzImage, bzImage.config, cmdline, nsm.ko).
+    pub nitro_blobs: Option<PathBuf>,
+    /// Registries reached over plain HTTP (HOST:PORT, docker's rule); all others need TLS.
+    pub insecure_registries: Vec<String>,
+    /// A CA certificate (PEM) trusted for registries, besides the system roots.
+    pub registry_ca: Option<PathBuf>,
+    /// The static launcher shipped in converted images (default: as `cloak convert` finds it).
+    pub launcher: Option<PathBuf>,
+    /// The SGX key for `signingKey: {"default": {}}`: `file:KEY.pem` or a `pkcs11:` URI
+    /// (default: the account's key, generated on first use and sealed in the database).
+    pub sgx_signing_key: Option<String>,
+    /// How long a worker's claim on a job lasts without renewal, in milliseconds.
+    pub lease_ms: i64,
+    /// Attempts of a job before it fails (a worker that died, a transient registry error).
+    pub max_attempts: i64,
+    /// QUEUED + RUNNING jobs an account may have; more are refused with 429.
+    pub max_jobs_per_account: i64,
+    /// RUNNING jobs of one account at a time; the rest wait in the queue.
+    pub max_running_per_account: i64,
+    /// Workers `cloak manager serve` runs in its process.
+    pub workers: usize,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            sgx_runtime_image: None,
+            nitro_kernel: None,
+            nitro_blobs: None,
+            insecure_registries: Vec::new(),
+            registry_ca: None,
+            launcher: None,
+            sgx_signing_key: None,
+            lease_ms: 30_000,
+            max_attempts: 3,
+            max_jobs_per_account: 50,
+            max_running_per_account: 4,
+            workers: 1,
+        }
+    }
 }
 
 impl Config {
@@ -189,6 +266,39 @@ impl Config {
             max_connections: s.max_connections.unwrap_or(10).clamp(2, 500),
             trust_forwarded_for: s.trust_forwarded_for.unwrap_or(false),
             body_limit: 1 << 20,
+            jobs: {
+                let d = JobSettings::default();
+                let lease = s.job_lease_seconds.unwrap_or(30);
+                if !(1..=3600).contains(&lease) {
+                    return Err(Error::Config(
+                        "job-lease-seconds must be between 1 and 3600".into(),
+                    ));
+                }
+                let attempts = s.job_max_attempts.unwrap_or(3);
+                if !(1..=100).contains(&attempts) {
+                    return Err(Error::Config(
+                        "job-max-attempts must be between 1 and 100".into(),
+                    ));
+                }
+                JobSettings {
+                    sgx_runtime_image: s.sgx_runtime_image,
+                    nitro_kernel: s.nitro_kernel,
+                    nitro_blobs: s.nitro_blobs,
+                    insecure_registries: s.insecure_registry.unwrap_or_default(),
+                    registry_ca: s.registry_ca,
+                    launcher: s.launcher,
+                    sgx_signing_key: s.sgx_signing_key,
+                    lease_ms: lease as i64 * 1000,
+                    max_attempts: i64::from(attempts),
+                    max_jobs_per_account: s
+                        .max_jobs_per_account
+                        .map_or(d.max_jobs_per_account, i64::from),
+                    max_running_per_account: s
+                        .max_running_jobs_per_account
+                        .map_or(d.max_running_per_account, i64::from),
+                    workers: s.workers.map_or(d.workers, |w| w as usize),
+                }
+            },
         })
     }
 

@@ -51,6 +51,13 @@ pub enum Error {
     /// Attestation refused a certificate: a stable reason code and what was expected and found.
     #[error("{code}: {detail}")]
     Refused { code: &'static str, detail: String },
+    /// A conversion job failed (the stage and the pipeline's message, never a secret).
+    #[error("conversion job {job_id} failed in stage {stage}: {message}")]
+    ConversionFailed {
+        job_id: String,
+        stage: String,
+        message: String,
+    },
     /// A broken invariant: logged in full, answered as a bare 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,6 +88,7 @@ impl Error {
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::ConversionFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Refused { code, .. } => match *code {
                 "malformed_evidence"
                 | "malformed_nonce"
@@ -112,6 +120,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::Conflict(_) => "conflict",
             Error::RateLimited { .. } => "rate_limited",
+            Error::ConversionFailed { .. } => "conversion_failed",
             Error::Refused { code, .. } => code,
             Error::Database(sqlx::Error::PoolTimedOut) => "unavailable",
             Error::Database(_) => "database_error",
@@ -182,6 +191,15 @@ mod tests {
                 "not_found",
             ),
             (Error::Conflict("x".into()), 409, "conflict"),
+            (
+                Error::ConversionFailed {
+                    job_id: "j".into(),
+                    stage: "package".into(),
+                    message: "x".into(),
+                },
+                422,
+                "conversion_failed",
+            ),
             (
                 Error::RateLimited {
                     detail: "x".into(),

@@ -262,6 +262,7 @@ pub fn router(state: State) -> Router {
         router = router.route(&p, mr);
     }
     router
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))

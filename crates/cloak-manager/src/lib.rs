@@ -17,17 +17,21 @@ pub mod cache;
 pub mod certs;
 pub mod collateral;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod registry;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod tasks;
 pub mod users;
 mod validate;
+pub mod worker;
 
 use std::sync::{Arc, RwLock};
 

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::http::{client_addr, ClientAddr, JsonBody, Q};
-use crate::{apps, audit, auth, builds, certs, registry, tasks, users, State};
+use crate::{apps, audit, auth, builds, certs, jobs, registry, tasks, users, State};
 use cloak_api::*;
 
 /// Who may call a route (the reference's `x-auth-resource`).
@@ -94,6 +94,15 @@ const TASK_Q: &[(&str, &str, &str)] = &[
         "status",
         "string",
         "INPROGRESS (PENDING), SUCCESS (APPROVED), DENIED or FAILED",
+    ),
+];
+const JOB_Q: &[(&str, &str, &str)] = &[
+    ("limit", "integer", "page size, 1 to 1000 (default 50)"),
+    ("offset", "integer", "items to skip"),
+    (
+        "state",
+        "string",
+        "QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED",
     ),
 ];
 const AUDIT_Q: &[(&str, &str, &str)] = &[
@@ -188,6 +197,22 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: None, status: 204),
     route!(post "/v1/builds/{build_id}/revoke", Writer, "revokeBuild", "Revoke a build (REJECTED, with a reason).", revoke_build,
         req: Some(s::<RevokeRequest>), resp: Some(s::<Build>), status: 200),
+    route!(post "/convert-image", Writer, "convertImage", "Convert an image for SGX (EnclaveOS's request and response); waits for the result unless `Prefer: respond-async` (then 202 and the job). `Idempotency-Key` makes a retry return the same job.", convert_sgx,
+        req: Some(s::<ConvertImageRequest>), resp: Some(s::<ConvertImageResponse>), status: 200),
+    route!(post "/v1/tools/converter/convert-app", Writer, "convertApp", "Convert an image for SGX (IBM Data Shield's converter; the EnclaveOS request and response); `Prefer: respond-async` answers 202 and the job.", convert_sgx,
+        req: Some(s::<ConvertImageRequest>), resp: Some(s::<ConvertImageResponse>), status: 200),
+    route!(post "/v1/builds/convert-app/nitro-enclaves", Writer, "convertAppBuildNitroEnclaves", "Convert an image for Nitro Enclaves and register the build (CCM); `Prefer: respond-async` answers 202 and the job.", convert_nitro,
+        req: Some(s::<NitroConversionRequest>), resp: Some(s::<Build>), status: 200),
+    route!(post "/v1/tools/converter/convert-app/nitro-enclaves", Writer, "convertAppNitroEnclaves", "The same as POST /v1/builds/convert-app/nitro-enclaves.", convert_nitro,
+        req: Some(s::<NitroConversionRequest>), resp: Some(s::<Build>), status: 200),
+    route!(get "/v1/jobs", Reader, "listJobs", "Conversion jobs of the account, newest first.", list_jobs,
+        req: None, resp: Some(s::<ListResponse<Job>>), status: 200, query: JOB_Q),
+    route!(get "/v1/jobs/{job_id}", Reader, "getJob", "One conversion job: state, stage, bytes, times, error, build.", get_job,
+        req: None, resp: Some(s::<Job>), status: 200),
+    route!(post "/v1/jobs/{job_id}/cancel", Writer, "cancelJob", "Cancel a queued or running job (no tag is left behind).", cancel_job,
+        req: None, resp: Some(s::<Job>), status: 200),
+    route!(get "/v1/jobs/{job_id}/attempts", Reader, "getJobAttempts", "A job's attempts: which worker ran each and how it ended.", job_attempts,
+        req: None, resp: Some(s::<Vec<JobAttempt>>), status: 200),
     route!(get "/v1/tasks", Reader, "getAllTasks", "Approval tasks, filtered and paged.", list_tasks,
         req: None, resp: Some(s::<ListResponse<Task>>), status: 200, query: TASK_Q),
     route!(get "/v1/tasks/{task_id}", Reader, "getTask", "One task with its approvals.", get_task,
@@ -418,12 +443,16 @@ async fn delete_user(
     p: Principal,
     Path(uid): Path<String>,
 ) -> Result<StatusCode> {
-    let uid = id("user_id", &uid)?;
-    if p.user_id() == Some(uid.as_str()) {
+    disable_user(&state, &p, &id("user_id", &uid)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `deleteUserAccount` after its extra rule (nobody disables themselves); the console too.
+pub(crate) async fn disable_user(state: &State, p: &Principal, uid: &str) -> Result<()> {
+    if p.user_id() == Some(uid) {
         return Err(Error::Conflict("you cannot disable yourself".into()));
     }
-    users::delete(&state, &p, &uid).await?;
-    Ok(StatusCode::NO_CONTENT)
+    users::delete(state, p, uid).await
 }
 
 async fn list_keys(S(state): S<State>, p: Principal) -> Result<Json<Vec<ApiKey>>> {
@@ -473,14 +502,24 @@ async fn update_app(
     Path(a): Path<String>,
     JsonBody(req): JsonBody<AppPatch>,
 ) -> Result<Json<App>> {
+    Ok(Json(
+        update_app_checked(&state, &p, &id("app_id", &a)?, req).await?,
+    ))
+}
+
+/// `updateApp` after its extra rule (the approval policy is the MANAGER's); the console too.
+pub(crate) async fn update_app_checked(
+    state: &State,
+    p: &Principal,
+    app_id: &str,
+    req: AppPatch,
+) -> Result<App> {
     if req.approval_policy.is_some() {
         p.require(Role::Manager).map_err(|_| {
             Error::Forbidden("changing an app's approval policy needs the MANAGER role".into())
         })?;
     }
-    Ok(Json(
-        apps::update(&state, &p, &id("app_id", &a)?, req).await?,
-    ))
+    apps::update(state, p, app_id, req).await
 }
 
 async fn delete_app(S(state): S<State>, p: Principal, Path(a): Path<String>) -> Result<StatusCode> {
@@ -517,6 +556,7 @@ async fn list_builds(
             .map(|a| id("app_id", &a))
             .transpose()?,
         sort_by: q.sort_by,
+        measurement: None,
     };
     for (field, v) in [
         ("docker_image_name", &f.docker_image_name),
@@ -574,6 +614,133 @@ async fn revoke_build(
     Ok(Json(
         builds::revoke(&state, &p, &id("build_id", &b)?, &req.reason).await?,
     ))
+}
+
+// ---- conversion jobs ----
+
+/// How long a call without `Prefer: respond-async` waits before answering 202 and the job.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| Error::field("Idempotency-Key", "must be printable ASCII"))
+        })
+        .transpose()
+}
+
+fn prefers_async(headers: &http::HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        })
+    })
+}
+
+fn accepted(job: Job) -> Response {
+    let location = format!("/v1/jobs/{}", job.job_id);
+    (
+        StatusCode::ACCEPTED,
+        [(http::header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response()
+}
+
+async fn convert(
+    state: &State,
+    p: &Principal,
+    headers: &http::HeaderMap,
+    request: jobs::ConvertRequest,
+) -> Result<Response> {
+    let submission = jobs::Submission {
+        request,
+        idempotency_key: idempotency_key(headers)?,
+    };
+    let job = jobs::submit(state, p, submission).await?;
+    if prefers_async(headers) {
+        return Ok(accepted(job));
+    }
+    let job = jobs::wait(state, p, &job.job_id, SYNC_WAIT).await?;
+    match job.state {
+        JobState::Succeeded => Ok(Json(job.result.unwrap_or_default()).into_response()),
+        JobState::Failed => {
+            let e = job.error.unwrap_or(JobError {
+                stage: "queue".into(),
+                message: "unknown".into(),
+            });
+            Err(Error::ConversionFailed {
+                job_id: job.job_id,
+                stage: e.stage,
+                message: e.message,
+            })
+        }
+        JobState::Cancelled => Err(Error::Conflict(format!(
+            "job {} was cancelled before it finished",
+            job.job_id
+        ))),
+        JobState::Queued | JobState::Running => Ok(accepted(job)),
+    }
+}
+
+async fn convert_sgx(
+    S(state): S<State>,
+    p: Principal,
+    headers: http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response> {
+    let bytes = crate::http::body_bytes(&state, body).await?;
+    let req = jobs::parse_sgx(&bytes)?;
+    convert(&state, &p, &headers, jobs::ConvertRequest::Sgx(req)).await
+}
+
+async fn convert_nitro(
+    S(state): S<State>,
+    p: Principal,
+    headers: http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response> {
+    let bytes = crate::http::body_bytes(&state, body).await?;
+    let req = jobs::parse_nitro(&bytes)?;
+    convert(&state, &p, &headers, jobs::ConvertRequest::Nitro(req)).await
+}
+
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    limit: Option<i64>,
+    offset: Option<i64>,
+    state: Option<String>,
+}
+
+async fn list_jobs(
+    S(state): S<State>,
+    p: Principal,
+    Q(q): Q<JobQuery>,
+) -> Result<Json<ListResponse<Job>>> {
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let (total, filtered, items) =
+        jobs::list(&state, &p, q.state.as_deref(), limit, offset).await?;
+    Ok(Json(listing(items, total, filtered, limit, offset)))
+}
+
+async fn get_job(S(state): S<State>, p: Principal, Path(j): Path<String>) -> Result<Json<Job>> {
+    Ok(Json(jobs::get(&state, &p, &id("job_id", &j)?).await?))
+}
+
+async fn cancel_job(S(state): S<State>, p: Principal, Path(j): Path<String>) -> Result<Json<Job>> {
+    Ok(Json(jobs::cancel(&state, &p, &id("job_id", &j)?).await?))
+}
+
+async fn job_attempts(
+    S(state): S<State>,
+    p: Principal,
+    Path(j): Path<String>,
+) -> Result<Json<Vec<JobAttempt>>> {
+    Ok(Json(jobs::attempts(&state, &p, &id("job_id", &j)?).await?))
 }
 
 // ---- tasks ----
@@ -729,6 +896,12 @@ async fn verify_audit(S(state): S<State>, p: Principal) -> Result<Json<AuditVeri
 }
 
 async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
+    let out = export_ndjson(&state, &p).await?;
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+}
+
+/// The account's whole audit chain as JSON lines, oldest first (the API's and console's export).
+pub(crate) async fn export_ndjson(state: &State, p: &Principal) -> Result<String> {
     let mut out = String::new();
     let mut since = 0;
     loop {
@@ -746,7 +919,7 @@ async fn export_audit(S(state): S<State>, p: Principal) -> Result<Response> {
             since = r.seq;
         }
     }
-    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+    Ok(out)
 }
 
 // ---- attestation and certificates ----

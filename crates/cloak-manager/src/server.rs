@@ -300,6 +300,35 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `cloak manager worker`: conversion workers without the API, until SIGTERM. The database
+/// must be migrated (by a manager, or `cloak manager migrate`); the master and audit keys must
+/// be the managers' (the worker opens sealed credentials and appends audit records).
+pub async fn run_workers(config: Config, workers: usize) -> Result<()> {
+    if workers == 0 {
+        return Err(Error::Config("--workers must be at least 1".into()));
+    }
+    let db = open_db(&config).await?;
+    db.ready().await?;
+    let key = MasterKey::load(&config.master_key_file)?;
+    let state = State {
+        db,
+        master: Arc::new(RwLock::new(key)),
+        config: Arc::new(config),
+        metrics: Default::default(),
+        clock: Arc::new(crate::SystemClock),
+        principals: Default::default(),
+    };
+    // Held like a replica's: master key rotation refuses while workers run.
+    let _replica = state.db.replica_guard().await?;
+    let handles = crate::worker::spawn(state, workers);
+    eprintln!("cloak manager: {workers} conversion worker(s) running");
+    shutdown_signal().await;
+    for h in handles {
+        h.abort();
+    }
+    Ok(())
+}
+
 /// `cloak manager serve`: runs until SIGTERM.
 pub async fn run(config: Config) -> Result<()> {
     config.prepare_data_dir()?;
@@ -326,6 +355,7 @@ pub async fn run(config: Config) -> Result<()> {
     let state = prepare(config, Arc::new(crate::SystemClock)).await?;
     let _replica = state.db.replica_guard().await?;
     state.db.start_read_cache(&database_url, sole_writer);
+    let workers = crate::worker::spawn(state.clone(), state.config.jobs.workers);
     let listener = TcpListener::bind(&listen)
         .await
         .map_err(|e| Error::Config(format!("--listen {listen}: {e}")))?;
@@ -337,5 +367,9 @@ pub async fn run(config: Config) -> Result<()> {
         "cloak manager: listening on {}://{addr}",
         if insecure { "http" } else { "https" }
     );
-    serve(state, listener, tls, shutdown_signal()).await
+    let served = serve(state, listener, tls, shutdown_signal()).await;
+    for w in workers {
+        w.abort();
+    }
+    served
 }

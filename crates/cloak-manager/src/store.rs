@@ -224,6 +224,11 @@ impl Db {
         &self.read
     }
 
+    /// The pool for single-statement writes outside a transaction.
+    pub fn writer(&self) -> &AnyPool {
+        &self.write
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx> {
         let mark = self.cache.write();
@@ -476,6 +481,51 @@ CREATE TABLE dcap_collateral (cache_key TEXT PRIMARY KEY, collateral TEXT NOT NU
         r#"
 CREATE TABLE nonce_rate (client TEXT PRIMARY KEY, window_start BIGINT NOT NULL, count BIGINT NOT NULL);
 CREATE INDEX nonce_rate_window ON nonce_rate (window_start)
+"#,
+    ),
+    (
+        // Conversion jobs: a durable queue. A worker owns a RUNNING job while its lease
+        // (lease_owner, attempts, lease_expires_at in ms) holds; every change a worker makes is
+        // guarded by owner and attempt. `credentials` holds the request's auth configs sealed
+        // under the master key, erased when the job ends. job_attempts is the history.
+        "conversion jobs",
+        r#"
+CREATE TABLE jobs (job_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  app_id TEXT, target TEXT NOT NULL, state TEXT NOT NULL, stage TEXT, bytes_done BIGINT NOT NULL,
+  bytes_total BIGINT, attempts BIGINT NOT NULL, max_attempts BIGINT NOT NULL, request TEXT NOT NULL,
+  credentials {blob}, requester TEXT NOT NULL, idempotency_key TEXT, lease_owner TEXT,
+  lease_expires_at BIGINT, cancel_requested BIGINT NOT NULL, error_stage TEXT, error_message TEXT,
+  build_id TEXT, result TEXT, input_image TEXT NOT NULL, output_image TEXT NOT NULL,
+  created_at BIGINT NOT NULL, started_at BIGINT, finished_at BIGINT,
+  UNIQUE (account_id, idempotency_key));
+CREATE INDEX jobs_queue ON jobs (state, created_at);
+CREATE INDEX jobs_account_created ON jobs (account_id, created_at DESC, job_id);
+CREATE TABLE job_attempts (job_id TEXT NOT NULL REFERENCES jobs(job_id), attempt BIGINT NOT NULL,
+  worker TEXT NOT NULL, started_at BIGINT NOT NULL, ended_at BIGINT, outcome TEXT, error TEXT,
+  PRIMARY KEY (job_id, attempt))
+"#,
+    ),
+    (
+        // The SGX key `signingKey: {"default": {}}` signs with, per account: generated on first
+        // use, sealed under the master key; key_id is SHA-256 of the modulus (never secret).
+        "account signing keys",
+        r#"
+CREATE TABLE signing_keys (account_id TEXT NOT NULL REFERENCES accounts(account_id), kind TEXT NOT NULL,
+  key_sealed {blob} NOT NULL, key_id TEXT NOT NULL, created_at BIGINT NOT NULL,
+  PRIMARY KEY (account_id, kind))
+"#,
+    ),
+    (
+        // The console's pages at 10,000 builds: a measurement search is a prefix (an index range
+        // per measurement column instead of LIKE over every build); an app's builds and a tab of
+        // tasks are read in their listing order off an index instead of sorted.
+        "console listing indexes",
+        r#"
+CREATE INDEX builds_mrenclave ON builds (mrenclave);
+CREATE INDEX builds_mrsigner ON builds (mrsigner);
+CREATE INDEX builds_pcr0 ON builds (pcr0);
+CREATE INDEX builds_app_created_id ON builds (app_id, created_at DESC, build_id);
+CREATE INDEX tasks_account_status_created_id ON tasks (account_id, status, created_at DESC, task_id)
 "#,
     ),
 ];

@@ -65,8 +65,14 @@ impl FileSigner {
             path: path.into(),
             source: e,
         })?;
-        let key = RsaPrivateKey::from_pkcs1_pem(&pem)
-            .or_else(|_| RsaPrivateKey::from_pkcs8_pem(&pem))
+        Self::from_pem(&pem, source)
+    }
+
+    /// A PEM private key held in memory; `source` names it in messages (never key material).
+    pub fn from_pem(pem: &str, source: impl Into<String>) -> Result<Self> {
+        let source = source.into();
+        let key = RsaPrivateKey::from_pkcs1_pem(pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs8_pem(pem))
             .map_err(|_| Error::Key {
                 key: source.clone(),
                 reason: format!(
@@ -114,6 +120,18 @@ pub fn generate() -> Result<RsaPrivateKey> {
             reason: format!("generation failed: {e}"),
         },
     )
+}
+
+/// A new RSA-3072, e = 3 key as PKCS#1 PEM (for keys kept elsewhere, e.g. sealed by the manager).
+pub fn generate_pem() -> Result<String> {
+    let key = generate()?;
+    Ok(key
+        .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+        .map_err(|e| Error::Key {
+            key: "(new key)".into(),
+            reason: format!("encoding failed: {e}"),
+        })?
+        .to_string())
 }
 
 /// `$XDG_CONFIG_HOME/cloak/sgx-signing-key.pem`, or `~/.config/cloak/…`.

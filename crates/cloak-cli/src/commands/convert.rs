@@ -271,38 +271,6 @@ fn nitro_options(a: &Args) -> anyhow::Result<NitroOptions> {
     Ok(o)
 }
 
-/// Where the static launcher is when `--launcher` is not given: the first of these that is a
-/// static x86-64 executable (see `cloak_convert::launcher::check`):
-/// `PREFIX/lib/cloak/cloak-launcher` for `PREFIX/bin/cloak` (what `scripts/install.sh`
-/// installs), `cloak-launcher` beside the executable, and the workspace's static build
-/// (`scripts/build-launcher.sh`). When none qualifies, the first that exists is returned, so that
-/// the conversion refuses it with the reason and the install hint (a plain `cargo build` leaves
-/// a dynamically linked launcher beside `cloak`).
-fn default_launcher() -> PathBuf {
-    let exe = std::env::current_exe().ok();
-    let dir = exe.as_ref().and_then(|e| e.parent());
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(d) = dir {
-        if let Some(prefix) = d.parent() {
-            candidates.push(prefix.join("lib/cloak/cloak-launcher"));
-        }
-        candidates.push(d.join("cloak-launcher"));
-    }
-    if let Some(t) = exe.as_ref().and_then(|e| {
-        e.ancestors()
-            .find(|a| a.join("x86_64-unknown-linux-gnu").is_dir())
-    }) {
-        candidates.push(t.join("x86_64-unknown-linux-gnu/release/cloak-launcher"));
-    }
-    candidates
-        .iter()
-        .find(|p| cloak_convert::launcher::check(p).is_ok())
-        .or_else(|| candidates.iter().find(|p| p.exists()))
-        .or(candidates.first())
-        .cloned()
-        .unwrap_or_else(|| PathBuf::from("cloak-launcher"))
-}
-
 /// With `--encrypt-layers`: where the plain result is staged, and the real destination.
 struct Encryption {
     staging: tempfile::TempDir,
@@ -394,9 +362,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 runtime_image,
                 source_options: src_opts,
                 dest_options: dst_opts,
-                launcher: args.launcher.clone().unwrap_or_else(default_launcher),
+                launcher: args
+                    .launcher
+                    .clone()
+                    .unwrap_or_else(cloak_convert::launcher::default_path),
                 options,
                 signing_key: args.signing_key.clone(),
+                signer: None,
                 date: args.date.clone(),
                 platform,
                 progress: crate::progress::for_stderr(args.quiet),
@@ -452,7 +424,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eif: args.eif.clone(),
                 source_options: src_opts,
                 dest_options: dst_opts,
-                launcher: args.launcher.clone().unwrap_or_else(default_launcher),
+                launcher: args.launcher.clone().unwrap_or_else(cloak_convert::launcher::default_path),
                 kernel,
                 kernel_config: args
                     .kernel_config

@@ -18,8 +18,11 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the manager: REST API, audit log, approvals (TLS by default).
+    /// Run the manager: REST API, audit log, approvals (TLS by default), conversion workers.
     Serve(ServeArgs),
+    /// Run conversion workers only (no API): scale conversion capacity apart from the API.
+    /// Needs the managers' database, master key and audit key.
+    Worker(WorkerArgs),
     /// Apply the database migrations this manager needs, then exit.
     Migrate(StoreArgs),
     /// Audit log tools (offline: reads the database directly).
@@ -191,6 +194,85 @@ struct ServeArgs {
     /// Unexpired nonces kept at most, all clients together (default 100000).
     #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_OUTSTANDING_NONCES")]
     max_outstanding_nonces: Option<i64>,
+    /// Conversion workers in this process (0: only `cloak manager worker` processes convert).
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_WORKERS")]
+    workers: Option<u32>,
+    #[command(flatten)]
+    jobs: JobArgs,
+}
+
+#[derive(Debug, Parser)]
+struct WorkerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Conversion workers in this process.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    workers: u32,
+    /// Database connections of this process.
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_CONNECTIONS")]
+    max_connections: Option<u32>,
+    #[command(flatten)]
+    jobs: JobArgs,
+}
+
+/// What conversions use, set once by the operator (requests never name files of this host).
+#[derive(Debug, Clone, clap::Args)]
+struct JobArgs {
+    /// SGX: the Gramine runtime image (docker://HOST/REPO:TAG).
+    #[arg(long, value_name = "IMAGE", env = "CLOAK_MANAGER_SGX_RUNTIME_IMAGE")]
+    sgx_runtime_image: Option<String>,
+    /// SGX: the key for `signingKey: {"default": {}}`: file:KEY.pem or a pkcs11: URI (default:
+    /// cloak's default key of this host).
+    #[arg(long, value_name = "KEY", env = "CLOAK_MANAGER_SGX_SIGNING_KEY")]
+    sgx_signing_key: Option<String>,
+    /// Nitro: the kernel bzImage.
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_NITRO_KERNEL")]
+    nitro_kernel: Option<PathBuf>,
+    /// Nitro: a nitro-cli blobs folder (bzImage, bzImage.config, cmdline, nsm.ko).
+    #[arg(long, value_name = "DIR", env = "CLOAK_MANAGER_NITRO_BLOBS")]
+    nitro_blobs: Option<PathBuf>,
+    /// A registry reached over plain HTTP, HOST:PORT (repeatable; every other needs TLS).
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// A CA certificate (PEM) trusted for registries besides the system roots.
+    #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_REGISTRY_CA")]
+    registry_ca: Option<PathBuf>,
+    /// The static launcher shipped in converted images (default: as `cloak convert` finds it).
+    #[arg(long, value_name = "FILE", env = "CLOAK_LAUNCHER")]
+    launcher: Option<PathBuf>,
+    /// Seconds a worker's claim on a job lasts without renewal (a dead worker's job is taken
+    /// again after it).
+    #[arg(long, value_name = "SECONDS")]
+    job_lease_seconds: Option<u64>,
+    /// Attempts of a job before it fails.
+    #[arg(long, value_name = "N")]
+    job_max_attempts: Option<u32>,
+    /// Queued + running jobs one account may have (more are refused with 429).
+    #[arg(long, value_name = "N")]
+    max_jobs_per_account: Option<u32>,
+    /// Running jobs of one account at a time.
+    #[arg(long, value_name = "N")]
+    max_running_jobs_per_account: Option<u32>,
+}
+
+impl JobArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            sgx_runtime_image: self.sgx_runtime_image.clone(),
+            sgx_signing_key: self.sgx_signing_key.clone(),
+            nitro_kernel: self.nitro_kernel.clone(),
+            nitro_blobs: self.nitro_blobs.clone(),
+            insecure_registry: (!self.insecure_registry.is_empty())
+                .then(|| self.insecure_registry.clone()),
+            registry_ca: self.registry_ca.clone(),
+            launcher: self.launcher.clone(),
+            job_lease_seconds: self.job_lease_seconds,
+            job_max_attempts: self.job_max_attempts,
+            max_jobs_per_account: self.max_jobs_per_account,
+            max_running_jobs_per_account: self.max_running_jobs_per_account,
+            ..Default::default()
+        }
+    }
 }
 
 impl StoreArgs {
@@ -219,6 +301,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve(a) => serve(a),
+        Command::Worker(a) => {
+            let flags = Settings {
+                max_connections: a.max_connections,
+                ..a.jobs.settings()
+            };
+            let config = Config::resolve(flags.or(a.store.settings()?))?;
+            runtime()?.block_on(cloak_manager::server::run_workers(
+                config,
+                a.workers as usize,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate(s) => {
             let config = Config::resolve(s.settings()?)?;
             config.prepare_data_dir()?;
@@ -287,6 +381,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         nonce_rate_per_minute: a.nonce_rate_per_minute,
         max_outstanding_nonces: a.max_outstanding_nonces,
         ..Default::default()
+        workers: a.workers,
+        ..a.jobs.settings()
     };
     let config = Config::resolve(flags.or(a.store.settings()?))?;
     runtime()?.block_on(cloak_manager::server::run(config))?;

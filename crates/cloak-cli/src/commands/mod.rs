@@ -11,6 +11,7 @@ pub mod decrypt;
 pub mod eif;
 pub mod encrypt;
 pub mod inspect;
+pub mod job;
 pub mod ls_files;
 pub mod manager;
 pub mod measure;

@@ -1,6 +1,7 @@
 //! Shared support for the CLI's end-to-end suites.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake;
 pub mod images;
 pub mod manager;

@@ -52,6 +52,8 @@ pub struct SgxRequest {
     pub options: SgxOptions,
     /// Signing key: `default`, `file:…`, `pkcs11:…` (overrides `options.signingKey`).
     pub signing_key: Option<String>,
+    /// A signer held by the caller (the manager's sealed account key); wins over `signing_key`.
+    pub signer: Option<Box<dyn cloak_sgx::key::Signer + Send + Sync>>,
     /// SIGSTRUCT date `YYYY-MM-DD`; default: the input's `created` date (reproducible).
     pub date: Option<String>,
     /// Platform selected from a multi-arch input.
@@ -91,6 +93,9 @@ pub struct SgxReport {
     pub trusted_files: usize,
     /// The options used, defaults filled in.
     pub options: SgxOptions,
+    /// The image's exposed ports (`80/tcp`), from its config.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposed_ports: Vec<String>,
 }
 
 fn json_to_toml(key: &str, v: &serde_json::Value) -> Result<toml::Value> {
@@ -169,11 +174,14 @@ fn sizing(o: &SgxOptions) -> Result<Sizing> {
     Ok(Sizing { mem_size, threads })
 }
 
-/// Convert an image for SGX. See the module documentation for the stages.
-pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
-    // resolve: everything that can be refused is checked before anything is written
-    let o = req.options.clone();
-    let size = sizing(&o)?;
+/// The options' checks that need no image: sizes, directory classes, manifest options (also
+/// what the manager runs before it queues a job, so a bad option is refused at once).
+pub fn check_options(o: &SgxOptions) -> Result<()> {
+    checked_options(o).map(|_| ())
+}
+
+fn checked_options(o: &SgxOptions) -> Result<(Sizing, DirClasses, BTreeMap<String, toml::Value>)> {
+    let size = sizing(o)?;
     let classes = DirClasses::new(
         o.ro_dirs.as_deref(),
         o.rw_dirs.as_deref(),
@@ -185,12 +193,81 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         .flatten()
         .map(|(k, v)| Ok((k.clone(), json_to_toml(k, v)?)))
         .collect::<Result<_>>()?;
+    let mut probe = cloak_sgx::manifest::ManifestSpec {
+        extra: extra.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &o.log_file_path {
+        probe
+            .extra
+            .insert("loader.log_file".into(), toml::Value::String(path.clone()));
+    }
+    probe.render()?;
+    Ok((size, classes, extra))
+}
+
+/// What resolve found: the checked options, the signer, the input and runtime images, the
+/// application, and the destination (opened, nothing written yet).
+struct Resolved {
+    o: SgxOptions,
+    size: Sizing,
+    classes: DirClasses,
+    extra: BTreeMap<String, toml::Value>,
+    signer: Box<dyn cloak_sgx::key::Signer>,
+    launcher: Vec<u8>,
+    src: Source,
+    image: cloak_image::image::Image,
+    app: crate::app::AppSpec,
+    rt_image: cloak_image::image::Image,
+    runtime: runtime::Runtime,
+    dst: Dest,
+    /// Spooled runtime files and the new layers.
+    work: tempfile::TempDir,
+}
+
+/// What amend produced: the run configuration, the trusted files and both manifests.
+struct Amended {
+    run_json: Vec<u8>,
+    trusted: Vec<(String, String)>,
+    manifest1: Vec<u8>,
+    manifest2: Vec<u8>,
+}
+
+/// What measure produced: both variants' MRENCLAVE and SIGSTRUCT, and MRSIGNER.
+struct Measured {
+    sgx1: cloak_sgx::Signed,
+    sgx2: cloak_sgx::Signed,
+}
+
+/// Convert an image for SGX: resolve → flatten → amend → measure → package (see the module
+/// documentation); each stage reports itself and stops there when the caller cancelled.
+pub async fn convert(mut req: SgxRequest) -> Result<SgxReport> {
+    crate::stage(req.progress.as_ref(), "resolve")?;
+    let r = resolve_stage(&mut req).await?;
+    crate::stage(req.progress.as_ref(), "flatten")?;
+    let fs = flatten_stage(&req, &r).await?;
+    crate::stage(req.progress.as_ref(), "amend")?;
+    let amended = amend_stage(&r, &fs)?;
+    crate::stage(req.progress.as_ref(), "measure")?;
+    let measured = measure_stage(&req, &r, &amended)?;
+    crate::stage(req.progress.as_ref(), "package")?;
+    package_stage(&req, r, amended, measured).await
+}
+
+/// resolve: everything that can be refused is checked before anything is written: options,
+/// signing key, launcher, input and runtime images, the application, the destination.
+async fn resolve_stage(req: &mut SgxRequest) -> Result<Resolved> {
+    let o = req.options.clone();
+    let (size, classes, extra) = checked_options(&o)?;
     let key_spec = req
         .signing_key
         .clone()
         .or_else(|| o.signing_key.as_ref().and_then(|k| k.uri.clone()))
         .unwrap_or_else(|| "default".into());
-    let signer = cloak_sgx::key::open(&key_spec)?;
+    let signer: Box<dyn cloak_sgx::key::Signer> = match req.signer.take() {
+        Some(s) => s,
+        None => cloak_sgx::key::open(&key_spec)?,
+    };
     crate::launcher::check(&req.launcher)?;
     let launcher = std::fs::read(&req.launcher).map_err(|e| {
         Error::Options(format!(
@@ -222,24 +299,30 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     )
     .await?;
     let runtime = runtime::collect(&rt_fs, &rt_image.reference, runtime::GRAMINE_DIR)?;
-
-    // Refuse conflicting manifestOptions now, before any blob moves.
-    let mut probe = cloak_sgx::manifest::ManifestSpec {
-        extra: extra.clone(),
-        ..Default::default()
-    };
-    if let Some(path) = &o.log_file_path {
-        probe
-            .extra
-            .insert("loader.log_file".into(), toml::Value::String(path.clone()));
-    }
-    probe.render()?;
     let dst = Dest::open(&req.output, &req.dest_options).await?;
+    Ok(Resolved {
+        o,
+        size,
+        classes,
+        extra,
+        signer,
+        launcher,
+        src,
+        image,
+        app,
+        rt_image,
+        runtime,
+        dst,
+        work,
+    })
+}
 
-    // flatten: the input's files, hashed as they stream, while its layers are copied over
+/// flatten: the input's files, hashed as they stream, while its layers are copied over; an
+/// input that already holds `/cloak` is refused.
+async fn flatten_stage(req: &SgxRequest, r: &Resolved) -> Result<cloak_image::flatten::FlatFs> {
     let (fs, copied) = tokio::join!(
-        flatten(&src, &image, ContentMode::HashOnly),
-        build::copy_base_layers(&src, &image, &dst, &req.progress)
+        flatten(&r.src, &r.image, ContentMode::HashOnly),
+        build::copy_base_layers(&r.src, &r.image, &r.dst, &req.progress)
     );
     let fs = fs?;
     copied?;
@@ -250,12 +333,16 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     {
         return Err(Error::Options(format!(
             "{} already contains {} (is it already converted?); cloak needs /cloak for itself",
-            image.reference,
+            r.image.reference,
             cloak_image::name::escape(&e.path)
         )));
     }
+    Ok(fs)
+}
 
-    // amend: run configuration and the enclave manifest
+/// The environment of the enclave: the image's, with the runtime's glibc first in
+/// `LD_LIBRARY_PATH`.
+fn enclave_env(app: &crate::app::AppSpec) -> Vec<String> {
     let glibc = format!("{}/runtime/glibc", runtime::RUNTIME_DIR);
     let mut env = app.env.clone();
     match env.iter_mut().find(|e| e.starts_with("LD_LIBRARY_PATH=")) {
@@ -264,6 +351,14 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
             "LD_LIBRARY_PATH={glibc}:/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib:/usr/lib"
         )),
     }
+    env
+}
+
+/// amend: the run configuration, the trusted files (image, runtime, launcher, run.json) and
+/// the enclave manifests of both variants (SGX1, EDMM).
+fn amend_stage(r: &Resolved, fs: &cloak_image::flatten::FlatFs) -> Result<Amended> {
+    let (o, app) = (&r.o, &r.app);
+    let env = enclave_env(app);
     let run = RunConfig {
         argv: app.argv.clone(),
         env: env.clone(),
@@ -273,14 +368,14 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         allow_cmdline_args: app.allow_cmdline_args,
     };
     let run_json = serde_json::to_vec_pretty(&run).expect("RunConfig serialises");
-    let mut trusted = trusted_files(&fs, &classes);
+    let mut trusted = trusted_files(fs, &r.classes);
     trusted.extend(
-        runtime
+        r.runtime
             .files
             .iter()
             .map(|(rel, d)| (format!("{}/{rel}", runtime::RUNTIME_DIR), d.hex())),
     );
-    trusted.push((LAUNCHER_PATH.into(), Digest::of(&launcher).hex()));
+    trusted.push((LAUNCHER_PATH.into(), Digest::of(&r.launcher).hex()));
     trusted.push((
         cloak_launcher::CONFIG_PATH.into(),
         Digest::of(&run_json).hex(),
@@ -290,7 +385,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     let spec = |edmm: bool| ManifestSpec {
         libos_entrypoint: LAUNCHER_PATH.into(),
         loader_entrypoint_uri: format!("file:{}/libsysdb.so", runtime::RUNTIME_DIR),
-        loader_entrypoint_sha256: runtime.libsysdb_sha256.hex(),
+        loader_entrypoint_sha256: r.runtime.libsysdb_sha256.hex(),
         argv: (!app.allow_cmdline_args).then(|| vec![LAUNCHER_PATH.to_string()]),
         insecure_cmdline_argv: app.allow_cmdline_args,
         env: env
@@ -308,7 +403,8 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
             "error".into()
         },
         start_dir: app.workdir.clone(),
-        mounts: classes
+        mounts: r
+            .classes
             .encrypted
             .iter()
             .map(|d| Mount {
@@ -322,7 +418,8 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
             .iter()
             .map(|(p, h)| (format!("file:{p}"), h.clone()))
             .collect(),
-        allowed_files: classes
+        allowed_files: r
+            .classes
             .rw
             .iter()
             .map(|d| {
@@ -332,14 +429,14 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
                 format!("file:{d}{}", if is_dir { "/" } else { "" })
             })
             .collect(),
-        enclave_size: size.mem_size.clone(),
-        max_threads: size.threads,
+        enclave_size: r.size.mem_size.clone(),
+        max_threads: r.size.threads,
         edmm,
         isvprodid: o.isvprodid.unwrap_or(0),
         isvsvn: o.isvsvn.unwrap_or(0),
         debug,
         remote_attestation: "dcap".into(),
-        extra: extra.clone(),
+        extra: r.extra.clone(),
     };
     let mut extra_log = BTreeMap::new();
     if let Some(path) = &o.log_file_path {
@@ -359,42 +456,65 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         }
         Ok(s.render()?)
     };
-    let manifest1 = render(false)?;
-    let manifest2 = render(true)?;
+    Ok(Amended {
+        manifest1: render(false)?,
+        manifest2: render(true)?,
+        run_json,
+        trusted,
+    })
+}
 
-    // measure: MRENCLAVE of both variants, SIGSTRUCTs, MRSIGNER
-    let libpal = std::fs::read(&runtime.libpal).map_err(|e| {
+/// measure: MRENCLAVE of both variants from the manifests and libpal, their SIGSTRUCTs
+/// (signed in-process or in a token), MRSIGNER.
+fn measure_stage(req: &SgxRequest, r: &Resolved, a: &Amended) -> Result<Measured> {
+    let libpal = std::fs::read(&r.runtime.libpal).map_err(|e| {
         Error::Options(format!(
             "reading libpal.so from {}: {e}",
-            rt_image.reference
+            r.rt_image.reference
         ))
     })?;
-    let created = image.config.extra.get("created").and_then(|v| v.as_str());
-    let date = date_of(&req, created)?;
-    let sgx1 = cloak_sgx::measure_and_sign(&manifest1, &libpal, signer.as_ref(), date)?;
-    let sgx2 = cloak_sgx::measure_and_sign(&manifest2, &libpal, signer.as_ref(), date)?;
+    let created = r.image.config.extra.get("created").and_then(|v| v.as_str());
+    let date = date_of(req, created)?;
+    Ok(Measured {
+        sgx1: cloak_sgx::measure_and_sign(&a.manifest1, &libpal, r.signer.as_ref(), date)?,
+        sgx2: cloak_sgx::measure_and_sign(&a.manifest2, &libpal, r.signer.as_ref(), date)?,
+    })
+}
 
-    // package: two new layers, the config's entrypoint, annotations; manifest pushed last
+/// package: two new layers (runtime + launcher; run.json, manifests, SIGSTRUCTs), the
+/// config's entrypoint, labels and annotations; blobs first, the manifest last.
+async fn package_stage(
+    req: &SgxRequest,
+    r: Resolved,
+    a: Amended,
+    m: Measured,
+) -> Result<SgxReport> {
+    let o = &r.o;
+    let (sgx1, sgx2) = (&m.sgx1, &m.sgx2);
     let mtime = source_date_epoch();
-    let mut rt_entries = runtime.entries;
+    let mut rt_entries = r.runtime.entries.clone();
     rt_entries.push(LayerEntry::dir("/cloak/bin", 0o755));
     rt_entries.push(LayerEntry::file(
         LAUNCHER_PATH,
         0o755,
         FileContent::Path(req.launcher.clone()),
     ));
-    let rt_layer = write_layer(work.path(), &rt_entries, mtime)?;
+    let rt_layer = write_layer(r.work.path(), &rt_entries, mtime)?;
     let mut used = o.clone();
-    used.mem_size = Some(size.mem_size.clone());
-    used.threads = Some(size.threads as u32);
+    used.mem_size = Some(r.size.mem_size.clone());
+    used.threads = Some(r.size.threads as u32);
     let bytes = |b: &[u8]| FileContent::Bytes(b.to_vec());
     let sgx_layer = write_layer(
-        work.path(),
+        r.work.path(),
         &[
-            LayerEntry::file(cloak_launcher::CONFIG_PATH, 0o644, bytes(&run_json)),
-            LayerEntry::file(format!("{APP}.manifest.sgx"), 0o644, bytes(&manifest1)),
+            LayerEntry::file(cloak_launcher::CONFIG_PATH, 0o644, bytes(&a.run_json)),
+            LayerEntry::file(format!("{APP}.manifest.sgx"), 0o644, bytes(&a.manifest1)),
             LayerEntry::file(format!("{APP}.sig"), 0o644, bytes(&sgx1.sigstruct)),
-            LayerEntry::file(format!("{APP_EDMM}.manifest.sgx"), 0o644, bytes(&manifest2)),
+            LayerEntry::file(
+                format!("{APP_EDMM}.manifest.sgx"),
+                0o644,
+                bytes(&a.manifest2),
+            ),
             LayerEntry::file(format!("{APP_EDMM}.sig"), 0o644, bytes(&sgx2.sigstruct)),
         ],
         mtime,
@@ -422,7 +542,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     let mut labels = annotations.clone();
     labels.insert(
         format!("{ANNOTATION_PREFIX}runtime"),
-        rt_image.raw_manifest.digest.to_string(),
+        r.rt_image.raw_manifest.digest.to_string(),
     );
     if let Some(certs) = &o.certificates {
         labels.insert(
@@ -433,14 +553,14 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
     if let Some(java) = &o.java_mode {
         labels.insert(format!("{ANNOTATION_PREFIX}java-mode"), java.clone());
     }
-    let mut entrypoint = runtime.loader_argv.clone();
+    let mut entrypoint = r.runtime.loader_argv.clone();
     entrypoint.push(APP.into());
     let amend = Amendment {
         layers: &layers,
         history: vec![
             format!(
                 "cloak convert --target sgx: Gramine runtime from {}",
-                rt_image.raw_manifest.digest
+                r.rt_image.raw_manifest.digest
             ),
             "cloak convert --target sgx: manifest, SIGSTRUCT, run configuration".into(),
         ],
@@ -449,7 +569,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         labels,
         annotations,
     };
-    let pushed = build::push(&src, &image, &amend, &dst, req.progress.clone()).await?;
+    let pushed = build::push(&r.src, &r.image, &amend, &r.dst, req.progress.clone()).await?;
     Ok(SgxReport {
         new_image: pushed.reference,
         image_sha: pushed.config_digest.hex()[..12].to_string(),
@@ -460,9 +580,10 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         mrenclave: hexs(&sgx1.mrenclave),
         mrenclave2: hexs(&sgx2.mrenclave),
         mrsigner: hexs(&sgx1.mrsigner),
-        input_digest: image.raw_manifest.digest.to_string(),
-        runtime_digest: rt_image.raw_manifest.digest.to_string(),
-        trusted_files: trusted.len(),
+        input_digest: r.image.raw_manifest.digest.to_string(),
+        runtime_digest: r.rt_image.raw_manifest.digest.to_string(),
+        trusted_files: a.trusted.len(),
         options: used,
+        exposed_ports: crate::app::exposed_ports(&r.image.config),
     })
 }

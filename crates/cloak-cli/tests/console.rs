@@ -1,0 +1,521 @@
+//! The web console in headless Chromium (WebDriver) against a real manager process: sign-in,
+//! the approval quorum through the pages, roles and CSRF, denial reasons, failed sign-ins, and
+//! axe-core on every page (no serious or critical violation). Screenshots of every page go to
+//! target/console-screenshots.
+
+mod common;
+
+use cloak_api::*;
+use common::browser::Browser;
+use common::manager::{Backend, Manager, ADMIN_PASSWORD};
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "a-user-password-123";
+
+fn hex(byte: u8, len: usize) -> String {
+    format!("{byte:02x}").repeat(len / 2)
+}
+
+fn new_user(admin: &Client, name: &str, role: &str) -> User {
+    admin
+        .post(
+            "/v1/users",
+            &json!({"user_name": name, "password": PASSWORD, "role": role}),
+        )
+        .unwrap()
+}
+
+fn nitro_build(c: &Client, app_id: &str, pcr: u8) -> Build {
+    c.post(
+        "/v1/builds",
+        &json!({
+            "docker_info": {"docker_image_name": "registry.example.com/web", "docker_version": "1.0",
+                            "docker_image_sha": format!("sha256:{}", hex(0xab, 64))},
+            "attributes": {"nitro_enclave": {"pcr0": hex(pcr, 96), "pcr1": hex(1, 96), "pcr2": hex(2, 96)}},
+            "app_id": app_id
+        }),
+    )
+    .unwrap()
+}
+
+/// Signs in through the form and checks the overview answered.
+fn sign_in(b: &Browser, m: &Manager, user: &str, password: &str) {
+    b.goto(&format!("{}/login", m.url));
+    b.delete_cookies();
+    b.goto(&format!("{}/", m.url));
+    assert!(
+        b.url().contains("/login"),
+        "not sent to sign-in: {}",
+        b.url()
+    );
+    b.fill("#login-user_name", user);
+    b.fill("#login-password", password);
+    b.click("form[action='/login'] button[type=submit]");
+    assert_eq!(b.text("h1"), "Overview", "{}", b.text("main"));
+    assert!(b.text("header").contains(user));
+}
+
+/// An HTTP client that sends the browser's session cookie (and follows no redirect).
+fn http(m: &Manager) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&m.ca()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The CSRF token the page's forms carry.
+fn csrf_of(b: &Browser) -> String {
+    let src = b.source();
+    let at = src.find(r#"name="csrf" value=""#).expect("a CSRF field") + 19;
+    src[at..at + 64].to_string()
+}
+
+fn build_status(c: &Client, id: &str) -> String {
+    c.get::<Build>(&format!("/v1/builds/{id}"))
+        .unwrap()
+        .status
+        .status
+}
+
+#[test]
+fn a_two_approver_quorum_through_the_console_with_axe_on_every_page() {
+    let m = Manager::start(Backend::Sqlite);
+    let admin = m.admin();
+    new_user(&admin, "alice", "WRITER");
+    new_user(&admin, "bob", "WRITER");
+    let b = Browser::start();
+
+    // Sign-in page, then the overview.
+    b.goto(&format!("{}/", m.url));
+    b.check_page("01-sign-in");
+    sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+    b.check_page("02-overview");
+
+    // Create the app with a quorum of 2 through the form; a bad value is shown by its field.
+    b.goto(&format!("{}/apps/new", m.url));
+    b.fill("#app-name", "web");
+    b.fill("#app-input_image_name", "registry.example.com/web:1.0");
+    b.fill("#app-output_image_name", "registry.example.com/web:nitro");
+    b.fill("#app-approval_policy-n", "two");
+    b.fill("#app-approval_policy-approvers", "role:WRITER");
+    b.click("form[action='/apps'] button[type=submit]");
+    let err = b.text("#app-approval_policy-n-error");
+    assert!(
+        err.contains("invalid_field"),
+        "no error by the field: {}",
+        b.text("main")
+    );
+    assert_eq!(
+        b.exec(
+            "return document.getElementById('app-approval_policy-n').getAttribute('aria-invalid')",
+            json!([])
+        ),
+        json!("true")
+    );
+    assert_eq!(
+        b.exec(
+            "return document.getElementById('app-name').value",
+            json!([])
+        ),
+        json!("web"),
+        "typed values are kept"
+    );
+    b.check_page("03-application-form-error");
+    b.fill("#app-approval_policy-n", "2");
+    b.click("form[action='/apps'] button[type=submit]");
+    assert_eq!(b.text("h1"), "Application web", "{}", b.text("main"));
+    let app_id = b.url().rsplit('/').next().unwrap().to_string();
+    let app: App = admin.get(&format!("/v1/apps/{app_id}")).unwrap();
+    assert_eq!(app.approval_policy.n, 2);
+    assert_eq!(
+        app.approval_policy.approvers,
+        vec!["role:WRITER".to_string()]
+    );
+    b.check_page("04-application");
+    b.goto(&format!("{}/apps", m.url));
+    assert!(b.text("main").contains("web"));
+    b.check_page("05-applications");
+
+    // A build registered through the API (the convert page's flow is in its own test).
+    let build = nitro_build(&admin, &app_id, 0x5a);
+    let pcr0 = hex(0x5a, 96);
+    b.goto(&format!(
+        "{}/builds?status=PENDING&measurement={}",
+        m.url,
+        &pcr0[..12]
+    ));
+    assert!(
+        b.text("main").contains("1 of 1 builds match"),
+        "{}",
+        b.text("main")
+    );
+    b.check_page("06-builds");
+    b.click(&format!("a[href='/builds/{}']", build.build_id));
+    let main = b.text("main");
+    assert!(main.contains(&pcr0), "PCR0 in full");
+    assert!(
+        main.contains(&format!("sha256:{}", hex(0xab, 64))),
+        "image digest"
+    );
+    assert!(main.contains("0 of 2 approvals"), "{main}");
+    assert!(b.all("button[data-copy]").len() >= 3, "copy buttons");
+    b.check_page("07-build");
+
+    // alice approves, then bob: the build is whitelisted.
+    for (n, who) in ["alice", "bob"].iter().enumerate() {
+        sign_in(&b, &m, who, PASSWORD);
+        b.goto(&format!("{}/tasks", m.url));
+        assert!(
+            b.text("main").contains(&pcr0),
+            "the measurements beside the button"
+        );
+        if n == 0 {
+            b.check_page("08-tasks");
+        }
+        b.click("button.approve");
+        assert!(
+            b.url().ends_with(&format!("/builds/{}", build.build_id)),
+            "{}",
+            b.url()
+        );
+        let main = b.text("main");
+        if n == 0 {
+            assert!(main.contains("1 of 2 approvals: alice"), "{main}");
+            assert_eq!(build_status(&admin, &build.build_id), "PENDING");
+        } else {
+            assert!(main.contains("2 of 2 approvals: alice, bob"), "{main}");
+            assert!(main.contains("WHITELISTED"), "{main}");
+        }
+    }
+    assert_eq!(build_status(&admin, &build.build_id), "WHITELISTED");
+
+    // The audit page shows the events and a verified chain.
+    sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+    b.goto(&format!("{}/audit", m.url));
+    let main = b.text("main");
+    assert!(main.contains("Audit chain verified"), "{main}");
+    for action in ["Build Registered", "Build Whitelisted", "Login Succeeded"] {
+        assert!(main.contains(action), "{action} missing:\n{main}");
+    }
+    b.check_page("09-audit");
+    b.goto(&format!("{}/audit?action=Build+Whitelisted", m.url));
+    assert!(b.text("main").contains("1 in all"), "{}", b.text("main"));
+
+    // Registry credentials: the password is write-only.
+    b.goto(&format!("{}/registries", m.url));
+    b.fill("#reg-new-url", "registry.example.com");
+    b.fill("#reg-new-credential-default-username", "robot");
+    b.fill(
+        "#reg-new-credential-default-password",
+        "s3cret-registry-pass",
+    );
+    b.click("form[action='/registries'] button[type=submit]");
+    assert!(b.text("main").contains("user robot"), "{}", b.text("main"));
+    assert!(!b.source().contains("s3cret-registry-pass"));
+    b.check_page("10-registries");
+
+    for (path, name) in [
+        ("/certificates", "11-certificates"),
+        ("/users", "12-users"),
+        ("/convert", "13-convert"),
+        ("/", "14-overview-after"),
+    ] {
+        b.goto(&format!("{}{path}", m.url));
+        b.check_page(name);
+    }
+    // An API key's secret is shown once.
+    b.goto(&format!("{}/users", m.url));
+    b.fill("#key-new-name", "ci");
+    b.click("form[action='/api-keys'] button[type=submit]");
+    assert!(b.text("main").contains("Copy its secret now"));
+    assert!(b.source().contains("ck_key_"));
+    b.goto(&format!("{}/users", m.url));
+    assert!(
+        !b.source().contains("ck_key_"),
+        "the secret is shown only once"
+    );
+    assert!(!m.log().contains("s3cret-registry-pass"));
+}
+
+#[test]
+fn readers_see_no_controls_and_the_server_refuses_them_and_posts_without_csrf() {
+    let m = Manager::start(Backend::Sqlite);
+    let admin = m.admin();
+    new_user(&admin, "alice", "WRITER");
+    new_user(&admin, "rita", "READER");
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "api", "input_image_name": "registry.example.com/api:1",
+                    "output_image_name": "registry.example.com/api:nitro"}),
+        )
+        .unwrap();
+    let build = nitro_build(&admin, &app.app_id, 0x33);
+    let b = Browser::start();
+    let h = http(&m);
+
+    // A wrong password: an error by the field, and an audit record.
+    b.goto(&format!("{}/login", m.url));
+    b.fill("#login-user_name", "alice");
+    b.fill("#login-password", "not-the-password-1");
+    b.click("form[action='/login'] button[type=submit]");
+    let err = b.text("#login-password-error");
+    assert!(err.contains("wrong"), "{}", b.text("main"));
+    b.check_page("20-sign-in-error");
+    let failed: ListResponse<AuditRecord> = admin.get("/v1/audit?action=Login%20Failed").unwrap();
+    assert_eq!(failed.items.len(), 1);
+    assert_eq!(failed.items[0].actor_name, "alice");
+
+    // The READER sees no approve, deny, revoke, convert or edit control.
+    sign_in(&b, &m, "rita", PASSWORD);
+    b.goto(&format!("{}/tasks", m.url));
+    assert!(b.text("main").contains(&hex(0x33, 96)));
+    assert!(
+        b.all("button.approve").is_empty(),
+        "a READER sees no approve button"
+    );
+    assert!(b.all("form[action$='/deny']").is_empty());
+    b.check_page("21-tasks-reader");
+    b.goto(&format!("{}/builds/{}", m.url, build.build_id));
+    assert!(b.all("form[action$='/revoke']").is_empty());
+    b.goto(&format!("{}/apps/{}", m.url, app.app_id));
+    assert!(b.all("form[action^='/apps/']").is_empty(), "no edit form");
+    b.goto(&format!("{}/convert", m.url));
+    assert!(b.all("form[action='/convert']").is_empty());
+    b.goto(&format!("{}/registries", m.url));
+    assert!(b.all("form[action='/registries']").is_empty());
+
+    // The session cookie's attributes.
+    let c = b.cookie("cloak_session");
+    assert_eq!(c["httpOnly"], json!(true), "{c}");
+    assert_eq!(c["secure"], json!(true), "{c}");
+    assert_eq!(c["sameSite"], json!("Strict"), "{c}");
+    assert!(c["expiry"].as_i64().is_some(), "the cookie expires: {c}");
+
+    // A forged approval with the READER's session and a valid CSRF token: refused by the server.
+    let rita_cookie = format!("cloak_session={}", c["value"].as_str().unwrap());
+    let csrf = csrf_of(&b);
+    let task = build.task_id.clone();
+    let r = h
+        .post(format!("{}/tasks/{task}/approve", m.url))
+        .header("cookie", &rita_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.text().unwrap().contains("forbidden"));
+    assert_eq!(build_status(&admin, &build.build_id), "PENDING");
+
+    // alice (an approver) without the CSRF token, and with another session's token: refused.
+    sign_in(&b, &m, "alice", PASSWORD);
+    b.goto(&format!("{}/tasks", m.url));
+    let alice_cookie = format!(
+        "cloak_session={}",
+        b.cookie("cloak_session")["value"].as_str().unwrap()
+    );
+    for body in [String::new(), format!("csrf={csrf}"), "csrf=".into()] {
+        let r = h
+            .post(format!("{}/tasks/{task}/approve", m.url))
+            .header("cookie", &alice_cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "body {body:?}");
+    }
+    // No session at all: not signed in.
+    let r = h
+        .post(format!("{}/tasks/{task}/approve", m.url))
+        .body(format!("csrf={csrf}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(build_status(&admin, &build.build_id), "PENDING");
+
+    // Deny: the reason is required (error by the field), then shown on the build.
+    let deny = format!("form[action='/tasks/{task}/deny']");
+    b.click(&format!("{deny} button[type=submit]"));
+    let err = b.text(&format!("#deny-{task}-denial_reason-error"));
+    assert!(err.contains("required"), "{}", b.text("main"));
+    b.check_page("22-tasks-deny-error");
+    b.fill(
+        &format!("#deny-{task}-denial_reason"),
+        "base image carries CVE-2026-0001",
+    );
+    b.click(&format!("{deny} button[type=submit]"));
+    assert!(
+        b.url().ends_with(&format!("/builds/{}", build.build_id)),
+        "{}",
+        b.url()
+    );
+    let main = b.text("main");
+    assert!(main.contains("REJECTED"), "{main}");
+    assert!(main.contains("base image carries CVE-2026-0001"), "{main}");
+    b.check_page("23-build-denied");
+    assert_eq!(build_status(&admin, &build.build_id), "REJECTED");
+    let t: Value = admin.get(&format!("/v1/tasks/{task}")).unwrap();
+    assert_eq!(
+        t["denial_reason"],
+        json!("base image carries CVE-2026-0001")
+    );
+
+    // Signing out ends the session: the old cookie no longer works.
+    b.click("form[action='/logout'] button[type=submit]");
+    assert!(b.url().contains("/login"));
+    let r = h
+        .get(format!("{}/tasks", m.url))
+        .header("cookie", &alice_cookie)
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        303,
+        "a revoked session is sent to sign in"
+    );
+}
+
+/// Opens the job page until the job has ended (the page's own script reloads it too).
+fn wait_for_job(b: &Browser, m: &Manager, job_url: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    loop {
+        b.goto(job_url);
+        let h1 = b.text("h1");
+        if !h1.contains("QUEUED") && !h1.contains("RUNNING") {
+            return h1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not end: {}\n{}",
+            b.text("main"),
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
+    let reg = common::registry::Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = common::images::busybox(&tmp.path().join("busybox"));
+    let input = format!("{}/console/busybox:1", reg.addr());
+    let output = format!("{}/console/busybox-nitro:1", reg.addr());
+    common::ok(common::cloak().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        &format!("docker://{input}"),
+    ]));
+    let kernel =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/kernel/vmlinuz");
+    if !kernel.exists() {
+        common::ok(std::process::Command::new("bash").arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-kernel.sh"),
+        ));
+    }
+    let m = Manager::start_with(
+        Backend::Sqlite,
+        &[
+            "--nitro-kernel",
+            kernel.to_str().unwrap(),
+            "--insecure-registry",
+            &reg.addr(),
+            "--workers",
+            "1",
+        ],
+    );
+    let admin = m.admin();
+    new_user(&admin, "alice", "WRITER");
+    new_user(&admin, "bob", "WRITER");
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "busybox", "input_image_name": input, "output_image_name": output,
+                    "approval_policy": {"n": 2, "approvers": ["role:WRITER"]}}),
+        )
+        .unwrap();
+    let b = Browser::start();
+    sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+
+    // The Nitro form, filled from the app; a bad option is refused beside its field.
+    b.goto(&format!(
+        "{}/convert?target=nitro&app_id={}",
+        m.url, app.app_id
+    ));
+    assert_eq!(
+        b.exec(
+            "return document.getElementById('convert-request-input_image-name').value",
+            json!([])
+        ),
+        json!(input)
+    );
+    b.fill("#convert-nitro_enclaves_options-cpu_count", "0");
+    b.click("form[action='/convert'] button[type=submit]");
+    let err = b.text("#convert-nitro_enclaves_options-cpu_count-error");
+    assert!(err.contains("cpu"), "{}", b.text("main"));
+    b.fill("#convert-nitro_enclaves_options-cpu_count", "2");
+    b.fill(
+        "#convert-request-converter_options-env_vars",
+        "MODE=console",
+    );
+    b.check_page("30-convert-nitro");
+    b.click("form[action='/convert'] button[type=submit]");
+    let job_url = b.url();
+    assert!(job_url.contains("/jobs/"), "{job_url}: {}", b.text("main"));
+    // The page reloads itself while the job runs: a screenshot only (axe runs on its final form).
+    b.screenshot("31-job");
+    let h1 = wait_for_job(&b, &m, &job_url);
+    assert_eq!(h1, "Conversion SUCCEEDED", "{}", b.text("main"));
+    b.check_page("32-job-result");
+
+    // The build is PENDING with the job result's PCRs.
+    let job_id = job_url.rsplit('/').next().unwrap();
+    let job: Job = admin.get(&format!("/v1/jobs/{job_id}")).unwrap();
+    let result: Build = serde_json::from_value(job.result.clone().unwrap()).unwrap();
+    let pcrs = result
+        .attributes
+        .nitro_enclave
+        .clone()
+        .expect("PCRs in the result");
+    let build_id = job.build_id.clone().unwrap();
+    let main = b.text("main");
+    for pcr in [&pcrs.pcr0, &pcrs.pcr1, &pcrs.pcr2] {
+        assert!(main.contains(pcr.as_str()), "{pcr} not on the result");
+    }
+    b.click("#result-build");
+    let main = b.text("main");
+    assert!(main.contains("PENDING"), "{main}");
+    for pcr in [&pcrs.pcr0, &pcrs.pcr1, &pcrs.pcr2] {
+        assert!(main.contains(pcr.as_str()), "{pcr} not on the build");
+    }
+    assert!(
+        main.contains("MODE=console"),
+        "the conversion options: {main}"
+    );
+
+    // Two approvers, one after the other.
+    for who in ["alice", "bob"] {
+        sign_in(&b, &m, who, PASSWORD);
+        b.goto(&format!("{}/tasks", m.url));
+        assert!(b.text("main").contains(&pcrs.pcr0));
+        b.click("button.approve");
+    }
+    assert!(b.text("main").contains("WHITELISTED"), "{}", b.text("main"));
+    assert_eq!(build_status(&admin, &build_id), "WHITELISTED");
+
+    sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+    b.goto(&format!("{}/audit", m.url));
+    let main = b.text("main");
+    assert!(main.contains("Audit chain verified"), "{main}");
+    for action in [
+        "Image Conversion Requested",
+        "Image Conversion Succeeded",
+        "Build Registered",
+        "Build Whitelisted",
+    ] {
+        assert!(main.contains(action), "{action} missing:\n{main}");
+    }
+    b.check_page("33-audit-after-conversion");
+}
