@@ -36,6 +36,109 @@ pub struct RunConfig {
     /// Append the launcher's own extra arguments to argv.
     #[serde(default)]
     pub allow_cmdline_args: bool,
+    /// Attest to this manager and install what it releases before the app starts. Absent in
+    /// images converted without `--manager-url` (their run.json, and so their measurement, is
+    /// what it was before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<ManagerConfig>,
+}
+
+/// The manager an image trusts, and what the launcher gets from it (see `provision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// `https://host:port` of the manager.
+    pub url: String,
+    /// The certificates (PEM) the manager's TLS certificate must chain to: pinned here, in the
+    /// measured run configuration, so a host cannot point the image at another manager.
+    pub ca_pem: String,
+    /// The app the image's builds belong to (`POST /v1/certificates` names it).
+    pub app_id: String,
+    /// Certificates to obtain before the app starts.
+    #[serde(default)]
+    pub certificates: Vec<CertSpec>,
+    /// Whether simulated evidence (signed by a key given at run time) may stand in for a TEE.
+    /// Recorded here so that it changes the measurement: an image converted without it never
+    /// produces simulated evidence.
+    #[serde(default)]
+    pub allow_simulated: bool,
+    /// How long (seconds) an unreachable manager is retried, with backoff, before giving up.
+    pub retry_seconds: u64,
+    /// Nitro: reach the manager through vsock CID 3 at this port (`cloak proxy` on the parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_port: Option<u32>,
+    /// Append `ca_pem` to the image's trust store before the app starts
+    /// (`add_ccm_ca_certificates`).
+    #[serde(default)]
+    pub add_ca_to_trust_store: bool,
+    /// Renew each certificate this many seconds before it expires, while the app runs
+    /// (0: never).
+    #[serde(default)]
+    pub renew_before_seconds: u64,
+}
+
+/// One certificate the launcher obtains (the seed's `CertificateConfig`, validated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertSpec {
+    /// Subject common name; the build's `certificates` option must name it.
+    pub subject: String,
+    /// The key generated inside the TEE.
+    pub key: KeySpec,
+    /// Where the key is written (mode 0600, owned by the app's user).
+    pub key_path: String,
+    /// Where the certificate is written.
+    pub cert_path: String,
+    /// Where the chain (issuing CA, root) is written; `None` for the seed's `"none"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_path: Option<String>,
+}
+
+/// Key type and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeySpec {
+    /// RSA of 2048, 3072 or 4096 bits.
+    Rsa {
+        /// Modulus size in bits.
+        bits: u32,
+    },
+    /// ECDSA on P-256 or P-384.
+    Ec {
+        /// 256 or 384.
+        curve: u32,
+    },
+}
+
+impl KeySpec {
+    /// Read the seed's `keyType` and `keyParam` (`rsa` + `{"size": N}`, `ec` + `{"curve":
+    /// "P-256"}`), with the error naming what is accepted.
+    pub fn from_seed(key_type: &str, key_param: Option<&serde_json::Value>) -> Result<KeySpec, String> {
+        match key_type.to_ascii_lowercase().as_str() {
+            "rsa" => {
+                let bits = match key_param.and_then(|p| p.get("size")) {
+                    None => 2048,
+                    Some(v) => v.as_u64().ok_or("keyParam.size must be a number")?,
+                };
+                if ![2048, 3072, 4096].contains(&bits) {
+                    return Err(format!("keyParam.size {bits}: RSA keys are 2048, 3072 or 4096 bits"));
+                }
+                Ok(KeySpec::Rsa { bits: bits as u32 })
+            }
+            "ec" | "ecdsa" => {
+                let curve = key_param
+                    .and_then(|p| p.get("curve"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("P-256");
+                match curve.to_ascii_uppercase().replace(['_', ' '], "-").as_str() {
+                    "P-256" | "NISTP256" | "PRIME256V1" | "SECP256R1" => Ok(KeySpec::Ec { curve: 256 }),
+                    "P-384" | "NISTP384" | "SECP384R1" => Ok(KeySpec::Ec { curve: 384 }),
+                    _ => Err(format!("keyParam.curve {curve:?}: EC keys are P-256 or P-384")),
+                }
+            }
+            other => Err(format!("keyType {other:?}: use \"rsa\" or \"ec\"")),
+        }
+    }
 }
 
 /// What went wrong; printed with the `cloak-launcher:` prefix before exiting 127.

@@ -11,6 +11,7 @@ fn cfg() -> RunConfig {
         workdir: "/srv".into(),
         user: String::new(),
         allow_cmdline_args: false,
+        manager: None,
     }
 }
 

@@ -190,6 +190,11 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         .clone()
         .or_else(|| o.signing_key.as_ref().and_then(|k| k.uri.clone()))
         .unwrap_or_else(|| "default".into());
+    let manager = crate::manager::launcher_config(
+        o.manager.as_ref(),
+        o.certificates.as_deref(),
+        o.add_ccm_ca_certificates.unwrap_or(false),
+    )?;
     let signer = cloak_sgx::key::open(&key_spec)?;
     crate::launcher::check(&req.launcher)?;
     let launcher = std::fs::read(&req.launcher).map_err(|e| {
@@ -271,6 +276,7 @@ pub async fn convert(req: SgxRequest) -> Result<SgxReport> {
         workdir: app.workdir.clone(),
         user: app.user.clone(),
         allow_cmdline_args: app.allow_cmdline_args,
+        manager,
     };
     let run_json = serde_json::to_vec_pretty(&run).expect("RunConfig serialises");
     let mut trusted = trusted_files(&fs, &classes);
