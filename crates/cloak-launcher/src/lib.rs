@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod files;
 pub mod init;
+pub mod provision;
 
 /// Where the converter writes the run configuration.
 pub const CONFIG_PATH: &str = "/cloak/run.json";
@@ -163,6 +164,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Attestation or installing what the manager released failed; the app is not started.
+    #[error("{0}; the application is not started")]
+    Provision(provision::Failure),
     /// A system call failed.
     #[error("{what}: {source}")]
     Sys {
@@ -172,6 +176,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// The launcher's exit status for this error: [`provision::EXIT_REFUSED`] or
+    /// [`provision::EXIT_UNREACHABLE`] for attestation, 127 otherwise.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Error::Provision(f) => f.exit_status(),
+            _ => 127,
+        }
+    }
 }
 
 /// The process the launcher will exec.
@@ -330,6 +345,27 @@ pub trait Sys {
     fn set_ids(&mut self, uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()>;
     /// Replace the process (returns only on failure).
     fn exec(&mut self, argv: &[String], env: &[String]) -> std::io::Error;
+    /// Attest to the manager and install what it releases (see [`provision`]); returns the
+    /// app's extra environment. `owner` is the app's uid and gid.
+    fn provision(
+        &mut self,
+        manager: &ManagerConfig,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<String>, provision::Failure>;
+}
+
+/// Set `NAME=value` entries in `env`, replacing an entry of the same name in place.
+fn merge_env(env: &mut Vec<String>, extra: Vec<String>) {
+    for e in extra {
+        let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_string();
+        match env
+            .iter_mut()
+            .find(|x| x.split_once('=').is_some_and(|(k, _)| k == name))
+        {
+            Some(x) => *x = e,
+            None => env.push(e),
+        }
+    }
 }
 
 /// Read the configuration and exec the application. Returns only with an error.
@@ -357,10 +393,18 @@ pub fn launch(
     };
     let passwd = sys.read("/etc/passwd").unwrap_or_default();
     let group = sys.read("/etc/group").unwrap_or_default();
-    let plan = match plan(&cfg, outer_env, extra_args, &passwd, &group) {
+    let mut plan = match plan(&cfg, outer_env, extra_args, &passwd, &group) {
         Ok(p) => p,
         Err(e) => return e,
     };
+    // Attestation runs before anything of the app: as root (keys are chowned to the app's
+    // user), before the working directory and the user change.
+    if let Some(m) = &cfg.manager {
+        match sys.provision(m, plan.ids.as_ref().map(|(u, g, _)| (*u, *g))) {
+            Ok(env) => merge_env(&mut plan.env, env),
+            Err(f) => return Error::Provision(f),
+        }
+    }
     if let Err(e) = sys.chdir(&plan.workdir) {
         return Error::Sys {
             what: format!("chdir to WORKDIR {}", plan.workdir),
@@ -392,7 +436,27 @@ fn cstrings(v: &[String]) -> Vec<CString> {
         .collect()
 }
 
+/// Where `cloak run` puts the simulation key and the claimed measurements (simulated mode
+/// only, and only used when the image allows simulation).
+pub const SIMULATION_DIR: &str = "/cloak-simulation";
+
 impl Sys for RealSys {
+    fn provision(
+        &mut self,
+        manager: &ManagerConfig,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<String>, provision::Failure> {
+        let sim_dir = std::env::var("CLOAK_SIMULATION_DIR").unwrap_or_else(|_| SIMULATION_DIR.into());
+        let mut source = provision::detect_source(manager, std::path::Path::new(&sim_dir))?;
+        let route = manager.vsock_port.filter(|_| std::env::var_os(init::USER_NET_ENV).is_none()).map(provision::http::Route::Vsock);
+        let client = provision::Client::new(manager, route)?;
+        let target = provision::Target {
+            root: "/".into(),
+            owner,
+        };
+        let (installed, _issued) = provision::provision(manager, &client, source.as_mut(), &target)?;
+        Ok(installed.env)
+    }
     fn read(&mut self, path: &str) -> std::io::Result<String> {
         std::fs::read_to_string(path)
     }
