@@ -6,7 +6,9 @@
 //! (approval quorums, API keys, the audit chain) are marked as such.
 
 pub mod client;
+mod configs;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use configs::*;
 pub use types::*;

@@ -89,6 +89,7 @@ impl Error {
                 | "unknown_evidence_kind"
                 | "bad_key" => StatusCode::BAD_REQUEST,
                 "internal" => StatusCode::INTERNAL_SERVER_ERROR,
+                "client_certificate_required" => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::FORBIDDEN,
             },
             Error::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,

@@ -14,6 +14,7 @@ pub mod builds;
 pub mod ca;
 pub mod certs;
 pub mod config;
+pub mod configs;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -214,7 +214,8 @@ pub async fn rotate(db: &crate::store::Db, path: &Path) -> Result<usize> {
     let old = MasterKey::load(path)?;
     let both = old.with_primary(&MasterKey::generate());
     both.save(path)?;
-    let n = crate::registry::reseal_all(db, &both).await?;
+    let n = crate::registry::reseal_all(db, &both).await?
+        + crate::configs::reseal_all(db, &both).await?;
     both.primary_only().save(path)?;
     tracing::info!(key_id = %both.primary_id(), resealed = n, "master key rotated");
     Ok(n)
