@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use cloak_api::{App, Build, Client, Task};
 use cloak_attest::simulated::SimulationSigningKey;
-use cloak_launcher::provision::evidence::{AttestationDir, AttestationFs, EvidenceSource, Gramine, Simulated};
+use cloak_launcher::provision::evidence::{
+    AttestationDir, AttestationFs, EvidenceSource, Gramine, Simulated,
+};
 use cloak_launcher::provision::{self, Client as ManagerClient, Failure, Target};
 use cloak_launcher::{CertSpec, KeySpec, ManagerConfig, RunConfig, Sys};
 use cloak_manager::config::Settings;
@@ -71,10 +73,15 @@ impl Server {
             .build()
             .unwrap();
         let state = rt
-            .block_on(cloak_manager::server::prepare(config.clone(), Arc::new(WallClock)))
+            .block_on(cloak_manager::server::prepare(
+                config.clone(),
+                Arc::new(WallClock),
+            ))
             .unwrap();
         let (tls, _) = rt
-            .block_on(cloak_manager::server::tls_config_with_client_auth(&config, &state))
+            .block_on(cloak_manager::server::tls_config_with_client_auth(
+                &config, &state,
+            ))
             .unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -107,7 +114,10 @@ impl Server {
 
 fn approve(admin: &Client, build: &Build) {
     let t: Task = admin
-        .patch(&format!("/v1/tasks/{}", build.task_id), &json!({"status": "APPROVED"}))
+        .patch(
+            &format!("/v1/tasks/{}", build.task_id),
+            &json!({"status": "APPROVED"}),
+        )
         .unwrap();
     assert_eq!(t.status.status, "SUCCESS");
 }
@@ -253,13 +263,18 @@ fn image(s: &Server, app: &App, mrenclave: &str, ca: &str, name: &str) -> TestSy
         allow_cmdline_args: false,
         manager: Some(manager.clone()),
     };
-    std::fs::write(root.join("cloak/run.json"), serde_json::to_string(&run).unwrap()).unwrap();
+    std::fs::write(
+        root.join("cloak/run.json"),
+        serde_json::to_string(&run).unwrap(),
+    )
+    .unwrap();
     let sim_dir = s.dir.path().join(format!("{name}-sim"));
     std::fs::create_dir_all(&sim_dir).unwrap();
     std::fs::write(sim_dir.join("key.pem"), &s.sim_key_pem).unwrap();
     std::fs::write(
         sim_dir.join("measurements.json"),
-        json!({"mrenclave": mrenclave, "mrsigner": MRSIGNER, "isvprodid": 1, "isvsvn": 1}).to_string(),
+        json!({"mrenclave": mrenclave, "mrsigner": MRSIGNER, "isvprodid": 1, "isvsvn": 1})
+            .to_string(),
     )
     .unwrap();
     TestSys {
@@ -286,16 +301,27 @@ fn curl_configs(s: &Server, client: Option<&Path>) -> (u16, Value) {
     let ca = s.dir.path().join("manager-tls.pem");
     std::fs::write(&ca, &s.tls_ca).unwrap();
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-w", "\n%{http_code}", "--cacert"]).arg(&ca);
+    cmd.args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+        .arg(&ca);
     if let Some(d) = client {
         cmd.arg("--cert").arg(d.join("client-chain.pem"));
         cmd.arg("--key").arg(d.join("appkey.pem"));
     }
-    let out = cmd.arg(format!("{}/v1/runtime/app_configs", s.url)).output().unwrap();
+    let out = cmd
+        .arg(format!("{}/v1/runtime/app_configs", s.url))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "curl: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 /// The leaf the launcher installed plus the manager's chain, for curl's --cert.
@@ -317,7 +343,10 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
     let s = Server::start();
     let admin = s.admin();
     let app: App = admin
-        .post("/v1/apps", &json!({"name": "sgx-app", "input_image_name": "r/in", "output_image_name": "r/out"}))
+        .post(
+            "/v1/apps",
+            &json!({"name": "sgx-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
         .unwrap();
     let build = register(&admin, &app, MRENCLAVE);
     let _: Value = admin
@@ -334,7 +363,10 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
     let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "pending");
     let err = cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
     let text = err.to_string();
-    assert!(text.contains("not whitelisted (not_whitelisted)") && text.contains("PENDING"), "{text}");
+    assert!(
+        text.contains("not whitelisted (not_whitelisted)") && text.contains("PENDING"),
+        "{text}"
+    );
     assert!(text.contains("the application is not started"), "{text}");
     assert_eq!(err.exit_status(), provision::EXIT_REFUSED);
     assert_eq!(sys.calls, ["provision"], "nothing of the app ran");
@@ -345,12 +377,30 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
     cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
     // Order: attestation before the app's working directory, user and exec.
     assert_eq!(sys.calls[0], "provision");
-    assert!(sys.calls.last().unwrap().starts_with("exec [\"/bin/app\"]"), "{:?}", sys.calls);
-    assert!(sys.calls.last().unwrap().contains("\"APP_MODE=production\""), "{:?}", sys.calls);
-    assert_eq!(sys.at_exec, Some((true, true)), "mount key and certificate before exec");
+    assert!(
+        sys.calls.last().unwrap().starts_with("exec [\"/bin/app\"]"),
+        "{:?}",
+        sys.calls
+    );
+    assert!(
+        sys.calls
+            .last()
+            .unwrap()
+            .contains("\"APP_MODE=production\""),
+        "{:?}",
+        sys.calls
+    );
+    assert_eq!(
+        sys.at_exec,
+        Some((true, true)),
+        "mount key and certificate before exec"
+    );
     // Gramine's protocol: user_report_data before quote; the binding is SHA-256(SPKI) ‖ SHA-256(nonce).
     let log = sys.source.gramine.fs.log.lock().unwrap().clone();
-    assert_eq!(log, ["write user_report_data", "read quote", "write keys/default"]);
+    assert_eq!(
+        log,
+        ["write user_report_data", "read quote", "write keys/default"]
+    );
     let (spki, rd) = &sys.source.bindings[0];
     use sha2::Digest;
     assert_eq!(&rd[..32], sha2::Sha256::digest(spki).as_slice());
@@ -359,7 +409,13 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
         hex::decode(MOUNT_KEY).unwrap()
     );
     // Files and modes; chainPath "none" is not written.
-    let mode = |p: &str| std::fs::metadata(sys.root.join(p)).unwrap().permissions().mode() & 0o777;
+    let mode = |p: &str| {
+        std::fs::metadata(sys.root.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
     assert_eq!(mode("appkey.pem"), 0o600);
     assert_eq!(mode("appcert.pem"), 0o644);
     assert_eq!(mode("etc/app/db.conf"), 0o600);
@@ -371,7 +427,12 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(!listing.iter().any(|n| n.contains("chain") || n.contains("cloak-tmp")), "{listing:?}");
+    assert!(
+        !listing
+            .iter()
+            .any(|n| n.contains("chain") || n.contains("cloak-tmp")),
+        "{listing:?}"
+    );
     // The certificate is for the installed key and the seed's subject (openssl as the judge).
     let cert_pub = Command::new("openssl")
         .args(["x509", "-noout", "-pubkey", "-subject", "-in"])
@@ -384,16 +445,26 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
         .output()
         .unwrap();
     let cert_out = String::from_utf8_lossy(&cert_pub.stdout);
-    assert!(cert_out.contains(&*String::from_utf8_lossy(&key_pub.stdout)), "{cert_out}");
+    assert!(
+        cert_out.contains(&*String::from_utf8_lossy(&key_pub.stdout)),
+        "{cert_out}"
+    );
     assert!(cert_out.contains("CN = SGX-Application"), "{cert_out}");
 
     // App configs over mutual TLS (curl as the client).
     client_chain(&s, &sys.root);
     let (code, body) = curl_configs(&s, Some(&sys.root));
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["config"]["app_config"]["env:APP_MODE"]["contents"], "production");
+    assert_eq!(
+        body["config"]["app_config"]["env:APP_MODE"]["contents"],
+        "production"
+    );
     let (code, body) = curl_configs(&s, None);
-    assert_eq!((code, body["type"].as_str()), (401, Some("client_certificate_required")), "{body}");
+    assert_eq!(
+        (code, body["type"].as_str()),
+        (401, Some("client_certificate_required")),
+        "{body}"
+    );
 
     // Another build of the app: its own config is not released to the first build's
     // certificate, and the first build's certificate does not get it.
@@ -408,31 +479,59 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
         .unwrap();
     let (code, body) = curl_configs(&s, Some(&sys.root));
     assert_eq!(code, 200);
-    assert!(body["config"]["app_config"].get("env:OTHER_ONLY").is_none(), "{body}");
+    assert!(
+        body["config"]["app_config"].get("env:OTHER_ONLY").is_none(),
+        "{body}"
+    );
     let mut sys2 = image(&s, &app, &"c3".repeat(32), &s.tls_ca, "other");
     cloak_launcher::launch(&mut sys2, &BTreeMap::new(), &[]);
     client_chain(&s, &sys2.root);
     let (_, body) = curl_configs(&s, Some(&sys2.root));
-    assert_eq!(body["config"]["app_config"]["env:OTHER_ONLY"]["contents"], "for the other build");
+    assert_eq!(
+        body["config"]["app_config"]["env:OTHER_ONLY"]["contents"],
+        "for the other build"
+    );
 
     // Operators see entry names, never values; the database holds no plaintext.
-    let listed: Value = admin.get(&format!("/v1/app_configs?app_id={}", app.app_id)).unwrap();
-    assert!(!listed.to_string().contains(SECRET) && listed.to_string().contains("/etc/app/db.conf"), "{listed}");
-    let dump = Command::new("sqlite3").arg(&s.db).arg(".dump").output().unwrap();
-    assert!(dump.status.success() && dump.stdout.len() > 1000, "{}", String::from_utf8_lossy(&dump.stderr));
+    let listed: Value = admin
+        .get(&format!("/v1/app_configs?app_id={}", app.app_id))
+        .unwrap();
+    assert!(
+        !listed.to_string().contains(SECRET) && listed.to_string().contains("/etc/app/db.conf"),
+        "{listed}"
+    );
+    let dump = Command::new("sqlite3")
+        .arg(&s.db)
+        .arg(".dump")
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success() && dump.stdout.len() > 1000,
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("app_configs") && !dump.contains(SECRET) && !dump.contains(MOUNT_KEY));
     let audit: Value = admin.get("/v1/audit").unwrap();
     assert!(audit.to_string().contains("App Config Created"));
-    assert!(audit.to_string().contains("App Config Released to Application"));
+    assert!(audit
+        .to_string()
+        .contains("App Config Released to Application"));
     assert!(!audit.to_string().contains(SECRET));
 
     // After revocation: no configs for that certificate, and a new boot is refused.
     let _: Build = admin
-        .post(&format!("/v1/builds/{}/revoke", build.build_id), &json!({"reason": "test revocation"}))
+        .post(
+            &format!("/v1/builds/{}/revoke", build.build_id),
+            &json!({"reason": "test revocation"}),
+        )
         .unwrap();
     let (code, body) = curl_configs(&s, Some(&sys.root));
-    assert_eq!((code, body["type"].as_str()), (403, Some("revoked")), "{body}");
+    assert_eq!(
+        (code, body["type"].as_str()),
+        (403, Some("revoked")),
+        "{body}"
+    );
     let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "revoked");
     let err = cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
     assert!(err.to_string().contains("(revoked)"), "{err}");
@@ -444,11 +543,15 @@ fn a_manager_without_the_pinned_ca_is_refused_before_any_key_material_is_sent() 
     let s = Server::start();
     let admin = s.admin();
     let app: App = admin
-        .post("/v1/apps", &json!({"name": "sgx-app", "input_image_name": "r/in", "output_image_name": "r/out"}))
+        .post(
+            "/v1/apps",
+            &json!({"name": "sgx-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
         .unwrap();
     approve(&admin, &register(&admin, &app, MRENCLAVE));
     // Another manager's CA (same host names).
-    let other = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let other =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let mut sys = image(&s, &app, MRENCLAVE, &other.cert.pem(), "pinned");
     let err = cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
     let text = err.to_string();
@@ -463,4 +566,107 @@ fn a_manager_without_the_pinned_ca_is_refused_before_any_key_material_is_sent() 
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&n.stdout), "0\n0\n");
+}
+
+/// Renewal's clock: the wall clock, with waits replaced by `on_sleep` (the test acts there).
+struct Steps<F: FnMut(usize, std::time::Duration)> {
+    calls: usize,
+    on_sleep: F,
+}
+
+impl<F: FnMut(usize, std::time::Duration)> provision::renew::Timer for Steps<F> {
+    fn now(&mut self) -> i64 {
+        cloak_manager::now()
+    }
+    fn sleep(&mut self, d: std::time::Duration) {
+        self.calls += 1;
+        (self.on_sleep)(self.calls, d)
+    }
+}
+
+#[test]
+fn sixty_second_certificates_are_renewed_atomically_until_the_build_is_revoked() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Server::start();
+    let admin = s.admin();
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "short-lived", "input_image_name": "r/in", "output_image_name": "r/out",
+                    "certificate_policy": {"validity_seconds": 60}}),
+        )
+        .unwrap();
+    let build = register(&admin, &app, MRENCLAVE);
+    approve(&admin, &build);
+    let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "renewing");
+    cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
+    assert!(
+        sys.calls.last().unwrap().starts_with("exec"),
+        "{:?}",
+        sys.calls
+    );
+    let cert_path = sys.root.join("appcert.pem");
+    let first = std::fs::read_to_string(&cert_path).unwrap();
+    let first_inode = std::fs::metadata(&cert_path).unwrap().ino();
+    let cfg: RunConfig =
+        serde_json::from_str(&std::fs::read_to_string(sys.root.join("cloak/run.json")).unwrap())
+            .unwrap();
+    let manager = cfg.manager.unwrap();
+    let target = Target {
+        root: sys.root.clone(),
+        owner: None,
+    };
+    let now = cloak_manager::now();
+    let certs = vec![(manager.certificates[0].clone(), now, now + 60)];
+    let mut waits = Vec::new();
+    let mut renewed = Vec::new();
+    let refusal = {
+        let mut timer = Steps {
+            calls: 0,
+            on_sleep: |n: usize, d: std::time::Duration| {
+                waits.push(d.as_secs());
+                let text = std::fs::read_to_string(&cert_path).unwrap();
+                renewed.push((text, std::fs::metadata(&cert_path).unwrap().ino()));
+                // Before the second renewal is due, the build is revoked.
+                if n == 2 {
+                    let _: Build = admin
+                        .post(
+                            &format!("/v1/builds/{}/revoke", build.build_id),
+                            &json!({"reason": "compromised"}),
+                        )
+                        .unwrap();
+                }
+            },
+        };
+        provision::renew::renew_until_refused(
+            &manager,
+            &sys.client,
+            &mut sys.source,
+            &target,
+            certs,
+            &mut timer,
+        )
+    };
+    // Due when a third of the 60 s is left (the schedule, not a measured time).
+    assert!(waits[0] <= 40 && waits[0] >= 35, "{waits:?}");
+    assert_eq!(waits.len(), 2, "one renewal, then the refusal: {waits:?}");
+    // The file seen at the second wait is the renewed certificate: replaced by rename (a new
+    // inode, never a partly written file), for a new key that matches it.
+    assert_eq!(renewed[0].0, first);
+    assert_ne!(renewed[1].0, first);
+    assert_ne!(renewed[1].1, first_inode);
+    let cert_pub = Command::new("openssl")
+        .args(["x509", "-noout", "-pubkey", "-in"])
+        .arg(&cert_path)
+        .output()
+        .unwrap();
+    let key_pub = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(sys.root.join("appkey.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(cert_pub.stdout, key_pub.stdout);
+    assert_eq!(refusal.code, "revoked", "{refusal}");
+    // Renewal stopped: the files are those of the last renewal.
+    assert_eq!(std::fs::read_to_string(&cert_path).unwrap(), renewed[1].0);
 }

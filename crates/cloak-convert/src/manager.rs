@@ -94,11 +94,11 @@ fn cert_spec(i: usize, c: &CertificateConfig) -> Result<CertSpec> {
             c.issuer
         ))));
     }
-    let subject = c
-        .subject
-        .clone()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad(at("subject is required (the build's certificates option must name it)")))?;
+    let subject = c.subject.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+        bad(at(
+            "subject is required (the build's certificates option must name it)",
+        ))
+    })?;
     let key = KeySpec::from_seed(&c.key_type, c.key_param.as_ref()).map_err(|e| bad(at(&e)))?;
     let path = |name: &str, p: &Option<String>| -> Result<String> {
         match p.as_deref() {
@@ -126,7 +126,8 @@ fn cert_spec(i: usize, c: &CertificateConfig) -> Result<CertSpec> {
 mod tests {
     use super::*;
 
-    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBLjCB1aADAgECAhQ=\n-----END CERTIFICATE-----\n";
+    const CA: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBLjCB1aADAgECAhQ=\n-----END CERTIFICATE-----\n";
 
     fn opts() -> ManagerOptions {
         ManagerOptions {
@@ -177,7 +178,9 @@ mod tests {
             v[k] = x.clone();
         }
         let o: ManagerOptions = serde_json::from_value(v).unwrap();
-        let e = launcher_config(Some(&o), None, false).unwrap_err().to_string();
+        let e = launcher_config(Some(&o), None, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(msg), "{e}");
     }
 
@@ -186,7 +189,10 @@ mod tests {
     #[case::curve(r#"{"subject":"a","keyType":"ec","keyParam":{"curve":"P-521"},"keyPath":"/k","certPath":"/c"}"#, "P-256 or P-384")]
     #[case::relative(r#"{"subject":"a","keyPath":"k","certPath":"/c"}"#, "absolute path")]
     #[case::no_subject(r#"{"keyPath":"/k","certPath":"/c"}"#, "subject is required")]
-    #[case::issuer(r#"{"issuer":"SELF_IAS","subject":"a","keyPath":"/k","certPath":"/c"}"#, "MANAGER_CA")]
+    #[case::issuer(
+        r#"{"issuer":"SELF_IAS","subject":"a","keyPath":"/k","certPath":"/c"}"#,
+        "MANAGER_CA"
+    )]
     fn bad_certificates_are_refused(#[case] cert: &str, #[case] msg: &str) {
         let c: CertificateConfig = serde_json::from_str(cert).unwrap();
         let e = launcher_config(Some(&opts()), Some(&[c]), false)
@@ -199,7 +205,9 @@ mod tests {
     fn certificates_without_a_manager_are_refused() {
         let c: CertificateConfig =
             serde_json::from_str(r#"{"subject":"a","keyPath":"/k","certPath":"/c"}"#).unwrap();
-        let e = launcher_config(None, Some(&[c]), false).unwrap_err().to_string();
+        let e = launcher_config(None, Some(&[c]), false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--manager-url"), "{e}");
         assert!(launcher_config(None, None, false).unwrap().is_none());
     }

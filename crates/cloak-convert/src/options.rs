@@ -53,8 +53,8 @@ pub struct ManagerOptions {
     /// Nitro: the vsock port (at CID 3) `cloak proxy` listens on for the manager.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock_port: Option<u32>,
-    /// Renew certificates this many seconds before they expire (default: a third of their
-    /// validity is left; 0 disables renewal).
+    /// Renew certificates this many seconds before they expire (default 0: when a third of
+    /// their validity is left).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_before_seconds: Option<u64>,
 }

@@ -73,7 +73,7 @@ pub struct ManagerConfig {
     #[serde(default)]
     pub add_ca_to_trust_store: bool,
     /// Renew each certificate this many seconds before it expires, while the app runs
-    /// (0: never).
+    /// (0: when a third of its validity is left).
     #[serde(default)]
     pub renew_before_seconds: u64,
 }
@@ -114,7 +114,10 @@ pub enum KeySpec {
 impl KeySpec {
     /// Read the seed's `keyType` and `keyParam` (`rsa` + `{"size": N}`, `ec` + `{"curve":
     /// "P-256"}`), with the error naming what is accepted.
-    pub fn from_seed(key_type: &str, key_param: Option<&serde_json::Value>) -> Result<KeySpec, String> {
+    pub fn from_seed(
+        key_type: &str,
+        key_param: Option<&serde_json::Value>,
+    ) -> Result<KeySpec, String> {
         match key_type.to_ascii_lowercase().as_str() {
             "rsa" => {
                 let bits = match key_param.and_then(|p| p.get("size")) {
@@ -122,7 +125,9 @@ impl KeySpec {
                     Some(v) => v.as_u64().ok_or("keyParam.size must be a number")?,
                 };
                 if ![2048, 3072, 4096].contains(&bits) {
-                    return Err(format!("keyParam.size {bits}: RSA keys are 2048, 3072 or 4096 bits"));
+                    return Err(format!(
+                        "keyParam.size {bits}: RSA keys are 2048, 3072 or 4096 bits"
+                    ));
                 }
                 Ok(KeySpec::Rsa { bits: bits as u32 })
             }
@@ -132,9 +137,13 @@ impl KeySpec {
                     .and_then(|v| v.as_str())
                     .unwrap_or("P-256");
                 match curve.to_ascii_uppercase().replace(['_', ' '], "-").as_str() {
-                    "P-256" | "NISTP256" | "PRIME256V1" | "SECP256R1" => Ok(KeySpec::Ec { curve: 256 }),
+                    "P-256" | "NISTP256" | "PRIME256V1" | "SECP256R1" => {
+                        Ok(KeySpec::Ec { curve: 256 })
+                    }
                     "P-384" | "NISTP384" | "SECP384R1" => Ok(KeySpec::Ec { curve: 384 }),
-                    _ => Err(format!("keyParam.curve {curve:?}: EC keys are P-256 or P-384")),
+                    _ => Err(format!(
+                        "keyParam.curve {curve:?}: EC keys are P-256 or P-384"
+                    )),
                 }
             }
             other => Err(format!("keyType {other:?}: use \"rsa\" or \"ec\"")),
@@ -426,6 +435,51 @@ pub fn launch(
     }
 }
 
+/// Fork the process that renews the certificates while the app runs (the app is exec'd by
+/// this process next). It dies with the app (PR_SET_PDEATHSIG), so a Nitro init that waits
+/// for every child still ends when the app does.
+fn start_renewal(
+    manager: &ManagerConfig,
+    client: &provision::Client,
+    mut source: Box<dyn provision::evidence::EvidenceSource>,
+    target: &provision::Target,
+    issued: Vec<provision::Issued>,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let certs: Vec<(CertSpec, i64, i64)> = manager
+        .certificates
+        .iter()
+        .cloned()
+        .zip(issued)
+        .map(|(spec, i)| (spec, now, i.not_after.unwrap_or(now + 3600)))
+        .collect();
+    // SAFETY: the launcher is single-threaded here; the child only runs the renewal loop and
+    // exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: plain system call.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        provision::renew::renew_until_refused(
+            manager,
+            client,
+            source.as_mut(),
+            target,
+            certs,
+            &mut provision::renew::SystemTimer,
+        );
+        std::process::exit(0);
+    }
+    if pid < 0 {
+        eprintln!(
+            "cloak-launcher: cannot start certificate renewal: {}; the certificates expire unrenewed",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The real system.
 #[derive(Debug, Default)]
 pub struct RealSys;
@@ -446,15 +500,22 @@ impl Sys for RealSys {
         manager: &ManagerConfig,
         owner: Option<(u32, u32)>,
     ) -> Result<Vec<String>, provision::Failure> {
-        let sim_dir = std::env::var("CLOAK_SIMULATION_DIR").unwrap_or_else(|_| SIMULATION_DIR.into());
+        let sim_dir =
+            std::env::var("CLOAK_SIMULATION_DIR").unwrap_or_else(|_| SIMULATION_DIR.into());
         let mut source = provision::detect_source(manager, std::path::Path::new(&sim_dir))?;
-        let route = manager.vsock_port.filter(|_| std::env::var_os(init::USER_NET_ENV).is_none()).map(provision::http::Route::Vsock);
+        let route = manager
+            .vsock_port
+            .filter(|_| std::env::var_os(init::USER_NET_ENV).is_none())
+            .map(provision::http::Route::Vsock);
         let client = provision::Client::new(manager, route)?;
         let target = provision::Target {
             root: "/".into(),
             owner,
         };
-        let (installed, _issued) = provision::provision(manager, &client, source.as_mut(), &target)?;
+        let (installed, issued) = provision::provision(manager, &client, source.as_mut(), &target)?;
+        if !issued.is_empty() {
+            start_renewal(manager, &client, source, &target, issued);
+        }
         Ok(installed.env)
     }
     fn read(&mut self, path: &str) -> std::io::Result<String> {

@@ -167,11 +167,17 @@ fn provisioning_runs_as_root_before_anything_of_the_app_and_adds_its_env() {
     sys.files.insert("/etc/group".into(), GROUP.into());
     sys.provision = Some(Ok(vec!["MODE=from-config".into(), "SECRET=s".into()]));
     launch(&mut sys, &BTreeMap::new(), &[]);
-    assert_eq!(sys.calls[0], "provision https://manager.test:9443 Some((1000, 1001))");
+    assert_eq!(
+        sys.calls[0],
+        "provision https://manager.test:9443 Some((1000, 1001))"
+    );
     assert_eq!(sys.calls[1], "chdir /srv");
     assert!(sys.calls[2].starts_with("ids 1000"));
     let exec = &sys.calls[3];
-    assert!(exec.contains("\"MODE=from-config\"") && exec.contains("\"SECRET=s\""), "{exec}");
+    assert!(
+        exec.contains("\"MODE=from-config\"") && exec.contains("\"SECRET=s\""),
+        "{exec}"
+    );
     assert!(!exec.contains("MODE=fixed"), "{exec}");
 }
 
@@ -192,6 +198,9 @@ fn a_refusal_stops_the_launch_with_the_reason_and_its_own_status() {
     assert_eq!(sys.calls.len(), 1, "{:?}", sys.calls);
     let text = err.to_string();
     assert!(text.contains("not whitelisted (not_whitelisted)"), "{text}");
-    assert!(text.contains("build b is PENDING") && text.contains("not started"), "{text}");
+    assert!(
+        text.contains("build b is PENDING") && text.contains("not started"),
+        "{text}"
+    );
     assert_eq!(err.exit_status(), provision::EXIT_REFUSED);
 }

@@ -80,7 +80,9 @@ impl<F: AttestationFs> EvidenceSource for Gramine<F> {
     }
     fn install_mount_key(&mut self, name: &str, key: &[u8; 16]) -> Result<(), String> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(format!("encrypted-mount key name {name:?} is not a plain name"));
+            return Err(format!(
+                "encrypted-mount key name {name:?} is not a plain name"
+            ));
         }
         self.fs
             .write(&format!("keys/{name}"), key)
@@ -178,9 +180,8 @@ impl NsmDevice for DevNsm {
                 iov_len: response.len(),
             },
         };
-        const NSM_IOCTL_REQUEST: libc::c_ulong = (3 << 30)
-            | ((std::mem::size_of::<NsmMessage>() as libc::c_ulong) << 16)
-            | (0x0a << 8);
+        const NSM_IOCTL_REQUEST: libc::c_ulong =
+            (3 << 30) | ((std::mem::size_of::<NsmMessage>() as libc::c_ulong) << 16) | (0x0a << 8);
         // SAFETY: the message points at buffers that live across the call; the driver writes
         // at most response.len() bytes and sets response.iov_len.
         let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), NSM_IOCTL_REQUEST, &mut msg) };
@@ -215,8 +216,8 @@ impl Simulated {
                     .map_err(|e| format!("{}: {e}", key_path.display()))
             })?;
         let m_path = dir.join("measurements.json");
-        let text = std::fs::read_to_string(&m_path)
-            .map_err(|e| format!("{}: {e}", m_path.display()))?;
+        let text =
+            std::fs::read_to_string(&m_path).map_err(|e| format!("{}: {e}", m_path.display()))?;
         let measurements =
             parse_measurements(&text).map_err(|e| format!("{}: {e}", m_path.display()))?;
         Ok(Simulated { key, measurements })
@@ -234,7 +235,9 @@ pub fn parse_measurements(text: &str) -> Result<cloak_attest::Measurements, Stri
     if let Some(pcrs) = v.get("pcrs").and_then(|p| p.as_object()) {
         let mut map = std::collections::BTreeMap::new();
         for (k, x) in pcrs {
-            let i: u16 = k.parse().map_err(|_| format!("pcrs: {k:?} is not an index"))?;
+            let i: u16 = k
+                .parse()
+                .map_err(|_| format!("pcrs: {k:?} is not an index"))?;
             map.insert(i, hexval(x, &format!("pcrs.{k}"))?);
         }
         return Ok(cloak_attest::Measurements::Pcrs(map));

@@ -130,7 +130,10 @@ impl Manager {
         .to_string();
         let server_name = ServerName::try_from(name.clone())
             .map_err(|_| format!("manager URL {url:?}: {name:?} is not a host name"))?;
-        let addr = if host.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        let addr = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             host.clone()
         } else {
             format!("{host}:443")
@@ -155,9 +158,10 @@ impl Manager {
         chain_pem: &str,
         key_der: &[u8],
     ) -> Result<Manager, String> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("the issued certificate: {e}"))?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("the issued certificate: {e}"))?;
         let key = PrivateKeyDer::try_from(key_der.to_vec())
             .map_err(|e| format!("the generated key: {e}"))?;
         let tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -283,9 +287,10 @@ fn parse(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
         }
         return Ok((status, body[..n].to_vec()));
     }
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
     if !chunked {
         return Ok((status, body.to_vec()));
     }

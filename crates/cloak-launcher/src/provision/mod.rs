@@ -7,6 +7,7 @@
 
 pub mod evidence;
 pub mod http;
+pub mod renew;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -212,7 +213,11 @@ impl Client {
             let last = match m.request(method, path, body) {
                 Ok((status, bytes)) if (200..300).contains(&status) => {
                     return serde_json::from_slice(&bytes).map_err(|e| {
-                        Failure::new(step, "bad_response", format!("{path} answered {status} with a body that is not JSON: {e}"))
+                        Failure::new(
+                            step,
+                            "bad_response",
+                            format!("{path} answered {status} with a body that is not JSON: {e}"),
+                        )
                     })
                 }
                 Ok((status, bytes)) => {
@@ -241,7 +246,11 @@ impl Client {
                 );
                 return Err(f);
             }
-            eprintln!("cloak-launcher: {step}: {}; retrying in {} ms", last.detail, wait.as_millis());
+            eprintln!(
+                "cloak-launcher: {step}: {}; retrying in {} ms",
+                last.detail,
+                wait.as_millis()
+            );
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(8));
         }
@@ -272,7 +281,13 @@ pub fn obtain(
     let key = generate_key(spec.key).map_err(|e| Failure::new(&step, "keygen", e))?;
     // The nonce request is the first TLS connection: a manager that does not present the
     // pinned CA's certificate is refused here, before the key or evidence is sent.
-    let n = client.call(&client.manager, &step, "POST", "/v1/attestation/nonce", Some(&json!({})))?;
+    let n = client.call(
+        &client.manager,
+        &step,
+        "POST",
+        "/v1/attestation/nonce",
+        Some(&json!({})),
+    )?;
     let nonce_hex = n["nonce"].as_str().unwrap_or_default().to_string();
     let nonce = hex::decode(&nonce_hex)
         .map_err(|_| Failure::new(&step, "bad_response", "the manager's nonce is not hex"))?;
@@ -286,10 +301,20 @@ pub fn obtain(
         "evidence": base64::engine::general_purpose::STANDARD.encode(&evidence),
         "nonce": nonce_hex,
     });
-    let rec = client.call(&client.manager, &step, "POST", "/v1/certificates", Some(&req))?;
+    let rec = client.call(
+        &client.manager,
+        &step,
+        "POST",
+        "/v1/certificates",
+        Some(&req),
+    )?;
     let certificate = rec["certificate"].as_str().unwrap_or_default().to_string();
     if certificate.is_empty() {
-        return Err(Failure::new(&step, "bad_response", "the manager answered without a certificate"));
+        return Err(Failure::new(
+            &step,
+            "bad_response",
+            "the manager answered without a certificate",
+        ));
     }
     Ok(Issued {
         key,
@@ -347,14 +372,24 @@ pub fn install_configs(
         let contents = item["contents"].as_str().unwrap_or_default();
         if let Some(var) = name.strip_prefix("env:") {
             if var.is_empty() || var.contains('=') {
-                return Err(Failure::new(step, "install", format!("config {name:?}: not a variable name")));
+                return Err(Failure::new(
+                    step,
+                    "install",
+                    format!("config {name:?}: not a variable name"),
+                ));
             }
             installed.env.push(format!("{var}={contents}"));
         } else if let Some(key_name) = name.strip_prefix("sgx-key:") {
             let key: [u8; 16] = hex::decode(contents.trim())
                 .ok()
                 .and_then(|k| k.try_into().ok())
-                .ok_or_else(|| Failure::new(step, "install", format!("config {name:?}: an encrypted-mount key is 32 hex digits")))?;
+                .ok_or_else(|| {
+                    Failure::new(
+                        step,
+                        "install",
+                        format!("config {name:?}: an encrypted-mount key is 32 hex digits"),
+                    )
+                })?;
             source
                 .install_mount_key(key_name, &key)
                 .map_err(|e| Failure::new(step, "install", e))?;
@@ -420,14 +455,21 @@ pub fn provision(
 
 /// The evidence source of this machine: Gramine's `/dev/attestation` when present, the NSM
 /// when `/dev/nsm` is, else simulated evidence from `sim_dir` if the image allows it.
-pub fn detect_source(cfg: &ManagerConfig, sim_dir: &Path) -> Result<Box<dyn EvidenceSource>, Failure> {
+pub fn detect_source(
+    cfg: &ManagerConfig,
+    sim_dir: &Path,
+) -> Result<Box<dyn EvidenceSource>, Failure> {
     let gramine = Path::new("/dev/attestation");
     if gramine.join("quote").exists() {
         return Ok(Box::new(evidence::Gramine {
             fs: evidence::AttestationDir(gramine.to_path_buf()),
         }));
     }
-    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/nsm") {
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/nsm")
+    {
         return Ok(Box::new(evidence::Nsm {
             dev: evidence::DevNsm(f),
         }));
@@ -435,7 +477,13 @@ pub fn detect_source(cfg: &ManagerConfig, sim_dir: &Path) -> Result<Box<dyn Evid
     if cfg.allow_simulated {
         return evidence::Simulated::from_dir(sim_dir)
             .map(|s| Box::new(s) as Box<dyn EvidenceSource>)
-            .map_err(|e| Failure::new("evidence", "evidence", format!("no TEE here and no simulation key: {e}")));
+            .map_err(|e| {
+                Failure::new(
+                    "evidence",
+                    "evidence",
+                    format!("no TEE here and no simulation key: {e}"),
+                )
+            });
     }
     Err(Failure::new(
         "evidence",

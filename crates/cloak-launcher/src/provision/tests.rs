@@ -79,7 +79,10 @@ fn nsm_gets_key_nonce_and_binding_and_returns_the_document() {
     use cloak_attest::cbor::Value;
     let answer = Value::Map(vec![(
         Value::Text("Attestation".into()),
-        Value::Map(vec![(Value::Text("document".into()), Value::Bytes(b"DOC".to_vec()))]),
+        Value::Map(vec![(
+            Value::Text("document".into()),
+            Value::Bytes(b"DOC".to_vec()),
+        )]),
     )])
     .encode();
     let mut nsm = Nsm {
@@ -130,7 +133,10 @@ fn keys_are_generated_and_sign_their_csr(#[case] spec: KeySpec) {
     let k = generate_key(spec).unwrap();
     assert_eq!(k.spki[0], 0x30);
     let pem = csr("web", &k).unwrap();
-    assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{pem}");
+    assert!(
+        pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{pem}"
+    );
 }
 
 #[test]
@@ -165,14 +171,21 @@ fn issued_files_have_their_modes_and_chain_none_is_not_written() {
     assert_eq!(mode("app.crt"), 0o644);
     let key = std::fs::read_to_string(dir.path().join("secrets/app.key")).unwrap();
     assert!(key.starts_with("-----BEGIN PRIVATE KEY-----\n"));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no chain, no temporaries");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no chain, no temporaries"
+    );
     // a second write replaces the file (rename over it)
     let again = Issued {
         certificate: "CERT2\n".into(),
         ..issued
     };
     write_issued(&target, &spec, &again).unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("app.crt")).unwrap(), "CERT2\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("app.crt")).unwrap(),
+        "CERT2\n"
+    );
 }
 
 #[test]
@@ -182,5 +195,21 @@ fn failures_name_the_step_the_code_and_the_detail() {
         f.to_string(),
         "attestation failed at certificate \"web\": revoked (revoked): build b is REJECTED"
     );
-    assert_eq!(Failure::new("nonce", "tls", "x").exit_status(), EXIT_UNREACHABLE);
+    assert_eq!(
+        Failure::new("nonce", "tls", "x").exit_status(),
+        EXIT_UNREACHABLE
+    );
+}
+
+#[rstest::rstest]
+#[case::a_third_left(1_000, 1_060, 0, 1_040)]
+#[case::explicit_lead(1_000, 1_060, 10, 1_050)]
+#[case::a_day(0, 86_400, 0, 57_600)]
+fn renewal_is_due_before_expiry(
+    #[case] issued: i64,
+    #[case] not_after: i64,
+    #[case] before: u64,
+    #[case] due: i64,
+) {
+    assert_eq!(renew::renew_at(issued, not_after, before), due);
 }
