@@ -30,7 +30,9 @@ fn context(id: &str) -> String {
     format!("app_config:{id}:entries")
 }
 
-fn check_entries(entries: &BTreeMap<String, AppConfigContents>) -> Result<BTreeMap<String, String>> {
+fn check_entries(
+    entries: &BTreeMap<String, AppConfigContents>,
+) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (name, v) in entries {
         let field = format!("app_config.{name}");
@@ -42,7 +44,10 @@ fn check_entries(entries: &BTreeMap<String, AppConfigContents>) -> Result<BTreeM
                 .as_deref()
                 .is_some_and(|c| c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit()));
             if !hex_ok {
-                return Err(Error::field(&field, "an encrypted-mount key is 32 hex digits (16 bytes)"));
+                return Err(Error::field(
+                    &field,
+                    "an encrypted-mount key is 32 hex digits (16 bytes)",
+                ));
             }
             !k.is_empty() && !k.contains('/')
         } else {
@@ -62,7 +67,10 @@ fn check_entries(entries: &BTreeMap<String, AppConfigContents>) -> Result<BTreeM
     }
     let size: usize = out.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_CONFIG {
-        return Err(Error::field("app_config", format!("must be at most {MAX_CONFIG} bytes in all")));
+        return Err(Error::field(
+            "app_config",
+            format!("must be at most {MAX_CONFIG} bytes in all"),
+        ));
     }
     Ok(out)
 }
@@ -105,7 +113,10 @@ pub async fn create(state: &State, p: &Principal, req: AppConfigRequest) -> Resu
             let build = crate::builds::get(state, p, &b).await?;
             if let Some(a) = &req.app_id {
                 if *a != build.app_id {
-                    return Err(Error::field("app_id", format!("build {b} belongs to app {}, not {a}", build.app_id)));
+                    return Err(Error::field(
+                        "app_id",
+                        format!("build {b} belongs to app {}, not {a}", build.app_id),
+                    ));
                 }
             }
             (build.app_id, Some(b))
@@ -115,12 +126,19 @@ pub async fn create(state: &State, p: &Principal, req: AppConfigRequest) -> Resu
             crate::apps::get(state, p, &a).await?;
             (a, None)
         }
-        (None, None) => return Err(Error::field("app_id", "give app_id or build_id: what the config is attached to")),
+        (None, None) => {
+            return Err(Error::field(
+                "app_id",
+                "give app_id or build_id: what the config is attached to",
+            ))
+        }
     };
     let id = uuid::Uuid::new_v4().to_string();
     let sealed = state.master().seal(
         &context(&id),
-        serde_json::to_string(&entries).expect("serialisable").as_bytes(),
+        serde_json::to_string(&entries)
+            .expect("serialisable")
+            .as_bytes(),
     );
     let names: Vec<&String> = entries.keys().collect();
     let now = state.clock.now();
@@ -161,7 +179,10 @@ pub async fn get(state: &State, p: &Principal, id: &str) -> Result<AppConfig> {
     .bind(id)
     .fetch_optional(state.db.reader())
     .await?
-    .ok_or_else(|| Error::NotFound { kind: "app config", id: id.into() })?;
+    .ok_or_else(|| Error::NotFound {
+        kind: "app config",
+        id: id.into(),
+    })?;
     from_row(&r)
 }
 
@@ -181,7 +202,12 @@ pub async fn list(state: &State, p: &Principal, app_id: Option<&str>) -> Result<
 }
 
 /// `PATCH /v1/app_configs/{id}`.
-pub async fn update(state: &State, p: &Principal, id: &str, patch: AppConfigPatch) -> Result<AppConfig> {
+pub async fn update(
+    state: &State,
+    p: &Principal,
+    id: &str,
+    patch: AppConfigPatch,
+) -> Result<AppConfig> {
     let current = get(state, p, id).await?;
     if let Some(n) = &patch.name {
         validate::name("name", n, 256)?;
@@ -194,10 +220,14 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: AppConfigPatc
             let entries = check_entries(e)?;
             let names: Vec<&String> = entries.keys().collect();
             (
-                Some(state.master().seal(
-                    &context(id),
-                    serde_json::to_string(&entries).expect("serialisable").as_bytes(),
-                )),
+                Some(
+                    state.master().seal(
+                        &context(id),
+                        serde_json::to_string(&entries)
+                            .expect("serialisable")
+                            .as_bytes(),
+                    ),
+                ),
                 Some(serde_json::to_string(&names).expect("serialisable")),
             )
         }
@@ -240,24 +270,36 @@ pub async fn delete(state: &State, p: &Principal, id: &str) -> Result<()> {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    audit::record(state, tx, p, Event {
-        action: "App Config Deleted",
-        entity_type: "app_config",
-        entity_id: id,
-        details: json!({"name": current.name, "app_id": current.app_id}),
-    })
+    audit::record(
+        state,
+        tx,
+        p,
+        Event {
+            action: "App Config Deleted",
+            entity_type: "app_config",
+            entity_id: id,
+            details: json!({"name": current.name, "app_id": current.app_id}),
+        },
+    )
     .await?;
     Ok(())
 }
 
 fn refuse(code: &'static str, detail: impl Into<String>) -> Error {
-    Error::Refused { code, detail: detail.into() }
+    Error::Refused {
+        code,
+        detail: detail.into(),
+    }
 }
 
 /// `GET /v1/runtime/app_configs`: the merged configs of the build the client certificate was
 /// issued to (the app's, then the build's own over them), if that build is WHITELISTED now and
 /// the certificate is one this manager issued and has not expired by the manager's clock.
-pub async fn runtime(state: &State, cert: Option<&ClientCert>, request_id: &str) -> Result<RuntimeAppConfig> {
+pub async fn runtime(
+    state: &State,
+    cert: Option<&ClientCert>,
+    request_id: &str,
+) -> Result<RuntimeAppConfig> {
     let Some(chain) = cert.and_then(|c| c.0.first().cloned().map(|l| (l, c))) else {
         return Err(refuse(
             "client_certificate_required",
@@ -266,7 +308,10 @@ pub async fn runtime(state: &State, cert: Option<&ClientCert>, request_id: &str)
     };
     let (leaf, _) = chain;
     let embedded = cloak_attest::extension::decode_certificate(&leaf).map_err(|e| {
-        refuse("client_certificate_invalid", format!("the client certificate carries no cloak evidence extension: {e}"))
+        refuse(
+            "client_certificate_invalid",
+            format!("the client certificate carries no cloak evidence extension: {e}"),
+        )
     })?;
     let build_id = embedded.build_id;
     // Only a certificate on record as ISSUED to that build (the TLS layer already checked it
@@ -287,25 +332,54 @@ pub async fn runtime(state: &State, cert: Option<&ClientCert>, request_id: &str)
         });
         if der.is_some_and(|d| d.as_ref() == leaf.as_slice()) {
             let not_after: Option<i64> = r.try_get(1)?;
-            found = Some((not_after, r.try_get::<String, _>(2)?, r.try_get::<String, _>(3)?));
+            found = Some((
+                not_after,
+                r.try_get::<String, _>(2)?,
+                r.try_get::<String, _>(3)?,
+            ));
             break;
         }
     }
     let Some((not_after, account_id, app_id)) = found else {
-        return Err(refuse("client_certificate_unknown", "the client certificate is not one this manager issued to a build"));
+        return Err(refuse(
+            "client_certificate_unknown",
+            "the client certificate is not one this manager issued to a build",
+        ));
     };
     if not_after.is_some_and(|t| t <= now) {
-        return Err(refuse("client_certificate_expired", format!("the client certificate expired at {}", not_after.unwrap_or_default())));
+        return Err(refuse(
+            "client_certificate_expired",
+            format!(
+                "the client certificate expired at {}",
+                not_after.unwrap_or_default()
+            ),
+        ));
     }
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM builds WHERE build_id = $1")
-        .bind(&build_id)
-        .fetch_optional(state.db.reader())
-        .await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM builds WHERE build_id = $1")
+            .bind(&build_id)
+            .fetch_optional(state.db.reader())
+            .await?;
     match status.as_deref() {
         Some("WHITELISTED") => {}
-        Some("PENDING") => return Err(refuse("not_whitelisted", format!("build {build_id} is PENDING"))),
-        Some(s) => return Err(refuse("revoked", format!("build {build_id} is {s}: its configs are no longer released"))),
-        None => return Err(refuse("unknown_measurement", format!("build {build_id} no longer exists"))),
+        Some("PENDING") => {
+            return Err(refuse(
+                "not_whitelisted",
+                format!("build {build_id} is PENDING"),
+            ))
+        }
+        Some(s) => {
+            return Err(refuse(
+                "revoked",
+                format!("build {build_id} is {s}: its configs are no longer released"),
+            ))
+        }
+        None => {
+            return Err(refuse(
+                "unknown_measurement",
+                format!("build {build_id} no longer exists"),
+            ))
+        }
     }
     let rows = sqlx::query(
         "SELECT config_id, build_id, labels, sealed FROM app_configs WHERE account_id = $1 AND app_id = $2 \
@@ -329,7 +403,11 @@ pub async fn runtime(state: &State, cert: Option<&ClientCert>, request_id: &str)
         let plain = master.open(&context(&id), &sealed)?;
         let entries: BTreeMap<String, String> = serde_json::from_slice(&plain)
             .map_err(|e| Error::Internal(format!("app config {id}: {e}")))?;
-        let target = if for_build.is_some() { &mut build_level } else { &mut app_level };
+        let target = if for_build.is_some() {
+            &mut build_level
+        } else {
+            &mut app_level
+        };
         target.extend(entries);
         labels.extend(serde_json::from_str::<BTreeMap<String, String>>(&l).unwrap_or_default());
         ids.push(id);
