@@ -6,9 +6,11 @@
 //! (approval quorums, API keys, the audit chain) are marked as such.
 
 pub mod client;
+mod configs;
 mod jobs;
 mod types;
 
 pub use client::{Client, ClientError};
+pub use configs::*;
 pub use jobs::*;
 pub use types::*;

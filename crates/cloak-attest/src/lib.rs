@@ -53,7 +53,7 @@
 //! parses it back.
 
 pub mod binding;
-mod cbor;
+pub mod cbor;
 mod cose;
 mod error;
 pub mod simulated;

@@ -1035,3 +1035,75 @@ fn a_dynamic_launcher_is_refused_and_the_install_script_gives_a_working_cloak() 
     assert!(console.contains("installed launcher"), "{console}");
     assert_eq!(booted.status.code(), Some(6), "{console}");
 }
+
+#[test]
+fn the_pinned_manager_ca_and_the_simulation_option_are_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = format!("oci:{}:1", busybox(&tmp.path().join("bb")).display());
+    let ca = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![format!("{name}.example")]).unwrap();
+        let p = tmp.path().join(format!("{name}.pem"));
+        std::fs::write(&p, c.cert.pem()).unwrap();
+        p.display().to_string()
+    };
+    let (ca_a, ca_b) = (ca("manager-a"), ca("manager-b"));
+    let app = "0f0e0d0c-0b0a-4908-8706-050403020100";
+    let cert = r#"{"issuer": "MANAGER_CA", "subject": "web", "keyType": "ec", "keyParam": {"curve": "P-256"}, "keyPath": "/k.pem", "certPath": "/c.pem", "chainPath": "none"}"#;
+    let manager = |ca: &str| -> Vec<String> {
+        [
+            "--manager-url",
+            "https://manager.example:9443",
+            "--manager-ca",
+            ca,
+            "--manager-app-id",
+            app,
+            "--certificates",
+            cert,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut variants: Vec<(&str, Vec<String>)> = vec![
+        ("none", vec![]),
+        ("ca-a", manager(&ca_a)),
+        ("ca-b", manager(&ca_b)),
+    ];
+    let mut sim = manager(&ca_a);
+    sim.push("--allow-simulated-attestation".into());
+    variants.push(("ca-a-simulated", sim));
+    let mut seen: Vec<(String, [String; 3])> = Vec::new();
+    for (name, args) in &variants {
+        let eif = tmp.path().join(format!("{name}.eif"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = convert(&src, &eif, &args);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = pcrs(&report);
+        for (other, q) in &seen {
+            // PCR1 is the kernel and its command line: the same for all.
+            assert_eq!(p[1], q[1]);
+            assert_ne!(p[0], q[0], "{name} and {other} have the same PCR0");
+            assert_ne!(p[2], q[2], "{name} and {other} have the same PCR2");
+        }
+        seen.push((name.to_string(), p));
+    }
+    // Certificates without a manager, and a plain-HTTP manager, are refused before any output.
+    let eif = tmp.path().join("refused.eif");
+    let out = convert(&src, &eif, &["--certificates", cert]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--manager-url"));
+    let mut plain = manager(&ca_a);
+    plain[1] = "http://manager.example".into();
+    let plain: Vec<&str> = plain.iter().map(String::as_str).collect();
+    let out = convert(&src, &eif, &plain);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("must be https://"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!eif.exists());
+}

@@ -8,6 +8,7 @@ pub mod decrypt;
 pub mod encrypt;
 pub mod error;
 pub mod launcher;
+pub mod manager;
 pub mod nitro;
 pub mod options;
 pub mod sgx;

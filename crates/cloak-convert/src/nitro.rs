@@ -320,6 +320,11 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     if cpu_count == 0 {
         return Err(Error::Options("cpu_count must be at least 1".into()));
     }
+    let manager = crate::manager::launcher_config(
+        co.manager.as_ref(),
+        co.certificates.as_deref(),
+        co.add_ccm_ca_certificates.unwrap_or(false),
+    )?;
     let src = Source::open(&req.input, &req.source_options).await?;
     let image = resolve(&src, &req.platform).await?;
     if image.config.architecture != "amd64" || image.config.os != "linux" {
@@ -346,6 +351,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         workdir: app.workdir.clone(),
         user: app.user.clone(),
         allow_cmdline_args: app.allow_cmdline_args,
+        manager,
     };
     let run_json = serde_json::to_vec_pretty(&run).expect("RunConfig serialises");
     let work = tempfile::tempdir().map_err(|e| io_err("creating a temporary directory", e))?;

@@ -28,6 +28,35 @@ pub struct CertificateConfig {
     /// Where the certificate appears in the application's file system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_path: Option<String>,
+    /// Where the chain (issuing CA, root) appears; `none` (the default): not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_path: Option<String>,
+}
+
+/// The manager the converted image attests to at start-up (cloak's extension of both seed
+/// shapes; `--manager-url`, `--manager-ca`, … on the command line).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerOptions {
+    /// `https://host:port` of the manager.
+    pub url: String,
+    /// The manager's CA (PEM): the certificates its TLS certificate chains to. Measured.
+    pub ca: String,
+    /// The app (id) the image's builds are registered under.
+    pub app_id: String,
+    /// Let the launcher use simulated evidence when no TEE is there (changes the measurement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_simulated_attestation: Option<bool>,
+    /// Seconds an unreachable manager is retried (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_seconds: Option<u64>,
+    /// Nitro: the vsock port (at CID 3) `cloak proxy` listens on for the manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_port: Option<u32>,
+    /// Renew certificates this many seconds before they expire (default 0: when a third of
+    /// their validity is left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before_seconds: Option<u64>,
 }
 
 fn default_issuer() -> String {
@@ -86,6 +115,12 @@ pub struct SgxOptions {
     /// Signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<SigningKeyConfig>,
+    /// The manager to attest to (cloak's extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<ManagerOptions>,
+    /// Put the manager's CA into the image's trust store too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_ccm_ca_certificates: Option<bool>,
     /// Template for core dump file paths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub core_dump_pattern: Option<String>,
@@ -140,6 +175,12 @@ pub struct ConverterOptions {
     /// Java runtime mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub java_mode: Option<String>,
+    /// Certificates to request from the manager at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<Vec<CertificateConfig>>,
+    /// The manager to attest to (cloak's extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<ManagerOptions>,
 }
 
 /// Seed `NitroEnclavesConversionRequestOptions`.

@@ -65,6 +65,10 @@ fn load_module(path: &str) {
 /// Directory of kernel modules `cloak run --publish` adds in an extra ramdisk (qemu only).
 const MODULES_DIR: &str = "/cloak-modules";
 
+/// Set (in the launcher's own environment, not the app's) when qemu's user-mode network is
+/// up: the launcher then reaches the manager over it instead of vsock.
+pub const USER_NET_ENV: &str = "CLOAK_USER_NET";
+
 /// Load every module of [`MODULES_DIR`] in name order; configure qemu's user-mode network
 /// (10.0.2.15/24) when the `net` marker is there. Nitro enclaves have no such ramdisk.
 fn local_network() {
@@ -118,6 +122,7 @@ fn local_network() {
             );
             libc::ioctl(fd, op, req as *mut libc::ifreq)
         };
+        std::env::set_var(USER_NET_ENV, "1");
         set_addr(&mut req, [10, 0, 2, 15], libc::SIOCSIFADDR);
         set_addr(&mut req, [255, 255, 255, 0], libc::SIOCSIFNETMASK);
         libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
@@ -331,7 +336,7 @@ pub fn run_as_init() -> ! {
         unsafe { libc::setsid() };
         let err = launch(&mut RealSys, &outer, &[]);
         eprintln!("cloak-launcher: {err}");
-        std::process::exit(127);
+        std::process::exit(err.exit_status());
     }
     let mut code = 127;
     loop {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod files;
 pub mod init;
+pub mod provision;
 
 /// Where the converter writes the run configuration.
 pub const CONFIG_PATH: &str = "/cloak/run.json";
@@ -36,6 +37,118 @@ pub struct RunConfig {
     /// Append the launcher's own extra arguments to argv.
     #[serde(default)]
     pub allow_cmdline_args: bool,
+    /// Attest to this manager and install what it releases before the app starts. Absent in
+    /// images converted without `--manager-url` (their run.json, and so their measurement, is
+    /// what it was before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<ManagerConfig>,
+}
+
+/// The manager an image trusts, and what the launcher gets from it (see `provision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// `https://host:port` of the manager.
+    pub url: String,
+    /// The certificates (PEM) the manager's TLS certificate must chain to: pinned here, in the
+    /// measured run configuration, so a host cannot point the image at another manager.
+    pub ca_pem: String,
+    /// The app the image's builds belong to (`POST /v1/certificates` names it).
+    pub app_id: String,
+    /// Certificates to obtain before the app starts.
+    #[serde(default)]
+    pub certificates: Vec<CertSpec>,
+    /// Whether simulated evidence (signed by a key given at run time) may stand in for a TEE.
+    /// Recorded here so that it changes the measurement: an image converted without it never
+    /// produces simulated evidence.
+    #[serde(default)]
+    pub allow_simulated: bool,
+    /// How long (seconds) an unreachable manager is retried, with backoff, before giving up.
+    pub retry_seconds: u64,
+    /// Nitro: reach the manager through vsock CID 3 at this port (`cloak proxy` on the parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_port: Option<u32>,
+    /// Append `ca_pem` to the image's trust store before the app starts
+    /// (`add_ccm_ca_certificates`).
+    #[serde(default)]
+    pub add_ca_to_trust_store: bool,
+    /// Renew each certificate this many seconds before it expires, while the app runs
+    /// (0: when a third of its validity is left).
+    #[serde(default)]
+    pub renew_before_seconds: u64,
+}
+
+/// One certificate the launcher obtains (the seed's `CertificateConfig`, validated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertSpec {
+    /// Subject common name; the build's `certificates` option must name it.
+    pub subject: String,
+    /// The key generated inside the TEE.
+    pub key: KeySpec,
+    /// Where the key is written (mode 0600, owned by the app's user).
+    pub key_path: String,
+    /// Where the certificate is written.
+    pub cert_path: String,
+    /// Where the chain (issuing CA, root) is written; `None` for the seed's `"none"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_path: Option<String>,
+}
+
+/// Key type and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeySpec {
+    /// RSA of 2048, 3072 or 4096 bits.
+    Rsa {
+        /// Modulus size in bits.
+        bits: u32,
+    },
+    /// ECDSA on P-256 or P-384.
+    Ec {
+        /// 256 or 384.
+        curve: u32,
+    },
+}
+
+impl KeySpec {
+    /// Read the seed's `keyType` and `keyParam` (`rsa` + `{"size": N}`, `ec` + `{"curve":
+    /// "P-256"}`), with the error naming what is accepted.
+    pub fn from_seed(
+        key_type: &str,
+        key_param: Option<&serde_json::Value>,
+    ) -> Result<KeySpec, String> {
+        match key_type.to_ascii_lowercase().as_str() {
+            "rsa" => {
+                let bits = match key_param.and_then(|p| p.get("size")) {
+                    None => 2048,
+                    Some(v) => v.as_u64().ok_or("keyParam.size must be a number")?,
+                };
+                if ![2048, 3072, 4096].contains(&bits) {
+                    return Err(format!(
+                        "keyParam.size {bits}: RSA keys are 2048, 3072 or 4096 bits"
+                    ));
+                }
+                Ok(KeySpec::Rsa { bits: bits as u32 })
+            }
+            "ec" | "ecdsa" => {
+                let curve = key_param
+                    .and_then(|p| p.get("curve"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("P-256");
+                match curve.to_ascii_uppercase().replace(['_', ' '], "-").as_str() {
+                    "P-256" | "NISTP256" | "PRIME256V1" | "SECP256R1" => {
+                        Ok(KeySpec::Ec { curve: 256 })
+                    }
+                    "P-384" | "NISTP384" | "SECP384R1" => Ok(KeySpec::Ec { curve: 384 }),
+                    _ => Err(format!(
+                        "keyParam.curve {curve:?}: EC keys are P-256 or P-384"
+                    )),
+                }
+            }
+            other => Err(format!("keyType {other:?}: use \"rsa\" or \"ec\"")),
+        }
+    }
 }
 
 /// What went wrong; printed with the `cloak-launcher:` prefix before exiting 127.
@@ -60,6 +173,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Attestation or installing what the manager released failed; the app is not started.
+    #[error("{0}; the application is not started")]
+    Provision(provision::Failure),
     /// A system call failed.
     #[error("{what}: {source}")]
     Sys {
@@ -69,6 +185,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// The launcher's exit status for this error: [`provision::EXIT_REFUSED`] or
+    /// [`provision::EXIT_UNREACHABLE`] for attestation, 127 otherwise.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Error::Provision(f) => f.exit_status(),
+            _ => 127,
+        }
+    }
 }
 
 /// The process the launcher will exec.
@@ -227,6 +354,27 @@ pub trait Sys {
     fn set_ids(&mut self, uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()>;
     /// Replace the process (returns only on failure).
     fn exec(&mut self, argv: &[String], env: &[String]) -> std::io::Error;
+    /// Attest to the manager and install what it releases (see [`provision`]); returns the
+    /// app's extra environment. `owner` is the app's uid and gid.
+    fn provision(
+        &mut self,
+        manager: &ManagerConfig,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<String>, provision::Failure>;
+}
+
+/// Set `NAME=value` entries in `env`, replacing an entry of the same name in place.
+fn merge_env(env: &mut Vec<String>, extra: Vec<String>) {
+    for e in extra {
+        let name = e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_string();
+        match env
+            .iter_mut()
+            .find(|x| x.split_once('=').is_some_and(|(k, _)| k == name))
+        {
+            Some(x) => *x = e,
+            None => env.push(e),
+        }
+    }
 }
 
 /// Read the configuration and exec the application. Returns only with an error.
@@ -254,10 +402,18 @@ pub fn launch(
     };
     let passwd = sys.read("/etc/passwd").unwrap_or_default();
     let group = sys.read("/etc/group").unwrap_or_default();
-    let plan = match plan(&cfg, outer_env, extra_args, &passwd, &group) {
+    let mut plan = match plan(&cfg, outer_env, extra_args, &passwd, &group) {
         Ok(p) => p,
         Err(e) => return e,
     };
+    // Attestation runs before anything of the app: as root (keys are chowned to the app's
+    // user), before the working directory and the user change.
+    if let Some(m) = &cfg.manager {
+        match sys.provision(m, plan.ids.as_ref().map(|(u, g, _)| (*u, *g))) {
+            Ok(env) => merge_env(&mut plan.env, env),
+            Err(f) => return Error::Provision(f),
+        }
+    }
     if let Err(e) = sys.chdir(&plan.workdir) {
         return Error::Sys {
             what: format!("chdir to WORKDIR {}", plan.workdir),
@@ -279,6 +435,51 @@ pub fn launch(
     }
 }
 
+/// Fork the process that renews the certificates while the app runs (the app is exec'd by
+/// this process next). It dies with the app (PR_SET_PDEATHSIG), so a Nitro init that waits
+/// for every child still ends when the app does.
+fn start_renewal(
+    manager: &ManagerConfig,
+    client: &provision::Client,
+    mut source: Box<dyn provision::evidence::EvidenceSource>,
+    target: &provision::Target,
+    issued: Vec<provision::Issued>,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let certs: Vec<(CertSpec, i64, i64)> = manager
+        .certificates
+        .iter()
+        .cloned()
+        .zip(issued)
+        .map(|(spec, i)| (spec, now, i.not_after.unwrap_or(now + 3600)))
+        .collect();
+    // SAFETY: the launcher is single-threaded here; the child only runs the renewal loop and
+    // exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: plain system call.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        provision::renew::renew_until_refused(
+            manager,
+            client,
+            source.as_mut(),
+            target,
+            certs,
+            &mut provision::renew::SystemTimer,
+        );
+        std::process::exit(0);
+    }
+    if pid < 0 {
+        eprintln!(
+            "cloak-launcher: cannot start certificate renewal: {}; the certificates expire unrenewed",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// The real system.
 #[derive(Debug, Default)]
 pub struct RealSys;
@@ -289,7 +490,34 @@ fn cstrings(v: &[String]) -> Vec<CString> {
         .collect()
 }
 
+/// Where `cloak run` puts the simulation key and the claimed measurements (simulated mode
+/// only, and only used when the image allows simulation).
+pub const SIMULATION_DIR: &str = "/cloak-simulation";
+
 impl Sys for RealSys {
+    fn provision(
+        &mut self,
+        manager: &ManagerConfig,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<String>, provision::Failure> {
+        let sim_dir =
+            std::env::var("CLOAK_SIMULATION_DIR").unwrap_or_else(|_| SIMULATION_DIR.into());
+        let mut source = provision::detect_source(manager, std::path::Path::new(&sim_dir))?;
+        let route = manager
+            .vsock_port
+            .filter(|_| std::env::var_os(init::USER_NET_ENV).is_none())
+            .map(provision::http::Route::Vsock);
+        let client = provision::Client::new(manager, route)?;
+        let target = provision::Target {
+            root: "/".into(),
+            owner,
+        };
+        let (installed, issued) = provision::provision(manager, &client, source.as_mut(), &target)?;
+        if !issued.is_empty() {
+            start_renewal(manager, &client, source, &target, issued);
+        }
+        Ok(installed.env)
+    }
     fn read(&mut self, path: &str) -> std::io::Result<String> {
         std::fs::read_to_string(path)
     }

@@ -10,5 +10,5 @@ fn main() {
     let extra: Vec<String> = std::env::args().skip(1).collect();
     let err = cloak_launcher::launch(&mut cloak_launcher::RealSys, &outer, &extra);
     eprintln!("cloak-launcher: {err}");
-    std::process::exit(127);
+    std::process::exit(err.exit_status());
 }

@@ -11,6 +11,7 @@ fn cfg() -> RunConfig {
         workdir: "/srv".into(),
         user: String::new(),
         allow_cmdline_args: false,
+        manager: None,
     }
 }
 
@@ -79,6 +80,8 @@ fn user_gets_home_from_passwd() {
 struct Recorder {
     files: BTreeMap<String, String>,
     calls: Vec<String>,
+    /// What provisioning answers (None: it is never expected).
+    provision: Option<Result<Vec<String>, provision::Failure>>,
 }
 
 impl Sys for Recorder {
@@ -91,6 +94,15 @@ impl Sys for Recorder {
     fn chdir(&mut self, dir: &str) -> std::io::Result<()> {
         self.calls.push(format!("chdir {dir}"));
         Ok(())
+    }
+    fn provision(
+        &mut self,
+        manager: &ManagerConfig,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Vec<String>, provision::Failure> {
+        self.calls
+            .push(format!("provision {} {owner:?}", manager.url));
+        self.provision.clone().expect("provision was not expected")
     }
     fn set_ids(&mut self, uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
         self.calls.push(format!("ids {uid} {gid} {groups:?}"));
@@ -124,4 +136,71 @@ fn launch_reads_the_config_then_chdirs_drops_privileges_and_execs() {
 fn missing_config_is_reported_with_its_path() {
     let err = launch(&mut Recorder::default(), &BTreeMap::new(), &[]).to_string();
     assert!(err.contains(CONFIG_PATH), "{err}");
+}
+
+fn with_manager() -> RunConfig {
+    RunConfig {
+        user: "app".into(),
+        manager: Some(ManagerConfig {
+            url: "https://manager.test:9443".into(),
+            ca_pem: String::new(),
+            app_id: "a".into(),
+            certificates: Vec::new(),
+            allow_simulated: false,
+            retry_seconds: 1,
+            vsock_port: None,
+            add_ca_to_trust_store: false,
+            renew_before_seconds: 0,
+        }),
+        ..cfg()
+    }
+}
+
+#[test]
+fn provisioning_runs_as_root_before_anything_of_the_app_and_adds_its_env() {
+    let mut sys = Recorder::default();
+    sys.files.insert(
+        CONFIG_PATH.into(),
+        serde_json::to_string(&with_manager()).unwrap(),
+    );
+    sys.files.insert("/etc/passwd".into(), PASSWD.into());
+    sys.files.insert("/etc/group".into(), GROUP.into());
+    sys.provision = Some(Ok(vec!["MODE=from-config".into(), "SECRET=s".into()]));
+    launch(&mut sys, &BTreeMap::new(), &[]);
+    assert_eq!(
+        sys.calls[0],
+        "provision https://manager.test:9443 Some((1000, 1001))"
+    );
+    assert_eq!(sys.calls[1], "chdir /srv");
+    assert!(sys.calls[2].starts_with("ids 1000"));
+    let exec = &sys.calls[3];
+    assert!(
+        exec.contains("\"MODE=from-config\"") && exec.contains("\"SECRET=s\""),
+        "{exec}"
+    );
+    assert!(!exec.contains("MODE=fixed"), "{exec}");
+}
+
+#[test]
+fn a_refusal_stops_the_launch_with_the_reason_and_its_own_status() {
+    let mut sys = Recorder::default();
+    sys.files.insert(
+        CONFIG_PATH.into(),
+        serde_json::to_string(&with_manager()).unwrap(),
+    );
+    sys.files.insert("/etc/passwd".into(), PASSWD.into());
+    sys.provision = Some(Err(provision::Failure {
+        step: "certificate \"web\"".into(),
+        code: "not_whitelisted".into(),
+        detail: "HTTP 403: build b is PENDING".into(),
+    }));
+    let err = launch(&mut sys, &BTreeMap::new(), &[]);
+    assert_eq!(sys.calls.len(), 1, "{:?}", sys.calls);
+    let text = err.to_string();
+    assert!(text.contains("not whitelisted (not_whitelisted)"), "{text}");
+    assert!(
+        text.contains("build b is PENDING") && text.contains("not started"),
+        "{text}"
+    );
+    assert_eq!(err.exit_status(), provision::EXIT_REFUSED);
 }

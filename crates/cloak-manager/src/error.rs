@@ -98,6 +98,7 @@ impl Error {
                 | "bad_key" => StatusCode::BAD_REQUEST,
                 "internal" => StatusCode::INTERNAL_SERVER_ERROR,
                 "collateral_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                "client_certificate_required" => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::FORBIDDEN,
             },
             Error::Database(sqlx::Error::PoolTimedOut) => StatusCode::SERVICE_UNAVAILABLE,

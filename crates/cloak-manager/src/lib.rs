@@ -17,6 +17,7 @@ pub mod cache;
 pub mod certs;
 pub mod collateral;
 pub mod config;
+pub mod configs;
 pub mod console;
 pub mod error;
 pub mod http;

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::http::{client_addr, ClientAddr, JsonBody, Q};
-use crate::{apps, audit, auth, builds, certs, jobs, registry, tasks, users, State};
+use crate::{apps, audit, auth, builds, certs, configs, jobs, registry, tasks, users, State};
 use cloak_api::*;
 
 /// Who may call a route (the reference's `x-auth-resource`).
@@ -245,6 +245,18 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: Some(s::<certs::CertificateRecord>), status: 200),
     route!(post "/v1/attestation/evaluate", Writer, "evaluateEvidence", "Run the issuance checks on evidence without issuing (a dry run).", evaluate,
         req: Some(s::<certs::CertificateRequest>), resp: Some(s::<serde_json::Value>), status: 200),
+    route!(get "/v1/app_configs", Reader, "getAllApplicationConfigs", "App configs of the account (entry names only: values are write-only).", list_app_configs,
+        req: None, resp: Some(s::<AppConfigList>), status: 200, query: &[("app_id", "string", "only this app's configs")]),
+    route!(post "/v1/app_configs", Writer, "createApplicationConfig", "Create an app config attached to an app or a build (values sealed at rest).", create_app_config,
+        req: Some(s::<AppConfigRequest>), resp: Some(s::<AppConfig>), status: 201),
+    route!(get "/v1/app_configs/{config_id}", Reader, "getApplicationConfig", "One app config (entry names only).", get_app_config,
+        req: None, resp: Some(s::<AppConfig>), status: 200),
+    route!(patch "/v1/app_configs/{config_id}", Writer, "updateApplicationConfig", "Change an app config (app_config replaces every entry).", update_app_config,
+        req: Some(s::<AppConfigPatch>), resp: Some(s::<AppConfig>), status: 200),
+    route!(delete "/v1/app_configs/{config_id}", Writer, "deleteApplicationConfig", "Delete an app config.", delete_app_config,
+        req: None, resp: None, status: 204),
+    route!(get "/v1/runtime/app_configs", Public, "getRuntimeApplicationConfig", "The configs of the build a TLS client certificate from this CA was issued to, while it is WHITELISTED (authenticated by that certificate).", runtime_app_configs,
+        req: None, resp: Some(s::<RuntimeAppConfig>), status: 200),
     route!(get "/v1/audit", Reader, "getAuditLog", "Audit records of the account, newest first.", list_audit,
         req: None, resp: Some(s::<ListResponse<AuditRecord>>), status: 200, query: AUDIT_Q),
     route!(get "/v1/audit/verify", Reader, "verifyAuditLog", "Check the account's audit chain.", verify_audit,
@@ -990,4 +1002,69 @@ async fn evaluate(
     JsonBody(req): JsonBody<certs::CertificateRequest>,
 ) -> Result<Json<serde_json::Value>> {
     Ok(Json(certs::evaluate(&state, &p, req).await?))
+}
+
+// ---- app configs ----
+
+#[derive(Debug, Deserialize)]
+struct ConfigQuery {
+    app_id: Option<String>,
+}
+
+async fn list_app_configs(
+    S(state): S<State>,
+    p: Principal,
+    Q(q): Q<ConfigQuery>,
+) -> Result<Json<AppConfigList>> {
+    let app = match &q.app_id {
+        Some(a) => Some(id("app_id", a)?),
+        None => None,
+    };
+    Ok(Json(configs::list(&state, &p, app.as_deref()).await?))
+}
+
+async fn create_app_config(
+    S(state): S<State>,
+    p: Principal,
+    JsonBody(req): JsonBody<AppConfigRequest>,
+) -> Result<Response> {
+    Ok(created(configs::create(&state, &p, req).await?))
+}
+
+async fn get_app_config(
+    S(state): S<State>,
+    p: Principal,
+    Path(c): Path<String>,
+) -> Result<Json<AppConfig>> {
+    Ok(Json(configs::get(&state, &p, &id("config_id", &c)?).await?))
+}
+
+async fn update_app_config(
+    S(state): S<State>,
+    p: Principal,
+    Path(c): Path<String>,
+    JsonBody(req): JsonBody<AppConfigPatch>,
+) -> Result<Json<AppConfig>> {
+    Ok(Json(
+        configs::update(&state, &p, &id("config_id", &c)?, req).await?,
+    ))
+}
+
+async fn delete_app_config(
+    S(state): S<State>,
+    p: Principal,
+    Path(c): Path<String>,
+) -> Result<StatusCode> {
+    configs::delete(&state, &p, &id("config_id", &c)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn runtime_app_configs(
+    S(state): S<State>,
+    axum::Extension(rid): axum::Extension<crate::http::RequestId>,
+    cert: Option<axum::Extension<configs::ClientCert>>,
+) -> Result<Json<RuntimeAppConfig>> {
+    Ok(Json(
+        configs::runtime(&state, cert.as_ref().map(|c| &c.0), &rid.0).await?,
+    ))
 }

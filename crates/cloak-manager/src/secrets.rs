@@ -216,7 +216,8 @@ pub async fn rotate(db: &crate::store::Db, path: &Path) -> Result<usize> {
     both.save(path)?;
     let n = crate::registry::reseal_all(db, &both).await?
         + crate::signing::reseal_all(db, &both).await?
-        + crate::jobs::reseal_all(db, &both).await?;
+        + crate::jobs::reseal_all(db, &both).await?
+        + crate::configs::reseal_all(db, &both).await?;
     both.primary_only().save(path)?;
     tracing::info!(key_id = %both.primary_id(), resealed = n, "master key rotated");
     Ok(n)

@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::accounts::{self, Bootstrap};
+use crate::configs::ClientCert;
 use crate::error::{Error, Result};
 use crate::http::ClientAddr;
 use crate::secrets::MasterKey;
@@ -123,6 +124,39 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
 /// The TLS server configuration: the given certificate, or a self-signed one kept in the data
 /// dir. Returns it with the certificate's SHA-256 fingerprint.
 pub fn tls_config(config: &Config) -> Result<(Arc<rustls::ServerConfig>, String)> {
+    tls_config_with(config, None)
+}
+
+/// [`tls_config`] with optional client authentication: a client may present a certificate
+/// chaining to this manager CA's root (a launcher fetching its app configs); the verified
+/// chain reaches the handlers as [`crate::configs::ClientCert`]. Clients without one are
+/// served as before.
+pub async fn tls_config_with_client_auth(
+    config: &Config,
+    state: &State,
+) -> Result<(Arc<rustls::ServerConfig>, String)> {
+    use rustls_pki_types::pem::PemObject;
+    let ca = crate::ca::load_or_create(&state.db, &state.master(), state.clock.now()).await?;
+    let root = rustls_pki_types::CertificateDer::from_pem_slice(ca.root_pem.as_bytes())
+        .map_err(|e| Error::Internal(format!("the CA root: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(root)
+        .map_err(|e| Error::Internal(format!("the CA root: {e}")))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::Internal(format!("client certificate verifier: {e}")))?;
+    tls_config_with(config, Some(verifier))
+}
+
+fn tls_config_with(
+    config: &Config,
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<(Arc<rustls::ServerConfig>, String)> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -158,8 +192,12 @@ pub fn tls_config(config: &Config) -> Result<(Arc<rustls::ServerConfig>, String)
         ))
     })?;
     let fingerprint = hex::encode(Sha256::digest(certs[0].as_ref()));
-    let mut sc = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_auth {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut sc = builder
         .with_single_cert(certs, key)
         .map_err(|e| Error::Config(format!("TLS certificate and key: {e}")))?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -230,11 +268,15 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let service =
+        let service = move |cert: Option<ClientCert>| {
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));
+                if let Some(c) = &cert {
+                    req.extensions_mut().insert(c.clone());
+                }
                 router.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            })
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // A client gets HEADER_TIMEOUT to send each request's headers (slow-loris guard, also
         // between keep-alive requests).
@@ -262,13 +304,18 @@ pub async fn serve(
                             }
                             Err(_) => return,
                         };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    // A chain here was verified by the TLS layer against the CA's root.
+                    let cert = tls.get_ref().1.peer_certificates().map(|c| {
+                        ClientCert(Arc::new(c.iter().map(|d| d.as_ref().to_vec()).collect()))
+                    });
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls), service(cert));
                     let _ = watcher.watch(conn.into_owned()).await;
                 });
             }
             None => {
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service(None))
                     .into_owned();
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -337,22 +384,23 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
-    let tls = if config.insecure_http {
-        None
-    } else {
-        let (tls, fp) = tls_config(&config)?;
-        tracing::info!(sha256 = %fp, "TLS certificate");
-        eprintln!("cloak manager: TLS certificate SHA-256 fingerprint {fp}");
-        Some(tls)
-    };
     let listen = config.listen.clone();
     let insecure = config.insecure_http;
+    let tls_settings = config.clone();
     let database_url = config.database_url.clone();
     // On SQLite, the process holding the data-dir lock is the only writer of the data dir's
     // database (a database elsewhere could be shared: no cache then).
     let sole_writer = _lock.is_some()
         && database_url == format!("sqlite://{}", config.data_dir.join("manager.db").display());
     let state = prepare(config, Arc::new(crate::SystemClock)).await?;
+    let tls = if insecure {
+        None
+    } else {
+        let (tls, fp) = tls_config_with_client_auth(&tls_settings, &state).await?;
+        tracing::info!(sha256 = %fp, "TLS certificate");
+        eprintln!("cloak manager: TLS certificate SHA-256 fingerprint {fp}");
+        Some(tls)
+    };
     let _replica = state.db.replica_guard().await?;
     state.db.start_read_cache(&database_url, sole_writer);
     let workers = crate::worker::spawn(state.clone(), state.config.jobs.workers);

@@ -528,4 +528,14 @@ CREATE INDEX builds_app_created_id ON builds (app_id, created_at DESC, build_id)
 CREATE INDEX tasks_account_status_created_id ON tasks (account_id, status, created_at DESC, task_id)
 "#,
     ),
+    (
+        "app configs (entries sealed under the master key; names kept for operators)",
+        r#"
+CREATE TABLE app_configs (config_id TEXT PRIMARY KEY, account_id TEXT NOT NULL REFERENCES accounts(account_id),
+  app_id TEXT NOT NULL, build_id TEXT, name TEXT NOT NULL, description TEXT NOT NULL, labels TEXT NOT NULL,
+  ports TEXT NOT NULL, entry_names TEXT NOT NULL, sealed {blob} NOT NULL, created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL);
+CREATE INDEX app_configs_app ON app_configs (account_id, app_id)
+"#,
+    ),
 ];

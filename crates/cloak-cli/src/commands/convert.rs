@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cloak_convert::nitro::{self, NitroRequest};
-use cloak_convert::options::{CertificateConfig, NitroOptions, SgxOptions};
+use cloak_convert::options::{CertificateConfig, ManagerOptions, NitroOptions, SgxOptions};
 use cloak_convert::sgx::{self, SgxRequest};
 use cloak_image::{ImageRef, PlatformSpec};
 
@@ -90,6 +90,29 @@ pub struct Args {
     /// Certificate to request at start-up, as CertificateConfig JSON (repeatable).
     #[arg(long, value_name = "JSON")]
     pub certificates: Vec<String>,
+    /// Manager the image attests to at start-up, https://HOST:PORT (both targets; measured).
+    #[arg(long, value_name = "URL", requires_all = ["manager_ca", "manager_app_id"])]
+    pub manager_url: Option<String>,
+    /// PEM file with the manager's CA (what its TLS certificate chains to); measured into the
+    /// image, so the image trusts this manager only.
+    #[arg(long, value_name = "FILE", requires = "manager_url")]
+    pub manager_ca: Option<PathBuf>,
+    /// Id of the manager's app the image's builds are registered under.
+    #[arg(long, value_name = "UUID", requires = "manager_url")]
+    pub manager_app_id: Option<String>,
+    /// Seconds the launcher retries an unreachable manager before giving up (default 60).
+    #[arg(long, value_name = "SECONDS", requires = "manager_url")]
+    pub manager_retry_seconds: Option<u64>,
+    /// Nitro: the vsock port at CID 3 where `cloak proxy` forwards to the manager.
+    #[arg(long, value_name = "PORT", requires = "manager_url")]
+    pub manager_vsock_port: Option<u32>,
+    /// Let the launcher use simulated evidence (no TEE; for qemu and CI). Changes the
+    /// measurement, so an image converted without it never attests with simulated evidence.
+    #[arg(long, requires = "manager_url")]
+    pub allow_simulated_attestation: bool,
+    /// Also put the manager's CA into the image's trust store (add_ccm_ca_certificates).
+    #[arg(long, requires = "manager_url")]
+    pub add_ccm_ca_certificates: bool,
     /// Core dump file pattern.
     #[arg(long)]
     pub core_dump_pattern: Option<String>,
@@ -208,18 +231,52 @@ fn sgx_options(a: &Args) -> anyhow::Result<SgxOptions> {
             map.insert(k.to_string(), value);
         }
     }
-    if !a.certificates.is_empty() {
-        let certs = a
-            .certificates
-            .iter()
-            .map(|c| {
-                serde_json::from_str::<CertificateConfig>(c)
-                    .with_context(|| format!("--certificates {c:?}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(certs) = parse_certificates(a)? {
         o.certificates = Some(certs);
     }
+    if let Some(m) = manager_options(a)? {
+        o.manager = Some(m);
+    }
+    if a.add_ccm_ca_certificates {
+        o.add_ccm_ca_certificates = Some(true);
+    }
     Ok(o)
+}
+
+fn parse_certificates(a: &Args) -> anyhow::Result<Option<Vec<CertificateConfig>>> {
+    if a.certificates.is_empty() {
+        return Ok(None);
+    }
+    a.certificates
+        .iter()
+        .map(|c| {
+            serde_json::from_str::<CertificateConfig>(c)
+                .with_context(|| format!("--certificates {c:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// `--manager-*` flags as the options' `manager` object (None without `--manager-url`).
+fn manager_options(a: &Args) -> anyhow::Result<Option<ManagerOptions>> {
+    let Some(url) = &a.manager_url else {
+        return Ok(None);
+    };
+    let ca_file = a
+        .manager_ca
+        .as_ref()
+        .context("--manager-url needs --manager-ca FILE")?;
+    let ca = std::fs::read_to_string(ca_file)
+        .with_context(|| format!("while reading --manager-ca {}", ca_file.display()))?;
+    Ok(Some(ManagerOptions {
+        url: url.clone(),
+        ca,
+        app_id: a.manager_app_id.clone().unwrap_or_default(),
+        allow_simulated_attestation: a.allow_simulated_attestation.then_some(true),
+        retry_seconds: a.manager_retry_seconds,
+        vsock_port: a.manager_vsock_port,
+        renew_before_seconds: None,
+    }))
 }
 
 fn nitro_options(a: &Args) -> anyhow::Result<NitroOptions> {
@@ -254,6 +311,15 @@ fn nitro_options(a: &Args) -> anyhow::Result<NitroOptions> {
     }
     if let Some(j) = &a.java_mode {
         c.java_mode = Some(j.clone());
+    }
+    if let Some(certs) = parse_certificates(a)? {
+        c.certificates = Some(certs);
+    }
+    if let Some(m) = manager_options(a)? {
+        c.manager = Some(m);
+    }
+    if a.add_ccm_ca_certificates {
+        c.add_ccm_ca_certificates = Some(true);
     }
     let n = &mut o.nitro_enclaves_options;
     if let Some(v) = a.cpu_count {

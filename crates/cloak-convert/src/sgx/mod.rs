@@ -264,6 +264,11 @@ async fn resolve_stage(req: &mut SgxRequest) -> Result<Resolved> {
         .clone()
         .or_else(|| o.signing_key.as_ref().and_then(|k| k.uri.clone()))
         .unwrap_or_else(|| "default".into());
+    let manager = crate::manager::launcher_config(
+        o.manager.as_ref(),
+        o.certificates.as_deref(),
+        o.add_ccm_ca_certificates.unwrap_or(false),
+    )?;
     let signer: Box<dyn cloak_sgx::key::Signer> = match req.signer.take() {
         Some(s) => s,
         None => cloak_sgx::key::open(&key_spec)?,
@@ -366,6 +371,7 @@ fn amend_stage(r: &Resolved, fs: &cloak_image::flatten::FlatFs) -> Result<Amende
         workdir: app.workdir.clone(),
         user: app.user.clone(),
         allow_cmdline_args: app.allow_cmdline_args,
+        manager,
     };
     let run_json = serde_json::to_vec_pretty(&run).expect("RunConfig serialises");
     let mut trusted = trusted_files(fs, &r.classes);

@@ -1,0 +1,215 @@
+use std::os::unix::fs::PermissionsExt;
+
+use super::evidence::*;
+use super::*;
+
+/// Gramine's attestation files as a recording double: the quote it returns carries the report
+/// data last written, like the real device (which asks the quoting enclave for it).
+#[derive(Default)]
+struct FakeAttestation {
+    calls: Vec<String>,
+    report_data: Option<Vec<u8>>,
+}
+
+impl AttestationFs for FakeAttestation {
+    fn write(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.calls.push(format!("write {name} {}", data.len()));
+        if name == "user_report_data" {
+            self.report_data = Some(data.to_vec());
+        }
+        Ok(())
+    }
+    fn read(&mut self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.calls.push(format!("read {name}"));
+        let rd = self
+            .report_data
+            .clone()
+            .ok_or_else(|| std::io::Error::other("quote read before user_report_data"))?;
+        Ok([b"QUOTE".to_vec(), rd].concat())
+    }
+}
+
+#[test]
+fn gramine_writes_the_binding_before_it_reads_the_quote() {
+    let mut g = Gramine {
+        fs: FakeAttestation::default(),
+    };
+    let key = generate_key(KeySpec::Ec { curve: 256 }).unwrap();
+    let nonce = [7u8; 32];
+    let quote = g.evidence(&key.spki, &nonce).unwrap();
+    assert_eq!(g.fs.calls, ["write user_report_data 64", "read quote"]);
+    let rd = &quote[5..];
+    use sha2::Digest;
+    assert_eq!(&rd[..32], sha2::Sha256::digest(&key.spki).as_slice());
+    assert_eq!(&rd[32..], sha2::Sha256::digest(nonce).as_slice());
+    g.install_mount_key("default", &[1; 16]).unwrap();
+    assert_eq!(g.fs.calls[2], "write keys/default 16");
+    assert!(g.install_mount_key("../x", &[1; 16]).is_err());
+}
+
+#[test]
+fn only_gramine_takes_encrypted_mount_keys() {
+    struct Dev;
+    impl NsmDevice for Dev {
+        fn call(&mut self, _: &[u8]) -> std::io::Result<Vec<u8>> {
+            unreachable!()
+        }
+    }
+    let e = Nsm { dev: Dev }
+        .install_mount_key("default", &[0; 16])
+        .unwrap_err();
+    assert!(e.contains("Gramine only"), "{e}");
+}
+
+/// Records the request and answers like the NSM does.
+struct FakeNsm {
+    request: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+impl NsmDevice for FakeNsm {
+    fn call(&mut self, request: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.request = request.to_vec();
+        Ok(self.answer.clone())
+    }
+}
+
+#[test]
+fn nsm_gets_key_nonce_and_binding_and_returns_the_document() {
+    use cloak_attest::cbor::Value;
+    let answer = Value::Map(vec![(
+        Value::Text("Attestation".into()),
+        Value::Map(vec![(
+            Value::Text("document".into()),
+            Value::Bytes(b"DOC".to_vec()),
+        )]),
+    )])
+    .encode();
+    let mut nsm = Nsm {
+        dev: FakeNsm {
+            request: Vec::new(),
+            answer,
+        },
+    };
+    let doc = nsm.evidence(b"SPKI", &[9; 32]).unwrap();
+    assert_eq!(doc, b"DOC");
+    let req = cloak_attest::cbor::decode(&nsm.dev.request).unwrap();
+    let a = req.get("Attestation").unwrap();
+    assert_eq!(a.get("public_key"), Some(&Value::Bytes(b"SPKI".to_vec())));
+    assert_eq!(a.get("nonce"), Some(&Value::Bytes(vec![9; 32])));
+    assert_eq!(
+        a.get("user_data"),
+        Some(&Value::Bytes(
+            cloak_attest::binding::report_data(b"SPKI", &[9; 32]).to_vec()
+        ))
+    );
+    nsm.dev.answer = Value::Map(vec![(
+        Value::Text("Error".into()),
+        Value::Text("InvalidArgument".into()),
+    )])
+    .encode();
+    let e = nsm.evidence(b"SPKI", &[9; 32]).unwrap_err();
+    assert!(e.contains("InvalidArgument"), "{e}");
+}
+
+#[test]
+fn nsm_request_bytes_match_serde_cbor_of_the_nsm_api() {
+    // serde_cbor of aws-nitro-enclaves-nsm-api's Request::Attestation { user_data: Some([1]),
+    // nonce: None, public_key: Some([2, 3]) } (src/api/mod.rs: an externally tagged enum, the
+    // fields in that order, Option<ByteBuf> as a byte string or null), written out by hand
+    // from serde_cbor's rules: a1 map(1), 6b "Attestation", a3 map(3), 69 "user_data" 41 01,
+    // 65 "nonce" f6, 6a "public_key" 42 02 03. Not yet checked against the crate itself (an
+    // oracle crate like tools/eif-oracle is the follow-up).
+    let ours = nsm_attestation_request(Some(&[1]), None, Some(&[2, 3]));
+    let expected = "a16b4174746573746174696f6ea369757365725f646174614101656e6f6e6365f66a7075626c69635f6b6579420203";
+    assert_eq!(hex::encode(ours), expected);
+}
+
+#[rstest::rstest]
+#[case::ec256(KeySpec::Ec { curve: 256 })]
+#[case::ec384(KeySpec::Ec { curve: 384 })]
+#[case::rsa2048(KeySpec::Rsa { bits: 2048 })]
+fn keys_are_generated_and_sign_their_csr(#[case] spec: KeySpec) {
+    let k = generate_key(spec).unwrap();
+    assert_eq!(k.spki[0], 0x30);
+    let pem = csr("web", &k).unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"),
+        "{pem}"
+    );
+}
+
+#[test]
+fn issued_files_have_their_modes_and_chain_none_is_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target {
+        root: dir.path().to_path_buf(),
+        owner: None,
+    };
+    let spec = CertSpec {
+        subject: "web".into(),
+        key: KeySpec::Ec { curve: 256 },
+        key_path: "/secrets/app.key".into(),
+        cert_path: "/app.crt".into(),
+        chain_path: None,
+    };
+    let issued = Issued {
+        key: generate_key(spec.key).unwrap(),
+        certificate: "CERT\n".into(),
+        chain: "CHAIN\n".into(),
+        not_after: None,
+    };
+    write_issued(&target, &spec, &issued).unwrap();
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("secrets/app.key"), 0o600);
+    assert_eq!(mode("app.crt"), 0o644);
+    let key = std::fs::read_to_string(dir.path().join("secrets/app.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no chain, no temporaries"
+    );
+    // a second write replaces the file (rename over it)
+    let again = Issued {
+        certificate: "CERT2\n".into(),
+        ..issued
+    };
+    write_issued(&target, &spec, &again).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("app.crt")).unwrap(),
+        "CERT2\n"
+    );
+}
+
+#[test]
+fn failures_name_the_step_the_code_and_the_detail() {
+    let f = Failure::new("certificate \"web\"", "revoked", "build b is REJECTED");
+    assert_eq!(
+        f.to_string(),
+        "attestation failed at certificate \"web\": revoked (revoked): build b is REJECTED"
+    );
+    assert_eq!(
+        Failure::new("nonce", "tls", "x").exit_status(),
+        EXIT_UNREACHABLE
+    );
+}
+
+#[rstest::rstest]
+#[case::a_third_left(1_000, 1_060, 0, 1_040)]
+#[case::explicit_lead(1_000, 1_060, 10, 1_050)]
+#[case::a_day(0, 86_400, 0, 57_600)]
+fn renewal_is_due_before_expiry(
+    #[case] issued: i64,
+    #[case] not_after: i64,
+    #[case] before: u64,
+    #[case] due: i64,
+) {
+    assert_eq!(renew::renew_at(issued, not_after, before), due);
+}
