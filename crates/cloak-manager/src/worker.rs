@@ -52,7 +52,7 @@ impl Progress for JobProgress {
         self.blobs
             .lock()
             .expect("progress lock")
-            .insert(digest.clone(), (size, 0));
+            .insert(*digest, (size, 0));
     }
     fn advance(&self, digest: &Digest, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
