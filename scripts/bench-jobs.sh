@@ -46,6 +46,7 @@ rm -rf "$mgr"
 mkdir -p "$mgr"
 chmod 700 "$mgr"
 password=bench-admin-password-1
+: > "$mgr/serve.log"
 CLOAK_ADMIN_PASSWORD=$password "$cloak" manager serve --insecure-http --listen 127.0.0.1:0 \
   --data-dir "$mgr/data" --workers 0 --max-jobs-per-account 1000 > /dev/null 2> "$mgr/serve.log" &
 manager_pid=$!
@@ -69,6 +70,7 @@ for r in $(seq 1 "$runs"); do
         "docker://$src/bench/image:1" "docker://$dst/bench/sgx:1" > /dev/null
       cat "$bench/jobs-cli.last" >> "$bench/jobs-cli.samples"
     else
+: > "$mgr/worker.log"
       /usr/bin/time -f "%M" -o "$bench/jobs-worker.rss" "$cloak" manager worker --workers 1 \
         --data-dir "$mgr/data" --sgx-runtime-image "oci:$bench/gramine-runtime:1" \
         --launcher "$launcher" --sgx-signing-key "file:$bench/enclave-key.pem" \

@@ -779,17 +779,37 @@ fn twenty_jobs_on_two_worker_processes_each_run_once() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut workers = BTreeSet::new();
+    let mut build_ids = BTreeSet::new();
     for id in &ids {
         let j = wait_end(&admin, id);
         assert_eq!(j.state, JobState::Succeeded, "{j:?}");
-        assert_eq!(j.attempts, 1, "{j:?}");
+        // Exactly one attempt ran to the end and registered; an earlier attempt may only have
+        // been sent back to the queue by a transient registry error (20 pushes at once to one
+        // registry on a loaded machine), never taken over from a live worker.
         let h = attempts(&admin, id);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h[0].outcome.as_deref(), Some("SUCCEEDED"));
-        workers.insert(h[0].worker.split('/').nth(1).unwrap().to_string());
+        assert_eq!(h.len() as i64, j.attempts, "{h:?}");
+        let succeeded: Vec<_> = h
+            .iter()
+            .filter(|a| a.outcome.as_deref() == Some("SUCCEEDED"))
+            .collect();
+        assert_eq!(succeeded.len(), 1, "{h:?}");
+        for a in h
+            .iter()
+            .filter(|a| a.outcome.as_deref() != Some("SUCCEEDED"))
+        {
+            assert_eq!(a.outcome.as_deref(), Some("RETRY"), "{h:?}");
+            eprintln!("job {id}: attempt {} retried: {:?}", a.attempt, a.error);
+        }
+        workers.insert(succeeded[0].worker.split('/').nth(1).unwrap().to_string());
+        assert!(
+            build_ids.insert(j.build_id.clone().unwrap()),
+            "one build per job"
+        );
     }
     let builds: ListResponse<Build> = admin.get("/v1/builds?limit=100").unwrap();
     assert_eq!(builds.items.len(), 20);
+    let registered: BTreeSet<String> = builds.items.iter().map(|b| b.build_id.clone()).collect();
+    assert_eq!(registered, build_ids);
     eprintln!("jobs ran in {} worker processes", workers.len());
 }
 

@@ -392,9 +392,18 @@ fn every_route_enforces_its_role_and_the_account(backend: Backend) {
         .post("/v1/api_keys", &json!({"name": "ci", "role": "READER"}))
         .unwrap();
     let me: User = admin.get("/v1/user").unwrap();
+    // A conversion job of the account that has ended (this manager converts nothing).
+    let job_id = "00000000-0000-4000-8000-0000000000b1";
+    m.sql(&format!(
+        "INSERT INTO jobs (job_id, account_id, app_id, target, state, bytes_done, attempts, \
+         max_attempts, request, requester, cancel_requested, input_image, output_image, created_at) \
+         SELECT '{job_id}', account_id, app_id, 'SGX', 'FAILED', 0, 1, 3, '{{}}', '{{}}', 0, \
+         'r/in:1', 'r/out:1', 0 FROM apps WHERE app_id = '{}'",
+        app.app_id
+    ));
     let ids = json!({"app_id": app.app_id, "build_id": build.build_id, "task_id": build.task_id,
                      "registry_id": reg.registry_id, "user_id": me.user_id, "key_id": key.key.key_id,
-                     "certificate_id": "00000000-0000-4000-8000-000000000001"});
+                     "certificate_id": "00000000-0000-4000-8000-000000000001", "job_id": job_id});
 
     let token = |u: &str, pw: &str| m.client().login(u, pw).unwrap().access_token;
     let expired = token("reader", PASSWORD);

@@ -364,6 +364,7 @@ pub async fn run_workers(config: Config, workers: usize) -> Result<()> {
         metrics: Default::default(),
         clock: Arc::new(crate::SystemClock),
         principals: Default::default(),
+        ca: Default::default(),
     };
     // Held like a replica's: master key rotation refuses while workers run.
     let _replica = state.db.replica_guard().await?;

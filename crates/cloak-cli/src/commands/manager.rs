@@ -380,7 +380,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         pccs_url: a.pccs_url,
         nonce_rate_per_minute: a.nonce_rate_per_minute,
         max_outstanding_nonces: a.max_outstanding_nonces,
-        ..Default::default()
         workers: a.workers,
         ..a.jobs.settings()
     };

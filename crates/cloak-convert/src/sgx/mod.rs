@@ -215,6 +215,8 @@ struct Resolved {
     extra: BTreeMap<String, toml::Value>,
     signer: Box<dyn cloak_sgx::key::Signer>,
     launcher: Vec<u8>,
+    /// The manager the launcher attests to (run configuration), if any.
+    manager: Option<cloak_launcher::ManagerConfig>,
     src: Source,
     image: cloak_image::image::Image,
     app: crate::app::AppSpec,
@@ -312,6 +314,7 @@ async fn resolve_stage(req: &mut SgxRequest) -> Result<Resolved> {
         extra,
         signer,
         launcher,
+        manager,
         src,
         image,
         app,
@@ -371,7 +374,7 @@ fn amend_stage(r: &Resolved, fs: &cloak_image::flatten::FlatFs) -> Result<Amende
         workdir: app.workdir.clone(),
         user: app.user.clone(),
         allow_cmdline_args: app.allow_cmdline_args,
-        manager,
+        manager: r.manager.clone(),
     };
     let run_json = serde_json::to_vec_pretty(&run).expect("RunConfig serialises");
     let mut trusted = trusted_files(fs, &r.classes);
