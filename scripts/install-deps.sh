@@ -14,6 +14,10 @@ packages=(
   postgresql-15 postgresql-client-15  # the manager's PostgreSQL tests (a server per test run, no service)
   sqlite3           # a real client to read and tamper with the manager's SQLite database in tests
   wrk               # HTTP load generator for the manager benchmarks
+  haproxy           # round-robin in front of the manager replicas (scripts/scale-out.sh)
+  podman runc       # `podman kube play` of the rendered evaluation manifests (runc: crun fails here)
+  catatonit         # the pause process podman's kube play pods need
+  kubectl           # `kubectl kustomize` renders deploy/kubernetes (the Google Cloud SDK's package)
 )
 missing=()
 for p in "${packages[@]}"; do
