@@ -137,3 +137,29 @@ async fn load(db: &Db, master: &MasterKey) -> Result<Option<Ca>> {
         issuer,
     }))
 }
+
+/// Re-seals the CA keys under the primary of `keys` (master key rotation); returns how many.
+pub async fn reseal_all(db: &Db, keys: &MasterKey) -> Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query("SELECT name, key_sealed FROM ca_keys")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut n = 0;
+    for r in &rows {
+        let name: String = r.try_get(0)?;
+        let sealed: Vec<u8> = r.try_get(1)?;
+        if keys.is_current(&sealed) {
+            continue;
+        }
+        let context = format!("ca:{name}:key");
+        let plain = keys.open(&context, &sealed)?;
+        sqlx::query("UPDATE ca_keys SET key_sealed = $1 WHERE name = $2")
+            .bind(keys.seal(&context, &plain))
+            .bind(&name)
+            .execute(&mut *tx)
+            .await?;
+        n += 1;
+    }
+    tx.commit().await?;
+    Ok(n)
+}

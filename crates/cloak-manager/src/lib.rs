@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod apps;
 pub mod audit;
+pub mod backup;
 pub mod auth;
 pub mod builds;
 pub mod ca;
