@@ -254,6 +254,7 @@ impl Drop for Haproxy {
 }
 
 fn http_client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
