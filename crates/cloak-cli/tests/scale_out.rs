@@ -217,7 +217,7 @@ impl Haproxy {
              timeout server 60s\n  retries 3\n  option redispatch\n  retry-on conn-failure\n\n\
              frontend api\n  bind 127.0.0.1:{port}\n  default_backend managers\n\n\
              backend managers\n  balance roundrobin\n  option httpchk GET /readyz\n  \
-             default-server inter 300ms fall 1 rise 1\n"
+             timeout check 10s\n  default-server inter 500ms fall 2 rise 1\n"
         );
         for (i, p) in ports.iter().enumerate() {
             cfg.push_str(&format!("  server r{i} 127.0.0.1:{p} check\n"));
@@ -525,10 +525,12 @@ fn faults_run(seconds: u64, clients: u64) {
         let before = acked.lock().unwrap().builds.len();
         std::thread::sleep(Duration::from_millis(100 + rng.next() % 900));
         if !pg_restarted && kills >= 1 {
+            eprintln!("scale-out: {:?}: restarting PostgreSQL ({before} builds acknowledged)", started.elapsed());
             pg.restart();
             pg_restarted = true;
         } else {
             let r = &mut replicas[(rng.next() % 3) as usize];
+            eprintln!("scale-out: {:?}: SIGKILL {} ({before} builds acknowledged)", started.elapsed(), r.name);
             r.kill();
             kills += 1;
             std::thread::sleep(Duration::from_millis(rng.next() % 700));
