@@ -74,7 +74,9 @@ fn a_busy_sqlite_install_moves_to_postgres_with_its_builds_tasks_credentials_and
         .unwrap();
     let mut decided = Vec::new();
     for n in 0..6 {
-        let b: Build = admin.post("/v1/builds", &build_body(&app.app_id, n)).unwrap();
+        let b: Build = admin
+            .post("/v1/builds", &build_body(&app.app_id, n))
+            .unwrap();
         if n % 2 == 0 {
             let t: Task = admin
                 .patch(
@@ -99,7 +101,8 @@ fn a_busy_sqlite_install_moves_to_postgres_with_its_builds_tasks_credentials_and
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let writers: Vec<_> = (0..2)
         .map(|w| {
-            let (c, app, stop, acked) = (src.admin(), app.app_id.clone(), stop.clone(), acked.clone());
+            let (c, app, stop, acked) =
+                (src.admin(), app.app_id.clone(), stop.clone(), acked.clone());
             std::thread::spawn(move || {
                 let mut n = 1000 + w * 100_000;
                 while !stop.load(Ordering::Relaxed) {
@@ -158,11 +161,18 @@ fn a_busy_sqlite_install_moves_to_postgres_with_its_builds_tasks_credentials_and
     assert!(!wrong.status.success());
     let err = String::from_utf8_lossy(&wrong.stderr);
     assert!(err.contains("no master key file"), "{err}");
-    std::fs::copy(src.data_dir().join("master.key"), dst_data.join("master.key")).unwrap();
+    std::fs::copy(
+        src.data_dir().join("master.key"),
+        dst_data.join("master.key"),
+    )
+    .unwrap();
     let restored = ok(offline(&["restore", &file_arg], &dst_store));
     assert!(restored.contains("restored"), "{restored}");
     let again = offline(&["restore", &file_arg], &dst_store);
-    assert!(!again.status.success(), "a second restore over the live data is refused");
+    assert!(
+        !again.status.success(),
+        "a second restore over the live data is refused"
+    );
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds accounts"));
 
     let dst = Manager::start_on(dst_dir, Some(pg_url));
@@ -178,9 +188,16 @@ fn a_busy_sqlite_install_moves_to_postgres_with_its_builds_tasks_credentials_and
         "nothing is restored that the source does not have"
     );
     for (id, b) in &dst_builds {
-        assert_eq!(b, &src_builds[id], "build {id} is served as the source served it");
-        let t_src: Value = admin.get(&format!("/v1/tasks/{}", b["task_id"].as_str().unwrap())).unwrap();
-        let t_dst: Value = dst_admin.get(&format!("/v1/tasks/{}", b["task_id"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            b, &src_builds[id],
+            "build {id} is served as the source served it"
+        );
+        let t_src: Value = admin
+            .get(&format!("/v1/tasks/{}", b["task_id"].as_str().unwrap()))
+            .unwrap();
+        let t_dst: Value = dst_admin
+            .get(&format!("/v1/tasks/{}", b["task_id"].as_str().unwrap()))
+            .unwrap();
         assert_eq!(t_src, t_dst, "the task of build {id} and its approvals");
     }
     for t in &decided {

@@ -126,7 +126,12 @@ impl Replica {
             "--max-connections".into(),
             max_connections.to_string(),
             "--simulation-public-key".into(),
-            install.dir.path().join("simulation.pub").display().to_string(),
+            install
+                .dir
+                .path()
+                .join("simulation.pub")
+                .display()
+                .to_string(),
         ]);
         args.extend(install.store_args(&dir.join("data")));
         Replica {
@@ -141,7 +146,8 @@ impl Replica {
 
     fn start(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("serve-{}.log", self.starts))).unwrap();
+        let log =
+            std::fs::File::create(self.dir.join(format!("serve-{}.log", self.starts))).unwrap();
         self.child = Some(
             Command::new(cloak_bin())
                 .args(&self.args)
@@ -174,14 +180,21 @@ impl Replica {
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!("{} exited ({st}):\n{}", self.name, self.logs());
             }
-            assert!(Instant::now() < deadline, "{} not ready:\n{}", self.name, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn logs(&self) -> String {
         (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.dir.join(format!("serve-{n}.log"))).unwrap_or_default())
+            .map(|n| {
+                std::fs::read_to_string(self.dir.join(format!("serve-{n}.log"))).unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -294,7 +307,12 @@ impl Api {
         }
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<(u16, Value)> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -359,18 +377,32 @@ fn build_body(app_id: &str, n: u64) -> Value {
 fn csr() -> (String, Vec<u8>) {
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "svc");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "svc");
     let req = params.serialize_request(&kp).unwrap();
-    (req.pem().unwrap(), rcgen::PublicKeyData::subject_public_key_info(&kp))
+    (
+        req.pem().unwrap(),
+        rcgen::PublicKeyData::subject_public_key_info(&kp),
+    )
 }
 
 /// One certificate request with fresh simulated evidence: nonce, then evidence bound to it.
-fn issue(anon: &Api, sim: &SimulationSigningKey, app_id: &str, n: u64, csr: &(String, Vec<u8>)) -> Option<(u16, Value)> {
+fn issue(
+    anon: &Api,
+    sim: &SimulationSigningKey,
+    app_id: &str,
+    n: u64,
+    csr: &(String, Vec<u8>),
+) -> Option<(u16, Value)> {
     let nonce = ok(anon.post("/v1/attestation/nonce", &json!({})))?;
     let nonce = hex::decode(nonce["nonce"].as_str()?).ok()?;
     let mut pcrs = BTreeMap::new();
     for (i, salt) in [(0u16, 0xa0u8), (1, 0xa1), (2, 0xa2)] {
-        pcrs.insert(i, hex::decode(pcr(if i == 0 { n } else { 0 }, salt)).unwrap());
+        pcrs.insert(
+            i,
+            hex::decode(pcr(if i == 0 { n } else { 0 }, salt)).unwrap(),
+        );
     }
     let evidence = produce(
         sim,
@@ -416,7 +448,10 @@ fn setup(base: &str) -> Setup {
             "/v1/users",
             &json!({"user_name": name, "password": USER_PASSWORD, "role": "WRITER"}),
         );
-        approvers.push((Api::login(base, name, USER_PASSWORD), u["user_id"].as_str().unwrap().to_string()));
+        approvers.push((
+            Api::login(base, name, USER_PASSWORD),
+            u["user_id"].as_str().unwrap().to_string(),
+        ));
     }
     let app = admin.must(
         reqwest::Method::POST,
@@ -426,7 +461,10 @@ fn setup(base: &str) -> Setup {
                 "approval_policy": {"n": 2, "approvers": ["role:WRITER"], "exclude_requester": true}}),
     );
     Setup {
-        anon: Api { token: String::new(), ..admin.clone() },
+        anon: Api {
+            token: String::new(),
+            ..admin.clone()
+        },
         app_id: app["app_id"].as_str().unwrap().to_string(),
         admin,
         approvers,
@@ -435,7 +473,13 @@ fn setup(base: &str) -> Setup {
 
 /// One client's loop: register a build, both approvals, a certificate, a read; every 2xx
 /// recorded. Errors and non-2xx answers are outcomes the client does not know: not recorded.
-fn client_loop(s: &Setup, sim: &SimulationSigningKey, id: u64, stop: &AtomicBool, acked: &Mutex<Acked>) {
+fn client_loop(
+    s: &Setup,
+    sim: &SimulationSigningKey,
+    id: u64,
+    stop: &AtomicBool,
+    acked: &Mutex<Acked>,
+) {
     let key = csr();
     let mut n = id << 32;
     while !stop.load(Ordering::Relaxed) {
@@ -446,13 +490,29 @@ fn client_loop(s: &Setup, sim: &SimulationSigningKey, id: u64, stop: &AtomicBool
             acked.lock().unwrap().failed += 1;
             continue;
         };
-        let (build_id, task_id) = (b["build_id"].as_str().unwrap().to_string(), b["task_id"].as_str().unwrap().to_string());
-        acked.lock().unwrap().builds.insert(build_id.clone(), (task_id.clone(), n));
+        let (build_id, task_id) = (
+            b["build_id"].as_str().unwrap().to_string(),
+            b["task_id"].as_str().unwrap().to_string(),
+        );
+        acked
+            .lock()
+            .unwrap()
+            .builds
+            .insert(build_id.clone(), (task_id.clone(), n));
         let mut approved = 0;
         for (api, user_id) in &s.approvers {
             sent += 1;
-            if ok(api.patch(&format!("/v1/tasks/{task_id}"), &json!({"status": "APPROVED"}))).is_some() {
-                acked.lock().unwrap().approvals.insert((task_id.clone(), user_id.clone()));
+            if ok(api.patch(
+                &format!("/v1/tasks/{task_id}"),
+                &json!({"status": "APPROVED"}),
+            ))
+            .is_some()
+            {
+                acked
+                    .lock()
+                    .unwrap()
+                    .approvals
+                    .insert((task_id.clone(), user_id.clone()));
                 approved += 1;
             } else {
                 failed += 1;
@@ -462,7 +522,11 @@ fn client_loop(s: &Setup, sim: &SimulationSigningKey, id: u64, stop: &AtomicBool
             sent += 1;
             match ok(issue(&s.anon, sim, &s.app_id, n, &key)) {
                 Some(c) => {
-                    acked.lock().unwrap().certificates.insert(c["certificate_id"].as_str().unwrap_or_default().to_string());
+                    acked
+                        .lock()
+                        .unwrap()
+                        .certificates
+                        .insert(c["certificate_id"].as_str().unwrap_or_default().to_string());
                 }
                 None => failed += 1,
             }
@@ -484,7 +548,9 @@ fn faults_run(seconds: u64, clients: u64) {
     let pg = Postgres::shared();
     let install = Install::new(pg);
     let http = http_client();
-    let mut replicas: Vec<Replica> = (0..3).map(|i| Replica::new(&install, &format!("replica-{i}"), 8)).collect();
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|i| Replica::new(&install, &format!("replica-{i}"), 8))
+        .collect();
     // All three at once on the empty database: the migrations run once, under the lock.
     for r in replicas.iter_mut() {
         r.start();
@@ -492,11 +558,19 @@ fn faults_run(seconds: u64, clients: u64) {
     for r in replicas.iter_mut() {
         r.wait_ready(&http);
     }
-    let migrations = psql(pg, &install.database_url, "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations");
+    let migrations = psql(
+        pg,
+        &install.database_url,
+        "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migrations",
+    );
     let (all, distinct) = migrations.trim().split_once('|').unwrap();
     assert_eq!(all, distinct, "each migration applied once");
     let accounts = psql(pg, &install.database_url, "SELECT COUNT(*) FROM accounts");
-    assert_eq!(accounts.trim(), "1", "one default account although three replicas bootstrapped");
+    assert_eq!(
+        accounts.trim(),
+        "1",
+        "one default account although three replicas bootstrapped"
+    );
 
     let proxy = Haproxy::start(&replicas.iter().map(|r| r.port).collect::<Vec<_>>());
     let s = Arc::new(setup(&proxy.url()));
@@ -525,12 +599,19 @@ fn faults_run(seconds: u64, clients: u64) {
         let before = acked.lock().unwrap().builds.len();
         std::thread::sleep(Duration::from_millis(100 + rng.next() % 900));
         if !pg_restarted && kills >= 1 {
-            eprintln!("scale-out: {:?}: restarting PostgreSQL ({before} builds acknowledged)", started.elapsed());
+            eprintln!(
+                "scale-out: {:?}: restarting PostgreSQL ({before} builds acknowledged)",
+                started.elapsed()
+            );
             pg.restart();
             pg_restarted = true;
         } else {
             let r = &mut replicas[(rng.next() % 3) as usize];
-            eprintln!("scale-out: {:?}: SIGKILL {} ({before} builds acknowledged)", started.elapsed(), r.name);
+            eprintln!(
+                "scale-out: {:?}: SIGKILL {} ({before} builds acknowledged)",
+                started.elapsed(),
+                r.name
+            );
             r.kill();
             kills += 1;
             std::thread::sleep(Duration::from_millis(rng.next() % 700));
@@ -548,32 +629,61 @@ fn faults_run(seconds: u64, clients: u64) {
     let url = &install.database_url;
 
     // Every acknowledged registration, approval and certificate is in the database.
-    let db_builds: BTreeMap<String, (String, String, String)> = psql(pg, url, "SELECT build_id, task_id, status, measurement_key FROM builds")
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            (f[0].to_string(), (f[1].to_string(), f[2].to_string(), f[3].to_string()))
-        })
+    let db_builds: BTreeMap<String, (String, String, String)> = psql(
+        pg,
+        url,
+        "SELECT build_id, task_id, status, measurement_key FROM builds",
+    )
+    .lines()
+    .map(|l| {
+        let f: Vec<&str> = l.split('|').collect();
+        (
+            f[0].to_string(),
+            (f[1].to_string(), f[2].to_string(), f[3].to_string()),
+        )
+    })
+    .collect();
+    let missing: Vec<_> = a
+        .builds
+        .keys()
+        .filter(|b| !db_builds.contains_key(*b))
         .collect();
-    let missing: Vec<_> = a.builds.keys().filter(|b| !db_builds.contains_key(*b)).collect();
-    assert!(missing.is_empty(), "acknowledged builds missing: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged builds missing: {missing:?}"
+    );
     let measurements: BTreeSet<&String> = db_builds.values().map(|(_, _, m)| m).collect();
-    assert_eq!(measurements.len(), db_builds.len(), "a build registered twice");
-    let db_approvals: BTreeSet<(String, String)> = psql(pg, url, "SELECT task_id, user_id FROM approvals WHERE status = 'APPROVED'")
-        .lines()
-        .map(|l| {
-            let (t, u) = l.split_once('|').unwrap();
-            (t.to_string(), u.to_string())
-        })
-        .collect();
+    assert_eq!(
+        measurements.len(),
+        db_builds.len(),
+        "a build registered twice"
+    );
+    let db_approvals: BTreeSet<(String, String)> = psql(
+        pg,
+        url,
+        "SELECT task_id, user_id FROM approvals WHERE status = 'APPROVED'",
+    )
+    .lines()
+    .map(|l| {
+        let (t, u) = l.split_once('|').unwrap();
+        (t.to_string(), u.to_string())
+    })
+    .collect();
     let lost: Vec<_> = a.approvals.difference(&db_approvals).collect();
     assert!(lost.is_empty(), "acknowledged approvals lost: {lost:?}");
-    let issued: BTreeSet<String> = psql(pg, url, "SELECT certificate_id FROM certificates WHERE status = 'ISSUED'")
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let issued: BTreeSet<String> = psql(
+        pg,
+        url,
+        "SELECT certificate_id FROM certificates WHERE status = 'ISSUED'",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
     let lost: Vec<_> = a.certificates.difference(&issued).collect();
-    assert!(lost.is_empty(), "acknowledged certificates missing: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged certificates missing: {lost:?}"
+    );
     // Quorums: a task is SUCCESS exactly when it has two approvals, never more; its build is
     // WHITELISTED exactly then.
     let tasks: BTreeMap<String, (String, u64)> = psql(
@@ -590,9 +700,20 @@ fn faults_run(seconds: u64, clients: u64) {
     let mut success = 0;
     for (build, (task, status, _)) in &db_builds {
         let (t_status, count) = &tasks[task];
-        assert!(*count <= 2, "task {task}: {count} approvals counted for a quorum of 2");
-        assert_eq!(t_status == "SUCCESS", *count == 2, "task {task}: {t_status} with {count} approvals");
-        assert_eq!(status == "WHITELISTED", t_status == "SUCCESS", "build {build}: {status}, task {t_status}");
+        assert!(
+            *count <= 2,
+            "task {task}: {count} approvals counted for a quorum of 2"
+        );
+        assert_eq!(
+            t_status == "SUCCESS",
+            *count == 2,
+            "task {task}: {t_status} with {count} approvals"
+        );
+        assert_eq!(
+            status == "WHITELISTED",
+            t_status == "SUCCESS",
+            "build {build}: {status}, task {t_status}"
+        );
         success += u64::from(*count == 2);
     }
     assert_eq!(tasks.len(), db_builds.len(), "one task per build");
@@ -601,7 +722,11 @@ fn faults_run(seconds: u64, clients: u64) {
         url,
         "SELECT COUNT(*) FROM certificates c JOIN builds b ON b.build_id = c.build_id WHERE c.status = 'ISSUED' AND b.status <> 'WHITELISTED'",
     );
-    assert_eq!(not_whitelisted.trim(), "0", "certificates only for whitelisted builds");
+    assert_eq!(
+        not_whitelisted.trim(),
+        "0",
+        "certificates only for whitelisted builds"
+    );
     let reused = psql(pg, url, "SELECT COUNT(*) FROM (SELECT request_id FROM certificates GROUP BY request_id HAVING COUNT(*) > 1) d");
     assert_eq!(reused.trim(), "0", "one record per certificate request");
     drop(proxy);
@@ -614,7 +739,11 @@ fn faults_run(seconds: u64, clients: u64) {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success() && report.contains("verified"), "audit verify: {report}{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success() && report.contains("verified"),
+        "audit verify: {report}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     println!(
         "scale-out: {}s, {clients} clients, 3 replicas behind HAProxy; {kills} replica SIGKILLs, 1 PostgreSQL restart\n\
          scale-out: requests sent {}, without a 2xx answer {} (killed replica, database restart)\n\
@@ -653,7 +782,10 @@ fn replicas_killed_and_a_database_restart_lose_no_acknowledged_request() {
     match std::env::var("CLOAK_SCALE_OUT").as_deref() {
         Ok("bench") => bench::run(),
         Ok("full") => faults_run(
-            std::env::var("CLOAK_SCALE_OUT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120),
+            std::env::var("CLOAK_SCALE_OUT_SECONDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(120),
             8,
         ),
         _ => faults_run(8, 3),
@@ -681,7 +813,9 @@ mod bench {
     fn pg_ticks() -> u64 {
         let mut total = 0;
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             if comm.trim() == "postgres" {
                 total += cpu_ticks(pid);
@@ -714,7 +848,8 @@ mod bench {
         let started = Instant::now();
         let threads: Vec<_> = (0..clients)
             .map(|c| {
-                let (stop, errors, lat, op) = (stop.clone(), errors.clone(), lat.clone(), op.clone());
+                let (stop, errors, lat, op) =
+                    (stop.clone(), errors.clone(), lat.clone(), op.clone());
                 std::thread::spawn(move || {
                     let mut mine = Vec::new();
                     let mut i = 0;
@@ -739,7 +874,13 @@ mod bench {
         let elapsed = started.elapsed().as_secs_f64();
         let mut l = lat.lock().unwrap().clone();
         l.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let q = |p: f64| if l.is_empty() { 0.0 } else { l[((l.len() as f64 * p) as usize).min(l.len() - 1)] };
+        let q = |p: f64| {
+            if l.is_empty() {
+                0.0
+            } else {
+                l[((l.len() as f64 * p) as usize).min(l.len() - 1)]
+            }
+        };
         Result {
             ops: l.len() as u64,
             errors: errors.load(Ordering::Relaxed),
@@ -747,22 +888,38 @@ mod bench {
             p50_ms: q(0.50),
             p99_ms: q(0.99),
             pg_cpu: (pg_ticks() - pg0) as f64 / tick / elapsed,
-            manager_cpu: (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - m0) as f64 / tick / elapsed,
+            manager_cpu: (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - m0) as f64
+                / tick
+                / elapsed,
         }
     }
 
     pub fn run() {
-        let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-        let clients: u64 = std::env::var("BENCH_CLIENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
+        let secs: u64 = std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
+        let clients: u64 = std::env::var("BENCH_CLIENTS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(16);
         let pg = Postgres::shared();
-        println!("bench: {} CPUs, {clients} clients, {secs} s per case, binary {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cloak_bin().display());
+        println!(
+            "bench: {} CPUs, {clients} clients, {secs} s per case, binary {}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            cloak_bin().display()
+        );
         println!("| replicas | operation | requests/s | p50 ms | p99 ms | errors | PostgreSQL CPU (cores) | replicas CPU (cores) |");
         println!("|---|---|---|---|---|---|---|---|");
         let mut rates: BTreeMap<(usize, &str), f64> = BTreeMap::new();
         for n in [1usize, 3] {
             let install = Install::new(pg);
             let http = http_client();
-            let mut replicas: Vec<Replica> = (0..n).map(|i| Replica::new(&install, &format!("b{n}-{i}"), 8)).collect();
+            let mut replicas: Vec<Replica> = (0..n)
+                .map(|i| Replica::new(&install, &format!("b{n}-{i}"), 8))
+                .collect();
             for r in replicas.iter_mut() {
                 r.start();
             }
@@ -775,10 +932,18 @@ mod bench {
             // Builds to read and to issue for: registered and approved up front.
             let mut ids = Vec::new();
             for k in 0..200u64 {
-                let b = s.admin.must(reqwest::Method::POST, "/v1/builds", &build_body(&s.app_id, k));
+                let b = s.admin.must(
+                    reqwest::Method::POST,
+                    "/v1/builds",
+                    &build_body(&s.app_id, k),
+                );
                 let task = b["task_id"].as_str().unwrap().to_string();
                 for (api, _) in &s.approvers {
-                    api.must(reqwest::Method::PATCH, &format!("/v1/tasks/{task}"), &json!({"status": "APPROVED"}));
+                    api.must(
+                        reqwest::Method::PATCH,
+                        &format!("/v1/tasks/{task}"),
+                        &json!({"status": "APPROVED"}),
+                    );
                 }
                 ids.push(b["build_id"].as_str().unwrap().to_string());
             }
@@ -788,15 +953,29 @@ mod bench {
             let ops: Vec<(&str, Arc<dyn Fn(u64, u64) -> bool + Send + Sync>)> = vec![
                 ("build read (GET /v1/builds/{id})", {
                     let (s, ids) = (s.clone(), ids.clone());
-                    Arc::new(move |c, i| ok(s.admin.get(&format!("/v1/builds/{}", ids[((c * 7919 + i) % ids.len() as u64) as usize]))).is_some())
+                    Arc::new(move |c, i| {
+                        ok(s.admin.get(&format!(
+                            "/v1/builds/{}",
+                            ids[((c * 7919 + i) % ids.len() as u64) as usize]
+                        )))
+                        .is_some()
+                    })
                 }),
                 ("registration (POST /v1/builds)", {
                     let s = s.clone();
-                    Arc::new(move |c, i| ok(s.admin.post("/v1/builds", &build_body(&s.app_id, (1 << 40) + (c << 24) + i))).is_some())
+                    Arc::new(move |c, i| {
+                        ok(s.admin.post(
+                            "/v1/builds",
+                            &build_body(&s.app_id, (1 << 40) + (c << 24) + i),
+                        ))
+                        .is_some()
+                    })
                 }),
                 ("issuance (nonce + POST /v1/certificates)", {
                     let (s, sim, key) = (s.clone(), sim.clone(), key.clone());
-                    Arc::new(move |c, i| ok(issue(&s.anon, &sim, &s.app_id, (c * 31 + i) % 200, &key)).is_some())
+                    Arc::new(move |c, i| {
+                        ok(issue(&s.anon, &sim, &s.app_id, (c * 31 + i) % 200, &key)).is_some()
+                    })
                 }),
             ];
             for (name, op) in ops {
@@ -810,8 +989,15 @@ mod bench {
             }
             drop(proxy);
         }
-        for name in ["build read (GET /v1/builds/{id})", "registration (POST /v1/builds)", "issuance (nonce + POST /v1/certificates)"] {
-            println!("bench: {name}: 3 replicas / 1 replica = {:.2}", rates[&(3, name)] / rates[&(1, name)]);
+        for name in [
+            "build read (GET /v1/builds/{id})",
+            "registration (POST /v1/builds)",
+            "issuance (nonce + POST /v1/certificates)",
+        ] {
+            println!(
+                "bench: {name}: 3 replicas / 1 replica = {:.2}",
+                rates[&(3, name)] / rates[&(1, name)]
+            );
         }
     }
 }

@@ -240,9 +240,10 @@ pub fn audit_key(bytes: &[u8], master: &MasterKey, what: &Path) -> Result<[u8; 3
 /// transaction: a failed restore leaves the database as it was.
 pub async fn restore(db: &Db, master: &MasterKey, bytes: &[u8], what: &Path) -> Result<Summary> {
     let snapshot = open(bytes, master, what)?;
-    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .fetch_one(db.reader())
-        .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(db.reader())
+            .await?;
     if snapshot.schema_version > current {
         return Err(Error::Config(format!(
             "{}: the backup has schema version {}, newer than this manager ({current}): restore \
@@ -312,7 +313,11 @@ pub async fn restore(db: &Db, master: &MasterKey, bytes: &[u8], what: &Path) -> 
                     Value::String(s) => q.bind(s.clone()),
                     Value::Object(o) => match (o.get("hex"), o.get("real")) {
                         (Some(Value::String(h)), _) => q.bind(hex::decode(h).map_err(|_| {
-                            Error::Config(format!("{}: malformed blob in {}", what.display(), t.name))
+                            Error::Config(format!(
+                                "{}: malformed blob in {}",
+                                what.display(),
+                                t.name
+                            ))
                         })?),
                         (_, Some(Value::Number(r))) => q.bind(r.as_f64().unwrap_or_default()),
                         _ => {

@@ -9,8 +9,8 @@
 pub mod accounts;
 pub mod apps;
 pub mod audit;
-pub mod backup;
 pub mod auth;
+pub mod backup;
 pub mod builds;
 pub mod ca;
 pub mod certs;

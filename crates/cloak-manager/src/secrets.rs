@@ -222,7 +222,8 @@ pub async fn rotate(db: &crate::store::Db, path: &Path) -> Result<usize> {
     let both = old.with_primary(&MasterKey::generate());
     both.save(path)?;
     // Every sealed row: registry passwords and the CA keys (before the old key leaves the file).
-    let n = crate::registry::reseal_all(db, &both).await? + crate::ca::reseal_all(db, &both).await?;
+    let n =
+        crate::registry::reseal_all(db, &both).await? + crate::ca::reseal_all(db, &both).await?;
     both.primary_only().save(path)?;
     tracing::info!(key_id = %both.primary_id(), resealed = n, "master key rotated");
     Ok(n)

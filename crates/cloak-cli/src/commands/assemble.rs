@@ -75,7 +75,12 @@ fn owner(spec: &str, uid: &str, gid: &str) -> anyhow::Result<(u64, u64)> {
 }
 
 /// Parses `PATH[:MODE[:UID:GID]]` after the given leading fields into an entry.
-fn entry(spec: &str, path: &str, rest: &[&str], kind: LayerEntryKind) -> anyhow::Result<LayerEntry> {
+fn entry(
+    spec: &str,
+    path: &str,
+    rest: &[&str],
+    kind: LayerEntryKind,
+) -> anyhow::Result<LayerEntry> {
     let default_mode = match kind {
         LayerEntryKind::Dir => 0o755,
         _ => 0o644,
