@@ -5,7 +5,7 @@
 #   cloak (65532), a data directory it owns, entrypoint `cloak manager serve`, and OCI labels
 #   with the version and the source revision.
 #
-# Usage: scripts/build-manager-image.sh [DESTINATION]
+# Usage: [CLOAK_STATIC_BIN=path/to/static/cloak] scripts/build-manager-image.sh [DESTINATION]
 #   DESTINATION: oci:DIR[:TAG] (default oci:target/manager-image:VERSION) or docker://HOST/REPO:TAG
 #   (extra `cloak assemble` flags, e.g. --dest-tls-verify=false, in $CLOAK_ASSEMBLE_FLAGS).
 # Prints the image digest on stdout.
@@ -24,12 +24,17 @@ git diff --quiet HEAD -- 2>/dev/null || revision="$revision-dirty"
 dest=${1:-oci:$root/target/manager-image:$version}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 
-# A target dir of its own: these RUSTFLAGS would otherwise rebuild the launcher's dependencies.
-export CARGO_TARGET_DIR=$root/target/static
-RUSTFLAGS="-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols \
+if [ -n "${CLOAK_STATIC_BIN:-}" ]; then
+  # A static `cloak` built before (CI artefact): assembled as given.
+  bin=$CLOAK_STATIC_BIN
+else
+  # A target dir of its own: these RUSTFLAGS would otherwise rebuild the launcher's dependencies.
+  export CARGO_TARGET_DIR=$root/target/static
+  RUSTFLAGS="-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols \
 --remap-path-prefix=$root=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
-  cargo build --quiet --release --locked -p cloak-cli --target x86_64-unknown-linux-gnu >&2
-bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cloak
+    cargo build --quiet --release --locked -p cloak-cli --target x86_64-unknown-linux-gnu >&2
+  bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cloak
+fi
 if ldd "$bin" >/dev/null 2>&1; then
   echo "build-manager-image: $bin is dynamically linked; the image has no libc" >&2
   exit 1

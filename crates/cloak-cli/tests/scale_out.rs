@@ -824,6 +824,9 @@ mod bench {
         total
     }
 
+    /// One benchmarked operation: (client, iteration) → answered 2xx.
+    type Op = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
+
     struct Result {
         ops: u64,
         errors: u64,
@@ -838,7 +841,7 @@ mod bench {
         pids: &[u32],
         clients: u64,
         secs: u64,
-        op: Arc<dyn Fn(u64, u64) -> bool + Send + Sync>,
+        op: Op,
     ) -> Result {
         let tick = 100.0; // USER_HZ on Linux
         let (pg0, m0): (u64, u64) = (pg_ticks(), pids.iter().map(|p| cpu_ticks(*p)).sum());
@@ -950,7 +953,7 @@ mod bench {
             let ids = Arc::new(ids);
             let sim = Arc::new(install.sim_key.clone());
             let key = Arc::new(csr());
-            let ops: Vec<(&str, Arc<dyn Fn(u64, u64) -> bool + Send + Sync>)> = vec![
+            let ops: Vec<(&str, Op)> = vec![
                 ("build read (GET /v1/builds/{id})", {
                     let (s, ids) = (s.clone(), ids.clone());
                     Arc::new(move |c, i| {
