@@ -35,7 +35,7 @@ else
     cargo build --quiet --release --locked -p cloak-cli --target x86_64-unknown-linux-gnu >&2
   bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cloak
 fi
-if ldd "$bin" >/dev/null 2>&1; then
+if ! file -L "$bin" | grep -Eq 'statically linked|static-pie linked'; then
   echo "build-manager-image: $bin is dynamically linked; the image has no libc" >&2
   exit 1
 fi
