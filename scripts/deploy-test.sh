@@ -69,17 +69,18 @@ export CONTAINERS_CONF=$work/containers.conf
 skopeo copy -q "oci:$work/image-1:test" "containers-storage:$image"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # podman mishandles `kind: Secret` inside the played YAML: each Secret becomes a podman secret
-# holding the Secret object itself (what secretKeyRef reads), the rest is played. The image
+# holding its data as JSON (what podman 4.3's secretKeyRef reads), the rest is played. The image
 # is the one just built, the volume unique to this run, the manager's port published on a
 # loopback port chosen now.
 python3 - "$work/evaluation.yaml" "$work" "$image" "$port" "cloak-data-test-$$" <<'PY'
-import sys, yaml
+import json, sys, yaml
 src, work, image, port, volume = sys.argv[1:]
 docs = [d for d in yaml.safe_load_all(open(src)) if d]
 rest = []
 for d in docs:
     if d["kind"] == "Secret":
-        open(f"{work}/secret-{d['metadata']['name']}.yaml", "w").write(yaml.safe_dump(d))
+        # podman 4.3 reads a secretKeyRef's secret as JSON {key: base64}: the Secret's data.
+        open(f"{work}/secret-{d['metadata']['name']}.yaml", "w").write(json.dumps(d["data"]))
         continue
     if d["kind"] == "PersistentVolumeClaim":
         continue  # the claim is a named podman volume, created below
@@ -112,8 +113,8 @@ play() {
     if curl -fsS "$base/readyz" >/dev/null 2>&1; then return 0; fi
     sleep 0.2
   done
-  podman ps -a >&2; podman logs "$(podman ps -aq --filter label=io.kubernetes.pod.name | head -1)" >&2 || true
-  podman pod logs cloak-manager-pod >&2 || true
+  podman ps -a >&2
+  for c in $(podman ps -a --format '{{.Names}}' | grep -- '-manager$'); do podman logs --tail 30 "$c" >&2 || true; done
   echo "the manager pod did not answer /readyz on $base" >&2
   exit 1
 }

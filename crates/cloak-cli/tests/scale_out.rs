@@ -837,12 +837,7 @@ mod bench {
         manager_cpu: f64,
     }
 
-    fn measure(
-        pids: &[u32],
-        clients: u64,
-        secs: u64,
-        op: Op,
-    ) -> Result {
+    fn measure(pids: &[u32], clients: u64, secs: u64, op: Op) -> Result {
         let tick = 100.0; // USER_HZ on Linux
         let (pg0, m0): (u64, u64) = (pg_ticks(), pids.iter().map(|p| cpu_ticks(*p)).sum());
         let stop = Arc::new(AtomicBool::new(false));
@@ -934,7 +929,7 @@ mod bench {
             let s = Arc::new(setup(&proxy.url()));
             // Builds to read and to issue for: registered and approved up front.
             let mut ids = Vec::new();
-            for k in 0..200u64 {
+            for k in 0..50u64 {
                 let b = s.admin.must(
                     reqwest::Method::POST,
                     "/v1/builds",
@@ -977,7 +972,7 @@ mod bench {
                 ("issuance (nonce + POST /v1/certificates)", {
                     let (s, sim, key) = (s.clone(), sim.clone(), key.clone());
                     Arc::new(move |c, i| {
-                        ok(issue(&s.anon, &sim, &s.app_id, (c * 31 + i) % 200, &key)).is_some()
+                        ok(issue(&s.anon, &sim, &s.app_id, (c * 31 + i) % 50, &key)).is_some()
                     })
                 }),
             ];
