@@ -22,6 +22,10 @@ image=localhost/cloak-manager:deploy-test-$$
 cleanup() {
   if [ -n "$pod_yaml" ]; then podman kube down "$pod_yaml" >/dev/null 2>&1 || true; fi
   podman volume rm -f cloak-data-test-$$ >/dev/null 2>&1 || true
+  # kube play keeps a volume per ConfigMap it mounted.
+  if [ -s "$work/configmaps.txt" ]; then
+    while read -r v; do podman volume rm -f "$v" >/dev/null 2>&1 || true; done <"$work/configmaps.txt"
+  fi
   for s in "${secrets[@]}"; do podman secret rm "$s" >/dev/null 2>&1 || true; done
   podman rmi -f "$image" >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -82,6 +86,8 @@ for d in docs:
         # podman 4.3 reads a secretKeyRef's secret as JSON {key: base64}: the Secret's data.
         open(f"{work}/secret-{d['metadata']['name']}.yaml", "w").write(json.dumps(d["data"]))
         continue
+    if d["kind"] == "ConfigMap":
+        open(f"{work}/configmaps.txt", "a").write(d["metadata"]["name"] + "\n")
     if d["kind"] == "PersistentVolumeClaim":
         continue  # the claim is a named podman volume, created below
     if d["kind"] == "Deployment":
