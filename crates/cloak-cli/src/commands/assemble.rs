@@ -162,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let entries = entries(&args)?;
     let labels = pairs("--label", &args.labels)?;
     for e in &args.env {
-        if !e.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+        if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             bail!("--env {e:?}: expected NAME=VALUE");
         }
     }
