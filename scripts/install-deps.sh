@@ -15,6 +15,9 @@ packages=(
   sqlite3           # a real client to read and tamper with the manager's SQLite database in tests
   wrk               # HTTP load generator for the manager benchmarks
   chromium chromium-driver  # headless browser (WebDriver) for the console's browser tests
+  haproxy           # round-robin in front of the manager replicas (scripts/scale-out.sh)
+  podman runc       # `podman kube play` of the rendered evaluation manifests (runc: crun fails here)
+  catatonit         # the pause process podman's kube play pods need
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -33,6 +36,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# kubectl (for `kubectl kustomize` in scripts/deploy-test.sh) is not in Debian: install it from
+# the Kubernetes apt repository (pkgs.k8s.io) or as the static binary; deploy-test.sh names it
+# when it is missing.
 
 # grpcio: an independent gRPC peer for the keyprovider tests, installed for the python3 on PATH
 # (which may not be Debian's, so python3-grpcio would not be seen); the wheel takes seconds.

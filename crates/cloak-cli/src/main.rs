@@ -38,6 +38,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Copy an image between registries, OCI layouts and docker archives (like `skopeo copy`).
     Copy(commands::copy::Args),
+    /// Build an image from files alone, reproducibly (no base image, no Docker).
+    Assemble(commands::assemble::Args),
     /// List the flattened file system of an image, with the sha256 of each regular file.
     LsFiles(commands::ls_files::Args),
     /// Convert an image into a confidential-computing image (SGX with Gramine, or Nitro).
@@ -93,6 +95,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Copy(args) => commands::copy::run(args),
+        Command::Assemble(args) => commands::assemble::run(args),
         Command::LsFiles(args) => commands::ls_files::run(args),
         Command::Convert(args) => commands::convert::run(*args),
         Command::Measure(args) => commands::measure::run(args),

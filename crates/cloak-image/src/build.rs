@@ -160,6 +160,65 @@ pub async fn push(
 ) -> Result<PushedImage> {
     let (config_bytes, manifest) = derive(base, amend)?;
     copy_base_layers(src, base, dst, &progress).await?;
+    write_new_parts(amend, config_bytes, manifest, dst).await
+}
+
+/// An image with no layers whose runtime config is `runtime`: the base of an image assembled
+/// from files alone (`cloak assemble`), with nothing to copy from anywhere.
+pub fn scratch(reference: &str, architecture: &str, runtime: spec::RuntimeConfig) -> Image {
+    let config = ImageConfig {
+        architecture: architecture.into(),
+        os: "linux".into(),
+        variant: None,
+        config: Some(runtime),
+        rootfs: spec::RootFs {
+            kind: "layers".into(),
+            diff_ids: Vec::new(),
+        },
+        extra: BTreeMap::new(),
+    };
+    let raw_config = spec::to_canonical_json(&config);
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(spec::OCI_MANIFEST.into()),
+        config: Descriptor::new(
+            spec::OCI_CONFIG,
+            Digest::of(&raw_config),
+            raw_config.len() as u64,
+        ),
+        layers: Vec::new(),
+        annotations: BTreeMap::new(),
+        extra: BTreeMap::new(),
+    };
+    Image {
+        reference: reference.into(),
+        index: None,
+        raw_manifest: RawManifest::new(spec::to_canonical_json(&manifest), spec::OCI_MANIFEST),
+        manifest,
+        raw_config: raw_config.into(),
+        config,
+    }
+}
+
+/// Write an image built on a [`scratch`] base (no base layers to copy): new layers, config,
+/// and the manifest last.
+pub async fn push_scratch(base: &Image, amend: &Amendment<'_>, dst: &Dest) -> Result<PushedImage> {
+    if !base.manifest.layers.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} has layers: push_scratch only writes images assembled from files",
+            base.reference
+        )));
+    }
+    let (config_bytes, manifest) = derive(base, amend)?;
+    write_new_parts(amend, config_bytes, manifest, dst).await
+}
+
+async fn write_new_parts(
+    amend: &Amendment<'_>,
+    config_bytes: Vec<u8>,
+    manifest: RawManifest,
+    dst: &Dest,
+) -> Result<PushedImage> {
     for l in amend.layers {
         if !dst.has_blob(&l.descriptor).await? {
             dst.put_blob(&l.descriptor, file_reader(&l.path).await?)

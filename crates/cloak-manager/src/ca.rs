@@ -445,4 +445,29 @@ pub async fn import(
         key_in_token: matches!(key, ImportKey::Pkcs11(_)),
         replaced: existing > 0,
     })
+/// Re-seals the CA keys under the primary of `keys` (master key rotation); returns how many.
+pub async fn reseal_all(db: &Db, keys: &MasterKey) -> Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query("SELECT name, key_sealed FROM ca_keys")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut n = 0;
+    for r in &rows {
+        let name: String = r.try_get(0)?;
+        let sealed: Vec<u8> = r.try_get(1)?;
+        // An imported root's key is not kept (empty placeholder).
+        if sealed.is_empty() || keys.is_current(&sealed) {
+            continue;
+        }
+        let context = format!("ca:{name}:key");
+        let plain = keys.open(&context, &sealed)?;
+        sqlx::query("UPDATE ca_keys SET key_sealed = $1 WHERE name = $2")
+            .bind(keys.seal(&context, &plain))
+            .bind(&name)
+            .execute(&mut *tx)
+            .await?;
+        n += 1;
+    }
+    tx.commit().await?;
+    Ok(n)
 }

@@ -10,6 +10,7 @@ pub mod accounts;
 pub mod apps;
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod builds;
 pub mod ca;
 mod ca_token;

@@ -45,6 +45,13 @@ impl MasterKey {
         }
     }
 
+    /// One key given by its bytes (e.g. the audit key carried in a backup).
+    pub fn from_bytes(k: [u8; 32]) -> MasterKey {
+        MasterKey {
+            keys: vec![(key_id(&k), k)],
+        }
+    }
+
     /// Reads a key file (hex lines; `#` comments), refusing one readable by others.
     pub fn load(path: &Path) -> Result<MasterKey> {
         use std::os::unix::fs::MetadataExt;
@@ -214,10 +221,13 @@ pub async fn rotate(db: &crate::store::Db, path: &Path) -> Result<usize> {
     let old = MasterKey::load(path)?;
     let both = old.with_primary(&MasterKey::generate());
     both.save(path)?;
+    // Every sealed row (before the old key leaves the file): registry passwords, the accounts'
+    // signing keys, live jobs' credentials, app configs and the CA keys.
     let n = crate::registry::reseal_all(db, &both).await?
         + crate::signing::reseal_all(db, &both).await?
         + crate::jobs::reseal_all(db, &both).await?
-        + crate::configs::reseal_all(db, &both).await?;
+        + crate::configs::reseal_all(db, &both).await?
+        + crate::ca::reseal_all(db, &both).await?;
     both.primary_only().save(path)?;
     tracing::info!(key_id = %both.primary_id(), resealed = n, "master key rotated");
     Ok(n)

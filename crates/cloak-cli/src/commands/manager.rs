@@ -32,6 +32,22 @@ enum Command {
     },
     /// Generate a new master key and re-encrypt every stored secret with it.
     RotateMasterKey(StoreArgs),
+    /// Write a consistent snapshot of the database and the audit key, encrypted under the
+    /// master key (safe while the manager serves; the master key itself is not included).
+    Backup {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The backup file to write (mode 0600; replaced atomically).
+        file: PathBuf,
+    },
+    /// Restore a backup into an empty database. With --database-url postgres://… a backup of
+    /// a SQLite install moves it to PostgreSQL. Needs the master key file that made it.
+    Restore {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The backup file to read.
+        file: PathBuf,
+    },
     /// Print the OpenAPI document of the API (the same as GET /openapi.json).
     Openapi,
     /// The manager's certificate authority (offline, with no replica running).
@@ -346,6 +362,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     output,
                 },
         } => collateral_import(store, &path, output),
+        Command::Backup { store, file } => backup(store, &file),
+        Command::Restore { store, file } => restore(store, &file),
         Command::Openapi => {
             outln!(
                 "{}",
@@ -533,6 +551,83 @@ fn rotate(s: StoreArgs) -> anyhow::Result<ExitCode> {
         outln!(
             "re-encrypted {n} secrets under a new master key in {}",
             config.master_key_file.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn backup(s: StoreArgs, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(s.settings()?)?;
+    for (what, path) in [
+        ("master key", &config.master_key_file),
+        ("audit key", &config.audit_key_file),
+    ] {
+        if !path.exists() {
+            anyhow::bail!(
+                "{}: no {what} file: point --data-dir (or --{}-file) at the installation to back up",
+                path.display(),
+                what.replace(' ', "-")
+            );
+        }
+    }
+    let master = cloak_manager::secrets::MasterKey::load(&config.master_key_file)?;
+    runtime()?.block_on(async {
+        let db = cloak_manager::server::open_db(&config).await?;
+        db.ready().await?;
+        let (bytes, summary) = cloak_manager::backup::backup(&db, &master).await?;
+        cloak_manager::backup::write_file(file, &bytes)?;
+        outln!(
+            "backed up {} rows of {} tables (schema {}) to {}, encrypted under master key {}",
+            summary.rows(),
+            summary.tables.len(),
+            summary.schema_version,
+            file.display(),
+            master.primary_id()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn restore(s: StoreArgs, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use cloak_manager::secrets::MasterKey;
+    let config = Config::resolve(s.settings()?)?;
+    config.prepare_data_dir()?;
+    let _lock = if config.database_url.starts_with("sqlite:") {
+        Some(cloak_manager::server::lock_data_dir(&config.data_dir)?)
+    } else {
+        None
+    };
+    if !config.master_key_file.exists() {
+        anyhow::bail!(
+            "{}: no master key file: copy the master key file of the installation that made \
+             the backup there (mode 0600), or name it with --master-key-file",
+            config.master_key_file.display()
+        );
+    }
+    let master = MasterKey::load(&config.master_key_file)?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let audit_key = cloak_manager::backup::audit_key(&bytes, &master, file)?;
+    if config.audit_key_file.exists() {
+        if MasterKey::load(&config.audit_key_file)?.primary_bytes() != audit_key {
+            anyhow::bail!(
+                "{}: this audit key differs from the backup's, and the restored audit chain \
+                 would not verify: move it away (the restore writes the backup's key there)",
+                config.audit_key_file.display()
+            );
+        }
+    } else {
+        MasterKey::from_bytes(audit_key).save(&config.audit_key_file)?;
+    }
+    runtime()?.block_on(async {
+        let db = cloak_manager::server::open_db(&config).await?;
+        db.migrate().await?;
+        let summary = cloak_manager::backup::restore(&db, &master, &bytes, file).await?;
+        outln!(
+            "restored {} rows of {} tables from {} (audit key in {})",
+            summary.rows(),
+            summary.tables.len(),
+            file.display(),
+            config.audit_key_file.display()
         );
         Ok(ExitCode::SUCCESS)
     })

@@ -1,6 +1,7 @@
 //! One module per verb: each has an `Args` struct and a `run` function.
 
 pub mod app;
+pub mod assemble;
 pub mod attest;
 pub mod audit;
 pub mod build;

@@ -90,6 +90,25 @@ impl Manager {
         m
     }
 
+    /// Starts a manager on an existing data dir (`dir/data`) and database (e.g. a restored one).
+    pub fn start_on(dir: tempfile::TempDir, database_url: Option<String>) -> Manager {
+        let backend = match database_url {
+            Some(_) => Backend::Postgres,
+            None => Backend::Sqlite,
+        };
+        let mut m = Manager {
+            dir,
+            url: String::new(),
+            database_url,
+            backend,
+            child: None,
+            extra: Vec::new(),
+            log_no: 0,
+        };
+        m.spawn();
+        m
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -155,10 +155,14 @@ impl Postgres {
 
     /// Restarts the server (fast shutdown), keeping its data.
     pub fn restart(&self) {
+        // With its log file: a server started without one inherits this command's stdout
+        // pipe, and `output()` would wait for it to end.
         check(as_postgres(&[
             self.bin.join("pg_ctl").to_str().unwrap(),
             "-D",
             self.dir.join("data").to_str().unwrap(),
+            "-l",
+            self.dir.join("server.log").to_str().unwrap(),
             "-m",
             "fast",
             "-w",
