@@ -401,9 +401,17 @@ fn every_route_enforces_its_role_and_the_account(backend: Backend) {
          'r/in:1', 'r/out:1', 0 FROM apps WHERE app_id = '{}'",
         app.app_id
     ));
+    let config: AppConfig = admin
+        .post(
+            "/v1/app_configs",
+            &json!({"name": "matrix", "app_id": app.app_id,
+                    "app_config": {"/etc/matrix.conf": {"contents": "value"}}}),
+        )
+        .unwrap();
     let ids = json!({"app_id": app.app_id, "build_id": build.build_id, "task_id": build.task_id,
                      "registry_id": reg.registry_id, "user_id": me.user_id, "key_id": key.key.key_id,
-                     "certificate_id": "00000000-0000-4000-8000-000000000001", "job_id": job_id});
+                     "certificate_id": "00000000-0000-4000-8000-000000000001", "job_id": job_id,
+                     "config_id": config.config_id});
 
     let token = |u: &str, pw: &str| m.client().login(u, pw).unwrap().access_token;
     let expired = token("reader", PASSWORD);
@@ -1047,9 +1055,16 @@ fn registry_credentials_are_matched_by_host_and_survive_key_rotation(backend: Ba
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 secrets"));
+    // The registry password and the CA's two keys (created at the first start).
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-encrypted 3 secrets"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_ne!(before, m.raw_database());
     m.restart();
+    let ca: Value = m.client().get("/v1/ca").unwrap();
+    assert!(ca["chain"].as_str().unwrap().contains("BEGIN CERTIFICATE"));
     let r2: Registry = m
         .admin()
         .get(&format!("/v1/registry/{}", r.registry_id))

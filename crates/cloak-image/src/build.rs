@@ -160,7 +160,7 @@ pub async fn push(
 ) -> Result<PushedImage> {
     let (config_bytes, manifest) = derive(base, amend)?;
     copy_base_layers(src, base, dst, &progress).await?;
-    write_new_parts(amend, config_bytes, manifest, dst).await
+    write_new_parts(amend, config_bytes, manifest, dst, progress.as_ref()).await
 }
 
 /// An image with no layers whose runtime config is `runtime`: the base of an image assembled
@@ -210,14 +210,16 @@ pub async fn push_scratch(base: &Image, amend: &Amendment<'_>, dst: &Dest) -> Re
         )));
     }
     let (config_bytes, manifest) = derive(base, amend)?;
-    write_new_parts(amend, config_bytes, manifest, dst).await
+    write_new_parts(amend, config_bytes, manifest, dst, &crate::copy::NoProgress).await
 }
 
+/// The new layers and the config, then the manifest (unless cancelled by then).
 async fn write_new_parts(
     amend: &Amendment<'_>,
     config_bytes: Vec<u8>,
     manifest: RawManifest,
     dst: &Dest,
+    progress: &dyn Progress,
 ) -> Result<PushedImage> {
     for l in amend.layers {
         if !dst.has_blob(&l.descriptor).await? {

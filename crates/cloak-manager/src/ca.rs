@@ -445,6 +445,8 @@ pub async fn import(
         key_in_token: matches!(key, ImportKey::Pkcs11(_)),
         replaced: existing > 0,
     })
+}
+
 /// Re-seals the CA keys under the primary of `keys` (master key rotation); returns how many.
 pub async fn reseal_all(db: &Db, keys: &MasterKey) -> Result<usize> {
     let mut tx = db.begin().await?;
