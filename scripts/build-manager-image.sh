@@ -24,6 +24,10 @@ git diff --quiet HEAD -- 2>/dev/null || revision="$revision-dirty"
 dest=${1:-oci:$root/target/manager-image:$version}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 
+# CLOAK_STATIC_PROFILE: the cargo profile of the static build (release; the test suite uses
+# static-test, which compiles in a third of the time and makes the same image bytes for a given
+# binary: reproducibility is a property of the assembly, checked by building twice).
+profile=${CLOAK_STATIC_PROFILE:-release}
 if [ -n "${CLOAK_STATIC_BIN:-}" ]; then
   # A static `cloak` built before (CI artefact): assembled as given.
   bin=$CLOAK_STATIC_BIN
@@ -32,8 +36,8 @@ else
   export CARGO_TARGET_DIR=$root/target/static
   RUSTFLAGS="-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols \
 --remap-path-prefix=$root=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo" \
-    cargo build --quiet --release --locked -p cloak-cli --target x86_64-unknown-linux-gnu >&2
-  bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cloak
+    cargo build --quiet --profile "$profile" --locked -p cloak-cli --target x86_64-unknown-linux-gnu >&2
+  bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/$profile/cloak
 fi
 if ! file -L "$bin" | grep -Eq 'statically linked|static-pie linked'; then
   echo "build-manager-image: $bin is dynamically linked; the image has no libc" >&2

@@ -26,5 +26,5 @@ paths_summary() {
 }
 trap paths_summary EXIT
 step "cargo test"; cargo test --workspace --locked; done_step
-step "deployment: kustomize renders, reproducible manager image, podman kube play"; bash scripts/deploy-test.sh; done_step
+step "deployment: kustomize renders, reproducible manager image, podman kube play"; CLOAK_STATIC_PROFILE=static-test bash scripts/deploy-test.sh; done_step
 step "schemathesis against the manager's /openapi.json (bounded)"; bash scripts/schemathesis.sh; done_step
