@@ -299,6 +299,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     if cpu_count == 0 {
         return Err(Error::Options("cpu_count must be at least 1".into()));
     }
+    unsupported_options(&req.options)?;
     let src = Source::open(&req.input, &req.source_options).await?;
     let image = resolve(&src, &req.platform).await?;
     if image.config.architecture != "amd64" || image.config.os != "linux" {
@@ -545,6 +546,35 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         output_image,
         warnings,
     })
+}
+
+/// Refuse the seed options that nothing in a Nitro conversion implements: accepting them would
+/// let a user believe they took effect. `false` (the default) is accepted, so CCM bodies that
+/// spell out every field still convert.
+fn unsupported_options(o: &NitroOptions) -> Result<()> {
+    let co = &o.converter_options;
+    let no = &o.nitro_enclaves_options;
+    let mut refused = Vec::new();
+    if co.debug == Some(true) {
+        refused.push("debug (a Nitro enclave's debug mode is chosen when it starts: nitro-cli run-enclave --debug-mode; `cloak run` always shows the console)");
+    }
+    if co.java_mode.is_some() {
+        refused.push("java_mode (no Java tuning exists for Nitro yet)");
+    }
+    if co.add_ccm_ca_certificates == Some(true) {
+        refused.push("add_ccm_ca_certificates (the manager's CA is not added to Nitro images yet)");
+    }
+    if no.enable_overlay_filesystem_persistence == Some(true) {
+        refused.push("enable_overlay_filesystem_persistence (the enclave's root is a ramdisk; nothing persists)");
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Options(format!(
+        "--target nitro does not implement {}; remove {} (flag or --options field)",
+        refused.join(", "),
+        if refused.len() == 1 { "it" } else { "them" }
+    )))
 }
 
 /// A base with no layers, for an output image that holds only the EIF.
