@@ -1238,16 +1238,18 @@ fn big_file_image(dir: &Path, size: u64) -> PathBuf {
     h.set_entry_type(::tar::EntryType::Regular);
     h.set_cksum();
     put(h.as_bytes(), &mut f);
+    // One MiB of noise, repeated: incompressible within a chunk, and cheap to write in an
+    // unoptimised test binary.
     let mut x: u64 = 0x2545F4914F6CDD1D;
     let mut chunk = vec![0u8; 1 << 20];
+    for w in chunk.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+    }
     let mut left = size;
     while left > 0 {
-        for w in chunk.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
-        }
         let n = left.min(chunk.len() as u64) as usize;
         put(&chunk[..n], &mut f);
         left -= n as u64;
@@ -1304,14 +1306,15 @@ fn peak_rss_kib(args: &[&std::ffi::OsStr], dir: &Path) -> u64 {
         .unwrap()
 }
 
-/// The README: "memory does not grow with file sizes". A Nitro conversion of a 512 MiB file
-/// peaks (ru_maxrss of the child) within a few MiB of the conversion of a 16 MiB one, and under
-/// a fixed bound. A memory bound is a property of the code, not a timing.
+/// The README: "memory does not grow with file sizes" (47 MiB for a 1 GiB image, release
+/// build). A Nitro conversion of a 256 MiB file peaks (ru_maxrss of the child) within 16 MiB of
+/// the conversion of a 16 MiB one, and under 64 MiB. A memory bound is a property of the code,
+/// not a timing.
 #[test]
 fn nitro_conversion_memory_does_not_grow_with_file_size() {
     let tmp = tempfile::tempdir().unwrap();
     let mut peaks = Vec::new();
-    for (name, size) in [("small", 16u64 << 20), ("large", 512u64 << 20)] {
+    for (name, size) in [("small", 16u64 << 20), ("large", 256u64 << 20)] {
         let dir = big_file_image(&tmp.path().join(name), size);
         let eif = tmp.path().join(format!("{name}.eif"));
         let input = format!("oci:{}:1", dir.display());
@@ -1339,9 +1342,9 @@ fn nitro_conversion_memory_does_not_grow_with_file_size() {
     let (small, large) = (peaks[0], peaks[1]);
     assert!(
         large <= small + 16 * 1024,
-        "32 × the file size raised the peak from {small} KiB to {large} KiB"
+        "16 × the file size raised the peak from {small} KiB to {large} KiB"
     );
-    assert!(large < 128 * 1024, "peak {large} KiB for a 512 MiB file");
+    assert!(large < 64 * 1024, "peak {large} KiB for a 256 MiB file");
 }
 
 /// buildah as a peer: an image buildah builds converts with cloak, an image buildah encrypts
