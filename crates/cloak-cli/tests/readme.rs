@@ -755,12 +755,20 @@ fn every_nitro_convert_option_reaches_the_enclave() {
         !s["env_vars"].as_array().unwrap().iter().any(|e| e == "FROM_FILE=1"),
         "--env-vars replaces the file's env_vars: {s}"
     );
+    // The report names the PCR engine this CPU used.
+    let engine = report["pcr_engine"].as_str().unwrap();
+    if cloak_nitro::sha384x2::supported() && std::env::var_os("CLOAK_NO_AVX512").is_none() {
+        assert!(engine.starts_with("two-lane SHA-384 on AVX-512VL"), "{engine}");
+    } else {
+        assert!(engine.starts_with("ring's SHA-384 on two threads"), "{engine}");
+    }
     let booted = run(cloak().args(["run", "--target", "nitro"]).arg(&eif));
     let console = String::from_utf8_lossy(&booted.stdout);
     assert!(console.contains("NITRO-OPTIONS-OK"), "{console}");
     assert_eq!(booted.status.code(), Some(8), "{console}");
-    // The file alone: its own sizing and argv.
+    // The file alone: its own sizing and argv (and ring's engine, by request).
     let out = ok(cloak()
+        .env("CLOAK_NO_AVX512", "1")
         .args(["convert", "--target", "nitro", "--quiet", "--kernel"])
         .arg(kernel())
         .arg("--eif")
@@ -771,6 +779,10 @@ fn every_nitro_convert_option_reaches_the_enclave() {
     let report = json_of(&out);
     assert_eq!(report["cpu_count"], 4);
     assert_eq!(report["mem_size"], 1024);
+    assert_eq!(
+        report["pcr_engine"],
+        "ring's SHA-384 on two threads (CLOAK_NO_AVX512 is set)"
+    );
     assert_eq!(
         report["advanced_settings"]["entrypoint"],
         json!(["/bin/sh", "-c", "exit 99"])

@@ -111,6 +111,9 @@ pub struct NitroReport {
     pub output_image: Option<String>,
     /// Things dropped or adjusted on the way (xattrs…).
     pub warnings: Vec<String>,
+    /// Which SHA-384 engine computed PCR0 and PCR2 on this CPU, and why (benchmarks and bug
+    /// reports need it: the two engines differ in speed, never in result).
+    pub pcr_engine: String,
 }
 
 fn io_err(what: &str, e: std::io::Error) -> Error {
@@ -545,6 +548,17 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         eif_size: real_size,
         output_image,
         warnings,
+        pcr_engine: {
+            let c = cloak_nitro::sha384x2::engine();
+            match c.engine {
+                cloak_nitro::sha384x2::Engine::Lanes => {
+                    format!("two-lane SHA-384 on AVX-512VL, one thread ({})", c.reason)
+                }
+                cloak_nitro::sha384x2::Engine::Threads => {
+                    format!("ring's SHA-384 on two threads ({})", c.reason)
+                }
+            }
+        },
     })
 }
 
