@@ -501,7 +501,7 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
     assert_eq!(m["loader"]["log_file"].as_str(), Some("/tmp/gramine.log"));
     assert_eq!(sgx["file_check_policy"].as_str(), Some("strict"));
     assert_eq!(m["sys"]["stack"]["size"].as_str(), Some("2M"));
-    // --encrypted-dirs: an encrypted mount, and its files are not trusted files
+    // --encrypted-dirs: an encrypted mount
     let mounts = m["fs"]["mounts"].as_array().unwrap();
     assert!(
         mounts
@@ -510,7 +510,6 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
         "{mounts:?}"
     );
     let t = trusted(&m);
-    assert!(!t.contains("/data/seed.txt"), "encrypted files are not trusted files");
     // --ro-dirs: only /app and /bin of the image are trusted (plus cloak's own files)
     assert!(t.contains("/app/main.sh") && t.contains("/bin/busybox"));
     assert!(!t.contains("/etc/app.conf"));
@@ -889,14 +888,13 @@ fn signing_keys_default_file_and_pkcs11_through_the_cli() {
         "pkcs11:token=cloak-cli;object=enclave?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:{}",
         pin.display()
     );
-    let (p, p_layout) = convert_with("pkcs11", &uri, &[("SOFTHSM2_CONF", &conf)]);
+    let (p, _) = convert_with("pkcs11", &uri, &[("SOFTHSM2_CONF", &conf)]);
     assert_eq!(p["mrsigner"], d1["mrsigner"]);
     assert_eq!(p["mrenclave"], f["mrenclave"]);
     assert_eq!(
         p["imageDigest"], f["imageDigest"],
         "PKCS#1 v1.5 is deterministic: the token and the file give the same image"
     );
-    let _ = p_layout;
     // a wrong PIN: refused, naming the token, without the PIN
     std::fs::write(&pin, "1357\n").unwrap();
     let out = run(cloak()
@@ -1102,6 +1100,14 @@ fn credentials_from_every_source_the_readme_names() {
     std::fs::create_dir_all(xdg.join("containers")).unwrap();
     std::fs::copy(&auth_json, xdg.join("containers/auth.json")).unwrap();
     push(base().env("XDG_RUNTIME_DIR", &xdg), &[], "xdg-runtime-dir");
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join(".docker")).unwrap();
+    std::fs::copy(&auth_json, home.join(".docker/config.json")).unwrap();
+    push(
+        base().env_remove("DOCKER_CONFIG").env("HOME", &home),
+        &[],
+        "home-docker-config",
+    );
     push(
         &mut base(),
         &["--dest-creds".as_ref(), "bob:C0rrect-Horse".as_ref()],
@@ -1215,6 +1221,13 @@ fn exit_codes_are_0_1_and_2_as_documented() {
         let out = run(cloak().args(&args));
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
+    // `--log debug` (or RUST_LOG) shows more on stderr; the default shows no debug lines.
+    let quiet = stderr(&ok(cloak().args(["inspect", &bb])));
+    assert!(!quiet.contains("DEBUG"), "{quiet}");
+    let debug = stderr(&ok(cloak().args(["--log", "debug", "inspect", &bb])));
+    assert!(debug.contains("DEBUG"), "--log debug: {debug}");
+    let debug = stderr(&ok(cloak().env("RUST_LOG", "debug").args(["inspect", &bb])));
+    assert!(debug.contains("DEBUG"), "RUST_LOG=debug: {debug}");
     // A usage error found after parsing (a secret that is not there) is 2 as well.
     let out = run(cloak()
         .env_remove("CLOAK_PASSWORD")
