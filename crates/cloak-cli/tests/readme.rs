@@ -68,7 +68,13 @@ fn docker_schema2_manifests_and_manifest_lists_are_read_and_converted() {
         &single,
     ]));
     let raw: serde_json::Value = serde_json::from_slice(
-        &ok(&mut skopeo(&["inspect", "--raw", "--tls-verify=false", &single])).stdout,
+        &ok(&mut skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &single,
+        ]))
+        .stdout,
     )
     .unwrap();
     assert_eq!(
@@ -128,7 +134,13 @@ fn docker_schema2_manifests_and_manifest_lists_are_read_and_converted() {
         &single,
         &copied,
     ]));
-    let raw_copy = ok(&mut skopeo(&["inspect", "--raw", "--tls-verify=false", &copied])).stdout;
+    let raw_copy = ok(&mut skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &copied,
+    ]))
+    .stdout;
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&raw_copy).unwrap(),
         raw,
@@ -148,7 +160,13 @@ fn docker_schema2_manifests_and_manifest_lists_are_read_and_converted() {
         &format!("oci:{}:1", ma.display()),
         &list,
     ]));
-    let list_bytes = ok(&mut skopeo(&["inspect", "--raw", "--tls-verify=false", &list])).stdout;
+    let list_bytes = ok(&mut skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &list,
+    ]))
+    .stdout;
     let raw: serde_json::Value = serde_json::from_slice(&list_bytes).unwrap();
     assert_eq!(
         raw["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -290,10 +308,7 @@ fn a_copy_within_a_registry_mounts_blobs_across_repositories() {
     ])));
     let blobs = report["blobs"].as_array().unwrap();
     assert_eq!(blobs.len(), 2, "config and one layer: {report}");
-    assert!(
-        blobs.iter().all(|b| b["action"] == "mounted"),
-        "{report}"
-    );
+    assert!(blobs.iter().all(|b| b["action"] == "mounted"), "{report}");
     let log: Vec<_> = access_log(&reg).into_iter().skip(before).collect();
     let mounts: Vec<_> = log
         .iter()
@@ -307,8 +322,9 @@ fn a_copy_within_a_registry_mounts_blobs_across_repositories() {
         .collect();
     assert_eq!(mounts.len(), 2, "two mounts answered 201: {log:?}");
     assert!(
-        !log.iter().any(|(m, u, _)| (m == "PATCH" || m == "PUT")
-            && u.starts_with("/v2/mount/b/blobs/uploads/")),
+        !log.iter()
+            .any(|(m, u, _)| (m == "PATCH" || m == "PUT")
+                && u.starts_with("/v2/mount/b/blobs/uploads/")),
         "no blob was uploaded into mount/b: {log:?}"
     );
     assert!(reg.has_tag("mount/b:1"));
@@ -372,7 +388,11 @@ impl Sgx {
         let layout = self.tmp.path().join(name);
         let out = self.convert(input, &format!("oci:{}:1", layout.display()), extra);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
-        let rootfs = umoci_unpack(&layout, "1", &self.tmp.path().join(format!("{name}-bundle")));
+        let rootfs = umoci_unpack(
+            &layout,
+            "1",
+            &self.tmp.path().join(format!("{name}-bundle")),
+        );
         (json_of(&out), rootfs)
     }
 }
@@ -541,7 +561,11 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
         .unwrap()
         .iter()
         .any(|e| e == "FIXED=yes"));
-    assert!(rc["env"].as_array().unwrap().iter().any(|e| e == "IMAGE_ENV=1"));
+    assert!(rc["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "IMAGE_ENV=1"));
     assert_eq!(rc["mutable_env"], json!(["TUNABLE=default"]));
     assert_eq!(rc["allow_cmdline_args"], true);
     // --certificates and --java-mode: labels of the image
@@ -551,9 +575,12 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
         "json",
         &format!("oci:{}:1", env.tmp.path().join("flags").display()),
     ])));
-    let certs: serde_json::Value =
-        serde_json::from_str(inspect["labels"]["io.cloak.sgx.certificates"].as_str().unwrap())
-            .unwrap();
+    let certs: serde_json::Value = serde_json::from_str(
+        inspect["labels"]["io.cloak.sgx.certificates"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(certs[0]["subject"], "app.example");
     assert_eq!(certs[0]["keyType"], "RSA");
     assert_eq!(inspect["labels"]["io.cloak.sgx.java-mode"], "OPENJDK");
@@ -594,19 +621,35 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
         &["--options", file, "--isvsvn", "4", "--threads", "16"],
     );
     assert_eq!(wins["isvsvn"], 4);
-    assert_eq!(manifest_of(&wins_root)["sgx"]["max_threads"].as_integer(), Some(16));
-    assert_eq!(manifest_of(&wins_root)["sgx"]["isvprodid"].as_integer(), Some(11));
+    assert_eq!(
+        manifest_of(&wins_root)["sgx"]["max_threads"].as_integer(),
+        Some(16)
+    );
+    assert_eq!(
+        manifest_of(&wins_root)["sgx"]["isvprodid"].as_integer(),
+        Some(11)
+    );
 
     // Refused, each naming the option and what to do.
     let refused: [(&[&str], &str); 5] = [
-        (&["--core-dump-pattern", "/tmp/core.%p"], "coreDumpPattern is not supported on Gramine"),
+        (
+            &["--core-dump-pattern", "/tmp/core.%p"],
+            "coreDumpPattern is not supported on Gramine",
+        ),
         (&["--mem-size", "1000M"], "not a power of two"),
         (&["--certificates", "{\"subjct\":\"x\"}"], "--certificates"),
-        (&["--manifest-options", "noequals"], "--manifest-options \"noequals\" is not KEY=VALUE"),
+        (
+            &["--manifest-options", "noequals"],
+            "--manifest-options \"noequals\" is not KEY=VALUE",
+        ),
         (&["--encrypted-dirs", "/"], "cannot contain /"),
     ];
     for (extra, msg) in refused {
-        let out = env.convert(&input, &format!("oci:{}:1", env.tmp.path().join("refused").display()), extra);
+        let out = env.convert(
+            &input,
+            &format!("oci:{}:1", env.tmp.path().join("refused").display()),
+            extra,
+        );
         assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(msg), "{extra:?}: {}", stderr(&out));
     }
@@ -636,10 +679,22 @@ fn options_of_the_other_target_are_refused_by_name() {
     let out_dir = env.tmp.path().join("out");
     let output = format!("oci:{}:1", out_dir.display());
     for (flags, named) in [
-        (vec!["--kernel", "/boot/vmlinuz"], "--kernel only applies to --target nitro"),
-        (vec!["--cpu-count", "2"], "--cpu-count only applies to --target nitro"),
-        (vec!["--eif", "x.eif", "--cmdline", "console=ttyS0"], "--eif, --cmdline only apply to --target nitro"),
-        (vec!["--env-vars", "A=1"], "--env-vars (SGX: --manifest-env)"),
+        (
+            vec!["--kernel", "/boot/vmlinuz"],
+            "--kernel only applies to --target nitro",
+        ),
+        (
+            vec!["--cpu-count", "2"],
+            "--cpu-count only applies to --target nitro",
+        ),
+        (
+            vec!["--eif", "x.eif", "--cmdline", "console=ttyS0"],
+            "--eif, --cmdline only apply to --target nitro",
+        ),
+        (
+            vec!["--env-vars", "A=1"],
+            "--env-vars (SGX: --manifest-env)",
+        ),
     ] {
         let out = env.convert(&input, &output, &flags);
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", stderr(&out));
@@ -655,17 +710,49 @@ fn options_of_the_other_target_are_refused_by_name() {
             .args([&input, "-"]))
     };
     for (flags, code, named) in [
-        (vec!["--isvprodid", "3"], 2, "--isvprodid only applies to --target sgx"),
-        (vec!["--threads", "3", "--ro-dirs", "/"], 2, "--threads, --ro-dirs only apply to --target sgx"),
-        (vec!["--runtime-image", "oci:x"], 2, "--runtime-image only applies"),
-        (vec!["--manifest-options", "a=b"], 2, "--manifest-options only applies"),
+        (
+            vec!["--isvprodid", "3"],
+            2,
+            "--isvprodid only applies to --target sgx",
+        ),
+        (
+            vec!["--threads", "3", "--ro-dirs", "/"],
+            2,
+            "--threads, --ro-dirs only apply to --target sgx",
+        ),
+        (
+            vec!["--runtime-image", "oci:x"],
+            2,
+            "--runtime-image only applies",
+        ),
+        (
+            vec!["--manifest-options", "a=b"],
+            2,
+            "--manifest-options only applies",
+        ),
         (vec!["--date", "2024-01-01"], 2, "--date only applies"),
         (vec!["--debug"], 1, "does not implement debug"),
-        (vec!["--java-mode", "OPENJDK"], 1, "does not implement java_mode"),
-        (vec!["--enable-overlay-filesystem-persistence", "true"], 1, "enable_overlay_filesystem_persistence"),
-        (vec!["--mem-size", "2048M"], 1, "--mem-size \"2048M\": Nitro takes MiB as a whole number"),
+        (
+            vec!["--java-mode", "OPENJDK"],
+            1,
+            "does not implement java_mode",
+        ),
+        (
+            vec!["--enable-overlay-filesystem-persistence", "true"],
+            1,
+            "enable_overlay_filesystem_persistence",
+        ),
+        (
+            vec!["--mem-size", "2048M"],
+            1,
+            "--mem-size \"2048M\": Nitro takes MiB as a whole number",
+        ),
         (vec!["--cpu-count", "0"], 1, "cpu_count must be at least 1"),
-        (vec!["--keyprovider-config", "/x.json"], 2, "--encrypt-layers"),
+        (
+            vec!["--keyprovider-config", "/x.json"],
+            2,
+            "--encrypt-layers",
+        ),
     ] {
         let out = nitro(&flags);
         assert_eq!(out.status.code(), Some(code), "{flags:?}: {}", stderr(&out));
@@ -749,17 +836,31 @@ fn every_nitro_convert_option_reaches_the_enclave() {
     assert_eq!(s["entrypoint"], json!(["/bin/sh", "-c", script]));
     assert_eq!(s["allow_cmdline_args"], true, "from the file");
     assert_eq!(s["mutable_env_vars"], json!(["TUNABLE=flag"]));
-    assert!(s["env_vars"].as_array().unwrap().iter().any(|e| e == "FIXED=yes"));
+    assert!(s["env_vars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "FIXED=yes"));
     assert!(
-        !s["env_vars"].as_array().unwrap().iter().any(|e| e == "FROM_FILE=1"),
+        !s["env_vars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "FROM_FILE=1"),
         "--env-vars replaces the file's env_vars: {s}"
     );
     // The report names the PCR engine this CPU used.
     let engine = report["pcr_engine"].as_str().unwrap();
     if cloak_nitro::sha384x2::supported() && std::env::var_os("CLOAK_NO_AVX512").is_none() {
-        assert!(engine.starts_with("two-lane SHA-384 on AVX-512VL"), "{engine}");
+        assert!(
+            engine.starts_with("two-lane SHA-384 on AVX-512VL"),
+            "{engine}"
+        );
     } else {
-        assert!(engine.starts_with("ring's SHA-384 on two threads"), "{engine}");
+        assert!(
+            engine.starts_with("ring's SHA-384 on two threads"),
+            "{engine}"
+        );
     }
     let booted = run(cloak().args(["run", "--target", "nitro"]).arg(&eif));
     let console = String::from_utf8_lossy(&booted.stdout);
@@ -829,17 +930,17 @@ fn signing_keys_default_file_and_pkcs11_through_the_cli() {
     let default_key = config.join("cloak/sgx-signing-key.pem");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
-        std::fs::metadata(&default_key).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&default_key)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
     let (d2, _) = convert_with("default-2", "default", &[("XDG_CONFIG_HOME", &config)]);
     assert_eq!(d1["mrsigner"], d2["mrsigner"], "the default key is reused");
     // the same key as a file gives the same MRSIGNER
-    let (f, file_layout) = convert_with(
-        "file",
-        &format!("file:{}", default_key.display()),
-        &[],
-    );
+    let (f, file_layout) = convert_with("file", &format!("file:{}", default_key.display()), &[]);
     assert_eq!(f["mrsigner"], d1["mrsigner"]);
     let (other, _) = convert_with("other", &format!("file:{}", env.key.display()), &[]);
     assert_ne!(other["mrsigner"], d1["mrsigner"]);
@@ -868,7 +969,14 @@ fn signing_keys_default_file_and_pkcs11_through_the_cli() {
             .args(args))
     };
     util(&[
-        "--init-token", "--free", "--label", "cloak-cli", "--so-pin", "5678", "--pin", "2468",
+        "--init-token",
+        "--free",
+        "--label",
+        "cloak-cli",
+        "--so-pin",
+        "5678",
+        "--pin",
+        "2468",
     ]);
     util(&[
         "--import",
@@ -971,38 +1079,61 @@ fn sgx_encrypt_layers_pushes_only_the_encrypted_image() {
     let out = env.convert(
         &input,
         &remote,
-        &["--encrypt-layers", "--recipient", &format!("jwe:{}", public.display())],
+        &[
+            "--encrypt-layers",
+            "--recipient",
+            &format!("jwe:{}", public.display()),
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_of(&out);
     let layers = report["encryption"]["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 3, "input layer, runtime layer, cloak layer: {report}");
+    assert_eq!(
+        layers.len(),
+        3,
+        "input layer, runtime layer, cloak layer: {report}"
+    );
     assert!(layers.iter().all(|l| l["encrypted"] == true), "{report}");
     assert_eq!(report["imageDigest"], report["encryption"]["digest"]);
     assert_eq!(
         reg.stored_repositories(),
         BTreeSet::from(["sgx/encrypted".to_string()])
     );
-    let raw = ok(&mut skopeo(&["inspect", "--raw", "--tls-verify=false", &remote])).stdout;
+    let raw = ok(&mut skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &remote,
+    ]))
+    .stdout;
     let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     let mut pushed: BTreeSet<String> = manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| {
-            assert!(l["mediaType"].as_str().unwrap().ends_with("+encrypted"), "{l}");
+            assert!(
+                l["mediaType"].as_str().unwrap().ends_with("+encrypted"),
+                "{l}"
+            );
             l["digest"].as_str().unwrap().to_string()
         })
         .collect();
     pushed.insert(manifest["config"]["digest"].as_str().unwrap().to_string());
     pushed.insert(format!("sha256:{}", sha256_hex(&raw)));
-    assert_eq!(reg.stored_blobs(), pushed, "the registry holds the encrypted image only");
+    assert_eq!(
+        reg.stored_blobs(),
+        pushed,
+        "the registry holds the encrypted image only"
+    );
     // skopeo decrypts it; the plaintext layers are not in the registry; it measures
     let dec = env.tmp.path().join("dec");
-    ok(skopeo(&["copy", "-q", "--src-tls-verify=false", "--decryption-key"])
-        .arg(&key)
-        .arg(&remote)
-        .arg(format!("oci:{}:1", dec.display())));
+    ok(
+        skopeo(&["copy", "-q", "--src-tls-verify=false", "--decryption-key"])
+            .arg(&key)
+            .arg(&remote)
+            .arg(format!("oci:{}:1", dec.display())),
+    );
     let plain: serde_json::Value = serde_json::from_slice(
         &ok(skopeo(&["inspect", "--raw"]).arg(format!("oci:{}:1", dec.display()))).stdout,
     )
@@ -1040,11 +1171,12 @@ fn sgx_encrypt_layers_pushes_only_the_encrypted_image() {
         &["--encrypt-layers", "--recipient", "jwe:/no/such/key.pem"],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("/no/such/key.pem"), "{}", stderr(&out));
-    assert!(!reg
-        .stored_repositories()
-        .iter()
-        .any(|r| r == "sgx/refused"));
+    assert!(
+        stderr(&out).contains("/no/such/key.pem"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!reg.stored_repositories().iter().any(|r| r == "sgx/refused"));
 }
 
 /// Every way the README says credentials reach cloak, against a TLS + htpasswd registry:
@@ -1079,7 +1211,14 @@ fn credentials_from_every_source_the_readme_names() {
         assert!(reg.has_tag(&format!("{repo}:1")), "{repo}");
     };
     // Without credentials: refused, naming the registry.
-    let out = run(base().args(["copy", "-q", "--dest-cert-dir", cert_dir, &src, &remote("none")]));
+    let out = run(base().args([
+        "copy",
+        "-q",
+        "--dest-cert-dir",
+        cert_dir,
+        &src,
+        &remote("none"),
+    ]));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!("registry {}", reg.addr())),
@@ -1130,13 +1269,20 @@ fn credentials_from_every_source_the_readme_names() {
     std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     for (name, cfg) in [
-        ("cred-helpers", json!({"credHelpers": {reg.addr(): "cloakcli"}})),
+        (
+            "cred-helpers",
+            json!({"credHelpers": {reg.addr(): "cloakcli"}}),
+        ),
         ("creds-store", json!({"credsStore": "cloakcli"})),
     ] {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-        push(base().env("DOCKER_CONFIG", &dir).env("PATH", &path), &[], name);
+        push(
+            base().env("DOCKER_CONFIG", &dir).env("PATH", &path),
+            &[],
+            name,
+        );
     }
     let asked = std::fs::read_to_string(tmp.path().join("helper.log")).unwrap();
     assert_eq!(
@@ -1171,16 +1317,14 @@ fn credentials_from_every_source_the_readme_names() {
     assert_eq!(json_of(&out)["cmd"][0], "echo hello");
     // A wrong password: exit 1, the registry and the cause named, the secret not echoed; and
     // explicit credentials win over a (correct) auth file.
-    let out = run(base()
-        .env("REGISTRY_AUTH_FILE", &auth_json)
-        .args([
-            "inspect",
-            "--cert-dir",
-            cert_dir,
-            "--creds",
-            "bob:Wr0ng-Horse-77",
-            &remote("authfile"),
-        ]));
+    let out = run(base().env("REGISTRY_AUTH_FILE", &auth_json).args([
+        "inspect",
+        "--cert-dir",
+        cert_dir,
+        "--creds",
+        "bob:Wr0ng-Horse-77",
+        &remote("authfile"),
+    ]));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -1198,7 +1342,11 @@ fn credentials_from_every_source_the_readme_names() {
         &remote("authfile"),
     ]));
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/no/such/auth.json"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/no/such/auth.json"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The documented exit codes by number: 0 success, 1 the operation failed (message names the
@@ -1229,9 +1377,13 @@ fn exit_codes_are_0_1_and_2_as_documented() {
     let debug = stderr(&ok(cloak().env("RUST_LOG", "debug").args(["inspect", &bb])));
     assert!(debug.contains("DEBUG"), "RUST_LOG=debug: {debug}");
     // A usage error found after parsing (a secret that is not there) is 2 as well.
-    let out = run(cloak()
-        .env_remove("CLOAK_PASSWORD")
-        .args(["login", "--url", "https://127.0.0.1:9", "--user", "x"]));
+    let out = run(cloak().env_remove("CLOAK_PASSWORD").args([
+        "login",
+        "--url",
+        "https://127.0.0.1:9",
+        "--user",
+        "x",
+    ]));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
@@ -1396,7 +1548,12 @@ fn buildah_images_convert_and_encrypted_images_cross_both_ways() {
     let c = String::from_utf8(buildah(&["from", "scratch"]).stdout).unwrap();
     let c = c.trim();
     buildah(&["copy", c, ctx.join("bin").to_str().unwrap(), "/bin"]);
-    buildah(&["copy", c, ctx.join("hello.txt").to_str().unwrap(), "/srv/hello.txt"]);
+    buildah(&[
+        "copy",
+        c,
+        ctx.join("hello.txt").to_str().unwrap(),
+        "/srv/hello.txt",
+    ]);
     buildah(&[
         "config",
         "--entrypoint",
@@ -1407,7 +1564,12 @@ fn buildah_images_convert_and_encrypted_images_cross_both_ways() {
     ]);
     buildah(&["commit", "-q", c, "cloak-buildah:1"]);
     let plain = tmp.path().join("plain");
-    buildah(&["push", "-q", "cloak-buildah:1", &format!("oci:{}:1", plain.display())]);
+    buildah(&[
+        "push",
+        "-q",
+        "cloak-buildah:1",
+        &format!("oci:{}:1", plain.display()),
+    ]);
     let plain_ref = format!("oci:{}:1", plain.display());
     let t = cloak_tree(&plain_ref, &[]);
     assert_eq!(
@@ -1436,7 +1598,14 @@ fn buildah_images_convert_and_encrypted_images_cross_both_ways() {
     let key = tmp.path().join("ec.pem");
     let public = tmp.path().join("ec.pub.pem");
     ok(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
         .arg(&key));
     ok(Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
@@ -1514,6 +1683,16 @@ fn buildah_images_convert_and_encrypted_images_cross_both_ways() {
         .arg(store.join("root2"))
         .arg("--runroot")
         .arg(store.join("run2"))
-        .args(["--storage-driver", "vfs", "pull", "-q", "--tls-verify=false", &cloak_enc]));
-    assert!(!out.status.success(), "buildah pulled an encrypted image without its key");
+        .args([
+            "--storage-driver",
+            "vfs",
+            "pull",
+            "-q",
+            "--tls-verify=false",
+            &cloak_enc,
+        ]));
+    assert!(
+        !out.status.success(),
+        "buildah pulled an encrypted image without its key"
+    );
 }
