@@ -1369,13 +1369,35 @@ fn exit_codes_are_0_1_and_2_as_documented() {
         let out = run(cloak().args(&args));
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
-    // `--log debug` (or RUST_LOG) shows more on stderr; the default shows no debug lines.
-    let quiet = stderr(&ok(cloak().args(["inspect", &bb])));
-    assert!(!quiet.contains("DEBUG"), "{quiet}");
-    let debug = stderr(&ok(cloak().args(["--log", "debug", "inspect", &bb])));
-    assert!(debug.contains("DEBUG"), "--log debug: {debug}");
-    let debug = stderr(&ok(cloak().env("RUST_LOG", "debug").args(["inspect", &bb])));
-    assert!(debug.contains("DEBUG"), "RUST_LOG=debug: {debug}");
+    // `--log debug` (or RUST_LOG) shows more on stderr (a Nitro conversion's stage timings);
+    // the default does not.
+    let nitro_log = |log: Option<&str>, rust_log: Option<&str>| {
+        let mut cmd = cloak();
+        cmd.env_remove("RUST_LOG").env_remove("CLOAK_LOG");
+        if let Some(l) = rust_log {
+            cmd.env("RUST_LOG", l);
+        }
+        if let Some(l) = log {
+            cmd.args(["--log", l]);
+        }
+        stderr(&ok(cmd
+            .args(["convert", "--target", "nitro", "--quiet", "--kernel"])
+            .arg(kernel())
+            .arg("--eif")
+            .arg(tmp.path().join("log.eif"))
+            .args([&bb, "-"])))
+    };
+    assert!(!nitro_log(None, None).contains("layers read"));
+    let debug = nitro_log(Some("debug"), None);
+    assert!(
+        debug.contains("DEBUG") && debug.contains("layers read"),
+        "--log debug: {debug}"
+    );
+    let debug = nitro_log(None, Some("debug"));
+    assert!(
+        debug.contains("DEBUG") && debug.contains("layers read"),
+        "RUST_LOG=debug: {debug}"
+    );
     // A usage error found after parsing (a secret that is not there) is 2 as well.
     let out = run(cloak().env_remove("CLOAK_PASSWORD").args([
         "login",
