@@ -1505,7 +1505,7 @@ fn peak_rss_kib(args: &[&std::ffi::OsStr], dir: &Path) -> u64 {
         .unwrap()
 }
 
-/// The README: "memory does not grow with file sizes" (47 MiB for a 1 GiB image, release
+/// The README: "memory does not grow with file sizes" (at most 53 MiB for 1280 MiB, release
 /// build). A Nitro conversion of a 256 MiB file peaks (ru_maxrss of the child) within 16 MiB of
 /// the conversion of a 16 MiB one, and under 64 MiB. A memory bound is a property of the code,
 /// not a timing.
