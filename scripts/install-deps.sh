@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(
   docker-registry   # the real OCI registry the tests and the demo push to
   skopeo umoci      # independent peers the tests compare against
+  buildah           # the README's other ocicrypt peer: builds, encrypts and decrypts images in tests/readme.rs
   busybox-static    # the example/test images' userland
   apache2-utils     # htpasswd for the TLS + auth registry
   openssl curl jq time python3 gcc libssl-dev pkg-config

@@ -45,6 +45,14 @@ fn options(
 ) -> anyhow::Result<RegistryOptions> {
     let mut auth = AuthLookup::from_env();
     if let Some(f) = authfile {
+        // An explicit file that is not there is a mistake (a typo, a missing mount), not
+        // "no credentials": say so instead of falling back to anonymous access.
+        if !f.is_file() {
+            anyhow::bail!(
+                "--authfile {}: no such file; give the path of a docker config.json-style auth file",
+                f.display()
+            );
+        }
         auth.files.insert(0, f.clone());
     }
     Ok(RegistryOptions {

@@ -111,6 +111,9 @@ pub struct NitroReport {
     pub output_image: Option<String>,
     /// Things dropped or adjusted on the way (xattrs…).
     pub warnings: Vec<String>,
+    /// Which SHA-384 engine computed PCR0 and PCR2 on this CPU, and why (benchmarks and bug
+    /// reports need it: the two engines differ in speed, never in result).
+    pub pcr_engine: String,
 }
 
 fn io_err(what: &str, e: std::io::Error) -> Error {
@@ -320,6 +323,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     if cpu_count == 0 {
         return Err(Error::Options("cpu_count must be at least 1".into()));
     }
+    unsupported_options(&req.options)?;
     let manager = crate::manager::launcher_config(
         co.manager.as_ref(),
         co.certificates.as_deref(),
@@ -576,7 +580,44 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         eif_size: real_size,
         output_image,
         warnings,
+        pcr_engine: {
+            let c = cloak_nitro::sha384x2::engine();
+            match c.engine {
+                cloak_nitro::sha384x2::Engine::Lanes => {
+                    format!("two-lane SHA-384 on AVX-512VL, one thread ({})", c.reason)
+                }
+                cloak_nitro::sha384x2::Engine::Threads => {
+                    format!("ring's SHA-384 on two threads ({})", c.reason)
+                }
+            }
+        },
     })
+}
+
+/// Refuse the seed options that nothing in a Nitro conversion implements: accepting them would
+/// let a user believe they took effect. `false` (the default) is accepted, so CCM bodies that
+/// spell out every field still convert.
+fn unsupported_options(o: &NitroOptions) -> Result<()> {
+    let co = &o.converter_options;
+    let no = &o.nitro_enclaves_options;
+    let mut refused = Vec::new();
+    if co.debug == Some(true) {
+        refused.push("debug (a Nitro enclave's debug mode is chosen when it starts: nitro-cli run-enclave --debug-mode; `cloak run` always shows the console)");
+    }
+    if co.java_mode.is_some() {
+        refused.push("java_mode (no Java tuning exists for Nitro yet)");
+    }
+    if no.enable_overlay_filesystem_persistence == Some(true) {
+        refused.push("enable_overlay_filesystem_persistence (the enclave's root is a ramdisk; nothing persists)");
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Options(format!(
+        "--target nitro does not implement {}; remove {} (flag or --options field)",
+        refused.join(", "),
+        if refused.len() == 1 { "it" } else { "them" }
+    )))
 }
 
 /// A base with no layers, for an output image that holds only the EIF.

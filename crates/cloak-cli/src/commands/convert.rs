@@ -66,7 +66,8 @@ pub struct Args {
     /// Enclave threads (1..=4096).
     #[arg(long)]
     pub threads: Option<u32>,
-    /// Debug enclave and verbose runtime logging.
+    /// SGX: debug enclave and verbose runtime logging (refused for Nitro, whose debug mode is
+    /// chosen when the enclave starts).
     #[arg(long)]
     pub debug: bool,
     /// Replace the image's Entrypoint (repeat for each word).
@@ -119,7 +120,7 @@ pub struct Args {
     /// Runtime log file path.
     #[arg(long)]
     pub log_file_path: Option<String>,
-    /// Java runtime mode.
+    /// SGX: Java runtime mode, recorded as the label io.cloak.sgx.java-mode (refused for Nitro).
     #[arg(long)]
     pub java_mode: Option<String>,
     /// Accept command-line arguments at run time.
@@ -153,7 +154,7 @@ pub struct Args {
     /// Nitro: vCPUs of the enclave.
     #[arg(long)]
     pub cpu_count: Option<u32>,
-    /// Nitro: enable overlay file-system persistence (recorded).
+    /// Nitro: overlay file-system persistence; not implemented, only false is accepted.
     #[arg(long)]
     pub enable_overlay_filesystem_persistence: Option<bool>,
     /// Nitro: fixed environment NAME=value (repeatable; alias of --manifest-env).
@@ -168,7 +169,7 @@ pub struct Args {
     #[arg(long, value_name = "SCHEME:FILE", requires = "encrypt_layers")]
     pub recipient: Vec<String>,
     /// Keyprovider configuration for provider: recipients (default: $OCICRYPT_KEYPROVIDER_CONFIG).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "encrypt_layers")]
     pub keyprovider_config: Option<PathBuf>,
 
     /// No progress bars.
@@ -377,8 +378,67 @@ impl Encryption {
     }
 }
 
+/// Refuse flags that belong to the other target: they would be ignored, and the user would
+/// believe they took effect (an SGX `--kernel`, a Nitro `--isvsvn`).
+fn refuse_foreign_flags(a: &Args) -> anyhow::Result<()> {
+    let given = |set: bool, flag: &'static str| set.then_some(flag);
+    let (other, foreign): (&str, Vec<&str>) = match a.target {
+        Target::Sgx => (
+            "nitro",
+            [
+                given(a.eif.is_some(), "--eif"),
+                given(a.kernel.is_some(), "--kernel"),
+                given(a.kernel_config.is_some(), "--kernel-config"),
+                given(a.blobs.is_some(), "--blobs"),
+                given(a.cmdline.is_some(), "--cmdline"),
+                given(a.signing_cert.is_some(), "--signing-cert"),
+                given(a.cpu_count.is_some(), "--cpu-count"),
+                given(
+                    a.enable_overlay_filesystem_persistence.is_some(),
+                    "--enable-overlay-filesystem-persistence",
+                ),
+                given(!a.env_vars.is_empty(), "--env-vars (SGX: --manifest-env)"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
+        Target::Nitro => (
+            "sgx",
+            [
+                given(a.runtime_image.is_some(), "--runtime-image"),
+                given(a.date.is_some(), "--date"),
+                given(a.isvprodid.is_some(), "--isvprodid"),
+                given(a.isvsvn.is_some(), "--isvsvn"),
+                given(a.threads.is_some(), "--threads"),
+                given(!a.encrypted_dirs.is_empty(), "--encrypted-dirs"),
+                given(!a.ro_dirs.is_empty(), "--ro-dirs"),
+                given(!a.rw_dirs.is_empty(), "--rw-dirs"),
+                given(!a.manifest_options.is_empty(), "--manifest-options"),
+                given(!a.certificates.is_empty(), "--certificates"),
+                given(a.core_dump_pattern.is_some(), "--core-dump-pattern"),
+                given(a.log_file_path.is_some(), "--log-file-path"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
+    };
+    if !foreign.is_empty() {
+        return Err(crate::commands::client::UsageError(format!(
+            "{} only appl{} to --target {other}; remove {} or convert with --target {other}",
+            foreign.join(", "),
+            if foreign.len() == 1 { "ies" } else { "y" },
+            if foreign.len() == 1 { "it" } else { "them" },
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Run `cloak convert`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    refuse_foreign_flags(&args)?;
     let input: ImageRef = args.input.parse()?;
     let mut output: ImageRef = if args.output == "-" {
         ImageRef::Layout {
