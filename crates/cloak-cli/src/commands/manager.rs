@@ -19,7 +19,7 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the manager: REST API, audit log, approvals (TLS by default), conversion workers.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run conversion workers only (no API): scale conversion capacity apart from the API.
     /// Needs the managers' database, master key and audit key.
     Worker(WorkerArgs),
@@ -316,7 +316,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Worker(a) => {
             let flags = Settings {
                 max_connections: a.max_connections,
