@@ -267,20 +267,29 @@ fn an_imported_ca_signs_with_its_key_from_a_file_or_a_softhsm_token() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not signed by"));
+    // The first start created the manager's own CA (serve builds its TLS client verification on
+    // it): replacing that CA needs --replace.
     let out = m.offline(&[
         "ca", "import", "--cert", &cert, "--root", &root, "--key", &key,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--replace"));
+    let out = m.offline(&[
+        "ca",
+        "import",
+        "--cert",
+        &cert,
+        "--root",
+        &root,
+        "--key",
+        &key,
+        "--replace",
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A second import needs --replace.
-    let out = m.offline(&[
-        "ca", "import", "--cert", &cert, "--root", &root, "--key", &key,
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--replace"));
     m.restart();
     issue_and_verify(&m, &sim_key, d, "file-key");
     m.kill();
@@ -341,7 +350,15 @@ fn an_imported_ca_signs_with_its_key_from_a_file_or_a_softhsm_token() {
         "{err}"
     );
     let out = m.offline(&[
-        "ca", "import", "--cert", &cert, "--root", &root, "--key", &uri,
+        "ca",
+        "import",
+        "--cert",
+        &cert,
+        "--root",
+        &root,
+        "--key",
+        &uri,
+        "--replace",
     ]);
     assert!(
         out.status.success(),
