@@ -247,12 +247,33 @@ fn sgx_endpoints(backend: Backend) {
     let out1 = format!("{}/apps/bb-sgx:1", env.reg.addr());
 
     // EnclaveOS's POST /convert-image, waiting for the answer, with the request's credentials.
+    // The seed's certificates need the manager the launcher attests to (cloak's `manager`
+    // object: its address, the CA its TLS certificate chains to, the app); without it the
+    // request is refused before any job is queued.
+    let seed_certs = json!([{"issuer": "MANAGER_CA", "subject": "bb.example", "keyPath": "/k", "certPath": "/c"}]);
+    let no_manager = json!({
+        "inputImageName": input, "outputImageName": out1,
+        "inputAuthConfig": auth(), "outputAuthConfig": auth(),
+        "certificates": seed_certs
+    });
+    let (status, _, resp) = post(&m, &t, "/convert-image", &no_manager, &[]);
+    assert_eq!(status, 400, "{resp}");
+    assert!(
+        resp["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`manager` object"),
+        "{resp}"
+    );
+    let app_id = new_app(&admin, "bb-sgx", &out1);
     let body = json!({
         "inputImageName": input, "outputImageName": out1,
         "inputAuthConfig": auth(), "outputAuthConfig": auth(),
         "isvprodid": 7, "isvsvn": 2, "memSize": "512M", "threads": 8,
         "signingKey": {"default": {}},
-        "certificates": [{"issuer": "MANAGER_CA", "subject": "bb.example", "keyPath": "/k", "certPath": "/c"}]
+        "certificates": seed_certs,
+        "manager": {"url": "https://manager.example:8443",
+                    "ca": String::from_utf8(m.ca()).unwrap(), "app_id": app_id}
     });
     let (status, _, resp) = post(&m, &t, "/convert-image", &body, &[]);
     assert_eq!(status, 200, "{resp}");

@@ -28,7 +28,8 @@ pub fn launcher_config(
         if !certificates.is_empty() || add_ca_to_trust_store {
             return Err(bad(
                 "certificates and add_ccm_ca_certificates need a manager: give --manager-url, \
-                 --manager-ca and --manager-app-id"
+                 --manager-ca and --manager-app-id (in a request to the manager: the `manager` \
+                 object with url, ca and app_id)"
                     .into(),
             ));
         }

@@ -182,6 +182,11 @@ pub fn check_options(o: &SgxOptions) -> Result<()> {
 
 fn checked_options(o: &SgxOptions) -> Result<(Sizing, DirClasses, BTreeMap<String, toml::Value>)> {
     let size = sizing(o)?;
+    crate::manager::launcher_config(
+        o.manager.as_ref(),
+        o.certificates.as_deref(),
+        o.add_ccm_ca_certificates.unwrap_or(false),
+    )?;
     let classes = DirClasses::new(
         o.ro_dirs.as_deref(),
         o.rw_dirs.as_deref(),
