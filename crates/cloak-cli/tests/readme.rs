@@ -465,6 +465,15 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
     );
 
     let cert = r#"{"issuer":"MANAGER_CA","subject":"app.example","keyPath":"/run/k.pem","certPath":"/run/c.pem"}"#;
+    // Certificates come from a manager: its address, the CA it is pinned to, the app.
+    let manager_ca = rcgen::generate_simple_self_signed(vec!["manager.example".into()])
+        .unwrap()
+        .cert
+        .pem();
+    let manager_ca_file = env.tmp.path().join("manager-ca.pem");
+    std::fs::write(&manager_ca_file, &manager_ca).unwrap();
+    let manager_ca_path = manager_ca_file.display().to_string();
+    let app_id = "0f0e0d0c-0b0a-4908-8706-050403020100";
     let flags = [
         "--isvprodid",
         "11",
@@ -495,6 +504,12 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
         "sys.stack.size=\"2M\"",
         "--certificates",
         cert,
+        "--manager-url",
+        "https://manager.example:9443",
+        "--manager-ca",
+        &manager_ca_path,
+        "--manager-app-id",
+        app_id,
         "--log-file-path",
         "/tmp/gramine.log",
         "--java-mode",
@@ -600,6 +615,7 @@ fn every_sgx_convert_option_changes_the_output_or_is_refused() {
         "encryptedDirs": ["/data"], "roDirs": ["/app", "/bin"], "rwDirs": ["/etc/app.conf"],
         "manifestOptions": {"sgx.file_check_policy": "strict", "sys.stack.size": "2M"},
         "certificates": [serde_json::from_str::<serde_json::Value>(cert).unwrap()],
+        "manager": {"url": "https://manager.example:9443", "ca": manager_ca, "app_id": app_id},
         "logFilePath": "/tmp/gramine.log", "javaMode": "OPENJDK", "allowCmdlineArgs": true,
         "manifestEnv": ["FIXED=yes"], "mutableEnv": ["TUNABLE=default"],
         "signingKey": {"uri": format!("file:{}", env.key.display())}

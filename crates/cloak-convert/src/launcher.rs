@@ -57,25 +57,27 @@ fn check_bytes(bytes: &[u8]) -> std::result::Result<(), String> {
 /// Where the static launcher is when `--launcher` is not given: the first of these that is a
 /// static x86-64 executable (see [`check`]):
 /// `PREFIX/lib/cloak/cloak-launcher` for `PREFIX/bin/cloak` (what `scripts/install.sh`
-/// installs), `cloak-launcher` beside the executable, and the workspace's static build
-/// (`scripts/build-launcher.sh`). When none qualifies, the first that exists is returned, so that
+/// installs), the workspace's static build (`scripts/build-launcher.sh`), and `cloak-launcher`
+/// beside the executable. When none qualifies, the first that exists is returned, so that
 /// the conversion refuses it with the reason and the install hint (a plain `cargo build` leaves
 /// a dynamically linked launcher beside `cloak`).
 pub fn default_path() -> PathBuf {
     let exe = std::env::current_exe().ok();
     let dir = exe.as_ref().and_then(|e| e.parent());
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(d) = dir {
-        if let Some(prefix) = d.parent() {
-            candidates.push(prefix.join("lib/cloak/cloak-launcher"));
-        }
-        candidates.push(d.join("cloak-launcher"));
+    if let Some(prefix) = dir.and_then(|d| d.parent()) {
+        candidates.push(prefix.join("lib/cloak/cloak-launcher"));
     }
     if let Some(t) = exe.as_ref().and_then(|e| {
         e.ancestors()
             .find(|a| a.join("x86_64-unknown-linux-gnu").is_dir())
     }) {
         candidates.push(t.join("x86_64-unknown-linux-gnu/release/cloak-launcher"));
+    }
+    // Last: in a cargo target dir this is the dynamically linked debug build (tens of MiB that
+    // `check` would read only to refuse).
+    if let Some(d) = dir {
+        candidates.push(d.join("cloak-launcher"));
     }
     candidates
         .iter()

@@ -415,7 +415,6 @@ fn refuse_foreign_flags(a: &Args) -> anyhow::Result<()> {
                 given(!a.ro_dirs.is_empty(), "--ro-dirs"),
                 given(!a.rw_dirs.is_empty(), "--rw-dirs"),
                 given(!a.manifest_options.is_empty(), "--manifest-options"),
-                given(!a.certificates.is_empty(), "--certificates"),
                 given(a.core_dump_pattern.is_some(), "--core-dump-pattern"),
                 given(a.log_file_path.is_some(), "--log-file-path"),
             ]
