@@ -56,6 +56,7 @@ fn options(
             .transpose()
             .context("while reading --creds")?,
         auth,
+        ..Default::default()
     })
 }
 

@@ -79,6 +79,9 @@ impl Env {
             ca,
             "--nitro-kernel".into(),
             kernel().display().to_string(),
+            // The test registry is on loopback, which the address policy refuses unless listed.
+            "--allow-private-registry".into(),
+            self.reg.addr(),
         ]
     }
 
@@ -648,6 +651,7 @@ fn faults_on_postgres_a_killed_worker_a_cancel_and_a_registry_gone_mid_push() {
     pem.extend(std::fs::read(out_reg.cert_dir().join("ca.crt")).unwrap());
     std::fs::write(&cas, pem).unwrap();
     let cas = cas.display().to_string();
+    let out_addr = out_reg.addr();
     let m = env.manager_with_ca(
         Backend::Postgres,
         Some(&cas),
@@ -655,7 +659,14 @@ fn faults_on_postgres_a_killed_worker_a_cancel_and_a_registry_gone_mid_push() {
     );
     let t = token(&m);
     let admin = m.admin();
-    let worker_args = ["--job-lease-seconds", "2", "--job-max-attempts", "2"];
+    let worker_args = [
+        "--job-lease-seconds",
+        "2",
+        "--job-max-attempts",
+        "2",
+        "--allow-private-registry",
+        &out_addr,
+    ];
     let logs = env.tmp.path();
     let in_flight = |j: &Job| j.state == JobState::Running && j.bytes_done > 0;
 

@@ -32,6 +32,7 @@ pub struct Settings {
     pub nitro_kernel: Option<PathBuf>,
     pub nitro_blobs: Option<PathBuf>,
     pub insecure_registry: Option<Vec<String>>,
+    pub allow_private_registry: Option<Vec<String>>,
     pub registry_ca: Option<PathBuf>,
     pub launcher: Option<PathBuf>,
     pub sgx_signing_key: Option<String>,
@@ -68,6 +69,7 @@ impl Settings {
             nitro_kernel: self.nitro_kernel.or(other.nitro_kernel),
             nitro_blobs: self.nitro_blobs.or(other.nitro_blobs),
             insecure_registry: self.insecure_registry.or(other.insecure_registry),
+            allow_private_registry: self.allow_private_registry.or(other.allow_private_registry),
             registry_ca: self.registry_ca.or(other.registry_ca),
             launcher: self.launcher.or(other.launcher),
             sgx_signing_key: self.sgx_signing_key.or(other.sgx_signing_key),
@@ -129,6 +131,10 @@ pub struct JobSettings {
     pub nitro_blobs: Option<PathBuf>,
     /// Registries reached over plain HTTP (HOST:PORT, docker's rule); all others need TLS.
     pub insecure_registries: Vec<String>,
+    /// Registries (HOST:PORT) jobs may reach at an internal address (loopback, private,
+    /// link-local…); every other internal destination is refused, redirects and token
+    /// services included. The insecure registries are allowed too.
+    pub private_registries: Vec<String>,
     /// A CA certificate (PEM) trusted for registries, besides the system roots.
     pub registry_ca: Option<PathBuf>,
     /// The static launcher shipped in converted images (default: as `cloak convert` finds it).
@@ -155,6 +161,7 @@ impl Default for JobSettings {
             nitro_kernel: None,
             nitro_blobs: None,
             insecure_registries: Vec::new(),
+            private_registries: Vec::new(),
             registry_ca: None,
             launcher: None,
             sgx_signing_key: None,
@@ -252,6 +259,7 @@ impl Config {
                     nitro_kernel: s.nitro_kernel,
                     nitro_blobs: s.nitro_blobs,
                     insecure_registries: s.insecure_registry.unwrap_or_default(),
+                    private_registries: s.allow_private_registry.unwrap_or_default(),
                     registry_ca: s.registry_ca,
                     launcher: s.launcher,
                     sgx_signing_key: s.sgx_signing_key,

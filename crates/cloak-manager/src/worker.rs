@@ -15,6 +15,7 @@ use cloak_convert::nitro::NitroRequest;
 use cloak_convert::sgx::SgxRequest;
 use cloak_image::auth::{AuthLookup, Credentials, Secret};
 use cloak_image::copy::{BlobAction, Progress};
+use cloak_image::destination::DestinationPolicy;
 use cloak_image::{Digest, ImageRef, RegistryOptions};
 use serde_json::{json, Value};
 
@@ -247,6 +248,7 @@ fn describe(e: &cloak_convert::Error) -> (String, bool) {
             ),
             false,
         ),
+        cloak_convert::Error::Image(I::Destination { .. }) => (e.to_string(), false),
         cloak_convert::Error::Image(I::Registry { .. } | I::Stream { .. }) => {
             (format!("{e:#}"), true)
         }
@@ -299,6 +301,12 @@ async fn registry_options(
             files: Vec::new(),
             helper_path: Some(std::ffi::OsString::new()),
         },
+        destinations: Some(Arc::new(DestinationPolicy::new(
+            js.private_registries.iter().cloned(),
+            js.insecure_registries.iter().cloned(),
+        ))),
+        // Job errors go back to the tenant: a redirect target's body must not.
+        quote_bodies: false,
     })
 }
 
