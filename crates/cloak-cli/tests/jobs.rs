@@ -1000,3 +1000,30 @@ fn default_signing_key_is_the_accounts_sealed_key_or_the_operators_pkcs11_token(
     let jobs: Value = m2.admin().get("/v1/jobs").unwrap();
     assert!(!jobs.to_string().contains("pin-value"), "{jobs}");
 }
+
+/// The operator's runtime image lives on a registry of its own (plain HTTP, listed as
+/// insecure): the worker reaches it with settings built for that host, not with the TLS
+/// settings and credentials of the tenant's input registry (which would fail the TLS handshake
+/// with a plain-HTTP registry, and hand the tenant's password to the operator's registry).
+#[test]
+fn the_runtime_image_is_fetched_with_the_operators_settings_not_the_tenants() {
+    let env = setup();
+    let rt_reg = Registry::plain();
+    let runtime = format!("{}/gramine:1", rt_reg.addr());
+    ok(cloak()
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", env.runtime.display()))
+        .arg(format!("docker://{runtime}")));
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "apps/bb:1");
+    let mut args = env.operator_args(None);
+    let i = args.iter().position(|a| a == "--sgx-runtime-image").unwrap();
+    args[i + 1] = runtime;
+    args.extend(["--insecure-registry".into(), rt_reg.addr()]);
+    args.extend(["--workers".into(), "1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Manager::start_with(Backend::Sqlite, &args);
+    let t = token(&m);
+    let out = format!("{}/apps/bb-rt:1", env.reg.addr());
+    let resp = sgx_job(&m, &t, &input, &out, 1);
+    assert_eq!(resp["newImage"], out.as_str(), "{resp}");
+}

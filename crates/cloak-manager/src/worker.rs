@@ -284,25 +284,48 @@ async fn registry_options(
     image: &ImageRef,
     given: &Option<(String, String)>,
 ) -> Result<RegistryOptions> {
-    let js = &state.config.jobs;
     let host = image.registry().unwrap_or_default().to_string();
     let creds = match given {
         Some(pair) => Some(pair.clone()),
         None => registry::credential_for_host(state, &c.principal.account_id, &host).await?,
     };
+    let mut opts = operator_options(&state.config.jobs, &host, &[])?;
+    opts.creds = creds.map(|(username, password)| Credentials::Basic {
+        username,
+        password: Secret::new(password),
+    });
+    Ok(opts)
+}
+
+/// The settings of the operator's `--sgx-runtime-image`: built for its own host (TLS per the
+/// insecure list, the operator's CA), without any tenant's credentials; the operator chose the
+/// host, so it may be internal.
+fn runtime_options(js: &JobSettings, image: &ImageRef) -> Result<RegistryOptions> {
+    let host = image.registry().unwrap_or_default().to_string();
+    operator_options(js, &host, std::slice::from_ref(&host))
+}
+
+/// Settings for `host` under the operator's config, without credentials; `also_allowed` are
+/// registries the operator chose besides `--allow-private-registry`.
+fn operator_options(
+    js: &JobSettings,
+    host: &str,
+    also_allowed: &[String],
+) -> Result<RegistryOptions> {
     Ok(RegistryOptions {
-        tls_verify: !js.insecure_registries.iter().any(|h| h == &host),
+        tls_verify: !js.insecure_registries.iter().any(|h| h == host),
         cert_dir: ca_dir(js)?,
-        creds: creds.map(|(username, password)| Credentials::Basic {
-            username,
-            password: Secret::new(password),
-        }),
+        creds: None,
         auth: AuthLookup {
             files: Vec::new(),
             helper_path: Some(std::ffi::OsString::new()),
         },
         destinations: Some(Arc::new(DestinationPolicy::new(
-            js.private_registries.iter().cloned(),
+            js.private_registries
+                .iter()
+                .chain(also_allowed)
+                .filter(|h| !h.is_empty())
+                .cloned(),
             js.insecure_registries.iter().cloned(),
         ))),
         // Job errors go back to the tenant: a redirect target's body must not.
@@ -386,11 +409,13 @@ async fn prepare(
                 .map_err(|e: cloak_image::Error| {
                     ("resolve", format!("--sgx-runtime-image: {e}"))
                 })?;
+            let runtime_options = runtime_options(js, &runtime_image).map_err(internal)?;
             Ok(Plan::Sgx(Box::new(SgxRequest {
                 input,
                 output,
                 runtime_image,
                 source_options: src,
+                runtime_options: Some(runtime_options),
                 dest_options: dst,
                 launcher,
                 options: c.spec.sgx.clone().unwrap_or_default(),
