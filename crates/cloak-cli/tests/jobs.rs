@@ -1027,3 +1027,38 @@ fn the_runtime_image_is_fetched_with_the_operators_settings_not_the_tenants() {
     let resp = sgx_job(&m, &t, &input, &out, 1);
     assert_eq!(resp["newImage"], out.as_str(), "{resp}");
 }
+
+/// Another worker takes the lease (the owner column is changed under the running worker, as a
+/// worker that claimed the job after a stall would): the first worker stops without pushing
+/// its tag, and no worker reclaims the job while the thief's lease holds.
+#[test]
+fn a_worker_whose_lease_is_stolen_stops_without_pushing_a_tag() {
+    let env = setup();
+    let input = env.push(&big_image(&env.tmp.path().join("big"), 160), "apps/big:1");
+    let m = env.manager(
+        Backend::Sqlite,
+        &["--workers", "1", "--job-lease-seconds", "2"],
+    );
+    let t = token(&m);
+    let admin = m.admin();
+    let out = format!("{}/apps/big-sgx:stolen", env.reg.addr());
+    let body = json!({"inputImageName": input, "outputImageName": out, "authConfig": auth()});
+    let id = submit_async(&m, &t, &body);
+    let running = wait_for(&admin, &id, |j| {
+        j.state == JobState::Running && j.bytes_done > 0
+    });
+    assert_eq!(running.state, JobState::Running, "{running:?}");
+    m.sql(&format!(
+        "UPDATE jobs SET lease_owner = 'thief', lease_expires_at = 99999999999999 \
+         WHERE job_id = '{id}'"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !m.log().contains("lease lost") {
+        assert!(Instant::now() < deadline, "the worker kept going: {}", m.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!env.reg.has_tag("apps/big-sgx:stolen"), "the tag was pushed");
+    let j: Job = admin.get(&format!("/v1/jobs/{id}")).unwrap();
+    assert_eq!(j.state, JobState::Running, "{j:?}");
+    assert_eq!(j.build_id, None, "{j:?}");
+}

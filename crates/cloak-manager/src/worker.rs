@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloak_convert::nitro::NitroRequest;
 use cloak_convert::sgx::SgxRequest;
@@ -38,9 +38,25 @@ pub struct JobProgress {
     total: AtomicU64,
     /// Size and bytes advanced of each blob in flight.
     blobs: Mutex<std::collections::HashMap<Digest, (u64, u64)>>,
+    /// When the lease, as last renewed, stops being safely ours (the lease less a margin);
+    /// past it the conversion is cancelled even if no heartbeat could say so.
+    lease_deadline: Mutex<Option<Instant>>,
 }
 
 impl JobProgress {
+    /// Records a successful renewal made at `at` (taken before the request was sent).
+    fn renewed(&self, at: Instant, safe_for: Duration) {
+        *self.lease_deadline.lock().expect("progress lock") = Some(at + safe_for);
+    }
+
+    /// Whether the lease may have lapsed: the last renewal is older than the safe period.
+    fn lease_lapsed(&self) -> bool {
+        self.lease_deadline
+            .lock()
+            .expect("progress lock")
+            .is_some_and(|d| Instant::now() >= d)
+    }
+
     /// The stage running now.
     pub fn stage(&self) -> Option<String> {
         self.stage.lock().expect("progress lock").clone()
@@ -71,7 +87,7 @@ impl Progress for JobProgress {
         *self.stage.lock().expect("progress lock") = Some(name.to_string());
     }
     fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        self.cancel.load(Ordering::SeqCst) || self.lease_lapsed()
     }
 }
 
@@ -122,6 +138,11 @@ enum Produced {
 async fn run_job(state: &State, c: Claim) -> Result<()> {
     tracing::info!(job = %c.job_id, attempt = c.attempt, target = c.spec.target.as_str(), "conversion started");
     let progress = Arc::new(JobProgress::default());
+    // The claim was the first renewal; a worker that cannot renew stops before the lease ends
+    // (another worker may own the job by then), with a margin for the last push in flight.
+    let lease = Duration::from_millis(state.config.jobs.lease_ms as u64);
+    let safe_for = lease - (lease / 4).min(Duration::from_secs(5));
+    progress.renewed(Instant::now(), safe_for);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let plan = prepare(state, &c, progress.clone()).await;
@@ -167,7 +188,15 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
             r = &mut done_rx => break r.ok().flatten(),
             _ = tick.tick() => {
                 if stopped.is_some() { continue; }
+                if progress.lease_lapsed() {
+                    tracing::warn!(job = %c.job_id, "the lease could not be renewed in time: stopping the conversion");
+                    stopped = Some(Heartbeat::Lost);
+                    progress.cancel.store(true, Ordering::SeqCst);
+                    if let Some(s) = stop_tx.take() { let _ = s.send(()); }
+                    continue;
+                }
                 let total = progress.total.load(Ordering::Relaxed);
+                let sent_at = Instant::now();
                 let hb = jobs::heartbeat(
                     state,
                     &c,
@@ -176,7 +205,7 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                     (total > 0).then_some(total as i64),
                 ).await;
                 match hb {
-                    Ok(Heartbeat::Continue) => {}
+                    Ok(Heartbeat::Continue) => progress.renewed(sent_at, safe_for),
                     Ok(h) => {
                         tracing::info!(job = %c.job_id, reason = ?h, "stopping the conversion");
                         stopped = Some(h);
@@ -585,5 +614,39 @@ fn register_as(c: &Claim, produced: Produced) -> Result<(NewBuild, Option<Value>
                 None,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_ca_is_copied_to_a_private_directory_of_a_random_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let js = JobSettings {
+            registry_ca: Some(ca),
+            ..Default::default()
+        };
+        let dir = ca_dir(&js).unwrap().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert_ne!(name, format!("cloak-registry-ca-{}", std::process::id()));
+        assert!(dir.join("registry-ca.crt").is_file());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_lapsed_lease_cancels_the_conversion_without_a_heartbeat() {
+        let p = JobProgress::default();
+        assert!(!p.cancelled(), "no lease recorded yet");
+        p.renewed(Instant::now(), Duration::from_secs(60));
+        assert!(!p.cancelled());
+        p.renewed(Instant::now() - Duration::from_secs(2), Duration::from_secs(1));
+        assert!(p.cancelled(), "the last renewal is older than the safe period");
     }
 }
