@@ -62,10 +62,21 @@ pub struct Spec {
 }
 
 /// The request's credentials (sealed in the job row while it lives).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Creds {
     pub input: Option<(String, String)>,
     pub output: Option<(String, String)>,
+}
+
+/// Masks the passwords: a [`Claim`] (which derives `Debug`) holds these.
+impl std::fmt::Debug for Creds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |c: &Option<(String, String)>| c.as_ref().map(|(u, _)| (u.clone(), MASK));
+        f.debug_struct("Creds")
+            .field("input", &masked(&self.input))
+            .field("output", &masked(&self.output))
+            .finish()
+    }
 }
 
 fn pair(a: &Option<ConvertAuthConfig>) -> Option<(String, String)> {
@@ -1111,6 +1122,32 @@ pub async fn reseal_all(db: &crate::store::Db, keys: &crate::secrets::MasterKey)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_submissions_and_credentials_masks_the_passwords() {
+        let pw = "Pa55word-that-must-not-be-logged";
+        let auth = Some(ConvertAuthConfig {
+            username: "u".into(),
+            password: Some(pw.into()),
+        });
+        let submission = Submission {
+            request: ConvertRequest::Sgx(ConvertImageRequest {
+                input_auth_config: auth.clone(),
+                output_auth_config: auth.clone(),
+                auth_config: auth,
+                ..Default::default()
+            }),
+            idempotency_key: None,
+        };
+        let creds = Creds {
+            input: Some(("u".into(), pw.into())),
+            output: Some(("v".into(), pw.into())),
+        };
+        for shown in [format!("{submission:?}"), format!("{creds:?}")] {
+            assert!(!shown.contains(pw), "{shown}");
+            assert!(shown.contains(MASK), "{shown}");
+        }
+    }
 
     #[test]
     fn repositories_drop_the_tag_and_digest_but_not_the_port() {
