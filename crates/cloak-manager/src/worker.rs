@@ -370,9 +370,17 @@ fn ca_dir(js: &JobSettings) -> Result<Option<PathBuf>> {
         let Some(ca) = &js.registry_ca else {
             return Ok(None);
         };
-        let dir = std::env::temp_dir().join(format!("cloak-registry-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::copy(ca, dir.join("registry-ca.crt")))
+        // A fresh directory of a random name, 0700: a name known in advance in the shared
+        // temporary directory could be created first by another user, with their CA in it.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("cloak-registry-ca-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .and_then(|d| {
+                std::fs::copy(ca, d.path().join("registry-ca.crt"))?;
+                Ok(d.keep())
+            })
             .map_err(|e| format!("--registry-ca {}: {e}", ca.display()))?;
         Ok(Some(dir))
     })
