@@ -695,6 +695,8 @@ fn faults_on_postgres_a_killed_worker_a_cancel_and_a_registry_gone_mid_push() {
     let outcomes: Vec<_> = history.iter().map(|a| a.outcome.as_deref()).collect();
     assert_eq!(outcomes, [Some("LEASE_EXPIRED"), Some("SUCCEEDED")]);
     assert_ne!(history[0].worker, history[1].worker);
+    // Opaque ids: nothing of the manager's hosts or processes.
+    assert!(history.iter().all(|a| a.worker.starts_with("w-") && !a.worker.contains('/')));
     let builds: ListResponse<Build> = admin.get("/v1/builds").unwrap();
     assert_eq!(builds.items.len(), 1, "exactly one build");
     assert_eq!(Some(&builds.items[0].build_id), done.build_id.as_ref());

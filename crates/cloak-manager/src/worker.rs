@@ -98,14 +98,18 @@ pub fn spawn(state: State, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
         .unwrap_or_else(|_| "worker".into());
     (0..n)
         .map(|i| {
-            let owner = format!(
-                "{host}/{}/{i}/{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().to_string()[..8]
-            );
+            // The id is what job attempts show to tenants: opaque, so that it tells nothing of
+            // the manager's hosts and processes. The operator's log maps it to them.
+            let owner = worker_id();
+            tracing::info!(worker = %owner, host = %host, pid = std::process::id(), index = i, "worker id assigned");
             tokio::spawn(run(state.clone(), owner))
         })
         .collect()
+}
+
+/// A random, opaque worker id (`w-` and 16 hex digits).
+fn worker_id() -> String {
+    format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
 /// One worker's loop: claim, run, repeat; wait a moment when the queue is empty.
@@ -646,6 +650,14 @@ mod tests {
         assert_ne!(name, format!("cloak-registry-ca-{}", std::process::id()));
         assert!(dir.join("registry-ca.crt").is_file());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn worker_ids_name_no_host_or_process() {
+        let id = worker_id();
+        let hex = id.strip_prefix("w-").unwrap_or_else(|| panic!("{id}"));
+        assert!(hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert_ne!(id, worker_id());
     }
 
     #[test]
