@@ -1064,3 +1064,34 @@ fn a_worker_whose_lease_is_stolen_stops_without_pushing_a_tag() {
     assert_eq!(j.state, JobState::Running, "{j:?}");
     assert_eq!(j.build_id, None, "{j:?}");
 }
+
+/// Submissions racing each other on PostgreSQL (many connections): the account's limit of
+/// queued + running jobs holds, because the count and the insert are one transaction with the
+/// account's row locked.
+#[test]
+fn parallel_submissions_do_not_exceed_the_accounts_job_limit() {
+    let env = setup();
+    let m = env.manager(
+        Backend::Postgres,
+        &["--workers", "0", "--max-jobs-per-account", "3"],
+    );
+    let t = token(&m);
+    let input = format!("{}/apps/bb:1", env.reg.addr());
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (m, t, input) = (&m, &t, &input);
+                let out = format!("{}/apps/parallel-{i}:1", env.reg.addr());
+                s.spawn(move || {
+                    let body = json!({"inputImageName": input, "outputImageName": out,
+                                      "authConfig": auth()});
+                    post(m, t, "/convert-image", &body, &[("Prefer", "respond-async")]).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(accepted, 3, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 202 || *s == 429), "{statuses:?}");
+}

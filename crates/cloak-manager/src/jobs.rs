@@ -397,23 +397,6 @@ pub async fn submit(state: &State, p: &Principal, request: Submission) -> Result
     }
     let (spec, creds) = validate(state, p, &request.request).await?;
     let js = &state.config.jobs;
-    let active: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM jobs WHERE account_id = $1 AND state IN ('QUEUED', 'RUNNING')",
-    )
-    .bind(&p.account_id)
-    .fetch_one(state.db.reader())
-    .await?;
-    if active >= js.max_jobs_per_account {
-        return Err(Error::RateLimited {
-            detail: format!(
-                "this account has {active} conversion jobs queued or running, the most this \
-                 manager accepts ({}); wait for some to end (GET /v1/jobs?state=RUNNING) or \
-                 cancel some",
-                js.max_jobs_per_account
-            ),
-            retry_after: 10,
-        });
-    }
     let job_id = uuid::Uuid::new_v4().to_string();
     let sealed = (creds.input.is_some() || creds.output.is_some()).then(|| {
         state.master().seal(
@@ -430,6 +413,32 @@ pub async fn submit(state: &State, p: &Principal, request: Submission) -> Result
     };
     let now = crate::now_ms();
     let mut tx = state.db.begin().await?;
+    // Counted and inserted in one transaction with the account's row locked (SQLite's single
+    // writer serialises the same), so parallel submissions cannot all pass the limit.
+    sqlx::query(&format!(
+        "SELECT account_id FROM accounts WHERE account_id = $1{}",
+        state.db.for_update()
+    ))
+    .bind(&p.account_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let active: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE account_id = $1 AND state IN ('QUEUED', 'RUNNING')",
+    )
+    .bind(&p.account_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if active >= js.max_jobs_per_account {
+        return Err(Error::RateLimited {
+            detail: format!(
+                "this account has {active} conversion jobs queued or running, the most this \
+                 manager accepts ({}); wait for some to end (GET /v1/jobs?state=RUNNING) or \
+                 cancel some",
+                js.max_jobs_per_account
+            ),
+            retry_after: 10,
+        });
+    }
     let inserted = sqlx::query(
         "INSERT INTO jobs (job_id, account_id, app_id, target, state, bytes_done, attempts, \
          max_attempts, request, credentials, requester, idempotency_key, cancel_requested, \
