@@ -696,7 +696,9 @@ fn faults_on_postgres_a_killed_worker_a_cancel_and_a_registry_gone_mid_push() {
     assert_eq!(outcomes, [Some("LEASE_EXPIRED"), Some("SUCCEEDED")]);
     assert_ne!(history[0].worker, history[1].worker);
     // Opaque ids: nothing of the manager's hosts or processes.
-    assert!(history.iter().all(|a| a.worker.starts_with("w-") && !a.worker.contains('/')));
+    assert!(history
+        .iter()
+        .all(|a| a.worker.starts_with("w-") && !a.worker.contains('/')));
     let builds: ListResponse<Build> = admin.get("/v1/builds").unwrap();
     assert_eq!(builds.items.len(), 1, "exactly one build");
     assert_eq!(Some(&builds.items[0].build_id), done.build_id.as_ref());
@@ -1018,7 +1020,10 @@ fn the_runtime_image_is_fetched_with_the_operators_settings_not_the_tenants() {
         .arg(format!("docker://{runtime}")));
     let input = env.push(&busybox(&env.tmp.path().join("bb")), "apps/bb:1");
     let mut args = env.operator_args(None);
-    let i = args.iter().position(|a| a == "--sgx-runtime-image").unwrap();
+    let i = args
+        .iter()
+        .position(|a| a == "--sgx-runtime-image")
+        .unwrap();
     args[i + 1] = runtime;
     args.extend(["--insecure-registry".into(), rt_reg.addr()]);
     args.extend(["--workers".into(), "1".into()]);
@@ -1056,10 +1061,17 @@ fn a_worker_whose_lease_is_stolen_stops_without_pushing_a_tag() {
     ));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !m.log().contains("lease lost") {
-        assert!(Instant::now() < deadline, "the worker kept going: {}", m.log());
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept going: {}",
+            m.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!env.reg.has_tag("apps/big-sgx:stolen"), "the tag was pushed");
+    assert!(
+        !env.reg.has_tag("apps/big-sgx:stolen"),
+        "the tag was pushed"
+    );
     let j: Job = admin.get(&format!("/v1/jobs/{id}")).unwrap();
     assert_eq!(j.state, JobState::Running, "{j:?}");
     assert_eq!(j.build_id, None, "{j:?}");
@@ -1085,7 +1097,14 @@ fn parallel_submissions_do_not_exceed_the_accounts_job_limit() {
                 s.spawn(move || {
                     let body = json!({"inputImageName": input, "outputImageName": out,
                                       "authConfig": auth()});
-                    post(m, t, "/convert-image", &body, &[("Prefer", "respond-async")]).0
+                    post(
+                        m,
+                        t,
+                        "/convert-image",
+                        &body,
+                        &[("Prefer", "respond-async")],
+                    )
+                    .0
                 })
             })
             .collect();
@@ -1093,5 +1112,29 @@ fn parallel_submissions_do_not_exceed_the_accounts_job_limit() {
     });
     let accepted = statuses.iter().filter(|s| **s == 202).count();
     assert_eq!(accepted, 3, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 202 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 429),
+        "{statuses:?}"
+    );
+}
+
+/// A conversion that outlives the operator's `--job-timeout-seconds` is FAILED with an error
+/// that says so, and pushes no tag.
+#[test]
+fn a_job_over_its_time_limit_fails_and_pushes_nothing() {
+    let env = setup();
+    let input = env.push(&big_image(&env.tmp.path().join("big"), 160), "apps/big:1");
+    let m = env.manager(
+        Backend::Sqlite,
+        &["--workers", "1", "--job-timeout-seconds", "1"],
+    );
+    let t = token(&m);
+    let out = format!("{}/apps/big-sgx:slow", env.reg.addr());
+    let body = json!({"inputImageName": input, "outputImageName": out, "authConfig": auth()});
+    let id = submit_async(&m, &t, &body);
+    let done = wait_end(&m.admin(), &id);
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let error = serde_json::to_string(&done.error).unwrap();
+    assert!(error.contains("time limit of 1 s"), "{error}");
+    assert!(!env.reg.has_tag("apps/big-sgx:slow"));
 }

@@ -37,6 +37,7 @@ pub struct Settings {
     pub launcher: Option<PathBuf>,
     pub sgx_signing_key: Option<String>,
     pub job_lease_seconds: Option<u64>,
+    pub job_timeout_seconds: Option<u64>,
     pub job_max_attempts: Option<u32>,
     pub max_jobs_per_account: Option<u32>,
     pub max_running_jobs_per_account: Option<u32>,
@@ -74,6 +75,7 @@ impl Settings {
             launcher: self.launcher.or(other.launcher),
             sgx_signing_key: self.sgx_signing_key.or(other.sgx_signing_key),
             job_lease_seconds: self.job_lease_seconds.or(other.job_lease_seconds),
+            job_timeout_seconds: self.job_timeout_seconds.or(other.job_timeout_seconds),
             job_max_attempts: self.job_max_attempts.or(other.job_max_attempts),
             max_jobs_per_account: self.max_jobs_per_account.or(other.max_jobs_per_account),
             max_running_jobs_per_account: self
@@ -144,6 +146,8 @@ pub struct JobSettings {
     pub sgx_signing_key: Option<String>,
     /// How long a worker's claim on a job lasts without renewal, in milliseconds.
     pub lease_ms: i64,
+    /// How long one attempt of a job may run before it is FAILED.
+    pub timeout: std::time::Duration,
     /// Attempts of a job before it fails (a worker that died, a transient registry error).
     pub max_attempts: i64,
     /// QUEUED + RUNNING jobs an account may have; more are refused with 429.
@@ -166,6 +170,7 @@ impl Default for JobSettings {
             launcher: None,
             sgx_signing_key: None,
             lease_ms: 30_000,
+            timeout: std::time::Duration::from_secs(2 * 3600),
             max_attempts: 3,
             max_jobs_per_account: 50,
             max_running_per_account: 4,
@@ -248,6 +253,12 @@ impl Config {
                         "job-lease-seconds must be between 1 and 3600".into(),
                     ));
                 }
+                let timeout = s.job_timeout_seconds.unwrap_or(2 * 3600);
+                if !(1..=7 * 24 * 3600).contains(&timeout) {
+                    return Err(Error::Config(
+                        "job-timeout-seconds must be between 1 and 604800 (a week)".into(),
+                    ));
+                }
                 let attempts = s.job_max_attempts.unwrap_or(3);
                 if !(1..=100).contains(&attempts) {
                     return Err(Error::Config(
@@ -264,6 +275,7 @@ impl Config {
                     launcher: s.launcher,
                     sgx_signing_key: s.sgx_signing_key,
                     lease_ms: lease as i64 * 1000,
+                    timeout: std::time::Duration::from_secs(timeout),
                     max_attempts: i64::from(attempts),
                     max_jobs_per_account: s
                         .max_jobs_per_account

@@ -187,9 +187,19 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     let mut tick = tokio::time::interval(every);
     let mut stop_tx = Some(stop_tx);
     let mut stopped: Option<Heartbeat> = None;
+    let time_limit = state.config.jobs.timeout;
+    let over_time = tokio::time::sleep(time_limit);
+    tokio::pin!(over_time);
+    let mut timed_out = false;
     let outcome = loop {
         tokio::select! {
             r = &mut done_rx => break r.ok().flatten(),
+            _ = &mut over_time, if !timed_out && stopped.is_none() => {
+                tracing::warn!(job = %c.job_id, limit_s = time_limit.as_secs(), "the conversion ran out of time: stopping it");
+                timed_out = true;
+                progress.cancel.store(true, Ordering::SeqCst);
+                if let Some(s) = stop_tx.take() { let _ = s.send(()); }
+            }
             _ = tick.tick() => {
                 if stopped.is_some() { continue; }
                 if progress.lease_lapsed() {
@@ -238,6 +248,16 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     match (stopped, outcome) {
         (Some(Heartbeat::Lost), _) => {
             tracing::warn!(job = %c.job_id, attempt = c.attempt, "lease lost: another worker owns the job now");
+        }
+        (None, None | Some(Err(_))) if timed_out => {
+            let stage = stage.unwrap_or_else(|| "resolve".into());
+            let msg = format!(
+                "the conversion did not finish within the manager's time limit of {} s \
+                 (the operator's --job-timeout-seconds); nothing was pushed under the output \
+                 tag. Try a smaller image, or ask the operator for a longer limit",
+                time_limit.as_secs()
+            );
+            jobs::fail(state, &c, &stage, &msg, false).await?;
         }
         // Finished before the cancellation was seen: the image is complete and tagged, so
         // the job is what it is, SUCCEEDED.
@@ -656,7 +676,10 @@ mod tests {
     fn worker_ids_name_no_host_or_process() {
         let id = worker_id();
         let hex = id.strip_prefix("w-").unwrap_or_else(|| panic!("{id}"));
-        assert!(hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert!(
+            hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
         assert_ne!(id, worker_id());
     }
 
@@ -666,7 +689,13 @@ mod tests {
         assert!(!p.cancelled(), "no lease recorded yet");
         p.renewed(Instant::now(), Duration::from_secs(60));
         assert!(!p.cancelled());
-        p.renewed(Instant::now() - Duration::from_secs(2), Duration::from_secs(1));
-        assert!(p.cancelled(), "the last renewal is older than the safe period");
+        p.renewed(
+            Instant::now() - Duration::from_secs(2),
+            Duration::from_secs(1),
+        );
+        assert!(
+            p.cancelled(),
+            "the last renewal is older than the safe period"
+        );
     }
 }

@@ -188,6 +188,9 @@ struct JobArgs {
     /// again after it).
     #[arg(long, value_name = "SECONDS")]
     job_lease_seconds: Option<u64>,
+    /// Seconds one attempt of a conversion may run before it is FAILED (default 7200).
+    #[arg(long, value_name = "SECONDS")]
+    job_timeout_seconds: Option<u64>,
     /// Attempts of a job before it fails.
     #[arg(long, value_name = "N")]
     job_max_attempts: Option<u32>,
@@ -213,6 +216,7 @@ impl JobArgs {
             registry_ca: self.registry_ca.clone(),
             launcher: self.launcher.clone(),
             job_lease_seconds: self.job_lease_seconds,
+            job_timeout_seconds: self.job_timeout_seconds,
             job_max_attempts: self.job_max_attempts,
             max_jobs_per_account: self.max_jobs_per_account,
             max_running_jobs_per_account: self.max_running_jobs_per_account,
