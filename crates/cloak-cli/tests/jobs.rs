@@ -1024,7 +1024,7 @@ fn the_runtime_image_is_fetched_with_the_operators_settings_not_the_tenants() {
         .iter()
         .position(|a| a == "--sgx-runtime-image")
         .unwrap();
-    args[i + 1] = runtime;
+    args[i + 1] = format!("docker://{runtime}");
     args.extend(["--insecure-registry".into(), rt_reg.addr()]);
     args.extend(["--workers".into(), "1".into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1137,4 +1137,32 @@ fn a_job_over_its_time_limit_fails_and_pushes_nothing() {
     let error = serde_json::to_string(&done.error).unwrap();
     assert!(error.contains("time limit of 1 s"), "{error}");
     assert!(!env.reg.has_tag("apps/big-sgx:slow"));
+}
+
+/// The manager refuses a job whose registry is on loopback unless the operator listed it with
+/// `--allow-private-registry`: the job fails naming the policy, before any connection.
+#[test]
+fn a_job_against_an_unlisted_internal_registry_is_refused_by_the_address_policy() {
+    let env = setup();
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "apps/bb:1");
+    let mut args = env.operator_args(None);
+    let i = args
+        .iter()
+        .position(|a| a == "--allow-private-registry")
+        .unwrap();
+    args.drain(i..i + 2);
+    args.extend(["--workers".into(), "1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Manager::start_with(Backend::Sqlite, &args);
+    let t = token(&m);
+    let out = format!("{}/apps/bb-refused:1", env.reg.addr());
+    let body = json!({"inputImageName": input, "outputImageName": out, "authConfig": auth()});
+    let (status, _, resp) = post(&m, &t, "/convert-image", &body, &[]);
+    assert_eq!(status, 422, "{resp}");
+    let detail = resp["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("refused by the manager's registry address policy"),
+        "{detail}"
+    );
+    assert!(!env.reg.has_tag("apps/bb-refused:1"));
 }

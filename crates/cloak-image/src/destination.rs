@@ -37,6 +37,12 @@ impl DestinationPolicy {
 
     fn listed(set: &HashSet<String>, host: &str, port: u16) -> bool {
         let host = host.to_lowercase();
+        // Entries name IPv6 hosts the way references do: `[::1]:5000`.
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         set.contains(&format!("{host}:{port}"))
             || ((port == 443 || port == 80) && set.contains(&host))
     }
@@ -264,10 +270,11 @@ mod tests {
     #[case::http_insecure("http://reg.example:5003/v2/", true)]
     #[case::listed_name_other_port("https://reg.example:22/", false)]
     #[case::v6_loopback("https://[::1]:5001/", false)]
+    #[case::v6_listed("https://[::1]:5004/", true)]
     #[case::not_http("file:///etc/passwd", false)]
     fn urls(#[case] url: &str, #[case] ok: bool) {
         let p = DestinationPolicy::new(
-            ["127.0.0.1:5001".to_string()],
+            ["127.0.0.1:5001".to_string(), "[::1]:5004".to_string()],
             ["reg.example:5003".to_string()],
         );
         assert_eq!(p.check_url(&url.parse().unwrap()).is_ok(), ok, "{url}");
