@@ -97,8 +97,8 @@ pub struct Registry {
     registry: String,
     /// Manifests are fetched with this client (same TLS settings as `client`), so their
     /// size is checked while the body streams: oci-client reads a manifest body whole.
-    http: Box<(reqwest::Client, Scheme)>,
-    quote_bodies: bool,
+    /// Third: [`RegistryOptions::quote_bodies`] (boxed with the rest to keep `Dest` small).
+    http: Box<(reqwest::Client, Scheme, bool)>,
 }
 
 /// How the registry is reached.
@@ -180,8 +180,7 @@ impl Registry {
             client: oci_client::Client::new(config),
             auth: creds.to_registry_auth(),
             registry,
-            http: Box::new((http, scheme)),
-            quote_bodies: opts.quote_bodies,
+            http: Box::new((http, scheme, opts.quote_bodies)),
         })
     }
 
@@ -225,7 +224,7 @@ impl Registry {
     fn redact(&self, e: OciDistributionError) -> OciDistributionError {
         use OciDistributionError as O;
         let quote = |body: &str| {
-            if self.quote_bodies {
+            if self.http.2 {
                 excerpt(body)
             } else {
                 "(the response body is not shown)".to_string()
