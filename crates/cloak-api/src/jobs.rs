@@ -119,11 +119,22 @@ pub struct JobAttempt {
 
 /// Docker registry credentials of a conversion request (the seeds' AuthConfig). The password is
 /// answered as `*****` wherever a request is shown.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ConvertAuthConfig {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+/// Masks the password, so that a request, a job submission or a claim holding these
+/// credentials can be logged with `{:?}`.
+impl std::fmt::Debug for ConvertAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvertAuthConfig")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "*****"))
+            .finish()
+    }
 }
 
 /// EnclaveOS `POST /convert-image` (and IBM's `convert-app`): the images, their credentials, and

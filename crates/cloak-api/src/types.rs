@@ -528,11 +528,21 @@ pub struct Registry {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub username: String,
     pub password: String,
+}
+
+/// Masks the password.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("username", &self.username)
+            .field("password", &"*****")
+            .finish()
+    }
 }
 
 /// CCM's CredentialType.

@@ -64,6 +64,7 @@ fn options(
             .transpose()
             .context("while reading --creds")?,
         auth,
+        ..Default::default()
     })
 }
 

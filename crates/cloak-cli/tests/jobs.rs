@@ -79,6 +79,9 @@ impl Env {
             ca,
             "--nitro-kernel".into(),
             kernel().display().to_string(),
+            // The test registry is on loopback, which the address policy refuses unless listed.
+            "--allow-private-registry".into(),
+            self.reg.addr(),
         ]
     }
 
@@ -669,6 +672,7 @@ fn faults_on_postgres_a_killed_worker_a_cancel_and_a_registry_gone_mid_push() {
     pem.extend(std::fs::read(out_reg.cert_dir().join("ca.crt")).unwrap());
     std::fs::write(&cas, pem).unwrap();
     let cas = cas.display().to_string();
+    let out_addr = out_reg.addr();
     let m = env.manager_with_ca(
         Backend::Postgres,
         Some(&cas),
@@ -676,7 +680,14 @@ fn faults_on_postgres_a_killed_worker_a_cancel_and_a_registry_gone_mid_push() {
     );
     let t = token(&m);
     let admin = m.admin();
-    let worker_args = ["--job-lease-seconds", "2", "--job-max-attempts", "2"];
+    let worker_args = [
+        "--job-lease-seconds",
+        "2",
+        "--job-max-attempts",
+        "2",
+        "--allow-private-registry",
+        &out_addr,
+    ];
     let logs = env.tmp.path();
     let in_flight = |j: &Job| j.state == JobState::Running && j.bytes_done > 0;
 
@@ -705,6 +716,10 @@ fn faults_on_postgres_a_killed_worker_a_cancel_and_a_registry_gone_mid_push() {
     let outcomes: Vec<_> = history.iter().map(|a| a.outcome.as_deref()).collect();
     assert_eq!(outcomes, [Some("LEASE_EXPIRED"), Some("SUCCEEDED")]);
     assert_ne!(history[0].worker, history[1].worker);
+    // Opaque ids: nothing of the manager's hosts or processes.
+    assert!(history
+        .iter()
+        .all(|a| a.worker.starts_with("w-") && !a.worker.contains('/')));
     let builds: ListResponse<Build> = admin.get("/v1/builds").unwrap();
     assert_eq!(builds.items.len(), 1, "exactly one build");
     assert_eq!(Some(&builds.items[0].build_id), done.build_id.as_ref());
@@ -821,7 +836,7 @@ fn twenty_jobs_on_two_worker_processes_each_run_once() {
             assert_eq!(a.outcome.as_deref(), Some("RETRY"), "{h:?}");
             eprintln!("job {id}: attempt {} retried: {:?}", a.attempt, a.error);
         }
-        workers.insert(succeeded[0].worker.split('/').nth(1).unwrap().to_string());
+        workers.insert(succeeded[0].worker.clone());
         assert!(
             build_ids.insert(j.build_id.clone().unwrap()),
             "one build per job"
@@ -831,7 +846,7 @@ fn twenty_jobs_on_two_worker_processes_each_run_once() {
     assert_eq!(builds.items.len(), 20);
     let registered: BTreeSet<String> = builds.items.iter().map(|b| b.build_id.clone()).collect();
     assert_eq!(registered, build_ids);
-    eprintln!("jobs ran in {} worker processes", workers.len());
+    eprintln!("jobs ran on {} workers", workers.len());
 }
 
 #[test]
@@ -1029,4 +1044,166 @@ fn default_signing_key_is_the_accounts_sealed_key_or_the_operators_pkcs11_token(
     assert_ne!(c["mrsigner"], a["mrsigner"]);
     let jobs: Value = m2.admin().get("/v1/jobs").unwrap();
     assert!(!jobs.to_string().contains("pin-value"), "{jobs}");
+}
+
+/// The operator's runtime image lives on a registry of its own (plain HTTP, listed as
+/// insecure): the worker reaches it with settings built for that host, not with the TLS
+/// settings and credentials of the tenant's input registry (which would fail the TLS handshake
+/// with a plain-HTTP registry, and hand the tenant's password to the operator's registry).
+#[test]
+fn the_runtime_image_is_fetched_with_the_operators_settings_not_the_tenants() {
+    let env = setup();
+    let rt_reg = Registry::plain();
+    let runtime = format!("{}/gramine:1", rt_reg.addr());
+    ok(cloak()
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", env.runtime.display()))
+        .arg(format!("docker://{runtime}")));
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "apps/bb:1");
+    let mut args = env.operator_args(None);
+    let i = args
+        .iter()
+        .position(|a| a == "--sgx-runtime-image")
+        .unwrap();
+    args[i + 1] = format!("docker://{runtime}");
+    args.extend(["--insecure-registry".into(), rt_reg.addr()]);
+    args.extend(["--workers".into(), "1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Manager::start_with(Backend::Sqlite, &args);
+    let t = token(&m);
+    let out = format!("{}/apps/bb-rt:1", env.reg.addr());
+    let resp = sgx_job(&m, &t, &input, &out, 1);
+    assert_eq!(resp["newImage"], out.as_str(), "{resp}");
+}
+
+/// Another worker takes the lease (the owner column is changed under the running worker, as a
+/// worker that claimed the job after a stall would): the first worker stops without pushing
+/// its tag, and no worker reclaims the job while the thief's lease holds.
+#[test]
+fn a_worker_whose_lease_is_stolen_stops_without_pushing_a_tag() {
+    let env = setup();
+    let input = env.push(&big_image(&env.tmp.path().join("big"), 160), "apps/big:1");
+    let m = env.manager(
+        Backend::Sqlite,
+        &["--workers", "1", "--job-lease-seconds", "2"],
+    );
+    let t = token(&m);
+    let admin = m.admin();
+    let out = format!("{}/apps/big-sgx:stolen", env.reg.addr());
+    let body = json!({"inputImageName": input, "outputImageName": out, "authConfig": auth()});
+    let id = submit_async(&m, &t, &body);
+    let running = wait_for(&admin, &id, |j| {
+        j.state == JobState::Running && j.bytes_done > 0
+    });
+    assert_eq!(running.state, JobState::Running, "{running:?}");
+    m.sql(&format!(
+        "UPDATE jobs SET lease_owner = 'thief', lease_expires_at = 99999999999999 \
+         WHERE job_id = '{id}'"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !m.log().contains("lease lost") {
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept going: {}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !env.reg.has_tag("apps/big-sgx:stolen"),
+        "the tag was pushed"
+    );
+    let j: Job = admin.get(&format!("/v1/jobs/{id}")).unwrap();
+    assert_eq!(j.state, JobState::Running, "{j:?}");
+    assert_eq!(j.build_id, None, "{j:?}");
+}
+
+/// Submissions racing each other on PostgreSQL (many connections): the account's limit of
+/// queued + running jobs holds, because the count and the insert are one transaction with the
+/// account's row locked.
+#[test]
+fn parallel_submissions_do_not_exceed_the_accounts_job_limit() {
+    let env = setup();
+    let m = env.manager(
+        Backend::Postgres,
+        &["--workers", "0", "--max-jobs-per-account", "3"],
+    );
+    let t = token(&m);
+    let input = format!("{}/apps/bb:1", env.reg.addr());
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (m, t, input) = (&m, &t, &input);
+                let out = format!("{}/apps/parallel-{i}:1", env.reg.addr());
+                s.spawn(move || {
+                    let body = json!({"inputImageName": input, "outputImageName": out,
+                                      "authConfig": auth()});
+                    post(
+                        m,
+                        t,
+                        "/convert-image",
+                        &body,
+                        &[("Prefer", "respond-async")],
+                    )
+                    .0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!(accepted, 3, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 429),
+        "{statuses:?}"
+    );
+}
+
+/// A conversion that outlives the operator's `--job-timeout-seconds` is FAILED with an error
+/// that says so, and pushes no tag.
+#[test]
+fn a_job_over_its_time_limit_fails_and_pushes_nothing() {
+    let env = setup();
+    let input = env.push(&big_image(&env.tmp.path().join("big"), 160), "apps/big:1");
+    let m = env.manager(
+        Backend::Sqlite,
+        &["--workers", "1", "--job-timeout-seconds", "1"],
+    );
+    let t = token(&m);
+    let out = format!("{}/apps/big-sgx:slow", env.reg.addr());
+    let body = json!({"inputImageName": input, "outputImageName": out, "authConfig": auth()});
+    let id = submit_async(&m, &t, &body);
+    let done = wait_end(&m.admin(), &id);
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let error = serde_json::to_string(&done.error).unwrap();
+    assert!(error.contains("time limit of 1 s"), "{error}");
+    assert!(!env.reg.has_tag("apps/big-sgx:slow"));
+}
+
+/// The manager refuses a job whose registry is on loopback unless the operator listed it with
+/// `--allow-private-registry`: the job fails naming the policy, before any connection.
+#[test]
+fn a_job_against_an_unlisted_internal_registry_is_refused_by_the_address_policy() {
+    let env = setup();
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "apps/bb:1");
+    let mut args = env.operator_args(None);
+    let i = args
+        .iter()
+        .position(|a| a == "--allow-private-registry")
+        .unwrap();
+    args.drain(i..i + 2);
+    args.extend(["--workers".into(), "1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Manager::start_with(Backend::Sqlite, &args);
+    let t = token(&m);
+    let out = format!("{}/apps/bb-refused:1", env.reg.addr());
+    let body = json!({"inputImageName": input, "outputImageName": out, "authConfig": auth()});
+    let (status, _, resp) = post(&m, &t, "/convert-image", &body, &[]);
+    assert_eq!(status, 422, "{resp}");
+    let detail = resp["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("refused by the manager's registry address policy"),
+        "{detail}"
+    );
+    assert!(!env.reg.has_tag("apps/bb-refused:1"));
 }

@@ -38,6 +38,15 @@ pub enum Error {
         source: Box<oci_client::errors::OciDistributionError>,
     },
 
+    /// The address policy refused a registry before it was connected to.
+    #[error("registry {registry}: {reason} (the operator lists internal registries with --allow-private-registry HOST:PORT)")]
+    Destination {
+        /// `host[:port]` of the registry.
+        registry: String,
+        /// Which rule refused it.
+        reason: String,
+    },
+
     /// The registry refused our credentials.
     #[error("registry {registry}: authentication failed: {reason} (check --creds / --src-creds / --dest-creds or the auths entry in your docker config)")]
     Authentication {

@@ -13,6 +13,7 @@ pub mod archive;
 pub mod auth;
 pub mod build;
 pub mod copy;
+pub mod destination;
 pub mod digest;
 pub mod error;
 pub mod flatten;

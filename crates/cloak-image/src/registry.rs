@@ -13,6 +13,7 @@ use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::auth::{self, AuthLookup, Credentials};
+use crate::destination::{self, DestinationPolicy};
 use crate::digest::{AsyncVerifyingReader, Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::spec::{self, Descriptor};
@@ -38,6 +39,13 @@ pub struct RegistryOptions {
     pub creds: Option<Credentials>,
     /// Where auth files and credential helpers are looked up.
     pub auth: AuthLookup,
+    /// The address policy of a service fetching for others (the manager); `None` lets the
+    /// client reach any address, as `cloak convert` does for the user running it.
+    pub destinations: Option<Arc<DestinationPolicy>>,
+    /// Whether error messages may quote an excerpt of a registry's response body. A service
+    /// whose errors go back to another party than the operator sets this to false: the
+    /// body of a redirect target could be anything the manager can read.
+    pub quote_bodies: bool,
 }
 
 impl Default for RegistryOptions {
@@ -47,6 +55,8 @@ impl Default for RegistryOptions {
             cert_dir: None,
             creds: None,
             auth: AuthLookup::from_env(),
+            destinations: None,
+            quote_bodies: true,
         }
     }
 }
@@ -87,7 +97,8 @@ pub struct Registry {
     registry: String,
     /// Manifests are fetched with this client (same TLS settings as `client`), so their
     /// size is checked while the body streams: oci-client reads a manifest body whole.
-    http: Box<(reqwest::Client, Scheme)>,
+    /// Third: [`RegistryOptions::quote_bodies`] (boxed with the rest to keep `Dest` small).
+    http: Box<(reqwest::Client, Scheme, bool)>,
 }
 
 /// How the registry is reached.
@@ -122,14 +133,24 @@ impl Registry {
         if let Some(dir) = &cert_dir {
             extra = load_certs(dir)?;
         }
-        let protocol = if !opts.tls_verify && !speaks_tls(&registry).await {
+        if let Some(policy) = &opts.destinations {
+            policy
+                .check_registry(&registry)
+                .await
+                .map_err(|reason| Error::Destination {
+                    registry: registry.clone(),
+                    reason,
+                })?;
+        }
+        let protocol = if !opts.tls_verify && !speaks_tls(&registry, opts).await {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
         };
-        let mut http = reqwest::Client::builder()
+        let mut http = client_builder(opts)
             .danger_accept_invalid_certs(!opts.tls_verify)
-            .connect_timeout(std::time::Duration::from_secs(30));
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(READ_TIMEOUT);
         for cert in &extra {
             let cert = reqwest::Certificate::from_pem(&cert.data).map_err(|e| {
                 Error::Invalid(format!(
@@ -150,6 +171,8 @@ impl Registry {
             accept_invalid_certificates: !opts.tls_verify,
             extra_root_certificates: extra,
             use_monolithic_push: true,
+            http_client: Some(http.clone()),
+            realm_check: Some(realm_check(&registry, opts)),
             ..Default::default()
         };
         let creds = auth::resolve(&registry, opts.creds.as_ref(), &opts.auth)?;
@@ -157,7 +180,7 @@ impl Registry {
             client: oci_client::Client::new(config),
             auth: creds.to_registry_auth(),
             registry,
-            http: Box::new((http, scheme)),
+            http: Box::new((http, scheme, opts.quote_bodies)),
         })
     }
 
@@ -167,6 +190,7 @@ impl Registry {
     }
 
     fn err(&self, action: impl Into<String>, source: OciDistributionError) -> Error {
+        let source = self.redact(source);
         let reason = match &source {
             OciDistributionError::AuthenticationFailure(r) => Some(r.clone()),
             OciDistributionError::UnauthorizedError { .. } => Some(UNAUTHORIZED.to_string()),
@@ -192,6 +216,60 @@ impl Registry {
                 action: action.into(),
                 source: Box::new(source),
             },
+        }
+    }
+
+    /// The error without the registry's response body, or with a short escaped excerpt of it
+    /// (see [`RegistryOptions::quote_bodies`]).
+    fn redact(&self, e: OciDistributionError) -> OciDistributionError {
+        use OciDistributionError as O;
+        let quote = |body: &str| {
+            if self.http.2 {
+                excerpt(body)
+            } else {
+                "(the response body is not shown)".to_string()
+            }
+        };
+        match e {
+            O::ServerError { code, url, message } => O::ServerError {
+                code,
+                url,
+                message: quote(&message),
+            },
+            O::RegistryError { mut envelope, url } => {
+                // The codes are the spec's; the messages and details are the registry's words.
+                for e in &mut envelope.errors {
+                    e.message = quote(&e.message);
+                    e.detail = serde_json::Value::Null;
+                }
+                O::RegistryError { envelope, url }
+            }
+            O::AuthenticationFailure(r) if r.contains(destination::REFUSED) => {
+                O::AuthenticationFailure(r)
+            }
+            O::AuthenticationFailure(r) => {
+                O::AuthenticationFailure(format!("the token service refused: {}", quote(&r)))
+            }
+            O::RegistryTokenDecodeError(r) => O::RegistryTokenDecodeError(quote(&r)),
+            O::GenericError(Some(r)) => O::GenericError(Some(quote(&r))),
+            // The refusals of the resolver and the redirect policy sit among the request
+            // error's causes (their text is cloak's own): say them.
+            O::RequestError(e) => {
+                let mut cause: Option<&dyn std::error::Error> = Some(&e);
+                let mut last = None;
+                while let Some(c) = cause {
+                    if c.to_string().contains(destination::REFUSED) {
+                        return O::GenericError(Some(c.to_string()));
+                    }
+                    last = Some(c.to_string());
+                    cause = c.source();
+                }
+                match last {
+                    Some(why) if e.is_redirect() => O::GenericError(Some(why)),
+                    _ => O::RequestError(e),
+                }
+            }
+            e => e,
         }
     }
 
@@ -435,9 +513,65 @@ impl From<OciDistributionError> for ManifestFetch {
     }
 }
 
+/// How long a read from a registry may stall before the transfer fails.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A client builder with the redirect policy and, under an address policy, its resolver.
+fn client_builder(opts: &RegistryOptions) -> reqwest::ClientBuilder {
+    let b = reqwest::Client::builder();
+    match &opts.destinations {
+        Some(p) => b.redirect(p.redirect_policy()).dns_resolver(p.resolver()),
+        None => b.redirect(destination::redirect_policy()),
+    }
+}
+
+/// The check of a Bearer challenge's realm: HTTPS unless the registry itself is reached over
+/// plain HTTP by the user's or the operator's choice, and the address policy if any.
+fn realm_check(registry: &str, opts: &RegistryOptions) -> oci_client::client::RealmCheckFn {
+    let registry = registry.to_string();
+    let insecure_ok = !opts.tls_verify;
+    let policy = opts.destinations.clone();
+    Arc::new(move |realm: &str| {
+        let url = reqwest::Url::parse(realm)
+            .map_err(|e| format!("the token service URL of {registry} is not valid: {e}"))?;
+        let refuse = |why: String| format!("token service of {registry}: {why}");
+        match url.scheme() {
+            "https" => {}
+            "http" if insecure_ok => {}
+            _ => {
+                return Err(refuse(format!(
+                    "{}://{} is not HTTPS and {registry} is not an insecure registry",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default()
+                )))
+            }
+        }
+        match &policy {
+            Some(p) => p.check_url(&url).map_err(refuse),
+            None => Ok(()),
+        }
+    })
+}
+
+/// At most 200 characters of a response body, escaped so that it cannot forge log lines or
+/// terminal output.
+fn excerpt(body: &str) -> String {
+    let mut out: String = body
+        .trim()
+        .chars()
+        .take(200)
+        .flat_map(char::escape_debug)
+        .collect();
+    if body.trim().chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
 /// Whether `host[:port]` completes a TLS handshake (used only with `--tls-verify=false`).
-async fn speaks_tls(registry: &str) -> bool {
-    let Ok(client) = reqwest::Client::builder()
+async fn speaks_tls(registry: &str, opts: &RegistryOptions) -> bool {
+    let Ok(client) = client_builder(opts)
+        .redirect(reqwest::redirect::Policy::none())
         .danger_accept_invalid_certs(true)
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(10))

@@ -35,10 +35,12 @@ pub struct Settings {
     pub nitro_kernel: Option<PathBuf>,
     pub nitro_blobs: Option<PathBuf>,
     pub insecure_registry: Option<Vec<String>>,
+    pub allow_private_registry: Option<Vec<String>>,
     pub registry_ca: Option<PathBuf>,
     pub launcher: Option<PathBuf>,
     pub sgx_signing_key: Option<String>,
     pub job_lease_seconds: Option<u64>,
+    pub job_timeout_seconds: Option<u64>,
     pub job_max_attempts: Option<u32>,
     pub max_jobs_per_account: Option<u32>,
     pub max_running_jobs_per_account: Option<u32>,
@@ -74,10 +76,12 @@ impl Settings {
             nitro_kernel: self.nitro_kernel.or(other.nitro_kernel),
             nitro_blobs: self.nitro_blobs.or(other.nitro_blobs),
             insecure_registry: self.insecure_registry.or(other.insecure_registry),
+            allow_private_registry: self.allow_private_registry.or(other.allow_private_registry),
             registry_ca: self.registry_ca.or(other.registry_ca),
             launcher: self.launcher.or(other.launcher),
             sgx_signing_key: self.sgx_signing_key.or(other.sgx_signing_key),
             job_lease_seconds: self.job_lease_seconds.or(other.job_lease_seconds),
+            job_timeout_seconds: self.job_timeout_seconds.or(other.job_timeout_seconds),
             job_max_attempts: self.job_max_attempts.or(other.job_max_attempts),
             max_jobs_per_account: self.max_jobs_per_account.or(other.max_jobs_per_account),
             max_running_jobs_per_account: self
@@ -141,6 +145,10 @@ pub struct JobSettings {
     pub nitro_blobs: Option<PathBuf>,
     /// Registries reached over plain HTTP (HOST:PORT, docker's rule); all others need TLS.
     pub insecure_registries: Vec<String>,
+    /// Registries (HOST:PORT) jobs may reach at an internal address (loopback, private,
+    /// link-local…); every other internal destination is refused, redirects and token
+    /// services included. The insecure registries are allowed too.
+    pub private_registries: Vec<String>,
     /// A CA certificate (PEM) trusted for registries, besides the system roots.
     pub registry_ca: Option<PathBuf>,
     /// The static launcher shipped in converted images (default: as `cloak convert` finds it).
@@ -150,6 +158,8 @@ pub struct JobSettings {
     pub sgx_signing_key: Option<String>,
     /// How long a worker's claim on a job lasts without renewal, in milliseconds.
     pub lease_ms: i64,
+    /// How long one attempt of a job may run before it is FAILED.
+    pub timeout: std::time::Duration,
     /// Attempts of a job before it fails (a worker that died, a transient registry error).
     pub max_attempts: i64,
     /// QUEUED + RUNNING jobs an account may have; more are refused with 429.
@@ -167,10 +177,12 @@ impl Default for JobSettings {
             nitro_kernel: None,
             nitro_blobs: None,
             insecure_registries: Vec::new(),
+            private_registries: Vec::new(),
             registry_ca: None,
             launcher: None,
             sgx_signing_key: None,
             lease_ms: 30_000,
+            timeout: std::time::Duration::from_secs(2 * 3600),
             max_attempts: 3,
             max_jobs_per_account: 50,
             max_running_per_account: 4,
@@ -274,6 +286,12 @@ impl Config {
                         "job-lease-seconds must be between 1 and 3600".into(),
                     ));
                 }
+                let timeout = s.job_timeout_seconds.unwrap_or(2 * 3600);
+                if !(1..=7 * 24 * 3600).contains(&timeout) {
+                    return Err(Error::Config(
+                        "job-timeout-seconds must be between 1 and 604800 (a week)".into(),
+                    ));
+                }
                 let attempts = s.job_max_attempts.unwrap_or(3);
                 if !(1..=100).contains(&attempts) {
                     return Err(Error::Config(
@@ -285,10 +303,12 @@ impl Config {
                     nitro_kernel: s.nitro_kernel,
                     nitro_blobs: s.nitro_blobs,
                     insecure_registries: s.insecure_registry.unwrap_or_default(),
+                    private_registries: s.allow_private_registry.unwrap_or_default(),
                     registry_ca: s.registry_ca,
                     launcher: s.launcher,
                     sgx_signing_key: s.sgx_signing_key,
                     lease_ms: lease as i64 * 1000,
+                    timeout: std::time::Duration::from_secs(timeout),
                     max_attempts: i64::from(attempts),
                     max_jobs_per_account: s
                         .max_jobs_per_account

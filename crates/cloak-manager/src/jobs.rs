@@ -62,10 +62,21 @@ pub struct Spec {
 }
 
 /// The request's credentials (sealed in the job row while it lives).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Creds {
     pub input: Option<(String, String)>,
     pub output: Option<(String, String)>,
+}
+
+/// Masks the passwords: a [`Claim`] (which derives `Debug`) holds these.
+impl std::fmt::Debug for Creds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |c: &Option<(String, String)>| c.as_ref().map(|(u, _)| (u.clone(), MASK));
+        f.debug_struct("Creds")
+            .field("input", &masked(&self.input))
+            .field("output", &masked(&self.output))
+            .finish()
+    }
 }
 
 fn pair(a: &Option<ConvertAuthConfig>) -> Option<(String, String)> {
@@ -386,23 +397,6 @@ pub async fn submit(state: &State, p: &Principal, request: Submission) -> Result
     }
     let (spec, creds) = validate(state, p, &request.request).await?;
     let js = &state.config.jobs;
-    let active: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM jobs WHERE account_id = $1 AND state IN ('QUEUED', 'RUNNING')",
-    )
-    .bind(&p.account_id)
-    .fetch_one(state.db.reader())
-    .await?;
-    if active >= js.max_jobs_per_account {
-        return Err(Error::RateLimited {
-            detail: format!(
-                "this account has {active} conversion jobs queued or running, the most this \
-                 manager accepts ({}); wait for some to end (GET /v1/jobs?state=RUNNING) or \
-                 cancel some",
-                js.max_jobs_per_account
-            ),
-            retry_after: 10,
-        });
-    }
     let job_id = uuid::Uuid::new_v4().to_string();
     let sealed = (creds.input.is_some() || creds.output.is_some()).then(|| {
         state.master().seal(
@@ -419,6 +413,32 @@ pub async fn submit(state: &State, p: &Principal, request: Submission) -> Result
     };
     let now = crate::now_ms();
     let mut tx = state.db.begin().await?;
+    // Counted and inserted in one transaction with the account's row locked (SQLite's single
+    // writer serialises the same), so parallel submissions cannot all pass the limit.
+    sqlx::query(&format!(
+        "SELECT account_id FROM accounts WHERE account_id = $1{}",
+        state.db.for_update()
+    ))
+    .bind(&p.account_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let active: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE account_id = $1 AND state IN ('QUEUED', 'RUNNING')",
+    )
+    .bind(&p.account_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if active >= js.max_jobs_per_account {
+        return Err(Error::RateLimited {
+            detail: format!(
+                "this account has {active} conversion jobs queued or running, the most this \
+                 manager accepts ({}); wait for some to end (GET /v1/jobs?state=RUNNING) or \
+                 cancel some",
+                js.max_jobs_per_account
+            ),
+            retry_after: 10,
+        });
+    }
     let inserted = sqlx::query(
         "INSERT INTO jobs (job_id, account_id, app_id, target, state, bytes_done, attempts, \
          max_attempts, request, credentials, requester, idempotency_key, cancel_requested, \
@@ -1111,6 +1131,32 @@ pub async fn reseal_all(db: &crate::store::Db, keys: &crate::secrets::MasterKey)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_of_submissions_and_credentials_masks_the_passwords() {
+        let pw = "Pa55word-that-must-not-be-logged";
+        let auth = Some(ConvertAuthConfig {
+            username: "u".into(),
+            password: Some(pw.into()),
+        });
+        let submission = Submission {
+            request: ConvertRequest::Sgx(ConvertImageRequest {
+                input_auth_config: auth.clone(),
+                output_auth_config: auth.clone(),
+                auth_config: auth,
+                ..Default::default()
+            }),
+            idempotency_key: None,
+        };
+        let creds = Creds {
+            input: Some(("u".into(), pw.into())),
+            output: Some(("v".into(), pw.into())),
+        };
+        for shown in [format!("{submission:?}"), format!("{creds:?}")] {
+            assert!(!shown.contains(pw), "{shown}");
+            assert!(shown.contains(MASK), "{shown}");
+        }
+    }
 
     #[test]
     fn repositories_drop_the_tag_and_digest_but_not_the_port() {

@@ -9,12 +9,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloak_convert::nitro::NitroRequest;
 use cloak_convert::sgx::SgxRequest;
 use cloak_image::auth::{AuthLookup, Credentials, Secret};
 use cloak_image::copy::{BlobAction, Progress};
+use cloak_image::destination::DestinationPolicy;
 use cloak_image::{Digest, ImageRef, RegistryOptions};
 use serde_json::{json, Value};
 
@@ -37,9 +38,25 @@ pub struct JobProgress {
     total: AtomicU64,
     /// Size and bytes advanced of each blob in flight.
     blobs: Mutex<std::collections::HashMap<Digest, (u64, u64)>>,
+    /// When the lease, as last renewed, stops being safely ours (the lease less a margin);
+    /// past it the conversion is cancelled even if no heartbeat could say so.
+    lease_deadline: Mutex<Option<Instant>>,
 }
 
 impl JobProgress {
+    /// Records a successful renewal made at `at` (taken before the request was sent).
+    fn renewed(&self, at: Instant, safe_for: Duration) {
+        *self.lease_deadline.lock().expect("progress lock") = Some(at + safe_for);
+    }
+
+    /// Whether the lease may have lapsed: the last renewal is older than the safe period.
+    fn lease_lapsed(&self) -> bool {
+        self.lease_deadline
+            .lock()
+            .expect("progress lock")
+            .is_some_and(|d| Instant::now() >= d)
+    }
+
     /// The stage running now.
     pub fn stage(&self) -> Option<String> {
         self.stage.lock().expect("progress lock").clone()
@@ -70,7 +87,7 @@ impl Progress for JobProgress {
         *self.stage.lock().expect("progress lock") = Some(name.to_string());
     }
     fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        self.cancel.load(Ordering::SeqCst) || self.lease_lapsed()
     }
 }
 
@@ -81,14 +98,18 @@ pub fn spawn(state: State, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
         .unwrap_or_else(|_| "worker".into());
     (0..n)
         .map(|i| {
-            let owner = format!(
-                "{host}/{}/{i}/{}",
-                std::process::id(),
-                &uuid::Uuid::new_v4().to_string()[..8]
-            );
+            // The id is what job attempts show to tenants: opaque, so that it tells nothing of
+            // the manager's hosts and processes. The operator's log maps it to them.
+            let owner = worker_id();
+            tracing::info!(worker = %owner, host = %host, pid = std::process::id(), index = i, "worker id assigned");
             tokio::spawn(run(state.clone(), owner))
         })
         .collect()
+}
+
+/// A random, opaque worker id (`w-` and 16 hex digits).
+fn worker_id() -> String {
+    format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
 /// One worker's loop: claim, run, repeat; wait a moment when the queue is empty.
@@ -122,6 +143,11 @@ enum Produced {
 async fn run_job(state: &State, c: Claim) -> Result<()> {
     tracing::info!(job = %c.job_id, attempt = c.attempt, target = c.spec.target.as_str(), "conversion started");
     let progress = Arc::new(JobProgress::default());
+    // The claim was the first renewal; a worker that cannot renew stops before the lease ends
+    // (another worker may own the job by then), with a margin for the last push in flight.
+    let lease = Duration::from_millis(state.config.jobs.lease_ms as u64);
+    let safe_for = lease - (lease / 4).min(Duration::from_secs(5));
+    progress.renewed(Instant::now(), safe_for);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let plan = prepare(state, &c, progress.clone()).await;
@@ -163,12 +189,30 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     let mut tick = tokio::time::interval(every);
     let mut stop_tx = Some(stop_tx);
     let mut stopped: Option<Heartbeat> = None;
+    let time_limit = state.config.jobs.timeout;
+    let over_time = tokio::time::sleep(time_limit);
+    tokio::pin!(over_time);
+    let mut timed_out = false;
     let outcome = loop {
         tokio::select! {
             r = &mut done_rx => break r.ok().flatten(),
+            _ = &mut over_time, if !timed_out && stopped.is_none() => {
+                tracing::warn!(job = %c.job_id, limit_s = time_limit.as_secs(), "the conversion ran out of time: stopping it");
+                timed_out = true;
+                progress.cancel.store(true, Ordering::SeqCst);
+                if let Some(s) = stop_tx.take() { let _ = s.send(()); }
+            }
             _ = tick.tick() => {
                 if stopped.is_some() { continue; }
+                if progress.lease_lapsed() {
+                    tracing::warn!(job = %c.job_id, "the lease could not be renewed in time: stopping the conversion");
+                    stopped = Some(Heartbeat::Lost);
+                    progress.cancel.store(true, Ordering::SeqCst);
+                    if let Some(s) = stop_tx.take() { let _ = s.send(()); }
+                    continue;
+                }
                 let total = progress.total.load(Ordering::Relaxed);
+                let sent_at = Instant::now();
                 let hb = jobs::heartbeat(
                     state,
                     &c,
@@ -177,7 +221,7 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                     (total > 0).then_some(total as i64),
                 ).await;
                 match hb {
-                    Ok(Heartbeat::Continue) => {}
+                    Ok(Heartbeat::Continue) => progress.renewed(sent_at, safe_for),
                     Ok(h) => {
                         tracing::info!(job = %c.job_id, reason = ?h, "stopping the conversion");
                         stopped = Some(h);
@@ -206,6 +250,16 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     match (stopped, outcome) {
         (Some(Heartbeat::Lost), _) => {
             tracing::warn!(job = %c.job_id, attempt = c.attempt, "lease lost: another worker owns the job now");
+        }
+        (None, None | Some(Err(_))) if timed_out => {
+            let stage = stage.unwrap_or_else(|| "resolve".into());
+            let msg = format!(
+                "the conversion did not finish within the manager's time limit of {} s \
+                 (the operator's --job-timeout-seconds); nothing was pushed under the output \
+                 tag. Try a smaller image, or ask the operator for a longer limit",
+                time_limit.as_secs()
+            );
+            jobs::fail(state, &c, &stage, &msg, false).await?;
         }
         // Finished before the cancellation was seen: the image is complete and tagged, so
         // the job is what it is, SUCCEEDED.
@@ -249,6 +303,7 @@ fn describe(e: &cloak_convert::Error) -> (String, bool) {
             ),
             false,
         ),
+        cloak_convert::Error::Image(I::Destination { .. }) => (e.to_string(), false),
         cloak_convert::Error::Image(I::Registry { .. } | I::Stream { .. }) => {
             (format!("{e:#}"), true)
         }
@@ -284,23 +339,52 @@ async fn registry_options(
     image: &ImageRef,
     given: &Option<(String, String)>,
 ) -> Result<RegistryOptions> {
-    let js = &state.config.jobs;
     let host = image.registry().unwrap_or_default().to_string();
     let creds = match given {
         Some(pair) => Some(pair.clone()),
         None => registry::credential_for_host(state, &c.principal.account_id, &host).await?,
     };
+    let mut opts = operator_options(&state.config.jobs, &host, &[])?;
+    opts.creds = creds.map(|(username, password)| Credentials::Basic {
+        username,
+        password: Secret::new(password),
+    });
+    Ok(opts)
+}
+
+/// The settings of the operator's `--sgx-runtime-image`: built for its own host (TLS per the
+/// insecure list, the operator's CA), without any tenant's credentials; the operator chose the
+/// host, so it may be internal.
+fn runtime_options(js: &JobSettings, image: &ImageRef) -> Result<RegistryOptions> {
+    let host = image.registry().unwrap_or_default().to_string();
+    operator_options(js, &host, std::slice::from_ref(&host))
+}
+
+/// Settings for `host` under the operator's config, without credentials; `also_allowed` are
+/// registries the operator chose besides `--allow-private-registry`.
+fn operator_options(
+    js: &JobSettings,
+    host: &str,
+    also_allowed: &[String],
+) -> Result<RegistryOptions> {
     Ok(RegistryOptions {
-        tls_verify: !js.insecure_registries.iter().any(|h| h == &host),
+        tls_verify: !js.insecure_registries.iter().any(|h| h == host),
         cert_dir: ca_dir(js)?,
-        creds: creds.map(|(username, password)| Credentials::Basic {
-            username,
-            password: Secret::new(password),
-        }),
+        creds: None,
         auth: AuthLookup {
             files: Vec::new(),
             helper_path: Some(std::ffi::OsString::new()),
         },
+        destinations: Some(Arc::new(DestinationPolicy::new(
+            js.private_registries
+                .iter()
+                .chain(also_allowed)
+                .filter(|h| !h.is_empty())
+                .cloned(),
+            js.insecure_registries.iter().cloned(),
+        ))),
+        // Job errors go back to the tenant: a redirect target's body must not.
+        quote_bodies: false,
     })
 }
 
@@ -312,9 +396,17 @@ fn ca_dir(js: &JobSettings) -> Result<Option<PathBuf>> {
         let Some(ca) = &js.registry_ca else {
             return Ok(None);
         };
-        let dir = std::env::temp_dir().join(format!("cloak-registry-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::copy(ca, dir.join("registry-ca.crt")))
+        // A fresh directory of a random name, 0700: a name known in advance in the shared
+        // temporary directory could be created first by another user, with their CA in it.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("cloak-registry-ca-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .and_then(|d| {
+                std::fs::copy(ca, d.path().join("registry-ca.crt"))?;
+                Ok(d.keep())
+            })
             .map_err(|e| format!("--registry-ca {}: {e}", ca.display()))?;
         Ok(Some(dir))
     })
@@ -380,11 +472,13 @@ async fn prepare(
                 .map_err(|e: cloak_image::Error| {
                     ("resolve", format!("--sgx-runtime-image: {e}"))
                 })?;
+            let runtime_options = runtime_options(js, &runtime_image).map_err(internal)?;
             Ok(Plan::Sgx(Box::new(SgxRequest {
                 input,
                 output,
                 runtime_image,
                 source_options: src,
+                runtime_options: Some(runtime_options),
                 dest_options: dst,
                 launcher,
                 options: c.spec.sgx.clone().unwrap_or_default(),
@@ -554,5 +648,56 @@ fn register_as(c: &Claim, produced: Produced) -> Result<(NewBuild, Option<Value>
                 None,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_ca_is_copied_to_a_private_directory_of_a_random_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = tmp.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let js = JobSettings {
+            registry_ca: Some(ca),
+            ..Default::default()
+        };
+        let dir = ca_dir(&js).unwrap().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert_ne!(name, format!("cloak-registry-ca-{}", std::process::id()));
+        assert!(dir.join("registry-ca.crt").is_file());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn worker_ids_name_no_host_or_process() {
+        let id = worker_id();
+        let hex = id.strip_prefix("w-").unwrap_or_else(|| panic!("{id}"));
+        assert!(
+            hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_ne!(id, worker_id());
+    }
+
+    #[test]
+    fn a_lapsed_lease_cancels_the_conversion_without_a_heartbeat() {
+        let p = JobProgress::default();
+        assert!(!p.cancelled(), "no lease recorded yet");
+        p.renewed(Instant::now(), Duration::from_secs(60));
+        assert!(!p.cancelled());
+        p.renewed(
+            Instant::now() - Duration::from_secs(2),
+            Duration::from_secs(1),
+        );
+        assert!(
+            p.cancelled(),
+            "the last renewal is older than the safe period"
+        );
     }
 }

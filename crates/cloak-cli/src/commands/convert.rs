@@ -486,6 +486,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 output: output.clone(),
                 runtime_image,
                 source_options: src_opts,
+                runtime_options: None,
                 dest_options: dst_opts,
                 launcher: args
                     .launcher

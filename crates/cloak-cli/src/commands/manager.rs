@@ -250,6 +250,11 @@ struct JobArgs {
     /// A registry reached over plain HTTP, HOST:PORT (repeatable; every other needs TLS).
     #[arg(long, value_name = "HOST:PORT")]
     insecure_registry: Vec<String>,
+    /// A registry jobs may reach although it resolves to an internal address (loopback,
+    /// private, link-local, CGNAT, ULA), HOST:PORT (repeatable; every other internal address
+    /// is refused, redirects and token services included).
+    #[arg(long, value_name = "HOST:PORT")]
+    allow_private_registry: Vec<String>,
     /// A CA certificate (PEM) trusted for registries besides the system roots.
     #[arg(long, value_name = "FILE", env = "CLOAK_MANAGER_REGISTRY_CA")]
     registry_ca: Option<PathBuf>,
@@ -260,6 +265,9 @@ struct JobArgs {
     /// again after it).
     #[arg(long, value_name = "SECONDS")]
     job_lease_seconds: Option<u64>,
+    /// Seconds one attempt of a conversion may run before it is FAILED (default 7200).
+    #[arg(long, value_name = "SECONDS")]
+    job_timeout_seconds: Option<u64>,
     /// Attempts of a job before it fails.
     #[arg(long, value_name = "N")]
     job_max_attempts: Option<u32>,
@@ -280,9 +288,12 @@ impl JobArgs {
             nitro_blobs: self.nitro_blobs.clone(),
             insecure_registry: (!self.insecure_registry.is_empty())
                 .then(|| self.insecure_registry.clone()),
+            allow_private_registry: (!self.allow_private_registry.is_empty())
+                .then(|| self.allow_private_registry.clone()),
             registry_ca: self.registry_ca.clone(),
             launcher: self.launcher.clone(),
             job_lease_seconds: self.job_lease_seconds,
+            job_timeout_seconds: self.job_timeout_seconds,
             job_max_attempts: self.job_max_attempts,
             max_jobs_per_account: self.max_jobs_per_account,
             max_running_jobs_per_account: self.max_running_jobs_per_account,

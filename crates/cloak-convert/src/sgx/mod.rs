@@ -42,8 +42,11 @@ pub struct SgxRequest {
     pub output: ImageRef,
     /// Image with Gramine installed under [`runtime::GRAMINE_DIR`].
     pub runtime_image: ImageRef,
-    /// Registry settings for the input and the runtime image.
+    /// Registry settings for the input (and the runtime image unless `runtime_options`).
     pub source_options: RegistryOptions,
+    /// Registry settings for the runtime image when it is not the input's party's (the
+    /// manager: the operator's image, never reached with the tenant's credentials).
+    pub runtime_options: Option<RegistryOptions>,
     /// Registry settings for the output.
     pub dest_options: RegistryOptions,
     /// The static launcher binary to ship.
@@ -300,7 +303,8 @@ async fn resolve_stage(req: &mut SgxRequest) -> Result<Resolved> {
             allow_cmdline_args: o.allow_cmdline_args.unwrap_or(false),
         },
     )?;
-    let rt_src = Source::open(&req.runtime_image, &req.source_options).await?;
+    let rt_opts = req.runtime_options.as_ref().unwrap_or(&req.source_options);
+    let rt_src = Source::open(&req.runtime_image, rt_opts).await?;
     let rt_image = resolve(&rt_src, &PlatformSpec::default()).await?;
     let work = tempfile::tempdir()
         .map_err(|e| Error::Options(format!("cannot create a temporary directory: {e}")))?;
