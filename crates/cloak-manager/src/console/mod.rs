@@ -383,9 +383,17 @@ pub fn see_other(path: &str) -> Response {
     Redirect::to(path).into_response()
 }
 
-/// Where to go after signing in: only a path of this site.
+/// Where to go after signing in: only a path of this site. Browsers drop tabs and newlines
+/// and read a backslash as `/` when they parse a URL, so `/\t/evil.example` would leave the site: any
+/// control character, whitespace or backslash, and a second leading `/`, make it `/`.
 fn local_path(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.starts_with("/\\") {
+    let mut chars = next.chars();
+    let safe = chars.next() == Some('/')
+        && !matches!(chars.next(), Some('/'))
+        && !next
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\');
+    if safe {
         next
     } else {
         "/"
@@ -395,6 +403,27 @@ fn local_path(next: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_paths_of_this_site_are_followed_after_sign_in() {
+        for ok in ["/", "/builds?status=PENDING", "/tasks/abc"] {
+            assert_eq!(local_path(ok), ok);
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+            "/a\\b",
+            "https://evil.example",
+            "evil.example",
+            "",
+            "/\r\n/x",
+        ] {
+            assert_eq!(local_path(bad), "/", "{bad:?}");
+        }
+    }
 
     #[test]
     fn every_nav_and_action_operation_exists_in_the_route_table() {
