@@ -324,6 +324,10 @@ pub fn openapi() -> Value {
         } else if r.op_id == "authenticateUser" {
             // Public, but it checks the Basic credentials it is sent.
             errors.push(401);
+        } else if r.op_id == "getRuntimeApplicationConfig" {
+            // No bearer token: a client certificate authenticates it (401 without one, 403 for a
+            // build that is no longer whitelisted).
+            errors.extend([401, 403]);
         }
         if r.method != "get" {
             errors.push(409);
