@@ -233,7 +233,7 @@ async fn write_new_parts(
         dst.put_blob(&config_desc, Box::new(std::io::Cursor::new(config_bytes)))
             .await?;
     }
-    if progress.cancelled() {
+    if !progress.may_commit() {
         return Err(Error::Cancelled {
             what: dst.describe(),
         });

@@ -40,6 +40,13 @@ pub trait Progress: Send + Sync {
     fn cancelled(&self) -> bool {
         false
     }
+    /// Asked once, right before a manifest is written: whether the image may get its tag.
+    /// The default is `!cancelled()`; a caller whose cancellations live elsewhere (the
+    /// manager's database) looks there, so that a cancel acknowledged before this point
+    /// always wins over the tag.
+    fn may_commit(&self) -> bool {
+        !self.cancelled()
+    }
 }
 
 /// Progress that reports nothing.

@@ -1,5 +1,5 @@
-//! The read cache of `GET /v1/builds/{id}`: builds as last read from the database, dropped
-//! whole whenever anything is written.
+//! The read cache of `GET /v1/builds/{id}`: response bodies of builds as last read from the
+//! database, dropped whole whenever anything is written.
 //!
 //! Correctness rests on three rules:
 //! - every write transaction (`Db::begin`) marks itself in flight and, when it ends (commit,
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 /// Entries kept at most (about 2 KiB each); when full, the cache starts over.
 const MAX_ENTRIES: usize = 16_384;
 
-/// Keyed by (account, id); `V` is `cloak_api::Build` in the service.
+/// Keyed by (account, id); `V` is the build's JSON body in the service.
 #[derive(Debug)]
 pub struct ReadCache<V> {
     builds: Mutex<HashMap<(String, String), Arc<V>>>,

@@ -659,7 +659,9 @@ pub async fn attempts(state: &State, p: &Principal, id: &str) -> Result<Vec<JobA
 }
 
 /// Cancels a job: a QUEUED one at once, a RUNNING one as soon as its worker sees the request
-/// (at its next heartbeat; the work stops before its manifest is pushed, so no tag appears).
+/// (at its next heartbeat, and at the latest in the check the worker makes right before the
+/// manifest is written: a RUNNING job cancelled before that point never gets its tag; one
+/// cancelled after it ends SUCCEEDED).
 pub async fn cancel(state: &State, p: &Principal, id: &str) -> Result<Job> {
     let mut tx = state.db.begin().await?;
     let st: Option<String> = sqlx::query_scalar(&format!(

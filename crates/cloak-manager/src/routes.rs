@@ -593,8 +593,9 @@ async fn create_build(
     Ok(created(builds::register(&state, &p, nb).await?))
 }
 
-async fn get_build(S(state): S<State>, p: Principal, Path(b): Path<String>) -> Result<Json<Build>> {
-    Ok(Json(builds::get(&state, &p, &id("build_id", &b)?).await?))
+async fn get_build(S(state): S<State>, p: Principal, Path(b): Path<String>) -> Result<Response> {
+    let body = builds::get_json(&state, &p, &id("build_id", &b)?).await?;
+    Ok(([(http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn update_build(

@@ -47,7 +47,7 @@ fn pragmas(
 pub struct Tx {
     inner: sqlx::Transaction<'static, sqlx::Any>,
     notify: bool,
-    _mark: WriteMark<cloak_api::Build>,
+    _mark: WriteMark<axum::body::Bytes>,
 }
 
 /// The channel on which every PostgreSQL write transaction notifies the replicas' read caches.
@@ -91,7 +91,7 @@ pub struct Db {
     /// The key of the audit chain's HMACs (kept outside the database).
     audit_key: std::sync::Arc<[u8; 32]>,
     /// `GET /v1/builds/{id}`'s cache (see cache.rs); off until `start_read_cache`.
-    pub(crate) cache: std::sync::Arc<ReadCache<cloak_api::Build>>,
+    pub(crate) cache: std::sync::Arc<ReadCache<axum::body::Bytes>>,
 }
 
 /// Pool sizes: with N replicas and W workers on one PostgreSQL, keep
@@ -365,7 +365,7 @@ impl Db {
 }
 
 /// Empties `cache` at every write notification; returns when the listener's connection is lost.
-async fn follow_writes(url: &str, cache: &ReadCache<cloak_api::Build>) {
+async fn follow_writes(url: &str, cache: &ReadCache<axum::body::Bytes>) {
     let mut listener = match sqlx::postgres::PgListener::connect(url).await {
         Ok(l) => l,
         Err(e) => {

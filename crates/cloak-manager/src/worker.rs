@@ -41,6 +41,9 @@ pub struct JobProgress {
     /// When the lease, as last renewed, stops being safely ours (the lease less a margin);
     /// past it the conversion is cancelled even if no heartbeat could say so.
     lease_deadline: Mutex<Option<Instant>>,
+    /// Where the conversion asks, right before its manifest is written, whether the job may
+    /// still get its tag (answered by the job's loop from the database).
+    gate: Mutex<Option<tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::SyncSender<bool>>>>,
 }
 
 impl JobProgress {
@@ -89,7 +92,26 @@ impl Progress for JobProgress {
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst) || self.lease_lapsed()
     }
+    /// A cancel request seen only at the next heartbeat would lose the race against a short
+    /// job: the database is asked once more here, so that a cancel acknowledged before the
+    /// manifest is written always keeps the tag away.
+    fn may_commit(&self) -> bool {
+        if self.cancelled() {
+            return false;
+        }
+        let gate = self.gate.lock().expect("progress lock").clone();
+        let Some(gate) = gate else { return true };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if gate.send(tx).is_err() {
+            return false;
+        }
+        rx.recv_timeout(GATE_WAIT).unwrap_or(false)
+    }
 }
+
+/// How long the pre-commit check may wait for the job's loop (a slow database): past it the
+/// manifest is not written and the attempt ends as its lease says.
+const GATE_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `n` workers until the process ends.
 pub fn spawn(state: State, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
@@ -150,6 +172,8 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     progress.renewed(Instant::now(), safe_for);
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (gate_tx, mut gate_rx) = tokio::sync::mpsc::unbounded_channel();
+    *progress.gate.lock().expect("progress lock") = Some(gate_tx);
     let plan = prepare(state, &c, progress.clone()).await;
     let plan = match plan {
         Ok(p) => p,
@@ -196,6 +220,31 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     let outcome = loop {
         tokio::select! {
             r = &mut done_rx => break r.ok().flatten(),
+            Some(reply) = gate_rx.recv() => {
+                // The pre-commit check: a heartbeat now (lease and cancel request in one).
+                if stopped.is_some() {
+                    let _ = reply.send(false);
+                    continue;
+                }
+                let sent_at = Instant::now();
+                match beat(state, &c, &progress).await {
+                    Ok(Heartbeat::Continue) => {
+                        progress.renewed(sent_at, safe_for);
+                        let _ = reply.send(true);
+                    }
+                    Ok(h) => {
+                        tracing::info!(job = %c.job_id, reason = ?h, "stopping the conversion before its manifest");
+                        stopped = Some(h);
+                        progress.cancel.store(true, Ordering::SeqCst);
+                        let _ = reply.send(false);
+                    }
+                    Err(e) => {
+                        // As before the check existed: the lease's own deadline decides.
+                        tracing::warn!(job = %c.job_id, error = %e, "the pre-commit check failed");
+                        let _ = reply.send(!progress.cancelled());
+                    }
+                }
+            }
             _ = &mut over_time, if !timed_out && stopped.is_none() => {
                 tracing::warn!(job = %c.job_id, limit_s = time_limit.as_secs(), "the conversion ran out of time: stopping it");
                 timed_out = true;
@@ -211,16 +260,8 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                     if let Some(s) = stop_tx.take() { let _ = s.send(()); }
                     continue;
                 }
-                let total = progress.total.load(Ordering::Relaxed);
                 let sent_at = Instant::now();
-                let hb = jobs::heartbeat(
-                    state,
-                    &c,
-                    progress.stage().as_deref(),
-                    progress.done.load(Ordering::Relaxed) as i64,
-                    (total > 0).then_some(total as i64),
-                ).await;
-                match hb {
+                match beat(state, &c, &progress).await {
                     Ok(Heartbeat::Continue) => progress.renewed(sent_at, safe_for),
                     Ok(h) => {
                         tracing::info!(job = %c.job_id, reason = ?h, "stopping the conversion");
@@ -237,15 +278,7 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
     let stage = progress.stage();
     if stopped.is_none() {
         // The last progress (a short job ends before its first heartbeat sees bytes).
-        let total = progress.total.load(Ordering::Relaxed);
-        let _ = jobs::heartbeat(
-            state,
-            &c,
-            stage.as_deref(),
-            progress.done.load(Ordering::Relaxed) as i64,
-            (total > 0).then_some(total as i64),
-        )
-        .await;
+        let _ = beat(state, &c, &progress).await;
     }
     match (stopped, outcome) {
         (Some(Heartbeat::Lost), _) => {
@@ -261,7 +294,7 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
             );
             jobs::fail(state, &c, &stage, &msg, false).await?;
         }
-        // Finished before the cancellation was seen: the image is complete and tagged, so
+        // Cancelled after the pre-commit check passed: the image is complete and tagged, so
         // the job is what it is, SUCCEEDED.
         (_, Some(Ok(produced))) => {
             let (nb, result) = register_as(&c, produced)?;
@@ -289,6 +322,19 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Renews the lease with the job's progress; answers whether to go on.
+async fn beat(state: &State, c: &Claim, progress: &JobProgress) -> Result<Heartbeat> {
+    let total = progress.total.load(Ordering::Relaxed);
+    jobs::heartbeat(
+        state,
+        c,
+        progress.stage().as_deref(),
+        progress.done.load(Ordering::Relaxed) as i64,
+        (total > 0).then_some(total as i64),
+    )
+    .await
 }
 
 /// The error's message (the pipeline's, which names the image, the registry and the fix) and
@@ -699,5 +745,26 @@ mod tests {
             p.cancelled(),
             "the last renewal is older than the safe period"
         );
+    }
+
+    #[test]
+    fn the_manifest_is_written_only_when_the_jobs_loop_says_so() {
+        let p = JobProgress::default();
+        assert!(p.may_commit(), "no gate: the local flags decide");
+        for answer in [true, false] {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            *p.gate.lock().unwrap() = Some(tx);
+            let job_loop = std::thread::spawn(move || {
+                let reply: std::sync::mpsc::SyncSender<bool> = rx.blocking_recv().expect("asked");
+                reply.send(answer).unwrap();
+            });
+            assert_eq!(p.may_commit(), answer);
+            job_loop.join().unwrap();
+        }
+        // The last loop has ended (its receiver dropped): nobody would register the build.
+        assert!(!p.may_commit());
+        let p = JobProgress::default();
+        p.cancel.store(true, Ordering::SeqCst);
+        assert!(!p.may_commit(), "a cancel seen locally needs no question");
     }
 }

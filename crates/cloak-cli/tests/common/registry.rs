@@ -193,6 +193,17 @@ impl Registry {
     }
 
     /// Kill the process (SIGKILL), as a crash would.
+    /// Sends `sig` (`-STOP`, `-CONT`…) to the registry process: a frozen registry accepts
+    /// connections (the kernel's backlog) and answers nothing.
+    pub fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("the registry is running");
+        let st = std::process::Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(st.success(), "kill {sig} the registry");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
