@@ -542,6 +542,8 @@ fn every_route_enforces_its_role_and_the_account(backend: Backend) {
 
 fn secrets_appear_in_no_response_log_or_database(backend: Backend) {
     const REG_PASSWORD: &str = "Registry-Secret-Test-9f2c";
+    const APP_SECRET: &str = "App-Config-Secret-7d1e";
+    const APP_TOKEN: &str = "App-Config-Token-c40b";
     let m = Manager::start(backend);
     let admin = m.admin();
     let mut bodies = String::new();
@@ -574,6 +576,32 @@ fn secrets_appear_in_no_response_log_or_database(backend: Backend) {
         .post("/v1/builds", &ccm_build(&app.app_id, "k1", 0x71))
         .unwrap();
     bodies.push_str(&build.to_string());
+    // App configs: written, listed, read, changed; their values are write-only.
+    let cfg: Value = admin
+        .post(
+            "/v1/app_configs",
+            &json!({"name": "db", "app_id": app.app_id,
+                    "app_config": {"/etc/app/db.conf": {"contents": format!("password={APP_SECRET}\n")},
+                                   "env:DB_TOKEN": {"contents": APP_TOKEN}}}),
+        )
+        .unwrap();
+    bodies.push_str(&cfg.to_string());
+    let cfg_id = cfg["config_id"].as_str().expect("config_id").to_string();
+    let changed: Value = admin
+        .patch(
+            &format!("/v1/app_configs/{cfg_id}"),
+            &json!({"app_config": {"env:DB_TOKEN": {"contents": format!("{APP_TOKEN}-2")}}}),
+        )
+        .unwrap();
+    bodies.push_str(&changed.to_string());
+    for path in [
+        format!("/v1/app_configs/{cfg_id}"),
+        format!("/v1/app_configs?app_id={}", app.app_id),
+    ] {
+        let v: Value = admin.get(&path).unwrap();
+        assert!(v.to_string().contains("DB_TOKEN"), "names are shown: {v}");
+        bodies.push_str(&v.to_string());
+    }
     for path in [
         "/v1/registry",
         "/v1/api_keys",
@@ -605,7 +633,14 @@ fn secrets_appear_in_no_response_log_or_database(backend: Backend) {
     );
     let log = m.log();
     let db = m.raw_database();
-    for s in [REG_PASSWORD, secret.as_str(), PASSWORD, ADMIN_PASSWORD] {
+    for s in [
+        REG_PASSWORD,
+        secret.as_str(),
+        PASSWORD,
+        ADMIN_PASSWORD,
+        APP_SECRET,
+        APP_TOKEN,
+    ] {
         assert!(!bodies.contains(s), "a response holds a secret");
         assert!(!log.contains(s), "the log holds a secret");
         assert!(
