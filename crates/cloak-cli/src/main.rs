@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the operation failed (the message says why); 2 bad usage
 //! (including a missing secret or flags that do not fit together).
 
+mod logging;
 #[macro_use]
 mod output;
 mod commands;
@@ -91,7 +92,13 @@ fn main() -> std::process::ExitCode {
         Command::Manager(_) => "info",
         _ => "warn",
     };
-    init_tracing(cli.log.as_deref().unwrap_or(default_level), cli.log_format);
+    // The manager's lines go through a writer thread: a request never waits on stderr.
+    let background = matches!(cli.command, Command::Manager(_));
+    init_tracing(
+        cli.log.as_deref().unwrap_or(default_level),
+        cli.log_format,
+        background,
+    );
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Copy(args) => commands::copy::run(args),
@@ -118,6 +125,7 @@ fn main() -> std::process::ExitCode {
         Command::Apikey(args) => commands::user::run_keys(args),
         Command::Audit(args) => commands::audit::run(args),
     };
+    logging::flush();
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -152,12 +160,17 @@ enum LogFormat {
     Json,
 }
 
-fn init_tracing(level: &str, format: LogFormat) {
+fn init_tracing(level: &str, format: LogFormat, background: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let writer = match background.then(logging::background) {
+        Some(Ok(w)) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(w),
+        // No thread to be had: the lines go to stderr directly, as for every other command.
+        _ => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false);
     match format {
         LogFormat::Text => builder.init(),

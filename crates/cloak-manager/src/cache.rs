@@ -2,8 +2,9 @@
 //! database, dropped whole whenever anything is written.
 //!
 //! Correctness rests on three rules:
-//! - every write transaction (`Db::begin`) marks itself in flight and, when it ends (commit,
-//!   rollback or drop), clears the cache and bumps the generation, under the cache's lock;
+//! - every write transaction (`Db::begin`) marks itself in flight and, when it ends after a
+//!   commit was attempted, clears the cache and bumps the generation, under the cache's lock
+//!   (a rollback changed nothing: the job queue's polls roll back five times a second);
 //! - a reader caches a row only if no write was in flight and the generation did not move
 //!   between before its query and its insert (checked under the same lock), so a row read
 //!   before a commit is never cached after it;
@@ -47,21 +48,38 @@ impl<V> Default for ReadCache<V> {
     }
 }
 
-/// Marks one write transaction in flight; its drop invalidates.
+/// Marks one write transaction in flight; its drop invalidates if a commit was attempted (a
+/// transaction rolled back changed nothing: the job queue's empty polls, a refused request).
 #[derive(Debug)]
-pub struct WriteMark<V: Clone>(Arc<ReadCache<V>>);
+pub struct WriteMark<V: Clone> {
+    cache: Arc<ReadCache<V>>,
+    committing: bool,
+}
+
+impl<V: Clone> WriteMark<V> {
+    /// Called before the commit is sent: whatever its outcome (a connection lost after
+    /// COMMIT may have committed), the end of the transaction then invalidates.
+    pub fn committing(&mut self) {
+        self.committing = true;
+    }
+}
 
 impl<V: Clone> Drop for WriteMark<V> {
     fn drop(&mut self) {
-        self.0.invalidate();
-        self.0.writers.fetch_sub(1, Ordering::SeqCst);
+        if self.committing {
+            self.cache.invalidate();
+        }
+        self.cache.writers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl<V: Clone> ReadCache<V> {
     pub fn write(self: &Arc<Self>) -> WriteMark<V> {
         self.writers.fetch_add(1, Ordering::SeqCst);
-        WriteMark(self.clone())
+        WriteMark {
+            cache: self.clone(),
+            committing: false,
+        }
     }
 
     /// Drops every entry (a write ended here, or elsewhere as a notification said).
@@ -164,18 +182,23 @@ mod tests {
         c.set_enabled(true);
         // Read while a write is in flight: not kept.
         let g = c.generation();
-        let mark = c.write();
+        let mut mark = c.write();
         c.put(g, "acc", "b1", &"old".into());
         assert_eq!(value(&c, "b1"), None);
+        mark.committing();
         drop(mark);
         // Read before the write began, inserted after it ended: the generation moved.
         c.put(g, "acc", "b1", &"old".into());
         assert_eq!(value(&c, "b1"), None);
-        // A read after: kept, and the end of the next write drops it.
+        // A read after: kept; a write rolled back keeps it; the end of a commit drops it.
         let g = c.generation();
         c.put(g, "acc", "b1", &"new".into());
         assert_eq!(value(&c, "b1").as_deref(), Some("new"));
         drop(c.write());
+        assert_eq!(value(&c, "b1").as_deref(), Some("new"));
+        let mut mark = c.write();
+        mark.committing();
+        drop(mark);
         assert_eq!(value(&c, "b1"), None);
     }
 

@@ -42,12 +42,13 @@ fn pragmas(
 }
 
 /// A transaction on the write pool. While it lives the read cache keeps nothing new; when it
-/// ends (commit, rollback or drop) the cache is emptied, and on PostgreSQL its commit notifies
+/// ends after a commit was attempted the cache is emptied (a rollback or a drop without commit
+/// changed nothing and keeps it), and on PostgreSQL its commit notifies
 /// the other replicas' caches (`NOTIFY`, delivered at commit). `&mut *tx` is the connection.
 pub struct Tx {
     inner: sqlx::Transaction<'static, sqlx::Any>,
     notify: bool,
-    _mark: WriteMark<axum::body::Bytes>,
+    mark: WriteMark<axum::body::Bytes>,
 }
 
 /// The channel on which every PostgreSQL write transaction notifies the replicas' read caches.
@@ -68,13 +69,14 @@ impl std::ops::DerefMut for Tx {
 
 impl Tx {
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.mark.committing();
         if self.notify {
             self.inner
                 .execute(format!("NOTIFY {CACHE_CHANNEL}").as_str())
                 .await?;
         }
         self.inner.commit().await
-        // `_mark` drops here, after the commit: the local cache forgets what it read before.
+        // `mark` drops here, after the commit: the local cache forgets what it read before.
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -235,7 +237,7 @@ impl Db {
         Ok(Tx {
             inner: self.write.begin().await?,
             notify: self.dialect == Dialect::Postgres,
-            _mark: mark,
+            mark,
         })
     }
 
