@@ -9,6 +9,8 @@ use cloak_api::*;
 use common::browser::Browser;
 use common::manager::{Backend, Manager, ADMIN_PASSWORD};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 const PASSWORD: &str = "a-user-password-123";
 
@@ -40,9 +42,13 @@ fn nitro_build(c: &Client, app_id: &str, pcr: u8) -> Build {
 
 /// Signs in through the form and checks the overview answered.
 fn sign_in(b: &Browser, m: &Manager, user: &str, password: &str) {
-    b.goto(&format!("{}/login", m.url));
+    sign_in_at(b, &m.url, user, password)
+}
+
+fn sign_in_at(b: &Browser, url: &str, user: &str, password: &str) {
+    b.goto(&format!("{url}/login"));
     b.delete_cookies();
-    b.goto(&format!("{}/", m.url));
+    b.goto(&format!("{url}/"));
     assert!(
         b.url().contains("/login"),
         "not sent to sign-in: {}",
@@ -518,4 +524,224 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
         assert!(main.contains(action), "{action} missing:\n{main}");
     }
     b.check_page("33-audit-after-conversion");
+}
+
+/// The console's own build filters on both databases: the image prefix (any case, from the
+/// start of the name: the index range; PostgreSQL compares it bytewise), status, an app's
+/// builds, and a page of tasks each with its own build and approvals (read in one query each).
+#[test]
+fn build_filters_and_tasks_on_sqlite_and_postgresql() {
+    // The browser's WebDriver client is built before any cloak client installs this.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let b = Browser::start();
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let m = Manager::start(backend);
+        let admin = m.admin();
+        new_user(&admin, "alice", "WRITER");
+        let app: App = admin
+            .post(
+                "/v1/apps",
+                &json!({"name": "svc", "input_image_name": "registry.example.com/web:1",
+                        "output_image_name": "registry.example.com/web:nitro",
+                        "approval_policy": {"n": 2, "approvers": ["role:WRITER"]}}),
+            )
+            .unwrap();
+        let other: App = admin
+            .post(
+                "/v1/apps",
+                &json!({"name": "other", "input_image_name": "registry.example.com/x:1",
+                        "output_image_name": "registry.example.com/x:nitro"}),
+            )
+            .unwrap();
+        let mut made = Vec::new();
+        for (app_id, image, pcr) in [
+            (&app.app_id, "Registry.Example.com/Web", 0x41),
+            (&app.app_id, "registry.example.com/api", 0x42),
+            (&other.app_id, "registry.example.com/web-admin", 0x43),
+            (&other.app_id, "other.example/registry.example.com/web", 0x44),
+        ] {
+            let build: Build = admin
+                .post(
+                    "/v1/builds",
+                    &json!({
+                        "docker_info": {"docker_image_name": image, "docker_version": "1"},
+                        "attributes": {"nitro_enclave": {"pcr0": hex(pcr, 96), "pcr1": hex(1, 96), "pcr2": hex(2, 96)}},
+                        "app_id": app_id
+                    }),
+                )
+                .unwrap();
+            made.push(build);
+        }
+        // alice approves the first build (1 of 2); the third is revoked.
+        m.login("alice", PASSWORD)
+            .patch::<_, Value>(
+                &format!("/v1/tasks/{}", made[0].task_id),
+                &json!({"status": "APPROVED"}),
+            )
+            .unwrap();
+        admin
+            .post::<_, Value>(
+                &format!("/v1/builds/{}/revoke", made[2].build_id),
+                &json!({"reason": "superseded"}),
+            )
+            .unwrap();
+        sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+        let listed = |q: &str| -> Vec<String> {
+            b.goto(&format!("{}/builds?{q}", m.url));
+            b.exec(
+                "return Array.from(document.querySelectorAll('main table tbody td:first-child a')).map(a => a.textContent)",
+                json!([]),
+            )
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+        };
+        let mut web = listed("image=REGISTRY.example.com%2Fweb");
+        web.sort();
+        assert_eq!(
+            web,
+            ["Registry.Example.com/Web", "registry.example.com/web-admin"],
+            "{backend:?}"
+        );
+        assert_eq!(
+            listed("image=registry.example.com%2Fa"),
+            ["registry.example.com/api"],
+            "{backend:?}"
+        );
+        assert!(
+            listed("image=example.com").is_empty(),
+            "a prefix, not a substring ({backend:?})"
+        );
+        assert!(listed("image=registry.example.com%2Fweb%25").is_empty());
+        assert_eq!(listed("").len(), 4);
+        assert_eq!(listed("status=REJECTED"), ["registry.example.com/web-admin"]);
+        let mut pending = listed("status=PENDING&image=registry");
+        pending.sort();
+        assert_eq!(
+            pending,
+            ["Registry.Example.com/Web", "registry.example.com/api"],
+            "{backend:?}"
+        );
+        b.check_page(&format!("40-builds-filtered-{backend:?}").to_lowercase());
+
+        // The app's page lists its two builds only.
+        b.goto(&format!("{}/apps/{}", m.url, app.app_id));
+        let main = b.text("main");
+        assert!(main.contains("Registry.Example.com/Web") && main.contains("registry.example.com/api"));
+        assert!(!main.contains("web-admin"), "{main}");
+
+        // Each task shows its own build's PCR0 and its own approvals.
+        b.goto(&format!("{}/tasks", m.url));
+        for (i, build) in made.iter().enumerate() {
+            if i == 2 {
+                continue; // revoked: its task is no longer pending
+            }
+            let card = b.text(&format!("#task-{}", build.task_id));
+            let pcr0 = &build.attributes.nitro_enclave.as_ref().unwrap().pcr0;
+            assert!(card.contains(pcr0.as_str()), "task {i}: {card}");
+            for (j, other) in made.iter().enumerate() {
+                let p = &other.attributes.nitro_enclave.as_ref().unwrap().pcr0;
+                assert!(j == i || !card.contains(p.as_str()), "task {i} shows build {j}");
+            }
+            if i == 0 {
+                assert!(card.contains("1 of 2 approvals: alice"), "{card}");
+            } else {
+                assert!(!card.contains("alice"), "task {i}: {card}");
+            }
+        }
+        b.check_page(&format!("41-tasks-{backend:?}").to_lowercase());
+    }
+}
+
+#[derive(Debug)]
+struct TestClock(AtomicI64);
+
+impl cloak_manager::Clock for TestClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The overview warns when cached DCAP collateral (here the dcap-qvl sample's, whose earliest
+/// item, its TCB info / QE identity, ends 2025-07-19T10:01:18Z: see the vectors' README) ends
+/// within a week, and when it has ended. The manager runs in this process so that its clock can
+/// be set inside and past the collateral's window.
+#[test]
+fn the_overview_warns_of_dcap_collateral_expiring_or_expired() {
+    let collateral = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cloak-attest/tests/vectors/sgx-dcap/sgx_quote_collateral.json");
+    const END: i64 = 1752919278;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("admin-password");
+    std::fs::write(&pw, ADMIN_PASSWORD).unwrap();
+    let config = cloak_manager::Config::resolve(cloak_manager::config::Settings {
+        data_dir: Some(dir.path().join("data")),
+        admin_user: Some("admin".into()),
+        admin_password_file: Some(pw),
+        ..Default::default()
+    })
+    .unwrap();
+    config.prepare_data_dir().unwrap();
+    let clock = Arc::new(TestClock(AtomicI64::new(END - 30 * 86400)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = rt
+        .block_on(cloak_manager::server::prepare(config.clone(), clock.clone()))
+        .unwrap();
+    let imported = rt
+        .block_on(cloak_manager::collateral::import(
+            &state.db,
+            &collateral,
+            clock.0.load(Ordering::SeqCst),
+        ))
+        .unwrap();
+    assert_eq!(imported.len(), 1);
+    assert_eq!(imported[0].not_after, END, "{imported:?}");
+    let (tls, _) = cloak_manager::server::tls_config(&config).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        rt.block_on(cloak_manager::server::serve(
+            state,
+            listener,
+            Some(tls),
+            std::future::pending(),
+        ))
+    });
+    let b = Browser::start();
+    let warning = |at: i64| -> String {
+        clock.0.store(at, Ordering::SeqCst);
+        // A new session at each time (one made a week earlier would have expired).
+        sign_in_at(&b, &url, "admin", ADMIN_PASSWORD);
+        b.exec(
+            "return Array.from(document.querySelectorAll('.banner.collateral')).map(e => e.textContent + ' [' + e.querySelector('time').getAttribute('datetime') + ']').join(' | ')",
+            json!([]),
+        )
+        .as_str()
+        .unwrap()
+        .to_string()
+    };
+    // Eight days before the end: fine.
+    assert_eq!(warning(END - 8 * 86400), "");
+    // Six days before: about to expire, naming the platform, the item, the time and the fix.
+    let w = warning(END - 6 * 86400);
+    assert!(w.contains(&imported[0].key), "{w}");
+    assert!(w.contains(&imported[0].not_after_item), "{w}");
+    // The time is shown in the browser's zone, with the UTC time in its datetime.
+    assert!(w.contains(" expires ") && w.contains("[2025-07-19T10:01:18Z]"), "{w}");
+    assert!(w.contains("cloak manager collateral import"), "{w}");
+    b.check_page("42-overview-collateral-expiring");
+    // One second after the end: expired.
+    let w = warning(END + 1);
+    assert!(w.contains(" expired ") && w.contains("[2025-07-19T10:01:18Z]"), "{w}");
+    assert!(w.contains("refused"), "{w}");
+    b.check_page("43-overview-collateral-expired");
 }
