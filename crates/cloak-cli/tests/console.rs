@@ -401,19 +401,40 @@ fn wait_for_job(b: &Browser, m: &Manager, job_url: &str) -> String {
     }
 }
 
+/// The registry's user and password, typed into the form's one-off credential fields.
+const REG_USER: &str = "console-reg-user";
+const REG_PASSWORD: &str = "One-0ff-Registry-Pa55word";
+
 #[test]
 fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
-    let reg = common::registry::Registry::plain();
+    // TLS + htpasswd: the job pulls and pushes with credentials typed for it alone.
+    let reg = common::registry::Registry::tls_htpasswd(REG_USER, REG_PASSWORD);
     let tmp = tempfile::tempdir().unwrap();
     let layout = common::images::busybox(&tmp.path().join("busybox"));
     let input = format!("{}/console/busybox:1", reg.addr());
     let output = format!("{}/console/busybox-nitro:1", reg.addr());
-    common::ok(common::cloak().args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:1", layout.display()),
-        &format!("docker://{input}"),
-    ]));
+    common::ok(
+        common::cloak()
+            .env("DOCKER_CONFIG", reg.docker_config_dir())
+            .args(["copy", "--dest-cert-dir"])
+            .arg(reg.cert_dir())
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(format!("docker://{input}")),
+    );
+    let reg_ca = reg.cert_dir().join("ca.crt");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The premise: the registry refuses a client without credentials.
+    let anonymous = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&reg_ca).unwrap()).unwrap()])
+        .build()
+        .unwrap()
+        .get(format!(
+            "https://{}/v2/console/busybox/manifests/1",
+            reg.addr()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
     let kernel =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/kernel/vmlinuz");
     if !kernel.exists() {
@@ -426,7 +447,10 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
         &[
             "--nitro-kernel",
             kernel.to_str().unwrap(),
-            "--insecure-registry",
+            "--registry-ca",
+            reg_ca.to_str().unwrap(),
+            // The test registry is on loopback, which the address policy refuses unless listed.
+            "--allow-private-registry",
             &reg.addr(),
             "--workers",
             "1",
@@ -457,10 +481,53 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
         ),
         json!(input)
     );
+    // One-off credentials beside the saved-credential hint (none is saved for this registry).
+    assert!(
+        b.text("main")
+            .contains("No saved credentials for this registry"),
+        "{}",
+        b.text("main")
+    );
+    let one_off = |image: &str| {
+        b.fill(
+            &format!("#convert-request-{image}_image-auth_config-username"),
+            REG_USER,
+        );
+        b.fill(
+            &format!("#convert-request-{image}_image-auth_config-password"),
+            REG_PASSWORD,
+        );
+    };
+    one_off("input");
+    one_off("output");
+    // A password without its username is refused beside the username.
+    b.fill("#convert-request-output_image-auth_config-username", "");
     b.fill("#convert-nitro_enclaves_options-cpu_count", "0");
+    b.click("form[action='/convert'] button[type=submit]");
+    let err = b.text("#convert-request-output_image-auth_config-username-error");
+    assert!(err.contains("username"), "{}", b.text("main"));
+    // Passwords are not sent back: both are typed again.
+    one_off("input");
+    one_off("output");
     b.click("form[action='/convert'] button[type=submit]");
     let err = b.text("#convert-nitro_enclaves_options-cpu_count-error");
     assert!(err.contains("cpu"), "{}", b.text("main"));
+    // The refused form keeps the usernames and never sends a password back.
+    assert!(!b.source().contains(REG_PASSWORD), "a password echoed");
+    for image in ["input", "output"] {
+        let value = |f: &str| {
+            b.exec(
+                &format!(
+                    "return document.getElementById('convert-request-{image}_image-auth_config-{f}').value"
+                ),
+                json!([]),
+            )
+        };
+        assert_eq!(value("username"), json!(REG_USER));
+        assert_eq!(value("password"), json!(""));
+    }
+    one_off("input");
+    one_off("output");
     b.fill("#convert-nitro_enclaves_options-cpu_count", "2");
     b.fill(
         "#convert-request-converter_options-env_vars",
@@ -475,6 +542,27 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
     let h1 = wait_for_job(&b, &m, &job_url);
     assert_eq!(h1, "Conversion SUCCEEDED", "{}", b.text("main"));
     b.check_page("32-job-result");
+    assert!(
+        reg.has_tag("console/busybox-nitro:1"),
+        "pushed with the one-off credentials"
+    );
+    // Used for this job only: not saved, not shown, not logged, not in the database in clear
+    // (sealed while the job lived, erased when it ended).
+    assert!(!b.source().contains(REG_PASSWORD));
+    let saved: Value = admin.get("/v1/registry").unwrap();
+    assert!(!saved.to_string().contains(REG_USER), "saved: {saved}");
+    let job_json: Value = admin
+        .get(&format!("/v1/jobs/{}", job_url.rsplit('/').next().unwrap()))
+        .unwrap();
+    assert!(!job_json.to_string().contains(REG_PASSWORD), "{job_json}");
+    assert!(
+        !m.log().contains(REG_PASSWORD),
+        "the password is in the manager's log"
+    );
+    assert!(
+        !common::manager::contains(&m.raw_database(), REG_PASSWORD),
+        "the password is in the database in clear"
+    );
 
     // The build is PENDING with the job result's PCRs.
     let job_id = job_url.rsplit('/').next().unwrap();
@@ -558,7 +646,11 @@ fn build_filters_and_tasks_on_sqlite_and_postgresql() {
             (&app.app_id, "Registry.Example.com/Web", 0x41),
             (&app.app_id, "registry.example.com/api", 0x42),
             (&other.app_id, "registry.example.com/web-admin", 0x43),
-            (&other.app_id, "other.example/registry.example.com/web", 0x44),
+            (
+                &other.app_id,
+                "other.example/registry.example.com/web",
+                0x44,
+            ),
         ] {
             let build: Build = admin
                 .post(
@@ -616,7 +708,10 @@ fn build_filters_and_tasks_on_sqlite_and_postgresql() {
         );
         assert!(listed("image=registry.example.com%2Fweb%25").is_empty());
         assert_eq!(listed("").len(), 4);
-        assert_eq!(listed("status=REJECTED"), ["registry.example.com/web-admin"]);
+        assert_eq!(
+            listed("status=REJECTED"),
+            ["registry.example.com/web-admin"]
+        );
         let mut pending = listed("status=PENDING&image=registry");
         pending.sort();
         assert_eq!(
@@ -629,7 +724,9 @@ fn build_filters_and_tasks_on_sqlite_and_postgresql() {
         // The app's page lists its two builds only.
         b.goto(&format!("{}/apps/{}", m.url, app.app_id));
         let main = b.text("main");
-        assert!(main.contains("Registry.Example.com/Web") && main.contains("registry.example.com/api"));
+        assert!(
+            main.contains("Registry.Example.com/Web") && main.contains("registry.example.com/api")
+        );
         assert!(!main.contains("web-admin"), "{main}");
 
         // Each task shows its own build's PCR0 and its own approvals.
@@ -643,7 +740,10 @@ fn build_filters_and_tasks_on_sqlite_and_postgresql() {
             assert!(card.contains(pcr0.as_str()), "task {i}: {card}");
             for (j, other) in made.iter().enumerate() {
                 let p = &other.attributes.nitro_enclave.as_ref().unwrap().pcr0;
-                assert!(j == i || !card.contains(p.as_str()), "task {i} shows build {j}");
+                assert!(
+                    j == i || !card.contains(p.as_str()),
+                    "task {i} shows build {j}"
+                );
             }
             if i == 0 {
                 assert!(card.contains("1 of 2 approvals: alice"), "{card}");
@@ -692,7 +792,10 @@ fn the_overview_warns_of_dcap_collateral_expiring_or_expired() {
         .build()
         .unwrap();
     let state = rt
-        .block_on(cloak_manager::server::prepare(config.clone(), clock.clone()))
+        .block_on(cloak_manager::server::prepare(
+            config.clone(),
+            clock.clone(),
+        ))
         .unwrap();
     let imported = rt
         .block_on(cloak_manager::collateral::import(
@@ -736,12 +839,18 @@ fn the_overview_warns_of_dcap_collateral_expiring_or_expired() {
     assert!(w.contains(&imported[0].key), "{w}");
     assert!(w.contains(&imported[0].not_after_item), "{w}");
     // The time is shown in the browser's zone, with the UTC time in its datetime.
-    assert!(w.contains(" expires ") && w.contains("[2025-07-19T10:01:18Z]"), "{w}");
+    assert!(
+        w.contains(" expires ") && w.contains("[2025-07-19T10:01:18Z]"),
+        "{w}"
+    );
     assert!(w.contains("cloak manager collateral import"), "{w}");
     b.check_page("42-overview-collateral-expiring");
     // One second after the end: expired.
     let w = warning(END + 1);
-    assert!(w.contains(" expired ") && w.contains("[2025-07-19T10:01:18Z]"), "{w}");
+    assert!(
+        w.contains(" expired ") && w.contains("[2025-07-19T10:01:18Z]"),
+        "{w}"
+    );
     assert!(w.contains("refused"), "{w}");
     b.check_page("43-overview-collateral-expired");
 }

@@ -183,9 +183,15 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
     }
     for c in crate::collateral::expiring(state, now + crate::collateral::WARN_BEFORE).await? {
         let (when, fix) = if c.not_after <= now {
-            ("expired", "quotes of this platform are refused until it is renewed")
+            (
+                "expired",
+                "quotes of this platform are refused until it is renewed",
+            )
         } else {
-            ("expires", "certificates stop being issued for this platform then")
+            (
+                "expires",
+                "certificates stop being issued for this platform then",
+            )
         };
         let refresh = if state.config.pccs_url.is_some() {
             "check that the PCCS answers (the manager refreshes it from there)"
