@@ -670,3 +670,73 @@ pub(super) async fn cancel(
         Err(e) => super::error_response(&e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> Fields {
+        Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// The one-off fields become the API's own auth configs of each target (what the job seals),
+    /// and the form's Debug never shows them.
+    #[test]
+    fn one_off_credentials_map_to_each_targets_auth_configs() {
+        let f = form(&[
+            ("inputImageName", "reg.example/a:1"),
+            ("outputImageName", "reg.example/a-sgx:1"),
+            ("inputAuthConfig.username", "alice"),
+            ("inputAuthConfig.password", "in-secret"),
+        ]);
+        let sgx = request_of(&f, "sgx").unwrap();
+        let parsed = jobs::parse_sgx(&serde_json::to_vec(&sgx).unwrap()).unwrap();
+        let a = parsed.input_auth_config.expect("input credentials");
+        assert_eq!(
+            (a.username.as_str(), a.password.as_deref()),
+            ("alice", Some("in-secret"))
+        );
+        assert!(parsed.output_auth_config.is_none(), "empty fields: none");
+        assert!(!format!("{f:?}").contains("in-secret"));
+
+        let f = form(&[
+            ("request.input_image.name", "reg.example/a:1"),
+            ("request.output_image.name", "reg.example/a-nitro:1"),
+            ("request.output_image.auth_config.username", "bob"),
+            ("request.output_image.auth_config.password", "token-123"),
+        ]);
+        let nitro = request_of(&f, "nitro").unwrap();
+        let parsed = jobs::parse_nitro(&serde_json::to_vec(&nitro).unwrap()).unwrap();
+        let a = parsed.request.output_image.auth_config.expect("output");
+        assert_eq!(
+            (a.username.as_str(), a.password.as_deref()),
+            ("bob", Some("token-123"))
+        );
+        assert!(parsed.request.input_image.auth_config.is_none());
+        assert!(!format!("{f:?}").contains("token-123"));
+    }
+
+    #[test]
+    fn half_a_credential_is_refused_beside_the_empty_field() {
+        for (pairs, field) in [
+            (
+                [("inputAuthConfig.password", "p"), ("x", "")],
+                "inputAuthConfig.username",
+            ),
+            (
+                [("outputAuthConfig.username", "u"), ("x", "")],
+                "outputAuthConfig.password",
+            ),
+        ] {
+            match request_of(&form(&pairs), "sgx") {
+                Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
