@@ -78,7 +78,7 @@ c -b "$jar" -c "$jar" -o /dev/null --data-urlencode "csrf=$csrf" --data-urlencod
 grep -q cloak_session "$jar" || { echo "console sign-in failed" >&2; exit 1; }
 
 pages=(
-  "/" "/apps" "/apps/$app" "/builds" "/builds?status=PENDING" "/builds?measurement=0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000271" "/builds?image=bench"
+  "/" "/apps" "/apps/$app" "/builds" "/builds?status=PENDING" "/builds?measurement=0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000271" "/builds?image=registry.example.com/bench"
   "/builds?offset=9950" "/builds/$build" "/tasks" "/tasks?tab=approved" "/convert" "/registries"
   "/certificates" "/audit" "/users" "/login"
 )

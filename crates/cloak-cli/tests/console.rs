@@ -9,6 +9,8 @@ use cloak_api::*;
 use common::browser::Browser;
 use common::manager::{Backend, Manager, ADMIN_PASSWORD};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 const PASSWORD: &str = "a-user-password-123";
 
@@ -40,9 +42,13 @@ fn nitro_build(c: &Client, app_id: &str, pcr: u8) -> Build {
 
 /// Signs in through the form and checks the overview answered.
 fn sign_in(b: &Browser, m: &Manager, user: &str, password: &str) {
-    b.goto(&format!("{}/login", m.url));
+    sign_in_at(b, &m.url, user, password)
+}
+
+fn sign_in_at(b: &Browser, url: &str, user: &str, password: &str) {
+    b.goto(&format!("{url}/login"));
     b.delete_cookies();
-    b.goto(&format!("{}/", m.url));
+    b.goto(&format!("{url}/"));
     assert!(
         b.url().contains("/login"),
         "not sent to sign-in: {}",
@@ -395,19 +401,40 @@ fn wait_for_job(b: &Browser, m: &Manager, job_url: &str) -> String {
     }
 }
 
+/// The registry's user and password, typed into the form's one-off credential fields.
+const REG_USER: &str = "console-reg-user";
+const REG_PASSWORD: &str = "One-0ff-Registry-Pa55word";
+
 #[test]
 fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
-    let reg = common::registry::Registry::plain();
+    // TLS + htpasswd: the job pulls and pushes with credentials typed for it alone.
+    let reg = common::registry::Registry::tls_htpasswd(REG_USER, REG_PASSWORD);
     let tmp = tempfile::tempdir().unwrap();
     let layout = common::images::busybox(&tmp.path().join("busybox"));
     let input = format!("{}/console/busybox:1", reg.addr());
     let output = format!("{}/console/busybox-nitro:1", reg.addr());
-    common::ok(common::cloak().args([
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:1", layout.display()),
-        &format!("docker://{input}"),
-    ]));
+    common::ok(
+        common::cloak()
+            .env("DOCKER_CONFIG", reg.docker_config_dir())
+            .args(["copy", "--dest-cert-dir"])
+            .arg(reg.cert_dir())
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(format!("docker://{input}")),
+    );
+    let reg_ca = reg.cert_dir().join("ca.crt");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The premise: the registry refuses a client without credentials.
+    let anonymous = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&reg_ca).unwrap()).unwrap()])
+        .build()
+        .unwrap()
+        .get(format!(
+            "https://{}/v2/console/busybox/manifests/1",
+            reg.addr()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
     let kernel =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.work/kernel/vmlinuz");
     if !kernel.exists() {
@@ -420,7 +447,10 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
         &[
             "--nitro-kernel",
             kernel.to_str().unwrap(),
-            "--insecure-registry",
+            "--registry-ca",
+            reg_ca.to_str().unwrap(),
+            // The test registry is on loopback, which the address policy refuses unless listed.
+            "--allow-private-registry",
             &reg.addr(),
             "--workers",
             "1",
@@ -451,10 +481,53 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
         ),
         json!(input)
     );
+    // One-off credentials beside the saved-credential hint (none is saved for this registry).
+    assert!(
+        b.text("main")
+            .contains("No saved credentials for this registry"),
+        "{}",
+        b.text("main")
+    );
+    let one_off = |image: &str| {
+        b.fill(
+            &format!("#convert-request-{image}_image-auth_config-username"),
+            REG_USER,
+        );
+        b.fill(
+            &format!("#convert-request-{image}_image-auth_config-password"),
+            REG_PASSWORD,
+        );
+    };
+    one_off("input");
+    one_off("output");
+    // A password without its username is refused beside the username.
+    b.fill("#convert-request-output_image-auth_config-username", "");
     b.fill("#convert-nitro_enclaves_options-cpu_count", "0");
+    b.click("form[action='/convert'] button[type=submit]");
+    let err = b.text("#convert-request-output_image-auth_config-username-error");
+    assert!(err.contains("username"), "{}", b.text("main"));
+    // Passwords are not sent back: both are typed again.
+    one_off("input");
+    one_off("output");
     b.click("form[action='/convert'] button[type=submit]");
     let err = b.text("#convert-nitro_enclaves_options-cpu_count-error");
     assert!(err.contains("cpu"), "{}", b.text("main"));
+    // The refused form keeps the usernames and never sends a password back.
+    assert!(!b.source().contains(REG_PASSWORD), "a password echoed");
+    for image in ["input", "output"] {
+        let value = |f: &str| {
+            b.exec(
+                &format!(
+                    "return document.getElementById('convert-request-{image}_image-auth_config-{f}').value"
+                ),
+                json!([]),
+            )
+        };
+        assert_eq!(value("username"), json!(REG_USER));
+        assert_eq!(value("password"), json!(""));
+    }
+    one_off("input");
+    one_off("output");
     b.fill("#convert-nitro_enclaves_options-cpu_count", "2");
     b.fill(
         "#convert-request-converter_options-env_vars",
@@ -469,6 +542,27 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
     let h1 = wait_for_job(&b, &m, &job_url);
     assert_eq!(h1, "Conversion SUCCEEDED", "{}", b.text("main"));
     b.check_page("32-job-result");
+    assert!(
+        reg.has_tag("console/busybox-nitro:1"),
+        "pushed with the one-off credentials"
+    );
+    // Used for this job only: not saved, not shown, not logged, not in the database in clear
+    // (sealed while the job lived, erased when it ended).
+    assert!(!b.source().contains(REG_PASSWORD));
+    let saved: Value = admin.get("/v1/registry").unwrap();
+    assert!(!saved.to_string().contains(REG_USER), "saved: {saved}");
+    let job_json: Value = admin
+        .get(&format!("/v1/jobs/{}", job_url.rsplit('/').next().unwrap()))
+        .unwrap();
+    assert!(!job_json.to_string().contains(REG_PASSWORD), "{job_json}");
+    assert!(
+        !m.log().contains(REG_PASSWORD),
+        "the password is in the manager's log"
+    );
+    assert!(
+        !common::manager::contains(&m.raw_database(), REG_PASSWORD),
+        "the password is in the database in clear"
+    );
 
     // The build is PENDING with the job result's PCRs.
     let job_id = job_url.rsplit('/').next().unwrap();
@@ -518,4 +612,245 @@ fn a_nitro_conversion_through_the_form_is_whitelisted_by_two_approvers() {
         assert!(main.contains(action), "{action} missing:\n{main}");
     }
     b.check_page("33-audit-after-conversion");
+}
+
+/// The console's own build filters on both databases: the image prefix (any case, from the
+/// start of the name: the index range; PostgreSQL compares it bytewise), status, an app's
+/// builds, and a page of tasks each with its own build and approvals (read in one query each).
+#[test]
+fn build_filters_and_tasks_on_sqlite_and_postgresql() {
+    // The browser's WebDriver client is built before any cloak client installs this.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let b = Browser::start();
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let m = Manager::start(backend);
+        let admin = m.admin();
+        new_user(&admin, "alice", "WRITER");
+        let app: App = admin
+            .post(
+                "/v1/apps",
+                &json!({"name": "svc", "input_image_name": "registry.example.com/web:1",
+                        "output_image_name": "registry.example.com/web:nitro",
+                        "approval_policy": {"n": 2, "approvers": ["role:WRITER"]}}),
+            )
+            .unwrap();
+        let other: App = admin
+            .post(
+                "/v1/apps",
+                &json!({"name": "other", "input_image_name": "registry.example.com/x:1",
+                        "output_image_name": "registry.example.com/x:nitro"}),
+            )
+            .unwrap();
+        let mut made = Vec::new();
+        for (app_id, image, pcr) in [
+            (&app.app_id, "Registry.Example.com/Web", 0x41),
+            (&app.app_id, "registry.example.com/api", 0x42),
+            (&other.app_id, "registry.example.com/web-admin", 0x43),
+            (
+                &other.app_id,
+                "other.example/registry.example.com/web",
+                0x44,
+            ),
+        ] {
+            let build: Build = admin
+                .post(
+                    "/v1/builds",
+                    &json!({
+                        "docker_info": {"docker_image_name": image, "docker_version": "1"},
+                        "attributes": {"nitro_enclave": {"pcr0": hex(pcr, 96), "pcr1": hex(1, 96), "pcr2": hex(2, 96)}},
+                        "app_id": app_id
+                    }),
+                )
+                .unwrap();
+            made.push(build);
+        }
+        // alice approves the first build (1 of 2); the third is revoked.
+        m.login("alice", PASSWORD)
+            .patch::<_, Value>(
+                &format!("/v1/tasks/{}", made[0].task_id),
+                &json!({"status": "APPROVED"}),
+            )
+            .unwrap();
+        admin
+            .post::<_, Value>(
+                &format!("/v1/builds/{}/revoke", made[2].build_id),
+                &json!({"reason": "superseded"}),
+            )
+            .unwrap();
+        sign_in(&b, &m, "admin", ADMIN_PASSWORD);
+        let listed = |q: &str| -> Vec<String> {
+            b.goto(&format!("{}/builds?{q}", m.url));
+            b.exec(
+                "return Array.from(document.querySelectorAll('main table tbody td:first-child a')).map(a => a.textContent)",
+                json!([]),
+            )
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+        };
+        let mut web = listed("image=REGISTRY.example.com%2Fweb");
+        web.sort();
+        assert_eq!(
+            web,
+            ["Registry.Example.com/Web", "registry.example.com/web-admin"],
+            "{backend:?}"
+        );
+        assert_eq!(
+            listed("image=registry.example.com%2Fa"),
+            ["registry.example.com/api"],
+            "{backend:?}"
+        );
+        assert!(
+            listed("image=example.com").is_empty(),
+            "a prefix, not a substring ({backend:?})"
+        );
+        assert!(listed("image=registry.example.com%2Fweb%25").is_empty());
+        assert_eq!(listed("").len(), 4);
+        assert_eq!(
+            listed("status=REJECTED"),
+            ["registry.example.com/web-admin"]
+        );
+        let mut pending = listed("status=PENDING&image=registry");
+        pending.sort();
+        assert_eq!(
+            pending,
+            ["Registry.Example.com/Web", "registry.example.com/api"],
+            "{backend:?}"
+        );
+        b.check_page(&format!("40-builds-filtered-{backend:?}").to_lowercase());
+
+        // The app's page lists its two builds only.
+        b.goto(&format!("{}/apps/{}", m.url, app.app_id));
+        let main = b.text("main");
+        assert!(
+            main.contains("Registry.Example.com/Web") && main.contains("registry.example.com/api")
+        );
+        assert!(!main.contains("web-admin"), "{main}");
+
+        // Each task shows its own build's PCR0 and its own approvals.
+        b.goto(&format!("{}/tasks", m.url));
+        for (i, build) in made.iter().enumerate() {
+            if i == 2 {
+                continue; // revoked: its task is no longer pending
+            }
+            let card = b.text(&format!("#task-{}", build.task_id));
+            let pcr0 = &build.attributes.nitro_enclave.as_ref().unwrap().pcr0;
+            assert!(card.contains(pcr0.as_str()), "task {i}: {card}");
+            for (j, other) in made.iter().enumerate() {
+                let p = &other.attributes.nitro_enclave.as_ref().unwrap().pcr0;
+                assert!(
+                    j == i || !card.contains(p.as_str()),
+                    "task {i} shows build {j}"
+                );
+            }
+            if i == 0 {
+                assert!(card.contains("1 of 2 approvals: alice"), "{card}");
+            } else {
+                assert!(!card.contains("alice"), "task {i}: {card}");
+            }
+        }
+        b.check_page(&format!("41-tasks-{backend:?}").to_lowercase());
+    }
+}
+
+#[derive(Debug)]
+struct TestClock(AtomicI64);
+
+impl cloak_manager::Clock for TestClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The overview warns when cached DCAP collateral (here the dcap-qvl sample's, whose earliest
+/// item, its TCB info / QE identity, ends 2025-07-19T10:01:18Z: see the vectors' README) ends
+/// within a week, and when it has ended. The manager runs in this process so that its clock can
+/// be set inside and past the collateral's window.
+#[test]
+fn the_overview_warns_of_dcap_collateral_expiring_or_expired() {
+    let collateral = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cloak-attest/tests/vectors/sgx-dcap/sgx_quote_collateral.json");
+    const END: i64 = 1752919278;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("admin-password");
+    std::fs::write(&pw, ADMIN_PASSWORD).unwrap();
+    let config = cloak_manager::Config::resolve(cloak_manager::config::Settings {
+        data_dir: Some(dir.path().join("data")),
+        admin_user: Some("admin".into()),
+        admin_password_file: Some(pw),
+        ..Default::default()
+    })
+    .unwrap();
+    config.prepare_data_dir().unwrap();
+    let clock = Arc::new(TestClock(AtomicI64::new(END - 30 * 86400)));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = rt
+        .block_on(cloak_manager::server::prepare(
+            config.clone(),
+            clock.clone(),
+        ))
+        .unwrap();
+    let imported = rt
+        .block_on(cloak_manager::collateral::import(
+            &state.db,
+            &collateral,
+            clock.0.load(Ordering::SeqCst),
+        ))
+        .unwrap();
+    assert_eq!(imported.len(), 1);
+    assert_eq!(imported[0].not_after, END, "{imported:?}");
+    let (tls, _) = cloak_manager::server::tls_config(&config).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        rt.block_on(cloak_manager::server::serve(
+            state,
+            listener,
+            Some(tls),
+            std::future::pending(),
+        ))
+    });
+    let b = Browser::start();
+    let warning = |at: i64| -> String {
+        clock.0.store(at, Ordering::SeqCst);
+        // A new session at each time (one made a week earlier would have expired).
+        sign_in_at(&b, &url, "admin", ADMIN_PASSWORD);
+        b.exec(
+            "return Array.from(document.querySelectorAll('.banner.collateral')).map(e => e.textContent + ' [' + e.querySelector('time').getAttribute('datetime') + ']').join(' | ')",
+            json!([]),
+        )
+        .as_str()
+        .unwrap()
+        .to_string()
+    };
+    // Eight days before the end: fine.
+    assert_eq!(warning(END - 8 * 86400), "");
+    // Six days before: about to expire, naming the platform, the item, the time and the fix.
+    let w = warning(END - 6 * 86400);
+    assert!(w.contains(&imported[0].key), "{w}");
+    assert!(w.contains(&imported[0].not_after_item), "{w}");
+    // The time is shown in the browser's zone, with the UTC time in its datetime.
+    assert!(
+        w.contains(" expires ") && w.contains("[2025-07-19T10:01:18Z]"),
+        "{w}"
+    );
+    assert!(w.contains("cloak manager collateral import"), "{w}");
+    b.check_page("42-overview-collateral-expiring");
+    // One second after the end: expired.
+    let w = warning(END + 1);
+    assert!(
+        w.contains(" expired ") && w.contains("[2025-07-19T10:01:18Z]"),
+        "{w}"
+    );
+    assert!(w.contains("refused"), "{w}");
+    b.check_page("43-overview-collateral-expired");
 }

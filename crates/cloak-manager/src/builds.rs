@@ -499,6 +499,28 @@ pub async fn get_json(state: &State, p: &Principal, id: &str) -> Result<axum::bo
     Ok(json)
 }
 
+/// The builds of `ids` that exist in the caller's account, in one query (a page of tasks shows
+/// each one's build).
+pub async fn get_many(state: &State, p: &Principal, ids: &[String]) -> Result<Vec<Build>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (2..ids.len() + 2).map(|i| format!("${i}")).collect();
+    // `|| ''` keeps SQLite's planner off the account's indexes (it would read all the
+    // account's builds rather than look up these few by primary key).
+    let sql = format!(
+        "SELECT {COLS} FROM builds b JOIN apps a ON a.app_id = b.app_id \
+         WHERE b.build_id IN ({}) AND b.account_id || '' = $1",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(&p.account_id);
+    for id in ids {
+        q = q.bind(id);
+    }
+    let rows = q.fetch_all(state.db.reader()).await?;
+    rows.iter().map(from_row).collect()
+}
+
 /// Every build of an app (for attestation: matched on measurements).
 pub async fn for_app(state: &State, app_id: &str) -> Result<Vec<Build>> {
     let rows = sqlx::query(&format!(
@@ -521,6 +543,9 @@ pub struct BuildFilter {
     pub sort_by: Option<String>,
     /// The start of a hex MRENCLAVE, MRSIGNER or PCR0 (an index range, unlike `all_search`).
     pub measurement: Option<String>,
+    /// The start of the image name, ASCII case-insensitive (an index range on the lower-cased
+    /// name, unlike `docker_image_name`'s substring match over every build).
+    pub image_prefix: Option<String>,
 }
 
 fn order_by(sort_by: Option<&str>) -> Result<String> {
@@ -594,6 +619,21 @@ pub async fn list(
             " AND (LOWER(b.docker_image_name) LIKE ${i} ESCAPE '\\' OR LOWER(a.name) LIKE ${i} ESCAPE '\\' OR LOWER(a.output_image_name) LIKE ${i} ESCAPE '\\' \
              OR b.mrenclave LIKE ${i} ESCAPE '\\' OR b.mrsigner LIKE ${i} ESCAPE '\\' \
              OR b.pcr0 LIKE ${i} ESCAPE '\\')"
+        ));
+    }
+    if let Some(n) = f.image_prefix.as_ref().filter(|s| !s.is_empty()) {
+        // Image names are ASCII (registry hosts and OCI repositories); SQLite's LOWER folds
+        // ASCII only, so the typed prefix is folded the same way. The upper bound is the prefix
+        // followed by the largest code point: under a bytewise order exactly the names that
+        // start with the prefix lie in between.
+        let lo = n.to_ascii_lowercase();
+        let hi = format!("{lo}\u{10FFFF}");
+        args.push(lo);
+        args.push(hi);
+        let (lo, hi) = (args.len() - 1, args.len());
+        let c = state.db.collate_c();
+        wh.push_str(&format!(
+            " AND LOWER(b.docker_image_name){c} >= ${lo} AND LOWER(b.docker_image_name){c} < ${hi}"
         ));
     }
     if let Some(m) = f.measurement.as_ref().filter(|s| !s.is_empty()) {

@@ -142,6 +142,41 @@ pub async fn refresh_due(state: &State) -> Result<usize> {
     Ok(refreshed)
 }
 
+/// How long before its earliest expiry cached collateral is shown as a warning (the console's
+/// overview). Intel issues TCB info and QE identity for 30 days and the cache refreshes at half
+/// life, so an entry this close to its end has missed about eight days of refreshes.
+pub const WARN_BEFORE: i64 = 7 * 86400;
+
+/// A cached entry that expires before a given time (or has expired).
+#[derive(Debug, Clone)]
+pub struct Expiring {
+    pub key: String,
+    pub not_after: i64,
+    pub not_after_item: String,
+    pub source: String,
+}
+
+/// The cached entries whose earliest item expires before `before`, soonest first.
+pub async fn expiring(state: &State, before: i64) -> Result<Vec<Expiring>> {
+    let rows = sqlx::query(
+        "SELECT cache_key, not_after, not_after_item, source FROM dcap_collateral \
+         WHERE not_after < $1 ORDER BY not_after, cache_key",
+    )
+    .bind(before)
+    .fetch_all(state.db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Expiring {
+                key: r.try_get(0)?,
+                not_after: r.try_get(1)?,
+                not_after_item: r.try_get(2)?,
+                source: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
 /// Runs [`refresh_due`] every [`REFRESH_EVERY`] for the life of the process.
 pub fn spawn_refresher(state: State) {
     if state.config.pccs_url.is_none() {

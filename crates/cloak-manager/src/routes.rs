@@ -569,6 +569,7 @@ async fn list_builds(
             .transpose()?,
         sort_by: q.sort_by,
         measurement: None,
+        image_prefix: None,
     };
     for (field, v) in [
         ("docker_image_name", &f.docker_image_name),

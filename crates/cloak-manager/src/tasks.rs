@@ -84,17 +84,44 @@ async fn approvals(
     .bind(task_id)
     .fetch_all(exec)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ApprovalInfo {
-                user_id: r.try_get(0)?,
-                user_name: r.try_get(1)?,
-                status: r.try_get(2)?,
-                denial_reason: r.try_get(3)?,
-                created_at: r.try_get(4)?,
-            })
-        })
-        .collect()
+    rows.iter().map(approval_of).collect()
+}
+
+fn approval_of(r: &sqlx::any::AnyRow) -> Result<ApprovalInfo> {
+    Ok(ApprovalInfo {
+        user_id: r.try_get("user_id")?,
+        user_name: r.try_get("user_name")?,
+        status: r.try_get("status")?,
+        denial_reason: r.try_get("denial_reason")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+/// The approvals of several tasks, each task's in the order `approvals` gives.
+async fn approvals_of(
+    exec: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    task_ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<ApprovalInfo>>> {
+    let mut out: std::collections::HashMap<String, Vec<ApprovalInfo>> = Default::default();
+    if task_ids.is_empty() {
+        return Ok(out);
+    }
+    let marks: Vec<String> = (1..=task_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT task_id, user_id, user_name, status, denial_reason, created_at FROM approvals \
+         WHERE task_id IN ({}) ORDER BY task_id, created_at, user_name",
+        marks.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for id in task_ids {
+        q = q.bind(id);
+    }
+    for r in q.fetch_all(exec).await? {
+        out.entry(r.try_get("task_id")?)
+            .or_default()
+            .push(approval_of(&r)?);
+    }
+    Ok(out)
 }
 
 fn from_row(r: &sqlx::any::AnyRow, approvals: Vec<ApprovalInfo>) -> Result<Task> {
@@ -198,10 +225,15 @@ pub async fn list(
         q = q.bind(a);
     }
     let rows = q.fetch_all(state.db.reader()).await?;
+    let ids = rows
+        .iter()
+        .map(|r| r.try_get("task_id"))
+        .collect::<Result<Vec<String>, _>>()?;
+    // The page's approvals in one query (not one per task).
+    let mut by_task = approvals_of(state.db.reader(), &ids).await?;
     let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id: String = r.try_get("task_id")?;
-        out.push(from_row(r, approvals(state.db.reader(), &id).await?)?);
+    for (r, id) in rows.iter().zip(&ids) {
+        out.push(from_row(r, by_task.remove(id).unwrap_or_default())?);
     }
     Ok((total, filtered, out))
 }

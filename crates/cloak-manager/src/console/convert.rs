@@ -166,6 +166,8 @@ async fn convert_page(
         r#"<p class="help saved" data-saved-for="{}" aria-live="polite"></p>"#,
         id_of(in_name)
     );
+    let (in_auth, out_auth) = auth_fields(target);
+    one_off_credentials(&mut body, r, in_auth, "the input image's registry");
     field(
         &mut body,
         r,
@@ -181,7 +183,8 @@ async fn convert_page(
         r#"<p class="help saved" data-saved-for="{}" aria-live="polite"></p>"#,
         id_of(out_name)
     );
-    body.push_str(r#"<p class="help">Registry credentials: the saved credential of each image's registry is used (Registry credentials page); none is needed for a public or unauthenticated registry.</p>"#);
+    one_off_credentials(&mut body, r, out_auth, "the output image's registry");
+    body.push_str(r#"<p class="help">Registry credentials: the saved credential of each image's registry is used (Registry credentials page) unless you enter credentials for this job; none is needed for a public or unauthenticated registry.</p>"#);
     if target == "nitro" {
         body.push_str("<fieldset><legend>Converter options</legend>");
         let co = "request.converter_options";
@@ -354,6 +357,69 @@ async fn convert_page(
     Ok(page(s, status, "/convert", "Convert an image", &body))
 }
 
+/// The API's names of the one-off credentials of the input and output images (so a refused
+/// value lands beside its field).
+fn auth_fields(target: &str) -> (&'static str, &'static str) {
+    if target == "nitro" {
+        (
+            "request.input_image.auth_config",
+            "request.output_image.auth_config",
+        )
+    } else {
+        ("inputAuthConfig", "outputAuthConfig")
+    }
+}
+
+/// Username and password-or-token for one registry, used by this job only: sealed in the job
+/// row under the master key and erased when the job ends, never saved, never shown again (the
+/// password field is never refilled).
+fn one_off_credentials(out: &mut String, r: &Refill, prefix: &str, what: &str) {
+    let _ = write!(
+        out,
+        "<fieldset><legend>Credentials for {what}, this job only (optional)</legend>"
+    );
+    field(
+        out,
+        r,
+        "convert",
+        &format!("{prefix}.username"),
+        "Username",
+        Kind::Text,
+        "",
+        "Empty: the saved credentials of the registry, if any.",
+    );
+    field(
+        out,
+        r,
+        "convert",
+        &format!("{prefix}.password"),
+        "Password or token",
+        Kind::Password,
+        "",
+        "Used for this conversion only: sealed with the job, erased when it ends, never saved or shown.",
+    );
+    out.push_str("</fieldset>");
+}
+
+/// The one-off credentials a form gives for `prefix`: none when both fields are empty; a
+/// username without a password (or the reverse) is refused beside the empty field.
+fn one_off_of(f: &Fields, prefix: &str) -> Result<Option<Value>> {
+    let user = f.get(&format!("{prefix}.username")).trim();
+    let password = f.get(&format!("{prefix}.password"));
+    match (user.is_empty(), password.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(json!({"username": user, "password": password}))),
+        (true, false) => Err(Error::field(
+            format!("{prefix}.username"),
+            "enter the username that goes with this password or token, or clear both to use the saved credentials",
+        )),
+        (false, true) => Err(Error::field(
+            format!("{prefix}.password"),
+            "enter the password or token of this username, or clear both to use the saved credentials",
+        )),
+    }
+}
+
 async fn recent_jobs(state: &State, s: &Session) -> Result<String> {
     if !s.can("listJobs") {
         return Ok(String::new());
@@ -400,7 +466,9 @@ fn num(s: &str) -> Option<Value> {
 }
 
 /// The API request a form describes, as the endpoint's JSON.
-fn request_of(f: &Fields, target: &str) -> Value {
+fn request_of(f: &Fields, target: &str) -> Result<Value> {
+    let (in_auth, out_auth) = auth_fields(target);
+    let (in_auth, out_auth) = (one_off_of(f, in_auth)?, one_off_of(f, out_auth)?);
     let put = |m: &mut Map<String, Value>, k: &str, v: Option<Value>| {
         if let Some(v) = v {
             m.insert(k.into(), v);
@@ -426,15 +494,29 @@ fn request_of(f: &Fields, target: &str) -> Value {
             "enable_overlay_filesystem_persistence",
             Some(json!(n("enable_overlay_filesystem_persistence") == "on")),
         );
-        json!({
+        let mut input = Map::new();
+        put(
+            &mut input,
+            "name",
+            Some(json!(f.get("request.input_image.name").trim())),
+        );
+        put(&mut input, "auth_config", in_auth);
+        let mut output = Map::new();
+        put(
+            &mut output,
+            "name",
+            Some(json!(f.get("request.output_image.name").trim())),
+        );
+        put(&mut output, "auth_config", out_auth);
+        Ok(json!({
             "request": {
                 "app_id": f.get("request.app_id"),
-                "input_image": {"name": f.get("request.input_image.name").trim()},
-                "output_image": {"name": f.get("request.output_image.name").trim()},
+                "input_image": input,
+                "output_image": output,
                 "converter_options": co,
             },
             "nitro_enclaves_options": no,
-        })
+        }))
     } else {
         let mut m = Map::new();
         put(&mut m, "appId", f.opt("appId").map(|a| json!(a)));
@@ -460,7 +542,9 @@ fn request_of(f: &Fields, target: &str) -> Value {
             Some(json!(f.checked("allowCmdlineArgs"))),
         );
         put(&mut m, "debug", Some(json!(f.checked("debug"))));
-        Value::Object(m)
+        put(&mut m, "inputAuthConfig", in_auth);
+        put(&mut m, "outputAuthConfig", out_auth);
+        Ok(Value::Object(m))
     }
 }
 
@@ -468,7 +552,7 @@ pub(super) async fn submit(S(state): S<State>, Post { s, f }: Post) -> Response 
     let target = f.get("target").to_string();
     let r: Result<Job> = async {
         let target = target_of(Some(&target))?;
-        let body = serde_json::to_vec(&request_of(&f, target)).expect("JSON");
+        let body = serde_json::to_vec(&request_of(&f, target)?).expect("JSON");
         let request = if target == "nitro" {
             s.may("convertAppBuildNitroEnclaves")?;
             jobs::ConvertRequest::Nitro(jobs::parse_nitro(&body)?)
@@ -584,5 +668,75 @@ pub(super) async fn cancel(
     match r {
         Ok(j) => see_other(&format!("/jobs/{}", j.job_id)),
         Err(e) => super::error_response(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(pairs: &[(&str, &str)]) -> Fields {
+        Fields(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// The one-off fields become the API's own auth configs of each target (what the job seals),
+    /// and the form's Debug never shows them.
+    #[test]
+    fn one_off_credentials_map_to_each_targets_auth_configs() {
+        let f = form(&[
+            ("inputImageName", "reg.example/a:1"),
+            ("outputImageName", "reg.example/a-sgx:1"),
+            ("inputAuthConfig.username", "alice"),
+            ("inputAuthConfig.password", "in-secret"),
+        ]);
+        let sgx = request_of(&f, "sgx").unwrap();
+        let parsed = jobs::parse_sgx(&serde_json::to_vec(&sgx).unwrap()).unwrap();
+        let a = parsed.input_auth_config.expect("input credentials");
+        assert_eq!(
+            (a.username.as_str(), a.password.as_deref()),
+            ("alice", Some("in-secret"))
+        );
+        assert!(parsed.output_auth_config.is_none(), "empty fields: none");
+        assert!(!format!("{f:?}").contains("in-secret"));
+
+        let f = form(&[
+            ("request.input_image.name", "reg.example/a:1"),
+            ("request.output_image.name", "reg.example/a-nitro:1"),
+            ("request.output_image.auth_config.username", "bob"),
+            ("request.output_image.auth_config.password", "token-123"),
+        ]);
+        let nitro = request_of(&f, "nitro").unwrap();
+        let parsed = jobs::parse_nitro(&serde_json::to_vec(&nitro).unwrap()).unwrap();
+        let a = parsed.request.output_image.auth_config.expect("output");
+        assert_eq!(
+            (a.username.as_str(), a.password.as_deref()),
+            ("bob", Some("token-123"))
+        );
+        assert!(parsed.request.input_image.auth_config.is_none());
+        assert!(!format!("{f:?}").contains("token-123"));
+    }
+
+    #[test]
+    fn half_a_credential_is_refused_beside_the_empty_field() {
+        for (pairs, field) in [
+            (
+                [("inputAuthConfig.password", "p"), ("x", "")],
+                "inputAuthConfig.username",
+            ),
+            (
+                [("outputAuthConfig.username", "u"), ("x", "")],
+                "outputAuthConfig.password",
+            ),
+        ] {
+            match request_of(&form(&pairs), "sgx") {
+                Err(Error::InvalidField { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -227,8 +227,25 @@ impl FromRequestParts<State> for Session {
 }
 
 /// The fields of a submitted form.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Fields(pub Vec<(String, String)>);
+
+/// Masks password fields (sign-in, users, registry credentials, a conversion's one-off
+/// credentials), so a form can never reach a log with `{:?}`.
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if k.contains("password") || k == "csrf" {
+                    "*****"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            }))
+            .finish()
+    }
+}
 
 impl Fields {
     pub fn get(&self, name: &str) -> &str {

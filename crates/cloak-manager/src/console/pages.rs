@@ -181,6 +181,31 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
             ));
         }
     }
+    for c in crate::collateral::expiring(state, now + crate::collateral::WARN_BEFORE).await? {
+        let (when, fix) = if c.not_after <= now {
+            (
+                "expired",
+                "quotes of this platform are refused until it is renewed",
+            )
+        } else {
+            (
+                "expires",
+                "certificates stop being issued for this platform then",
+            )
+        };
+        let refresh = if state.config.pccs_url.is_some() {
+            "check that the PCCS answers (the manager refreshes it from there)"
+        } else {
+            "import fresh collateral with `cloak manager collateral import DIR`, or start the manager with --pccs-url"
+        };
+        warnings.push(format!(
+            r#"<p class="banner bad collateral" role="alert">DCAP collateral for {k}: its {item} {when} {t} ({src}); {fix}: {refresh}.</p>"#,
+            k = e(&c.key),
+            item = e(&c.not_after_item),
+            t = time(c.not_after),
+            src = e(&c.source),
+        ));
+    }
     if state.config.allow_simulated_attestation {
         warnings.push(r#"<p class="banner bad" role="alert">Simulated attestation is allowed: certificates can be issued without a TEE (never in production).</p>"#.into());
     }
@@ -189,9 +214,6 @@ async fn overview_page(state: &State, s: &Session) -> Result<Response> {
         body.push_str(&warnings.concat());
         body.push_str("</section>");
     }
-    body.push_str(
-        r#"<p class="help">DCAP collateral is sent with each certificate request and not stored, so no stored collateral can expire.</p>"#,
-    );
 
     // Pending tasks the caller has not decided.
     let (_, _, pending) = tasks::list(state, &s.p, None, Some("PENDING"), 20, 0).await?;
@@ -636,7 +658,7 @@ async fn builds_page(state: &State, s: &Session, raw: &Option<String>) -> Result
     }
     let f = builds::BuildFilter {
         status: Some(status.clone()).filter(|s| !s.is_empty()),
-        docker_image_name: Some(image.clone()).filter(|s| !s.is_empty()),
+        image_prefix: Some(image.trim().to_string()).filter(|s| !s.is_empty()),
         measurement: Some(search.trim().to_string()).filter(|s| !s.is_empty()),
         ..Default::default()
     };
@@ -662,10 +684,10 @@ async fn builds_page(state: &State, s: &Session, raw: &Option<String>) -> Result
         &none,
         "bf",
         "image",
-        "Image name contains",
+        "Image name starts with",
         Kind::Text,
         &image,
-        "",
+        "Registry and repository, e.g. registry.example.com/web (any case).",
     );
     field(
         &mut body,
@@ -886,8 +908,11 @@ pub(super) async fn tasks_page(
         body.push_str("<p>No tasks here.</p>");
     }
     let decide = s.can("UpdateTask");
+    // Every task's build in one query.
+    let ids: Vec<String> = items.iter().map(|t| t.entity_id.clone()).collect();
+    let page_builds = builds::get_many(state, &s.p, &ids).await?;
     for t in &items {
-        let b = builds::get(state, &s.p, &t.entity_id).await.ok();
+        let b = page_builds.iter().find(|b| b.build_id == t.entity_id);
         let _ = write!(
             body,
             r#"<article class="card task" id="task-{id}" aria-labelledby="task-{id}-h"><h2 id="task-{id}-h">{d}</h2><p>{st} <span class="progress-text">{p}</span> · requested by {req} {t}</p>"#,
@@ -909,7 +934,7 @@ pub(super) async fn tasks_page(
                 e(r)
             );
         }
-        if let Some(b) = &b {
+        if let Some(b) = b {
             let _ = write!(
                 body,
                 r#"<p><a href="/builds/{}">Build</a></p>"#,

@@ -38,7 +38,7 @@
         fetch("/registries/match?name=" + encodeURIComponent(name), { credentials: "same-origin" })
           .then(function (r) { return r.ok ? r.json() : null; })
           .then(function (m) {
-            hint.textContent = m ? "Saved credentials for " + m.url + " (user " + m.username + ") will be used."
+            hint.textContent = m ? "Saved credentials for " + m.url + " (user " + m.username + ") will be used unless you enter credentials for this job."
                                  : "No saved credentials for this registry.";
           }, function () { hint.textContent = ""; });
       };
