@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Scale-out under faults and the load benchmark (crates/cloak-cli/tests/scale_out.rs): a real
-# PostgreSQL, `cloak manager serve` replicas behind Debian's HAProxy round-robin, SIGKILLs of
-# replicas at random times and one PostgreSQL restart, then the checks (every 2xx reflected in
-# the database, no build twice, exact quorum counts, audit verify), with the counts printed.
+# PostgreSQL, three `cloak manager serve --workers 0` replicas behind Debian's HAProxy
+# round-robin, two `cloak manager worker` processes converting jobs the load submits (against a
+# real docker-registry), SIGKILLs of replicas and of a worker (mid-conversion) at random times
+# and one PostgreSQL restart, then the checks (every 2xx reflected in the database, no build
+# twice, exact quorum counts, every job ended exactly once with one build and one tag per
+# success and none otherwise, audit verify), with the counts printed.
 #
 # Usage: scripts/scale-out.sh [short|full|bench]
 #   short  the bounded run the test suite also does (`cargo test` runs it)
