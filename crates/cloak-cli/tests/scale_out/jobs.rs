@@ -256,6 +256,7 @@ fn job_rows(pg: &Postgres, url: &str) -> BTreeMap<String, JobRow> {
         )
     })
     .collect();
+    let mut retry_errors = BTreeSet::new();
     for l in psql(
         pg,
         url,
@@ -267,7 +268,7 @@ fn job_rows(pg: &Postgres, url: &str) -> BTreeMap<String, JobRow> {
         let row = rows
             .get_mut(f[0])
             .unwrap_or_else(|| panic!("an attempt of an unknown job: {l}"));
-        if f[2] == "RETRY" {
+        if f[2] == "RETRY" && retry_errors.insert(f[3].to_string()) {
             eprintln!("scale-out: job {}: an attempt was retried: {}", f[0], f[3]);
         }
         row.outcomes
