@@ -11,7 +11,9 @@
 #   short  the bounded run the test suite also does (`cargo test` runs it)
 #   full   CLOAK_SCALE_OUT_SECONDS (120) of load and faults, 8 clients
 #   bench  requests/s and p99 of build reads, registrations and issuance with 1 and 3 replicas
-#          (BENCH_SECONDS=10 per case, BENCH_CLIENTS=16), CPU of PostgreSQL vs the replicas
+#          (both up at once; a BENCH_WARMUP_SECONDS=2 warm-up per case, then BENCH_RUNS=3
+#          rounds alternating 1 and 3 replicas, BENCH_SECONDS=5 per case, BENCH_CLIENTS=8):
+#          medians, min-max, ratios, CPU of PostgreSQL vs the replicas, peak RSS
 # CLOAK_BIN: the `cloak` the replicas run (default for full/bench: the static release binary
 # of scripts/build-manager-image.sh, built if missing; short: the test build's).
 set -euo pipefail
