@@ -176,7 +176,14 @@ impl Replica {
                 .args(&self.args)
                 .env("CLOAK_ADMIN_PASSWORD", ADMIN_PASSWORD)
                 // Workers log their opaque ids at info (the test finds a killed worker's job).
-                .env("CLOAK_LOG", if self.port == 0 { "info,sqlx=warn" } else { "warn" })
+                .env(
+                    "CLOAK_LOG",
+                    if self.port == 0 {
+                        "info,sqlx=warn"
+                    } else {
+                        "warn"
+                    },
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -640,12 +647,7 @@ fn faults_run(seconds: u64, clients: u64, backlog: usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let jobs_acked = Arc::new(Mutex::new(jobs::JobsAcked::default()));
     let job_client = {
-        let (s, stop, acked, env) = (
-            s.clone(),
-            stop.clone(),
-            jobs_acked.clone(),
-            job_env.clone(),
-        );
+        let (s, stop, acked, env) = (s.clone(), stop.clone(), jobs_acked.clone(), job_env.clone());
         std::thread::spawn(move || jobs::job_loop(&s.admin, &env, backlog, &stop, &acked))
     };
     let acked = Arc::new(Mutex::new(Acked::default()));

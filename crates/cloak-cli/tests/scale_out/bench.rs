@@ -51,8 +51,7 @@ fn measure(pids: &[u32], clients: u64, secs: u64, op: Op) -> Result {
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|c| {
-            let (stop, errors, lat, op) =
-                (stop.clone(), errors.clone(), lat.clone(), op.clone());
+            let (stop, errors, lat, op) = (stop.clone(), errors.clone(), lat.clone(), op.clone());
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
                 let mut i = 0;
@@ -91,9 +90,7 @@ fn measure(pids: &[u32], clients: u64, secs: u64, op: Op) -> Result {
         p50_ms: q(0.50),
         p99_ms: q(0.99),
         pg_cpu: (pg_ticks() - pg0) as f64 / tick / elapsed,
-        manager_cpu: (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - m0) as f64
-            / tick
-            / elapsed,
+        manager_cpu: (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - m0) as f64 / tick / elapsed,
     }
 }
 

@@ -233,13 +233,15 @@ struct JobRow {
     build_id: Option<String>,
     output: String,
     outcomes: Vec<(String, Option<String>)>, // (worker, outcome)
+    error: String,
 }
 
 fn job_rows(pg: &Postgres, url: &str) -> BTreeMap<String, JobRow> {
     let mut rows: BTreeMap<String, JobRow> = psql(
         pg,
         url,
-        "SELECT job_id, state, attempts, COALESCE(build_id, ''), output_image FROM jobs",
+        "SELECT job_id, state, attempts, COALESCE(build_id, ''), output_image, \
+         COALESCE(error_stage, '') || ': ' || COALESCE(error_message, '') FROM jobs",
     )
     .lines()
     .map(|l| {
@@ -252,6 +254,8 @@ fn job_rows(pg: &Postgres, url: &str) -> BTreeMap<String, JobRow> {
                 build_id: (!f[3].is_empty()).then(|| f[3].to_string()),
                 output: f[4].to_string(),
                 outcomes: Vec::new(),
+                // The message may hold the separator; it is the last column.
+                error: f[5..].join("|"),
             },
         )
     })
@@ -391,10 +395,11 @@ pub fn check(
         };
         assert!(
             expected.contains(&row.state.as_str()),
-            "job {id} ({s:?}): {} after {} attempts {:?}, expected one of {expected:?}",
+            "job {id} ({s:?}): {} after {} attempts {:?} ({}), expected one of {expected:?}",
             row.state,
             row.attempts,
-            row.outcomes
+            row.outcomes,
+            row.error
         );
     }
     let app_builds: BTreeSet<String> = psql(
@@ -435,8 +440,14 @@ pub fn check(
                 .build_id
                 .clone()
                 .unwrap_or_else(|| panic!("SUCCEEDED job {id} names no build"));
-            assert!(app_builds.contains(&b), "job {id}: build {b} is not registered");
-            assert!(job_builds.insert(b), "job {id}: a build shared with another job");
+            assert!(
+                app_builds.contains(&b),
+                "job {id}: build {b} is not registered"
+            );
+            assert!(
+                job_builds.insert(b),
+                "job {id}: a build shared with another job"
+            );
             assert!(tagged, "SUCCEEDED job {id}: {} is not tagged", row.output);
         } else {
             if row.state == "FAILED" {
@@ -450,7 +461,11 @@ pub fn check(
                 "{} job {id} registered a build",
                 row.state
             );
-            assert!(!tagged, "{} job {id} left the tag {}", row.state, row.output);
+            assert!(
+                !tagged,
+                "{} job {id} left the tag {} ({})",
+                row.state, row.output, row.error
+            );
         }
         c.attempts += row.attempts;
         c.taken_over += row
