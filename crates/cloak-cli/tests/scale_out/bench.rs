@@ -2,28 +2,42 @@
 //! with 3 replicas behind HAProxy on one PostgreSQL, and the CPU each side used.
 use super::*;
 
-/// utime + stime of a process and its children still running, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
+/// Fields of /proc/PID/stat after the command name (index 0 = state, 1 = ppid, 11 = utime).
+fn stat(pid: u32) -> Option<Vec<u64>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
 }
 
-/// CPU ticks of every PostgreSQL process (the postmaster's children included).
-fn pg_ticks() -> u64 {
-    let mut total = 0;
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    stat(pid).map_or(0, |f| f[11] + f[12])
+}
+
+/// CPU ticks of this test's PostgreSQL only (other servers may run on the machine): the
+/// postmaster with the children it has reaped (backends of closed connections) and those
+/// still running.
+fn pg_ticks(pg: &Postgres) -> u64 {
+    let pidfile = pg.data_dir().join("data/postmaster.pid");
+    let Some(master) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        panic!("no postmaster pid in {}", pidfile.display());
+    };
+    let mut total = stat(master).map_or(0, |f| f[11] + f[12] + f[13] + f[14]);
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "postgres" {
-            total += cpu_ticks(pid);
+        if let Some(f) = stat(pid) {
+            if f[1] == u64::from(master) {
+                total += f[11] + f[12];
+            }
         }
     }
     total
@@ -40,11 +54,14 @@ struct Result {
     p99_ms: f64,
     pg_cpu: f64,
     manager_cpu: f64,
+    client_cpu: f64,
 }
 
-fn measure(pids: &[u32], clients: u64, secs: u64, op: Op) -> Result {
+fn measure(pg: &Postgres, pids: &[u32], clients: u64, secs: u64, op: Op) -> Result {
     let tick = 100.0; // USER_HZ on Linux
-    let (pg0, m0): (u64, u64) = (pg_ticks(), pids.iter().map(|p| cpu_ticks(*p)).sum());
+    let (pg0, m0): (u64, u64) = (pg_ticks(pg), pids.iter().map(|p| cpu_ticks(*p)).sum());
+    // The load generator (this process: HTTP clients, CSRs, simulated evidence signing).
+    let c0 = cpu_ticks(std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -89,8 +106,15 @@ fn measure(pids: &[u32], clients: u64, secs: u64, op: Op) -> Result {
         secs: elapsed,
         p50_ms: q(0.50),
         p99_ms: q(0.99),
-        pg_cpu: (pg_ticks() - pg0) as f64 / tick / elapsed,
-        manager_cpu: (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - m0) as f64 / tick / elapsed,
+        pg_cpu: pg_ticks(pg).saturating_sub(pg0) as f64 / tick / elapsed,
+        manager_cpu: pids
+            .iter()
+            .map(|p| cpu_ticks(*p))
+            .sum::<u64>()
+            .saturating_sub(m0) as f64
+            / tick
+            / elapsed,
+        client_cpu: cpu_ticks(std::process::id()).saturating_sub(c0) as f64 / tick / elapsed,
     }
 }
 
@@ -137,6 +161,10 @@ fn stack(pg: &Postgres, n: usize) -> Stack {
         .map(|i| Replica::new(&install, &format!("b{n}-{i}"), 8))
         .collect();
     for r in replicas.iter_mut() {
+        // Every client is 127.0.0.1 (HAProxy's address) to the replicas: the per-address
+        // nonce limit (60 a minute by default) would measure the limiter, not issuance.
+        r.args
+            .extend(["--nonce-rate-per-minute".into(), "1000000".into()]);
         r.start();
     }
     for r in replicas.iter_mut() {
@@ -233,20 +261,20 @@ pub fn run() {
     let stacks: Vec<Stack> = [1usize, 3].into_iter().map(|n| stack(pg, n)).collect();
     for st in &stacks {
         for op in &st.ops {
-            measure(&st.pids, clients, warmup, op.clone());
+            measure(pg, &st.pids, clients, warmup, op.clone());
         }
     }
     let mut results: BTreeMap<(usize, usize), Vec<Result>> = BTreeMap::new();
     for _ in 0..runs {
         for st in &stacks {
             for (k, op) in st.ops.iter().enumerate() {
-                let r = measure(&st.pids, clients, secs, op.clone());
+                let r = measure(pg, &st.pids, clients, secs, op.clone());
                 results.entry((st.n, k)).or_default().push(r);
             }
         }
     }
-    println!("| replicas | operation | requests/s (median) | min–max | p50 ms | p99 ms | errors | PostgreSQL CPU (cores) | replicas CPU (cores) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| replicas | operation | requests/s (median) | min–max | p50 ms | p99 ms | errors | PostgreSQL CPU (cores) | replicas CPU (cores) | load generator CPU (cores) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut rates: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     for ((n, k), rs) in &results {
         let rate: Vec<f64> = rs.iter().map(|r| r.ops as f64 / r.secs).collect();
@@ -257,13 +285,14 @@ pub fn run() {
         rates.insert((*n, *k), m);
         let med = |f: fn(&Result) -> f64| median(rs.iter().map(f).collect());
         println!(
-            "| {n} | {} | {m:.0} | {lo:.0}–{hi:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2} |",
+            "| {n} | {} | {m:.0} | {lo:.0}–{hi:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {:.2} |",
             OPS[*k],
             med(|r| r.p50_ms),
             med(|r| r.p99_ms),
             rs.iter().map(|r| r.errors).sum::<u64>(),
             med(|r| r.pg_cpu),
             med(|r| r.manager_cpu),
+            med(|r| r.client_cpu),
         );
     }
     for (k, name) in OPS.iter().enumerate() {
