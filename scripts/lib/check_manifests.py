@@ -85,6 +85,37 @@ def check_pod(deploy, container_name, needs_http):
     return c, env, volumes, psc
 
 
+def flag(args, name):
+    """The value of `--name V` or `--name=V` in a container's args (the last one wins), or None."""
+    value = None
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def toml_setting(key):
+    """A key of the rendered manager.toml (the ConfigMap both Deployments mount), or None."""
+    import tomllib
+
+    for name, cm in config_maps.items():
+        if name.startswith("cloak-manager-config"):
+            return tomllib.loads(cm.get("data", {}).get("manager.toml", "")).get(key)
+    return None
+
+
+def serve_workers(c):
+    """Conversion workers inside `cloak manager serve`, as it resolves them: the flag, else
+    CLOAK_MANAGER_WORKERS, else `workers` in manager.toml, else 1."""
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    for v in (flag(c.get("args", []), "--workers"), env.get("CLOAK_MANAGER_WORKERS"),
+              toml_setting("workers"), 1):
+        if v is not None:
+            return int(v)
+
+
 manager = get("Deployment", "cloak-manager")
 service = get("Service", "cloak-manager")
 check(service.get("spec", {}).get("selector") == {"app.kubernetes.io/name": "cloak-manager"},
@@ -106,6 +137,7 @@ if overlay == "evaluation":
     check(mpsc.get("fsGroup") == 65532, "evaluation: fsGroup so the non-root user writes the volume")
     check("cloak-worker" not in by_kind.get("Deployment", {}), "evaluation: no worker (SQLite)")
     check(all(s.startswith("cloak-admin") for s in secrets), "evaluation: only the admin Secret")
+    check(serve_workers(mc) >= 1, "evaluation: the manager converts in-process (there is no worker)")
 elif overlay == "production":
     check(manager["spec"]["replicas"] == 3, "production: three manager replicas")
     check(manager["spec"]["strategy"].get("rollingUpdate", {}).get("maxUnavailable") == 0,
@@ -117,6 +149,10 @@ elif overlay == "production":
     wc, wenv, _, _ = check_pod(worker, "worker", False)
     check(wc.get("command", [])[-2:] == ["manager", "worker"], "worker: runs `cloak manager worker`")
     check("CLOAK_MANAGER_DATABASE_URL" in wenv, "worker: database URL from a Secret")
+    check(serve_workers(mc) == 0,
+          "production: the API replicas run no conversion workers (CLOAK_MANAGER_WORKERS=0)")
+    # `cloak manager worker` takes its count from --workers only (default 1).
+    check(int(flag(wc.get("args", []), "--workers") or 1) >= 1, "worker: at least one conversion worker")
     pdb = get("PodDisruptionBudget", "cloak-manager")
     check(pdb.get("spec", {}).get("selector", {}).get("matchLabels")
           == manager["spec"]["selector"]["matchLabels"], "PodDisruptionBudget selects the manager pods")

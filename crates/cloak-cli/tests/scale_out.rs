@@ -1,19 +1,22 @@
 //! Scale-out under faults, on this machine: a real PostgreSQL, three `cloak manager serve`
-//! replicas started at once on the empty database (migrations under the advisory lock),
-//! Debian's HAProxy round-robin in front, and a load of registrations, quorum-of-two approvals,
-//! certificate issuance (simulated evidence) and reads, while replicas are SIGKILLed at random
-//! times and restarted and PostgreSQL is restarted once. Then the database must reflect every
-//! 2xx answer, hold no build twice, count every quorum exactly, and its audit chain must verify.
+//! replicas started at once on the empty database (migrations under the advisory lock) with no
+//! in-process workers (`--workers 0`, as the production overlay runs them), two `cloak manager
+//! worker` processes that do every conversion, Debian's HAProxy round-robin in front, and a load
+//! of registrations, quorum-of-two approvals, certificate issuance (simulated evidence), reads
+//! and asynchronous conversion jobs (against a real `docker-registry`), while replicas and a
+//! worker are SIGKILLed at random times and restarted and PostgreSQL is restarted once. Then the
+//! database must reflect every 2xx answer, hold no build twice, count every quorum exactly,
+//! have ended every job exactly once (scale_out/jobs.rs), and its audit chain must verify.
 //!
 //! Modes (`CLOAK_SCALE_OUT`): unset = the short run of the test suite; `full` = a longer run
 //! (`CLOAK_SCALE_OUT_SECONDS`, default 120); `bench` = the load benchmark of
 //! docs/benchmarks.md (1 and 3 replicas behind HAProxy). scripts/scale-out.sh runs them with a
 //! release binary (`CLOAK_BIN`).
-//!
-//! Conversion jobs and `cloak manager worker` are not on this branch yet: the job checks
-//! ("every job ended exactly once") join this test when they are.
 
 mod common;
+// The conversion-job load and checks (a directory of its own: tests/*.rs are test crates).
+#[path = "scale_out/jobs.rs"]
+mod jobs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -94,7 +97,8 @@ impl Install {
     }
 }
 
-/// One `cloak manager serve` on a fixed loopback port (kept across restarts for HAProxy).
+/// One `cloak manager serve` on a fixed loopback port (kept across restarts for HAProxy), or
+/// one `cloak manager worker` (no port).
 struct Replica {
     name: String,
     port: u16,
@@ -116,6 +120,9 @@ impl Replica {
             "--admin-user",
             "admin",
             "--allow-simulated-attestation",
+            // Conversions are the workers' (`cloak manager worker`) alone.
+            "--workers",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -144,15 +151,39 @@ impl Replica {
         }
     }
 
+    /// A `cloak manager worker` with the operator's conversion flags `job_args`.
+    fn worker(install: &Install, name: &str, job_args: Vec<String>) -> Replica {
+        let dir = install.dir.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let mut args: Vec<String> = vec!["manager".into(), "worker".into()];
+        args.extend(install.store_args(&dir.join("data")));
+        args.extend(job_args);
+        Replica {
+            name: name.into(),
+            port: 0,
+            args,
+            dir,
+            child: None,
+            starts: 0,
+        }
+    }
+
     fn start(&mut self) {
         self.starts += 1;
-        let log =
-            std::fs::File::create(self.dir.join(format!("serve-{}.log", self.starts))).unwrap();
+        let log = std::fs::File::create(self.log_path(self.starts)).unwrap();
         self.child = Some(
             Command::new(cloak_bin())
                 .args(&self.args)
                 .env("CLOAK_ADMIN_PASSWORD", ADMIN_PASSWORD)
-                .env("CLOAK_LOG", "warn")
+                // Workers log their opaque ids at info (the test finds a killed worker's job).
+                .env(
+                    "CLOAK_LOG",
+                    if self.port == 0 {
+                        "info,sqlx=warn"
+                    } else {
+                        "warn"
+                    },
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -190,13 +221,42 @@ impl Replica {
         }
     }
 
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.join(format!("run-{start}.log"))
+    }
+
     fn logs(&self) -> String {
         (1..=self.starts)
-            .map(|n| {
-                std::fs::read_to_string(self.dir.join(format!("serve-{n}.log"))).unwrap_or_default()
-            })
+            .map(|n| std::fs::read_to_string(self.log_path(n)).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The worker ids this (worker) process runs under, once it has logged them.
+    fn worker_ids(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default();
+            let ids = jobs::worker_ids(&log);
+            if !ids.is_empty() {
+                return ids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} logged no worker id:\n{log}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     fn kill(&mut self) {
@@ -544,9 +604,16 @@ fn psql(pg: &Postgres, url: &str, sql: &str) -> String {
     pg.psql(db_name(url), sql)
 }
 
-fn faults_run(seconds: u64, clients: u64) {
+fn faults_run(seconds: u64, clients: u64, backlog: usize) {
     let pg = Postgres::shared();
     let install = Install::new(pg);
+    let url = &install.database_url;
+    // Conversions: a registry with the input image, and two workers (the replicas convert
+    // nothing); a 3 s lease, so that a killed worker's job is taken over within seconds.
+    let job_env = Arc::new(jobs::JobEnv::new());
+    let mut workers: Vec<Replica> = (0..2)
+        .map(|i| Replica::worker(&install, &format!("worker-{i}"), job_env.worker_args(3)))
+        .collect();
     let http = http_client();
     let mut replicas: Vec<Replica> = (0..3)
         .map(|i| Replica::new(&install, &format!("replica-{i}"), 8))
@@ -572,9 +639,17 @@ fn faults_run(seconds: u64, clients: u64) {
         "one default account although three replicas bootstrapped"
     );
 
+    for w in workers.iter_mut() {
+        w.start();
+    }
     let proxy = Haproxy::start(&replicas.iter().map(|r| r.port).collect::<Vec<_>>());
     let s = Arc::new(setup(&proxy.url()));
     let stop = Arc::new(AtomicBool::new(false));
+    let jobs_acked = Arc::new(Mutex::new(jobs::JobsAcked::default()));
+    let job_client = {
+        let (s, stop, acked, env) = (s.clone(), stop.clone(), jobs_acked.clone(), job_env.clone());
+        std::thread::spawn(move || jobs::job_loop(&s.admin, &env, backlog, &stop, &acked))
+    };
     let acked = Arc::new(Mutex::new(Acked::default()));
     let sim = Arc::new(install.sim_key.clone());
     let threads: Vec<_> = (0..clients)
@@ -584,9 +659,12 @@ fn faults_run(seconds: u64, clients: u64) {
         })
         .collect();
 
-    // Faults: kill a random replica at random times, restart it; restart PostgreSQL once.
+    // Faults: kill a random replica or worker at random times, restart it; restart
+    // PostgreSQL once. Each kind happens at least once (replicas twice).
     let started = Instant::now();
     let mut kills = 0;
+    let mut worker_kills = 0;
+    let mut killed_under: Vec<(String, String)> = Vec::new();
     let mut pg_restarted = false;
     let mut rng = Xorshift(cloak_manager::now_ms() as u64 | 1);
     let wait_for = |min_builds: usize| {
@@ -595,28 +673,74 @@ fn faults_run(seconds: u64, clients: u64) {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    while started.elapsed() < Duration::from_secs(seconds) || kills < 2 || !pg_restarted {
+    while started.elapsed() < Duration::from_secs(seconds)
+        || kills < 2
+        || worker_kills < 1
+        || !pg_restarted
+    {
         let before = acked.lock().unwrap().builds.len();
         std::thread::sleep(Duration::from_millis(100 + rng.next() % 900));
-        if !pg_restarted && kills >= 1 {
-            eprintln!(
-                "scale-out: {:?}: restarting PostgreSQL ({before} builds acknowledged)",
-                started.elapsed()
-            );
-            pg.restart();
-            pg_restarted = true;
-        } else {
-            let r = &mut replicas[(rng.next() % 3) as usize];
-            eprintln!(
-                "scale-out: {:?}: SIGKILL {} ({before} builds acknowledged)",
-                started.elapsed(),
-                r.name
-            );
-            r.kill();
-            kills += 1;
-            std::thread::sleep(Duration::from_millis(rng.next() % 700));
-            r.start();
-            r.wait_ready(&http);
+        let overtime = started.elapsed() >= Duration::from_secs(seconds);
+        let fault = match rng.next() % 4 {
+            _ if overtime && !pg_restarted => Fault::Postgres,
+            _ if overtime && worker_kills == 0 => Fault::Worker,
+            3 if !pg_restarted => Fault::Postgres,
+            2 => Fault::Worker,
+            _ => Fault::Replica,
+        };
+        match fault {
+            Fault::Postgres => {
+                eprintln!(
+                    "scale-out: {:?}: restarting PostgreSQL ({before} builds acknowledged)",
+                    started.elapsed()
+                );
+                pg.restart();
+                pg_restarted = true;
+            }
+            Fault::Replica => {
+                let r = &mut replicas[(rng.next() % 3) as usize];
+                eprintln!(
+                    "scale-out: {:?}: SIGKILL {} ({before} builds acknowledged)",
+                    started.elapsed(),
+                    r.name
+                );
+                r.kill();
+                kills += 1;
+                std::thread::sleep(Duration::from_millis(rng.next() % 700));
+                r.start();
+                r.wait_ready(&http);
+            }
+            Fault::Worker => {
+                let w = &mut workers[(rng.next() % 2) as usize];
+                let ids = w.worker_ids();
+                // Frozen at a moment it holds a job (one conversion at a time; the job load
+                // keeps the queue full), so that the kill lands mid-conversion and the
+                // takeover can be checked; killed idle if that moment does not come in 30 s.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut held = None;
+                while held.is_none() && Instant::now() < deadline {
+                    w.signal("-STOP");
+                    // Not twice under one job: its attempts are limited (3).
+                    held = jobs::job_held_by(pg, url, &ids)
+                        .filter(|(j, _)| killed_under.iter().all(|(k, _)| k != j));
+                    if held.is_none() {
+                        w.signal("-CONT");
+                        std::thread::sleep(Duration::from_millis(20 + rng.next() % 100));
+                    }
+                }
+                eprintln!(
+                    "scale-out: {:?}: SIGKILL {} ({})",
+                    started.elapsed(),
+                    w.name,
+                    held.as_ref()
+                        .map_or("idle".to_string(), |(j, _)| format!("holding job {j}"))
+                );
+                w.kill();
+                worker_kills += 1;
+                killed_under.extend(held);
+                std::thread::sleep(Duration::from_millis(rng.next() % 700));
+                w.start();
+            }
         }
         // Progress between faults, so each one lands on running load.
         wait_for(before + 3);
@@ -625,8 +749,10 @@ fn faults_run(seconds: u64, clients: u64) {
     for t in threads {
         t.join().unwrap();
     }
+    job_client.join().unwrap();
+    // The restarted workers drain the queue; the killed worker's job is taken over.
+    jobs::wait_all_ended(pg, url);
     let a = acked.lock().unwrap();
-    let url = &install.database_url;
 
     // Every acknowledged registration, approval and certificate is in the database.
     let db_builds: BTreeMap<String, (String, String, String)> = psql(
@@ -729,8 +855,15 @@ fn faults_run(seconds: u64, clients: u64) {
     );
     let reused = psql(pg, url, "SELECT COUNT(*) FROM (SELECT request_id FROM certificates GROUP BY request_id HAVING COUNT(*) > 1) d");
     assert_eq!(reused.trim(), "0", "one record per certificate request");
+    let j = jobs::check(
+        pg,
+        url,
+        &job_env,
+        &jobs_acked.lock().unwrap(),
+        &killed_under,
+    );
     drop(proxy);
-    for r in replicas.iter_mut() {
+    for r in replicas.iter_mut().chain(workers.iter_mut()) {
         r.kill();
     }
     let verify = Command::new(cloak_bin())
@@ -745,14 +878,18 @@ fn faults_run(seconds: u64, clients: u64) {
         String::from_utf8_lossy(&verify.stderr)
     );
     println!(
-        "scale-out: {}s, {clients} clients, 3 replicas behind HAProxy; {kills} replica SIGKILLs, 1 PostgreSQL restart\n\
+        "scale-out: {}s, {clients} clients + 1 job client, 3 replicas behind HAProxy, 2 workers; {kills} replica SIGKILLs, \
+         {worker_kills} worker SIGKILLs ({} mid-conversion), 1 PostgreSQL restart\n\
          scale-out: requests sent {}, without a 2xx answer {} (killed replica, database restart)\n\
          scale-out: checked {} acknowledged builds present (database holds {}, no measurement twice), \
          {} acknowledged approvals present, {} tasks with exactly 2 approvals = SUCCESS = WHITELISTED builds, \
          {} acknowledged certificates ISSUED ({} issued in all, none for a non-whitelisted build), {} reads\n\
-         scale-out: audit verify: {}\n\
-         scale-out: jobs: not checked (conversion jobs are not on this branch)",
+         scale-out: jobs: {} requests (submissions, cancels), {} without a 2xx answer; checked {} acknowledged jobs present as submitted \
+         (database holds {}), every one ended once: {} SUCCEEDED (one SUCCEEDED attempt, one build, the output tagged), \
+         {} FAILED and {} CANCELLED (no build, no tag); {} attempts, {} taken over after a lease expired, {} retried\n\
+         scale-out: audit verify: {}",
         started.elapsed().as_secs(),
+        killed_under.len(),
         a.sent,
         a.failed,
         a.builds.len(),
@@ -762,8 +899,25 @@ fn faults_run(seconds: u64, clients: u64) {
         a.certificates.len(),
         issued.len(),
         a.reads,
+        j.sent,
+        j.failed,
+        j.acked,
+        j.in_db,
+        j.succeeded,
+        j.failed_jobs,
+        j.cancelled,
+        j.attempts,
+        j.taken_over,
+        j.retried,
         report.trim().replace('\n', "; ")
     );
+}
+
+/// One fault of the scale-out run.
+enum Fault {
+    Replica,
+    Worker,
+    Postgres,
 }
 
 struct Xorshift(u64);
@@ -787,215 +941,12 @@ fn replicas_killed_and_a_database_restart_lose_no_acknowledged_request() {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(120),
             8,
+            4,
         ),
-        _ => faults_run(8, 3),
+        _ => faults_run(8, 3, 3),
     }
 }
 
-mod bench {
-    //! Requests/s and p99 for build reads, registrations and certificate issuance with 1 and
-    //! with 3 replicas behind HAProxy on one PostgreSQL, and the CPU each side used.
-    use super::*;
-
-    /// utime + stime of a process and its children still running, in clock ticks.
-    fn cpu_ticks(pid: u32) -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
-            })
-            .unwrap_or(0)
-    }
-
-    /// CPU ticks of every PostgreSQL process (the postmaster's children included).
-    fn pg_ticks() -> u64 {
-        let mut total = 0;
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "postgres" {
-                total += cpu_ticks(pid);
-            }
-        }
-        total
-    }
-
-    /// One benchmarked operation: (client, iteration) → answered 2xx.
-    type Op = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
-
-    struct Result {
-        ops: u64,
-        errors: u64,
-        secs: f64,
-        p50_ms: f64,
-        p99_ms: f64,
-        pg_cpu: f64,
-        manager_cpu: f64,
-    }
-
-    fn measure(pids: &[u32], clients: u64, secs: u64, op: Op) -> Result {
-        let tick = 100.0; // USER_HZ on Linux
-        let (pg0, m0): (u64, u64) = (pg_ticks(), pids.iter().map(|p| cpu_ticks(*p)).sum());
-        let stop = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(AtomicU64::new(0));
-        let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
-        let started = Instant::now();
-        let threads: Vec<_> = (0..clients)
-            .map(|c| {
-                let (stop, errors, lat, op) =
-                    (stop.clone(), errors.clone(), lat.clone(), op.clone());
-                std::thread::spawn(move || {
-                    let mut mine = Vec::new();
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        if op(c, i) {
-                            mine.push(t.elapsed().as_secs_f64() * 1000.0);
-                        } else {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        i += 1;
-                    }
-                    lat.lock().unwrap().extend(mine);
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs(secs));
-        stop.store(true, Ordering::Relaxed);
-        for t in threads {
-            t.join().unwrap();
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let mut l = lat.lock().unwrap().clone();
-        l.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let q = |p: f64| {
-            if l.is_empty() {
-                0.0
-            } else {
-                l[((l.len() as f64 * p) as usize).min(l.len() - 1)]
-            }
-        };
-        Result {
-            ops: l.len() as u64,
-            errors: errors.load(Ordering::Relaxed),
-            secs: elapsed,
-            p50_ms: q(0.50),
-            p99_ms: q(0.99),
-            pg_cpu: (pg_ticks() - pg0) as f64 / tick / elapsed,
-            manager_cpu: (pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() - m0) as f64
-                / tick
-                / elapsed,
-        }
-    }
-
-    pub fn run() {
-        let secs: u64 = std::env::var("BENCH_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(10);
-        let clients: u64 = std::env::var("BENCH_CLIENTS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(16);
-        let pg = Postgres::shared();
-        println!(
-            "bench: {} CPUs, {clients} clients, {secs} s per case, binary {}",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            cloak_bin().display()
-        );
-        println!("| replicas | operation | requests/s | p50 ms | p99 ms | errors | PostgreSQL CPU (cores) | replicas CPU (cores) |");
-        println!("|---|---|---|---|---|---|---|---|");
-        let mut rates: BTreeMap<(usize, &str), f64> = BTreeMap::new();
-        for n in [1usize, 3] {
-            let install = Install::new(pg);
-            let http = http_client();
-            let mut replicas: Vec<Replica> = (0..n)
-                .map(|i| Replica::new(&install, &format!("b{n}-{i}"), 8))
-                .collect();
-            for r in replicas.iter_mut() {
-                r.start();
-            }
-            for r in replicas.iter_mut() {
-                r.wait_ready(&http);
-            }
-            let pids: Vec<u32> = replicas.iter().filter_map(|r| r.pid()).collect();
-            let proxy = Haproxy::start(&replicas.iter().map(|r| r.port).collect::<Vec<_>>());
-            let s = Arc::new(setup(&proxy.url()));
-            // Builds to read and to issue for: registered and approved up front.
-            let mut ids = Vec::new();
-            for k in 0..50u64 {
-                let b = s.admin.must(
-                    reqwest::Method::POST,
-                    "/v1/builds",
-                    &build_body(&s.app_id, k),
-                );
-                let task = b["task_id"].as_str().unwrap().to_string();
-                for (api, _) in &s.approvers {
-                    api.must(
-                        reqwest::Method::PATCH,
-                        &format!("/v1/tasks/{task}"),
-                        &json!({"status": "APPROVED"}),
-                    );
-                }
-                ids.push(b["build_id"].as_str().unwrap().to_string());
-            }
-            let ids = Arc::new(ids);
-            let sim = Arc::new(install.sim_key.clone());
-            let key = Arc::new(csr());
-            let ops: Vec<(&str, Op)> = vec![
-                ("build read (GET /v1/builds/{id})", {
-                    let (s, ids) = (s.clone(), ids.clone());
-                    Arc::new(move |c, i| {
-                        ok(s.admin.get(&format!(
-                            "/v1/builds/{}",
-                            ids[((c * 7919 + i) % ids.len() as u64) as usize]
-                        )))
-                        .is_some()
-                    })
-                }),
-                ("registration (POST /v1/builds)", {
-                    let s = s.clone();
-                    Arc::new(move |c, i| {
-                        ok(s.admin.post(
-                            "/v1/builds",
-                            &build_body(&s.app_id, (1 << 40) + (c << 24) + i),
-                        ))
-                        .is_some()
-                    })
-                }),
-                ("issuance (nonce + POST /v1/certificates)", {
-                    let (s, sim, key) = (s.clone(), sim.clone(), key.clone());
-                    Arc::new(move |c, i| {
-                        ok(issue(&s.anon, &sim, &s.app_id, (c * 31 + i) % 50, &key)).is_some()
-                    })
-                }),
-            ];
-            for (name, op) in ops {
-                let r = measure(&pids, clients, secs, op);
-                let rate = r.ops as f64 / r.secs;
-                rates.insert((n, name), rate);
-                println!(
-                    "| {n} | {name} | {rate:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2} |",
-                    r.p50_ms, r.p99_ms, r.errors, r.pg_cpu, r.manager_cpu
-                );
-            }
-            drop(proxy);
-        }
-        for name in [
-            "build read (GET /v1/builds/{id})",
-            "registration (POST /v1/builds)",
-            "issuance (nonce + POST /v1/certificates)",
-        ] {
-            println!(
-                "bench: {name}: 3 replicas / 1 replica = {:.2}",
-                rates[&(3, name)] / rates[&(1, name)]
-            );
-        }
-    }
-}
+// The load benchmark (CLOAK_SCALE_OUT=bench).
+#[path = "scale_out/bench.rs"]
+mod bench;

@@ -306,7 +306,11 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                 Err(e) => {
                     let msg =
                         format!("the converted image could not be registered as a build: {e}");
-                    jobs::fail(state, &c, "register", &msg, false).await?;
+                    // A database that went away (a restart, a failover) is no verdict on the
+                    // image: another attempt converts and registers it again. Anything else
+                    // (revoked measurements, a vanished app) would fail the same way again.
+                    let transient = matches!(e, Error::Database(_));
+                    jobs::fail(state, &c, "register", &msg, transient).await?;
                 }
             }
         }
