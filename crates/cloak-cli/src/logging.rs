@@ -34,15 +34,14 @@ fn write_lines(rx: Receiver<Msg>, out: &mut dyn Write) {
     while let Ok(first) = rx.recv() {
         let mut acks = Vec::new();
         let mut buf = Vec::with_capacity(8192);
-        let mut take = |m: Msg| match m {
-            Msg::Line(l) => buf.extend_from_slice(&l),
-            Msg::Flush(ack) => acks.push(ack),
-        };
-        take(first);
-        while buf.len() < 1 << 20 {
-            match rx.try_recv() {
-                Ok(m) => take(m),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            match m {
+                Msg::Line(l) => buf.extend_from_slice(&l),
+                Msg::Flush(ack) => acks.push(ack),
+            }
+            if buf.len() < 1 << 20 {
+                next = rx.try_recv().ok();
             }
         }
         // stderr is unbuffered: one write for the whole batch. A failed write (stderr closed)

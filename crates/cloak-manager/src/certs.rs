@@ -119,9 +119,55 @@ fn refuse(code: &'static str, detail: impl Into<String>) -> Refusal {
     }
 }
 
+/// The count of outstanding nonces as last taken from the database, plus what this replica
+/// issued since. Counting is a scan of up to `max_outstanding_nonces` index entries, so it is
+/// taken at most once a second: within one replica the limit stays exact, across replicas it
+/// may be passed by what the others issued within that second (each client address is still
+/// held to its own rate).
+#[derive(Debug, Default)]
+pub struct NonceGauge(std::sync::Mutex<Option<Count>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    /// When it was taken, on the monotonic clock and on the manager's (in seconds).
+    at: std::time::Instant,
+    now: i64,
+    n: i64,
+}
+
+impl NonceGauge {
+    const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The count, if taken less than a second ago by both clocks (nonces that expired since
+    /// are still in it: near the cap, the count errs towards refusing).
+    fn fresh(&self, now: i64) -> Option<i64> {
+        let g = self.0.lock().expect("nonce gauge lock");
+        g.filter(|c| c.at.elapsed() < Self::FRESH_FOR && (0..1).contains(&(now - c.now)))
+            .map(|c| c.n)
+    }
+
+    fn counted(&self, now: i64, n: i64) {
+        *self.0.lock().expect("nonce gauge lock") = Some(Count {
+            at: std::time::Instant::now(),
+            now,
+            n,
+        });
+    }
+
+    fn issued(&self) {
+        if let Some(c) = self.0.lock().expect("nonce gauge lock").as_mut() {
+            c.n += 1;
+        }
+    }
+}
+
 /// Issues a nonce (stored as a hash, single use). The route is unauthenticated, so each client
 /// address gets `nonce_rate_per_minute` per fixed minute (counted in the database, so the limit
 /// holds across replicas), and at most `max_outstanding_nonces` unexpired nonces exist at once.
+///
+/// The client's rate row is the one every request of that address updates: it is written last,
+/// so that its lock is held for the commit only. Expired nonces and past rate windows are purged
+/// by about one request in 64, not by each.
 pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     use rand::RngCore;
     let mut n = [0u8; 32];
@@ -129,39 +175,28 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     let now = state.clock.now();
     let window = now - now.rem_euclid(60);
     let mut tx = state.db.begin().await?;
-    sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
-        .bind(now - NONCE_TTL)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
-        .bind(window)
-        .execute(&mut *tx)
-        .await?;
-    // One statement counts and reads back (PostgreSQL serialises it on the row; SQLite has one
-    // writer), so concurrent requests cannot both see the last free slot.
-    let count: i64 = sqlx::query_scalar(
-        "INSERT INTO nonce_rate (client, window_start, count) VALUES ($1, $2, 1) \
-         ON CONFLICT (client) DO UPDATE SET count = CASE WHEN nonce_rate.window_start = excluded.window_start \
-         THEN nonce_rate.count + 1 ELSE 1 END, window_start = excluded.window_start RETURNING count",
-    )
-    .bind(client)
-    .bind(window)
-    .fetch_one(&mut *tx)
-    .await?;
-    if count > state.config.nonce_rate_per_minute {
-        return Err(Error::RateLimited {
-            detail: format!(
-                "too many nonces for {client}: {} a minute; retry in {} s",
-                state.config.nonce_rate_per_minute,
-                window + 60 - now
-            ),
-            retry_after: (window + 60 - now).max(1) as u64,
-        });
+    if rand::rngs::OsRng.next_u32() % 64 == 0 {
+        sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
+            .bind(now - NONCE_TTL)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
+            .bind(window)
+            .execute(&mut *tx)
+            .await?;
     }
-    let outstanding: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nonces WHERE expires_at > $1")
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+    let outstanding = match state.nonce_gauge.fresh(now) {
+        Some(n) => n,
+        None => {
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM nonces WHERE expires_at > $1")
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            state.nonce_gauge.counted(now, n);
+            n
+        }
+    };
     if outstanding >= state.config.max_outstanding_nonces {
         let first: Option<i64> =
             sqlx::query_scalar("SELECT MIN(expires_at) FROM nonces WHERE expires_at > $1")
@@ -183,7 +218,30 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
         .bind(now + NONCE_TTL)
         .execute(&mut *tx)
         .await?;
+    // One statement counts and reads back (PostgreSQL serialises it on the row; SQLite has one
+    // writer), so concurrent requests cannot both see the last free slot.
+    let count: i64 = sqlx::query_scalar(
+        "INSERT INTO nonce_rate (client, window_start, count) VALUES ($1, $2, 1) \
+         ON CONFLICT (client) DO UPDATE SET count = CASE WHEN nonce_rate.window_start = excluded.window_start \
+         THEN nonce_rate.count + 1 ELSE 1 END, window_start = excluded.window_start RETURNING count",
+    )
+    .bind(client)
+    .bind(window)
+    .fetch_one(&mut *tx)
+    .await?;
+    if count > state.config.nonce_rate_per_minute {
+        // Dropping the transaction rolls the nonce back.
+        return Err(Error::RateLimited {
+            detail: format!(
+                "too many nonces for {client}: {} a minute; retry in {} s",
+                state.config.nonce_rate_per_minute,
+                window + 60 - now
+            ),
+            retry_after: (window + 60 - now).max(1) as u64,
+        });
+    }
     tx.commit().await?;
+    state.nonce_gauge.issued();
     Ok(NonceResponse {
         nonce: hex::encode(n),
         expires_at: now + NONCE_TTL,

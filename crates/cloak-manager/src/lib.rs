@@ -81,6 +81,8 @@ pub struct State {
     pub principals: Arc<auth::PrincipalCache>,
     /// The CA, loaded on first use (see `ca::get`).
     pub ca: Arc<tokio::sync::OnceCell<Arc<ca::Ca>>>,
+    /// Outstanding nonces as last counted (see `certs::nonce`).
+    pub nonce_gauge: Arc<certs::NonceGauge>,
 }
 
 impl State {

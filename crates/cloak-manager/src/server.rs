@@ -117,6 +117,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
         metrics: Default::default(),
         clock,
         principals: Default::default(),
+        nonce_gauge: Default::default(),
         ca: Default::default(),
     })
 }
@@ -364,6 +365,7 @@ pub async fn run_workers(config: Config, workers: usize) -> Result<()> {
         metrics: Default::default(),
         clock: Arc::new(crate::SystemClock),
         principals: Default::default(),
+        nonce_gauge: Default::default(),
         ca: Default::default(),
     };
     // Held like a replica's: master key rotation refuses while workers run.
