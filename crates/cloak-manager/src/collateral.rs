@@ -317,7 +317,7 @@ struct Answer {
 }
 
 async fn get_url(url: &str) -> std::result::Result<Answer, String> {
-    let resp = client()?
+    let mut resp = client()?
         .get(url)
         .send()
         .await
@@ -327,14 +327,20 @@ async fn get_url(url: &str) -> std::result::Result<Answer, String> {
         return Err(format!("GET {url}: HTTP {status}"));
     }
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
-    if body.len() > MAX_BODY {
-        return Err(format!("GET {url}: more than {MAX_BODY} bytes"));
+    // Bounded while it arrives: a hostile or broken PCCS must not make the manager buffer an
+    // endless body (or hold one for the whole timeout) before the size is looked at.
+    let too_big = || format!("GET {url}: more than {MAX_BODY} bytes");
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_big());
     }
-    Ok(Answer {
-        headers,
-        body: body.to_vec(),
-    })
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer { headers, body })
 }
 
 fn header(a: &Answer, url: &str, names: &[&str]) -> std::result::Result<String, String> {

@@ -242,3 +242,50 @@ fn cached_collateral_carries_issuance_through_a_pccs_outage_until_its_next_updat
 fn cached_collateral_carries_issuance_through_a_pccs_outage_until_its_next_update_postgres() {
     pccs_flow(true);
 }
+
+/// A hostile PCCS: every answer is an endless body (no Content-Length, 64 KiB at a time, then
+/// silence with the connection held open). The manager stops reading at its limit and says so,
+/// instead of buffering until the request's time runs out.
+#[test]
+fn a_pccs_answering_without_end_is_cut_off_at_the_size_limit() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nSGX-PCK-CRL-Issuer-Chain: x\r\n\r\n"
+                );
+                let chunk = vec![0x30u8; 64 * 1024];
+                for _ in 0..64 {
+                    if conn.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                // Hold the connection: a reader waiting for the end waits for the timeout.
+                std::thread::sleep(std::time::Duration::from_secs(120));
+            });
+        }
+    });
+    let (der, claims) = gramine();
+    let s = Server::start_with(false, RATLS_AT, |st| st.pccs_url = Some(url));
+    let admin = s.admin();
+    let (app, build) = gramine_app(&admin, "endless-pccs", &claims);
+    approve(&admin, &build);
+    let body = json!({"app_id": app.app_id, "evidence": b64(&der)});
+    let (status, why) = refusal(s.anonymous().post("/v1/certificates", &body));
+    assert_eq!(status, 503);
+    assert!(
+        why.starts_with("collateral_unavailable:") && why.contains("more than 1048576 bytes"),
+        "{why}"
+    );
+}
