@@ -442,12 +442,18 @@ async fn check(
             }
         }
     }
-    // Collateral given with the request wins; else the cache (and PCCS) for the platform the
-    // quote names. Either way it is verified against Intel's root with the quote.
+    // Collateral given with the request serves unless the manager's own (cache, PCCS) for the
+    // platform the quote names is newer; without it, the manager's own. Either way it is
+    // verified against Intel's root with the quote.
     let collateral = match &req.collateral {
         Some(v) => Some(
-            cloak_attest::Collateral::from_json(v.to_string().as_bytes())
-                .map_err(|e| refuse(e.code(), format!("collateral: {e}")))?,
+            crate::collateral::newest(
+                state,
+                &evidence,
+                cloak_attest::Collateral::from_json(v.to_string().as_bytes())
+                    .map_err(|e| refuse(e.code(), format!("collateral: {e}")))?,
+            )
+            .await,
         ),
         None => match cloak_attest::detect(&evidence).map(|e| e.kind) {
             Ok(
