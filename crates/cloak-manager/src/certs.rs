@@ -1,8 +1,8 @@
 //! Attested certificate issuance: single-use nonces, evidence verified with `cloak-attest` at the
 //! manager's clock, the key bound in the evidence, the measurements matched against a build of
 //! the app that is WHITELISTED now, and a short-lived leaf from the manager's CA with the
-//! evidence embedded. Every attempt is a certificate record (ISSUED or REJECTED, with a stable
-//! reason code) and an audit record.
+//! evidence embedded. Every attempt past the nonce is a certificate record (ISSUED or REJECTED,
+//! with a stable reason code) and an audit record; refusals before it are answered and logged.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -127,37 +127,12 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     let mut n = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut n);
     let now = state.clock.now();
-    let window = now - now.rem_euclid(60);
     let mut tx = state.db.begin().await?;
     sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
         .bind(now - NONCE_TTL)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
-        .bind(window)
-        .execute(&mut *tx)
-        .await?;
-    // One statement counts and reads back (PostgreSQL serialises it on the row; SQLite has one
-    // writer), so concurrent requests cannot both see the last free slot.
-    let count: i64 = sqlx::query_scalar(
-        "INSERT INTO nonce_rate (client, window_start, count) VALUES ($1, $2, 1) \
-         ON CONFLICT (client) DO UPDATE SET count = CASE WHEN nonce_rate.window_start = excluded.window_start \
-         THEN nonce_rate.count + 1 ELSE 1 END, window_start = excluded.window_start RETURNING count",
-    )
-    .bind(client)
-    .bind(window)
-    .fetch_one(&mut *tx)
-    .await?;
-    if count > state.config.nonce_rate_per_minute {
-        return Err(Error::RateLimited {
-            detail: format!(
-                "too many nonces for {client}: {} a minute; retry in {} s",
-                state.config.nonce_rate_per_minute,
-                window + 60 - now
-            ),
-            retry_after: (window + 60 - now).max(1) as u64,
-        });
-    }
+    take_slot(&mut tx, state, client, now, "nonces").await?;
     let outstanding: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nonces WHERE expires_at > $1")
         .bind(now)
         .fetch_one(&mut *tx)
@@ -189,6 +164,59 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
         expires_at: now + NONCE_TTL,
     })
 }
+
+/// Takes one of `client`'s `nonce_rate_per_minute` slots of the current minute (shared by
+/// nonces and nonce-less certificate requests), or refuses with 429. Counted in the
+/// database, so the limit holds across replicas; a refusal rolls the count back with `tx`.
+async fn take_slot(
+    tx: &mut crate::store::Tx,
+    state: &State,
+    client: &str,
+    now: i64,
+    what: &str,
+) -> Result<()> {
+    let window = now - now.rem_euclid(60);
+    sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
+        .bind(window)
+        .execute(&mut **tx)
+        .await?;
+    // One statement counts and reads back (PostgreSQL serialises it on the row; SQLite has one
+    // writer), so concurrent requests cannot both see the last free slot.
+    let count: i64 = sqlx::query_scalar(
+        "INSERT INTO nonce_rate (client, window_start, count) VALUES ($1, $2, 1) \
+         ON CONFLICT (client) DO UPDATE SET count = CASE WHEN nonce_rate.window_start = excluded.window_start \
+         THEN nonce_rate.count + 1 ELSE 1 END, window_start = excluded.window_start RETURNING count",
+    )
+    .bind(client)
+    .bind(window)
+    .fetch_one(&mut **tx)
+    .await?;
+    if count > state.config.nonce_rate_per_minute {
+        return Err(Error::RateLimited {
+            detail: format!(
+                "too many {what} for {client}: {} a minute (nonces and certificate requests \
+                 without one together); retry in {} s",
+                state.config.nonce_rate_per_minute,
+                window + 60 - now
+            ),
+            retry_after: (window + 60 - now).max(1) as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Refusals decided before a nonce of this manager was consumed: anyone can send them, as
+/// often as they like, so they are answered (and logged) but leave no certificate record and
+/// no audit record (which would let an unauthenticated caller grow the database and the
+/// account's audit chain without bound).
+const UNAUTHENTICATED_REFUSALS: [&str; 6] = [
+    "malformed_evidence",
+    "malformed_nonce",
+    "nonce_required",
+    "nonce_unknown",
+    "nonce_expired",
+    "nonce_reused",
+];
 
 async fn consume_nonce(state: &State, nonce: &[u8]) -> std::result::Result<(), Refusal> {
     let hash = hex::encode(Sha256::digest(nonce));
@@ -744,12 +772,30 @@ pub async fn request(
     state: &State,
     req: CertificateRequest,
     request_id: &str,
+    client: &str,
 ) -> Result<CertificateRecord> {
     let app_id = crate::validate::uuid("app_id", &req.app_id)?;
     let app = crate::apps::get_any(state, &app_id).await?;
     let ca = crate::ca::get(state).await?;
     let now = state.clock.now();
+    // A request without a nonce (apps whose policy does not require one) costs a slot of the
+    // client's per-minute budget, as a nonce does: each is recorded and audited.
+    if req.nonce.is_none() {
+        let mut tx = state.db.begin().await?;
+        take_slot(&mut tx, state, client, now, "certificate requests").await?;
+        tx.commit().await?;
+    }
     let verdict = check(state, &app, &req, true).await;
+    if let Err(r) = &verdict {
+        if UNAUTHENTICATED_REFUSALS.contains(&r.code) {
+            tracing::warn!(request_id, app_id = %app.app_id, %client, reason = r.code,
+                           "certificate request refused before a nonce was consumed (not recorded)");
+            return Err(Error::Refused {
+                code: r.code,
+                detail: format!("{} (request {request_id})", r.detail),
+            });
+        }
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let (rec, outcome) = match verdict {
         Ok(v) => {
