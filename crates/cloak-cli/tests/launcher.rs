@@ -551,7 +551,7 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
 /// A certificate stays valid for its lifetime, but the secrets it unlocks follow the policy of
 /// now: once the manager stops accepting simulated evidence, a certificate issued for
 /// simulated evidence gets no configs (nor would a debug or TCB status the app's policy no
-/// longer accepts).
+/// longer accepts), and the CRL lists it.
 #[test]
 fn configs_follow_the_evidence_policy_of_now_not_of_issuance() {
     let s = Server::start();
@@ -578,11 +578,49 @@ fn configs_follow_the_evidence_policy_of_now_not_of_issuance() {
     let (code, body) = curl_configs(&s, Some(&sys.root));
     assert_eq!(code, 200, "{body}");
 
+    let crl_lists_the_leaf = |s: &Server| -> bool {
+        let crl = s.dir.path().join("crl.pem");
+        let out = Command::new("curl")
+            .args(["-sSf", "-H", "Accept: application/x-pem-file", "--cacert"])
+            .arg(s.dir.path().join("manager-tls.pem"))
+            .arg("-o")
+            .arg(&crl)
+            .arg(format!("{}/v1/ca/crl", s.url))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let leaf = sys.root.join("appcert.pem");
+        let serial = text(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"]);
+        let serial = serial
+            .trim()
+            .strip_prefix("serial=")
+            .unwrap()
+            .to_ascii_uppercase();
+        text(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"])
+            .contains(&format!("Serial Number: {serial}"))
+    };
+    assert!(!crl_lists_the_leaf(&s));
+
     let s = s.without_simulation();
     let (code, body) = curl_configs(&s, Some(&sys.root));
     assert_eq!(code, 403, "{body}");
     assert_eq!(body["type"], "simulation_not_allowed", "{body}");
     assert!(!body.to_string().contains(SECRET));
+    // And relying parties other than the manager learn it from the CRL.
+    assert!(crl_lists_the_leaf(&s));
 }
 
 #[test]

@@ -900,18 +900,22 @@ pub async fn evaluate(
     })
 }
 
-/// `GET /v1/ca/crl`: the certificates issued to builds that are now REJECTED (revoked), still
-/// within their validity, in a CRL signed by the issuing CA. The CA is shared by every account,
-/// so the list spans them (it names serial numbers only).
+/// `GET /v1/ca/crl`: the certificates issued to builds that are now REJECTED (revoked), and,
+/// while the manager does not accept simulated evidence, those issued for simulated evidence
+/// (revoked from their issuance), still within their validity, in a CRL signed by the issuing
+/// CA. The CA is shared by every account, so the list spans them (it names serial numbers only).
 pub async fn crl(state: &State) -> Result<rcgen::CertificateRevocationList> {
     let now = state.clock.now();
     let ca = crate::ca::get(state).await?;
     let rows = sqlx::query(
-        "SELECT c.cert_pem, b.status_updated_at FROM certificates c JOIN builds b ON b.build_id = c.build_id \
-         WHERE c.status = 'ISSUED' AND b.status = 'REJECTED' AND c.not_after >= $1 \
+        "SELECT c.cert_pem, CASE WHEN b.status = 'REJECTED' THEN b.status_updated_at ELSE c.created_at END \
+         FROM certificates c JOIN builds b ON b.build_id = c.build_id \
+         WHERE c.status = 'ISSUED' AND c.not_after >= $1 \
+         AND (b.status = 'REJECTED' OR (c.simulated <> 0 AND $2 = 0)) \
          ORDER BY c.created_at, c.certificate_id",
     )
     .bind(now)
+    .bind(i64::from(state.config.allow_simulated_attestation))
     .fetch_all(state.db.reader())
     .await?;
     let mut revoked = Vec::with_capacity(rows.len());
