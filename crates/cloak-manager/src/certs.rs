@@ -176,6 +176,7 @@ async fn take_slot(
     what: &str,
 ) -> Result<()> {
     let window = now - now.rem_euclid(60);
+    let client = &rate_key(client);
     sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
         .bind(window)
         .execute(&mut **tx)
@@ -203,6 +204,22 @@ async fn take_slot(
         });
     }
     Ok(())
+}
+
+/// Whose budget a client address spends: an IPv4 address is one client, an IPv6 address its
+/// /64 (one host is routinely given a whole /64, so per-address budgets would be 2^64 budgets
+/// and the overall cap of outstanding nonces the only limit: a lever to starve every launcher).
+fn rate_key(client: &str) -> String {
+    match client.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        _ => client.to_string(),
+    }
 }
 
 /// Refusals decided before a nonce of this manager was consumed: anyone can send them, as

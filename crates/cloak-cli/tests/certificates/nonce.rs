@@ -69,6 +69,24 @@ fn nonces_are_rate_limited_per_client_address_and_capped_overall() {
     let (status, _, body) = ask("192.0.2.1");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["nonce"].as_str().unwrap().len(), 64);
+
+    // An IPv6 host holds a whole /64: its addresses share one budget (else one host would
+    // have 2^64 budgets and could take every outstanding nonce, starving all launchers).
+    for i in 1..=5 {
+        let (status, _, body) = ask(&format!("2001:db8:1:2::{i:x}"));
+        assert_eq!(status, 200, "nonce {i}: {body}");
+    }
+    let (status, _, body) = ask("2001:db8:1:2:ffff:ffff:ffff:ffff");
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2001:db8:1:2::/64"),
+        "{body}"
+    );
+    let (status, _, body) = ask("2001:db8:1:3::1");
+    assert_eq!(status, 200, "another /64: {body}");
 }
 
 /// `POST /v1/certificates` is unauthenticated too. Refusals decided before a nonce of this
