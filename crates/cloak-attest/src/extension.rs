@@ -462,6 +462,10 @@ pub struct CertFacts {
     pub spki_der: Vec<u8>,
     /// basicConstraints cA.
     pub is_ca: bool,
+    /// basicConstraints pathLenConstraint, when set.
+    pub path_len: Option<u8>,
+    /// Whether keyUsage allows keyCertSign; None without a keyUsage extension (any use).
+    pub key_cert_sign: Option<bool>,
     /// notAfter, Unix seconds.
     pub not_after: u64,
 }
@@ -471,21 +475,25 @@ pub fn cert_facts(cert_der: &[u8]) -> Result<CertFacts> {
     use x509_cert_03::der::Decode;
     let cert = Cert::parse(cert_der).map_err(Error::BadExtension)?;
     let tbs = cert.cert.tbs_certificate();
-    let is_ca = tbs
-        .extensions()
-        .map(|e| e.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .filter(|e| e.extn_id.to_string() == "2.5.29.19")
-        .any(|e| {
-            x509_cert_03::ext::pkix::BasicConstraints::from_der(e.extn_value.as_bytes())
-                .is_ok_and(|b| b.ca)
-        });
+    let exts = tbs.extensions().map(|e| e.as_slice()).unwrap_or_default();
+    let ext = |oid: &str| exts.iter().find(|e| e.extn_id.to_string() == oid);
+    let basic = ext("2.5.29.19").and_then(|e| {
+        x509_cert_03::ext::pkix::BasicConstraints::from_der(e.extn_value.as_bytes()).ok()
+    });
+    let key_cert_sign = ext("2.5.29.15")
+        .map(|e| {
+            x509_cert_03::ext::pkix::KeyUsage::from_der(e.extn_value.as_bytes())
+                .map(|ku| ku.key_cert_sign())
+                .map_err(|e| Error::BadExtension(format!("keyUsage: {e}")))
+        })
+        .transpose()?;
     Ok(CertFacts {
         subject: tbs.subject().to_string(),
         issuer: tbs.issuer().to_string(),
         spki_der: cert.spki_der().map_err(Error::BadExtension)?,
-        is_ca,
+        is_ca: basic.as_ref().is_some_and(|b| b.ca),
+        path_len: basic.and_then(|b| b.path_len_constraint),
+        key_cert_sign,
         not_after: cert.validity().1,
     })
 }

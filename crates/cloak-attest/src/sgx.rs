@@ -130,6 +130,68 @@ impl Collateral {
     }
 }
 
+impl Collateral {
+    /// What orders two collaterals of one platform in time: the TCB evaluation data numbers
+    /// of the TCB info and the QE identity (Intel raises them at each TCB recovery), their
+    /// issue dates and the CRLs' thisUpdate. Each as (item, value); larger is newer.
+    pub fn generation(&self) -> Result<Vec<(&'static str, u64)>> {
+        let c = &self.0;
+        let bad = |detail: String| Error::BadCollateral { detail };
+        let mut out = Vec::new();
+        for (json, field, number, issued) in [
+            (
+                &c.tcb_info,
+                "tcbInfo",
+                "TCB info tcbEvaluationDataNumber",
+                "TCB info issueDate",
+            ),
+            (
+                &c.qe_identity,
+                "enclaveIdentity",
+                "QE identity tcbEvaluationDataNumber",
+                "QE identity issueDate",
+            ),
+        ] {
+            let v: serde_json::Value =
+                serde_json::from_str(json).map_err(|e| bad(format!("{field} is not JSON: {e}")))?;
+            let n = v
+                .get("tcbEvaluationDataNumber")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad(format!("{field}.tcbEvaluationDataNumber is missing")))?;
+            let d = v
+                .get("issueDate")
+                .and_then(|d| d.as_str())
+                .and_then(time::parse)
+                .ok_or_else(|| bad(format!("{field}.issueDate is missing or not RFC 3339")))?;
+            out.push((number, n));
+            out.push((issued, d));
+        }
+        for (name, der) in [
+            ("PCK CRL thisUpdate", &c.pck_crl),
+            ("root CA CRL thisUpdate", &c.root_ca_crl),
+        ] {
+            let crl: x509_cert_03::crl::CertificateList =
+                Decode::from_der(der).map_err(|e| bad(format!("{name}: not a DER CRL: {e}")))?;
+            out.push((
+                name,
+                crl.tbs_cert_list.this_update.to_unix_duration().as_secs(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The first item in which this collateral is older than `other` (see
+    /// [`Collateral::generation`]), as "item a < b"; None when no item is older.
+    pub fn older_than(&self, other: &Collateral) -> Result<Option<String>> {
+        let (mine, theirs) = (self.generation()?, other.generation()?);
+        Ok(mine
+            .iter()
+            .zip(&theirs)
+            .find(|((_, a), (_, b))| a < b)
+            .map(|((item, a), (_, b))| format!("{item} {a} < {b}")))
+    }
+}
+
 /// One dated item and its validity, inclusive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dated {

@@ -31,14 +31,23 @@ fn openssl(dir: &Path, args: &[&str]) {
     run(Command::new("openssl").current_dir(dir).args(args));
 }
 
+const ROOT_EXT: &str = "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign";
+const ISSUING_EXT: &str = "basicConstraints=critical,CA:true,pathlen:0\n\
+                           keyUsage=critical,keyCertSign,cRLSign,digitalSignature";
+
 /// An operator's root and issuing CA (both P-384) in `dir`: root.pem, issuing.pem, issuing.key.
 fn operator_ca(dir: &Path) {
+    operator_ca_with(dir, ROOT_EXT, ISSUING_EXT)
+}
+
+/// [`operator_ca`] with these extensions of the root and the issuing certificate.
+fn operator_ca_with(dir: &Path, root_ext: &str, issuing_ext: &str) {
     std::fs::write(
         dir.join("ext.cnf"),
-        "[root]\nbasicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n\
-         subjectKeyIdentifier=hash\n\
-         [issuing]\nbasicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n\
-         subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+        format!(
+            "[root]\n{root_ext}\nsubjectKeyIdentifier=hash\n\
+             [issuing]\n{issuing_ext}\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+        ),
     )
     .unwrap();
     openssl(
@@ -261,6 +270,54 @@ fn an_imported_ca_signs_with_its_key_from_a_file_or_a_softhsm_token() {
         err.contains("--key") && err.contains("not the key of"),
         "{err}"
     );
+    // A CA relying parties would refuse is refused at import, naming what is wrong: its
+    // certificates or CRLs would not verify (openssl verify, rustls), or its root forbids it.
+    for (case, root_ext, issuing_ext, expected) in [
+        (
+            "no-keycertsign",
+            ROOT_EXT,
+            "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,cRLSign,digitalSignature",
+            "lacks keyCertSign",
+        ),
+        (
+            "no-crlsign",
+            ROOT_EXT,
+            "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,digitalSignature",
+            "CRL",
+        ),
+        (
+            "server-only",
+            ROOT_EXT,
+            "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n\
+             extendedKeyUsage=serverAuth",
+            "client certificate",
+        ),
+        (
+            "root-pathlen-0",
+            "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign",
+            ISSUING_EXT,
+            "pathlen:0",
+        ),
+    ] {
+        let cd = d.join(case);
+        std::fs::create_dir(&cd).unwrap();
+        operator_ca_with(&cd, root_ext, issuing_ext);
+        let path = |f: &str| cd.join(f).display().to_string();
+        let out = m.offline(&[
+            "ca",
+            "import",
+            "--cert",
+            &path("issuing.pem"),
+            "--root",
+            &path("root.pem"),
+            "--key",
+            &path("issuing.key"),
+            "--replace",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: imported");
+        assert!(err.contains(expected), "{case}: {err}");
+    }
     // The root as the issuing certificate's issuer is checked too.
     let out = m.offline(&[
         "ca", "import", "--cert", &cert, "--root", &cert, "--key", &key,

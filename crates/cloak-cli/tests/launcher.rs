@@ -49,7 +49,17 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), true)
+    }
+
+    /// A second manager on this one's database (this one keeps running), simulated
+    /// attestation off: what an operator restarting without --allow-simulated-attestation runs.
+    fn without_simulation(self) -> Server {
+        Server::start_in(self.dir, false)
+    }
+
+    /// A manager on the data dir in `dir` (made on first use).
+    fn start_in(dir: tempfile::TempDir, simulated: bool) -> Server {
         let data = dir.path().join("data");
         let pw = dir.path().join("admin-password");
         std::fs::write(&pw, ADMIN_PASSWORD).unwrap();
@@ -61,8 +71,8 @@ impl Server {
             data_dir: Some(data.clone()),
             admin_user: Some("admin".into()),
             admin_password_file: Some(pw),
-            allow_simulated_attestation: Some(true),
-            simulation_public_key: Some(sim_pub),
+            allow_simulated_attestation: Some(simulated),
+            simulation_public_key: simulated.then_some(sim_pub),
             ..Default::default()
         };
         let config = Config::resolve(settings).unwrap();
@@ -536,6 +546,81 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
     let err = cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
     assert!(err.to_string().contains("(revoked)"), "{err}");
     assert_eq!(sys.calls, ["provision"]);
+}
+
+/// A certificate stays valid for its lifetime, but the secrets it unlocks follow the policy of
+/// now: once the manager stops accepting simulated evidence, a certificate issued for
+/// simulated evidence gets no configs (nor would a debug or TCB status the app's policy no
+/// longer accepts), and the CRL lists it.
+#[test]
+fn configs_follow_the_evidence_policy_of_now_not_of_issuance() {
+    let s = Server::start();
+    let admin = s.admin();
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "sim-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
+        .unwrap();
+    let build = register(&admin, &app, MRENCLAVE);
+    approve(&admin, &build);
+    let _: Value = admin
+        .post(
+            "/v1/app_configs",
+            &json!({"name": "db", "app_id": app.app_id,
+                    "app_config": {"env:DB_PASSWORD": {"contents": SECRET}}}),
+        )
+        .unwrap();
+    let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "simulated");
+    cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
+    assert!(sys.root.join("appcert.pem").exists(), "{:?}", sys.calls);
+    client_chain(&s, &sys.root);
+    let (code, body) = curl_configs(&s, Some(&sys.root));
+    assert_eq!(code, 200, "{body}");
+
+    let crl_lists_the_leaf = |s: &Server| -> bool {
+        let crl = s.dir.path().join("crl.pem");
+        let out = Command::new("curl")
+            .args(["-sSf", "-H", "Accept: application/x-pem-file", "--cacert"])
+            .arg(s.dir.path().join("manager-tls.pem"))
+            .arg("-o")
+            .arg(&crl)
+            .arg(format!("{}/v1/ca/crl", s.url))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let leaf = sys.root.join("appcert.pem");
+        let serial = text(&["x509", "-in", leaf.to_str().unwrap(), "-noout", "-serial"]);
+        let serial = serial
+            .trim()
+            .strip_prefix("serial=")
+            .unwrap()
+            .to_ascii_uppercase();
+        text(&["crl", "-in", crl.to_str().unwrap(), "-noout", "-text"])
+            .contains(&format!("Serial Number: {serial}"))
+    };
+    assert!(!crl_lists_the_leaf(&s));
+
+    let s = s.without_simulation();
+    let (code, body) = curl_configs(&s, Some(&sys.root));
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["type"], "simulation_not_allowed", "{body}");
+    assert!(!body.to_string().contains(SECRET));
+    // And relying parties other than the manager learn it from the CRL.
+    assert!(crl_lists_the_leaf(&s));
 }
 
 #[test]

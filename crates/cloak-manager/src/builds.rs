@@ -703,19 +703,20 @@ pub async fn list(
 
 pub async fn update(state: &State, p: &Principal, id: &str, patch: BuildPatch) -> Result<Build> {
     let mut tx = state.db.begin().await?;
-    let body: Option<String> = sqlx::query_scalar(&format!(
-        "SELECT body FROM builds WHERE account_id = $1 AND build_id = $2{}",
+    let row: Option<(String, String)> = sqlx::query_as(&format!(
+        "SELECT body, status FROM builds WHERE account_id = $1 AND build_id = $2{}",
         state.db.for_update()
     ))
     .bind(&p.account_id)
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let mut body: Value = serde_json::from_str(&body.ok_or_else(|| Error::NotFound {
+    let (body, status) = row.ok_or_else(|| Error::NotFound {
         kind: "build",
         id: id.into(),
-    })?)
-    .map_err(|e| Error::Internal(e.to_string()))?;
+    })?;
+    let mut body: Value =
+        serde_json::from_str(&body).map_err(|e| Error::Internal(e.to_string()))?;
     if let Some(c) = &patch.configs {
         let v = serde_json::to_value(c).expect("serialisable");
         if audit::canonical(&v).len() > 64 * 1024 {
@@ -726,6 +727,16 @@ pub async fn update(state: &State, p: &Principal, id: &str, patch: BuildPatch) -
     if let Some(a) = &patch.advanced_settings {
         if !a.is_object() {
             return Err(Error::field("advanced_settings", "must be a JSON object"));
+        }
+        // The certificates a build may get (subjects, SANs, key types) are part of what its
+        // quorum approved: one writer must not change the names the CA vouches for afterwards.
+        let before = body["advanced_settings"].get("certificates");
+        if status != "PENDING" && a.get("certificates") != before {
+            return Err(Error::Conflict(format!(
+                "build {id} is {status}: its advanced_settings.certificates were approved with it \
+                 and cannot change; register a new build (its approval task covers the new \
+                 certificates)"
+            )));
         }
         body["advanced_settings"] = a.clone();
     }

@@ -391,7 +391,29 @@ pub async fn import(
             ),
         )
     })?;
-    let sealed = match &key {
+    // What webpki (the probe below) does not look at, OpenSSL and other relying parties do:
+    // keyCertSign in a CA's keyUsage, a trust anchor's own constraints.
+    for (f, what) in [(&issuing_facts, "--cert"), (&root_facts, "--root")] {
+        if f.key_cert_sign == Some(false) {
+            return Err(bad(
+                what,
+                format!(
+                    "{}: its keyUsage lacks keyCertSign, so the certificates it signs do not verify",
+                    f.subject
+                ),
+            ));
+        }
+    }
+    if issuing != root && root_facts.path_len == Some(0) {
+        return Err(bad(
+            "--root",
+            format!(
+                "{} has basicConstraints pathlen:0: it may not certify the CA {} below it",
+                root_facts.subject, issuing_facts.subject
+            ),
+        ));
+    }
+    let (sealed, signer) = match &key {
         ImportKey::Pem(text) => {
             let kp = KeyPair::from_pem(text)
                 .map_err(|e| {
@@ -406,14 +428,31 @@ pub async fn import(
                     format!("is not the key of {}", issuing_facts.subject),
                 ));
             }
-            master.seal("ca:issuing:key", kp.serialize_der().as_slice())
+            (
+                master.seal("ca:issuing:key", kp.serialize_der().as_slice()),
+                CaKey::Memory(Box::new(kp)),
+            )
         }
         ImportKey::Pkcs11(uri) => {
             // Opens the token and signs a test message the certificate's key must verify.
-            crate::ca_token::TokenKey::open(uri, &issuing_facts.spki_der)?;
-            master.seal("ca:issuing:key", uri.as_bytes())
+            let token = crate::ca_token::TokenKey::open(uri, &issuing_facts.spki_der)?;
+            (
+                master.seal("ca:issuing:key", uri.as_bytes()),
+                CaKey::Token(Box::new(token)),
+            )
         }
     };
+    probe(&issuing, &root, signer, now).map_err(|why| {
+        bad(
+            "--cert",
+            format!(
+                "{} cannot issue what relying parties accept: {why} (the issuing CA needs \
+                 keyUsage keyCertSign and cRLSign, no extendedKeyUsage that excludes \
+                 serverAuth or clientAuth, a validity covering now, and a chain to the root)",
+                issuing_facts.subject
+            ),
+        )
+    })?;
     let mut tx = db.begin().await?;
     let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ca_keys")
         .fetch_one(&mut *tx)
@@ -445,6 +484,79 @@ pub async fn import(
         key_in_token: matches!(key, ImportKey::Pkcs11(_)),
         replaced: existing > 0,
     })
+}
+
+/// Signs a leaf (as `certs` does: serverAuth and clientAuth, a DNS name) and an empty CRL with
+/// the imported CA and verifies both as the relying parties do (webpki, as in rustls: the
+/// launcher pinning the chain, the manager's client-certificate verifier, CRL consumers), so a
+/// CA whose certificates or CRLs would be refused is refused at import, not in production.
+fn probe(issuing: &[u8], root: &[u8], key: CaKey, now: i64) -> std::result::Result<(), String> {
+    use rcgen::{
+        CertificateRevocationListParams, ExtendedKeyUsagePurpose, KeyIdMethod, SerialNumber,
+    };
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+    use std::sync::Arc;
+    let t = |s: i64| time::OffsetDateTime::from_unix_timestamp(s).map_err(|e| e.to_string());
+    let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(issuing.to_vec()), key)
+        .map_err(|e| e.to_string())?;
+    let leaf_key =
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let name = "probe.cloak.invalid";
+    let mut p = CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.not_before = t(now - 60)?;
+    p.not_after = t(now + 3600)?;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let leaf = p
+        .signed_by(&leaf_key, &issuer)
+        .map_err(|e| format!("signing a leaf: {e}"))?;
+    let crl = CertificateRevocationListParams {
+        this_update: t(now - 60)?,
+        next_update: t(now + 3600)?,
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .map_err(|e| format!("signing a CRL: {e}"))?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root.to_vec()))
+        .map_err(|e| format!("the root as a trust anchor: {e}"))?;
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let intermediates: Vec<CertificateDer<'static>> = if issuing == root {
+        Vec::new()
+    } else {
+        vec![CertificateDer::from(issuing.to_vec())]
+    };
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
+    let client = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .with_crls([CertificateRevocationListDer::from(crl.der().to_vec())])
+    .only_check_end_entity_revocation()
+    .build()
+    .map_err(|e| e.to_string())?;
+    client
+        .verify_client_cert(leaf.der(), &intermediates, at)
+        .map_err(|e| format!("a client certificate it signs (with its CRL): {e}"))?;
+    let server = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(name).map_err(|e| e.to_string())?;
+    server
+        .verify_server_cert(leaf.der(), &intermediates, &server_name, &[], at)
+        .map_err(|e| format!("a server certificate it signs: {e}"))?;
+    Ok(())
 }
 
 /// Re-seals the CA keys under the primary of `keys` (master key rotation); returns how many.

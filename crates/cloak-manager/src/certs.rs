@@ -1,8 +1,8 @@
 //! Attested certificate issuance: single-use nonces, evidence verified with `cloak-attest` at the
 //! manager's clock, the key bound in the evidence, the measurements matched against a build of
 //! the app that is WHITELISTED now, and a short-lived leaf from the manager's CA with the
-//! evidence embedded. Every attempt is a certificate record (ISSUED or REJECTED, with a stable
-//! reason code) and an audit record.
+//! evidence embedded. Every attempt past the nonce is a certificate record (ISSUED or REJECTED,
+//! with a stable reason code) and an audit record; refusals before it are answered and logged.
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -173,15 +173,10 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     let mut n = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut n);
     let now = state.clock.now();
-    let window = now - now.rem_euclid(60);
     let mut tx = state.db.begin().await?;
     if rand::rngs::OsRng.next_u32() % 64 == 0 {
         sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
             .bind(now - NONCE_TTL)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
-            .bind(window)
             .execute(&mut *tx)
             .await?;
     }
@@ -218,6 +213,38 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
         .bind(now + NONCE_TTL)
         .execute(&mut *tx)
         .await?;
+    // Last: the client's rate row is locked from here to the commit (a refusal rolls the
+    // nonce back with the transaction).
+    take_slot(&mut tx, state, client, now, "nonces").await?;
+    tx.commit().await?;
+    state.nonce_gauge.issued();
+    Ok(NonceResponse {
+        nonce: hex::encode(n),
+        expires_at: now + NONCE_TTL,
+    })
+}
+
+/// Takes one of `client`'s `nonce_rate_per_minute` slots of the current minute (shared by
+/// nonces and nonce-less certificate requests), or refuses with 429. Counted in the
+/// database, so the limit holds across replicas; a refusal rolls the count back with `tx`.
+async fn take_slot(
+    tx: &mut crate::store::Tx,
+    state: &State,
+    client: &str,
+    now: i64,
+    what: &str,
+) -> Result<()> {
+    let window = now - now.rem_euclid(60);
+    let client = &rate_key(client);
+    {
+        use rand::RngCore;
+        if rand::rngs::OsRng.next_u32() % 64 == 0 {
+            sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
+                .bind(window)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
     // One statement counts and reads back (PostgreSQL serialises it on the row; SQLite has one
     // writer), so concurrent requests cannot both see the last free slot.
     let count: i64 = sqlx::query_scalar(
@@ -227,26 +254,50 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     )
     .bind(client)
     .bind(window)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     if count > state.config.nonce_rate_per_minute {
-        // Dropping the transaction rolls the nonce back.
         return Err(Error::RateLimited {
             detail: format!(
-                "too many nonces for {client}: {} a minute; retry in {} s",
+                "too many {what} for {client}: {} a minute (nonces and certificate requests \
+                 without one together); retry in {} s",
                 state.config.nonce_rate_per_minute,
                 window + 60 - now
             ),
             retry_after: (window + 60 - now).max(1) as u64,
         });
     }
-    tx.commit().await?;
-    state.nonce_gauge.issued();
-    Ok(NonceResponse {
-        nonce: hex::encode(n),
-        expires_at: now + NONCE_TTL,
-    })
+    Ok(())
 }
+
+/// Whose budget a client address spends: an IPv4 address is one client, an IPv6 address its
+/// /64 (one host is routinely given a whole /64, so per-address budgets would be 2^64 budgets
+/// and the overall cap of outstanding nonces the only limit: a lever to starve every launcher).
+fn rate_key(client: &str) -> String {
+    match client.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        _ => client.to_string(),
+    }
+}
+
+/// Refusals decided before a nonce of this manager was consumed: anyone can send them, as
+/// often as they like, so they are answered (and logged) but leave no certificate record and
+/// no audit record (which would let an unauthenticated caller grow the database and the
+/// account's audit chain without bound).
+const UNAUTHENTICATED_REFUSALS: [&str; 6] = [
+    "malformed_evidence",
+    "malformed_nonce",
+    "nonce_required",
+    "nonce_unknown",
+    "nonce_expired",
+    "nonce_reused",
+];
 
 async fn consume_nonce(state: &State, nonce: &[u8]) -> std::result::Result<(), Refusal> {
     let hash = hex::encode(Sha256::digest(nonce));
@@ -500,12 +551,18 @@ async fn check(
             }
         }
     }
-    // Collateral given with the request wins; else the cache (and PCCS) for the platform the
-    // quote names. Either way it is verified against Intel's root with the quote.
+    // Collateral given with the request serves unless the manager's own (cache, PCCS) for the
+    // platform the quote names is newer; without it, the manager's own. Either way it is
+    // verified against Intel's root with the quote.
     let collateral = match &req.collateral {
         Some(v) => Some(
-            cloak_attest::Collateral::from_json(v.to_string().as_bytes())
-                .map_err(|e| refuse(e.code(), format!("collateral: {e}")))?,
+            crate::collateral::newest(
+                state,
+                &evidence,
+                cloak_attest::Collateral::from_json(v.to_string().as_bytes())
+                    .map_err(|e| refuse(e.code(), format!("collateral: {e}")))?,
+            )
+            .await,
         ),
         None => match cloak_attest::detect(&evidence).map(|e| e.kind) {
             Ok(
@@ -796,12 +853,30 @@ pub async fn request(
     state: &State,
     req: CertificateRequest,
     request_id: &str,
+    client: &str,
 ) -> Result<CertificateRecord> {
     let app_id = crate::validate::uuid("app_id", &req.app_id)?;
     let app = crate::apps::get_any(state, &app_id).await?;
     let ca = crate::ca::get(state).await?;
     let now = state.clock.now();
+    // A request without a nonce (apps whose policy does not require one) costs a slot of the
+    // client's per-minute budget, as a nonce does: each is recorded and audited.
+    if req.nonce.is_none() {
+        let mut tx = state.db.begin().await?;
+        take_slot(&mut tx, state, client, now, "certificate requests").await?;
+        tx.commit().await?;
+    }
     let verdict = check(state, &app, &req, true).await;
+    if let Err(r) = &verdict {
+        if UNAUTHENTICATED_REFUSALS.contains(&r.code) {
+            tracing::warn!(request_id, app_id = %app.app_id, %client, reason = r.code,
+                           "certificate request refused before a nonce was consumed (not recorded)");
+            return Err(Error::Refused {
+                code: r.code,
+                detail: format!("{} (request {request_id})", r.detail),
+            });
+        }
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let (rec, outcome) = match verdict {
         Ok(v) => {
@@ -906,18 +981,22 @@ pub async fn evaluate(
     })
 }
 
-/// `GET /v1/ca/crl`: the certificates issued to builds that are now REJECTED (revoked), still
-/// within their validity, in a CRL signed by the issuing CA. The CA is shared by every account,
-/// so the list spans them (it names serial numbers only).
+/// `GET /v1/ca/crl`: the certificates issued to builds that are now REJECTED (revoked), and,
+/// while the manager does not accept simulated evidence, those issued for simulated evidence
+/// (revoked from their issuance), still within their validity, in a CRL signed by the issuing
+/// CA. The CA is shared by every account, so the list spans them (it names serial numbers only).
 pub async fn crl(state: &State) -> Result<rcgen::CertificateRevocationList> {
     let now = state.clock.now();
     let ca = crate::ca::get(state).await?;
     let rows = sqlx::query(
-        "SELECT c.cert_pem, b.status_updated_at FROM certificates c JOIN builds b ON b.build_id = c.build_id \
-         WHERE c.status = 'ISSUED' AND b.status = 'REJECTED' AND c.not_after >= $1 \
+        "SELECT c.cert_pem, CASE WHEN b.status = 'REJECTED' THEN b.status_updated_at ELSE c.created_at END \
+         FROM certificates c JOIN builds b ON b.build_id = c.build_id \
+         WHERE c.status = 'ISSUED' AND c.not_after >= $1 \
+         AND (b.status = 'REJECTED' OR (c.simulated <> 0 AND $2 = 0)) \
          ORDER BY c.created_at, c.certificate_id",
     )
     .bind(now)
+    .bind(i64::from(state.config.allow_simulated_attestation))
     .fetch_all(state.db.reader())
     .await?;
     let mut revoked = Vec::with_capacity(rows.len());

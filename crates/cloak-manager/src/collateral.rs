@@ -92,7 +92,8 @@ pub async fn get(
     };
     match fetch(url, key).await {
         Ok(fresh) => {
-            let entry = store(state, &cache_key, fresh, now, &format!("pccs:{url}")).await?;
+            let entry =
+                store_unless_older(state, &cache_key, cached.as_ref(), fresh, now, url).await?;
             Ok(entry.collateral)
         }
         Err(cause) => match cached {
@@ -133,7 +134,7 @@ pub async fn refresh_due(state: &State) -> Result<usize> {
             .map_err(|e| Error::Internal(e.to_string()))?;
         match fetch(&url, &key).await {
             Ok(fresh) => {
-                store(state, &cache_key, fresh, now, &format!("pccs:{url}")).await?;
+                store_unless_older(state, &cache_key, Some(&c), fresh, now, &url).await?;
                 refreshed += 1;
             }
             Err(cause) => tracing::warn!(key = %cache_key, %cause, "PCCS refresh failed"),
@@ -191,6 +192,62 @@ pub fn spawn_refresher(state: State) {
             }
         }
     });
+}
+
+/// Caches what the PCCS answered, unless it is older than the cached entry in any item
+/// ([`Collateral::older_than`]: a TCB evaluation data number, an issue date, a CRL): a PCCS
+/// that is hostile, or restored from an old backup, must not roll the manager back to a TCB
+/// rating from before a TCB recovery or a CRL without a later revocation. The cached entry
+/// then stays (and serves until it expires).
+async fn store_unless_older(
+    state: &State,
+    cache_key: &str,
+    cached: Option<&Cached>,
+    fresh: Collateral,
+    now: i64,
+    url: &str,
+) -> Result<Cached> {
+    if let Some(c) = cached {
+        match fresh.older_than(&c.collateral) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                tracing::warn!(key = %cache_key, %url, older = %why,
+                    "the PCCS answered collateral older than the cached one: keeping the cached");
+                return Ok(c.clone());
+            }
+            Err(e) => {
+                tracing::warn!(key = %cache_key, %url, error = %e,
+                    "the PCCS answered unusable collateral: keeping the cached");
+                return Ok(c.clone());
+            }
+        }
+    }
+    store(state, cache_key, fresh, now, &format!("pccs:{url}")).await
+}
+
+/// The collateral to verify `evidence` with when a request brings `given`: `given`, unless it
+/// is older in any item ([`Collateral::older_than`]) than the manager's own for the same
+/// platform (cached, or fetched from the PCCS), which then serves instead. Otherwise an
+/// unauthenticated caller could pick the oldest genuine collateral still before its
+/// nextUpdate: a TCB rating from before a TCB recovery, a PCK CRL from before a revocation.
+/// Without collateral of its own the manager has nothing newer and uses `given`.
+pub async fn newest(state: &State, evidence: &[u8], given: Collateral) -> Collateral {
+    let Ok(key) = cloak_attest::collateral_key(evidence) else {
+        return given;
+    };
+    match get(state, &key).await {
+        Ok(own) => match given.older_than(&own) {
+            Ok(None) => given,
+            Ok(Some(why)) => {
+                tracing::info!(key = %key.cache_key(), older = %why,
+                    "the request's collateral is older than the manager's: using the manager's");
+                own
+            }
+            // Unreadable dates: verification refuses it anyway; the manager's serves.
+            Err(_) => own,
+        },
+        Err(_) => given,
+    }
 }
 
 async fn load(state: &State, cache_key: &str) -> Result<Option<Cached>> {
@@ -352,7 +409,7 @@ struct Answer {
 }
 
 async fn get_url(url: &str) -> std::result::Result<Answer, String> {
-    let resp = client()?
+    let mut resp = client()?
         .get(url)
         .send()
         .await
@@ -362,14 +419,20 @@ async fn get_url(url: &str) -> std::result::Result<Answer, String> {
         return Err(format!("GET {url}: HTTP {status}"));
     }
     let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
-    if body.len() > MAX_BODY {
-        return Err(format!("GET {url}: more than {MAX_BODY} bytes"));
+    // Bounded while it arrives: a hostile or broken PCCS must not make the manager buffer an
+    // endless body (or hold one for the whole timeout) before the size is looked at.
+    let too_big = || format!("GET {url}: more than {MAX_BODY} bytes");
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_big());
     }
-    Ok(Answer {
-        headers,
-        body: body.to_vec(),
-    })
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer { headers, body })
 }
 
 fn header(a: &Answer, url: &str, names: &[&str]) -> std::result::Result<String, String> {

@@ -355,11 +355,15 @@ pub async fn runtime(
             ),
         ));
     }
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM builds WHERE build_id = $1")
+    let build: Option<(String, i64)> =
+        sqlx::query_as("SELECT status, debug FROM builds WHERE build_id = $1")
             .bind(&build_id)
             .fetch_optional(state.db.reader())
             .await?;
+    let (status, build_debug) = match build {
+        Some((s, d)) => (Some(s), d != 0),
+        None => (None, false),
+    };
     match status.as_deref() {
         Some("WHITELISTED") => {}
         Some("PENDING") => {
@@ -381,6 +385,7 @@ pub async fn runtime(
             ))
         }
     }
+    still_accepted(state, &app_id, &embedded.claims, build_debug).await?;
     let rows = sqlx::query(
         "SELECT config_id, build_id, labels, sealed FROM app_configs WHERE account_id = $1 AND app_id = $2 \
          AND (build_id IS NULL OR build_id = $3) ORDER BY created_at, config_id",
@@ -446,6 +451,54 @@ pub async fn runtime(
         },
         extra: json!({}),
     })
+}
+
+/// Whether the evidence a certificate was issued for (its claims, embedded by this CA) would
+/// still be accepted: simulated evidence only while the manager allows it, a debug enclave only
+/// while the app's policy allows debug (for a debug build), a TCB status only while the app's
+/// policy lists it. A certificate lives for its validity; the secrets it unlocks follow the
+/// policy of now (the build's status is checked by the caller).
+async fn still_accepted(
+    state: &State,
+    app_id: &str,
+    claims: &cloak_attest::Claims,
+    build_debug: bool,
+) -> Result<()> {
+    if claims.simulated && !state.config.allow_simulated_attestation {
+        return Err(refuse(
+            "simulation_not_allowed",
+            "the client certificate was issued for SIMULATED evidence, which this manager no \
+             longer accepts (--allow-simulated-attestation is off)",
+        ));
+    }
+    let policy = crate::apps::get_any(state, app_id)
+        .await?
+        .certificate_policy;
+    if claims.debug && !(build_debug && policy.allow_debug.unwrap_or(false)) {
+        return Err(refuse(
+            "debug_enclave",
+            "the client certificate was issued to a debug enclave, which the app's certificate \
+             policy no longer allows",
+        ));
+    }
+    if let Some(tcb) = &claims.tcb {
+        let accepted = policy.allowed_tcb_statuses.unwrap_or_else(|| {
+            cloak_attest::DEFAULT_TCB_STATUSES
+                .map(String::from)
+                .to_vec()
+        });
+        if !accepted.contains(&tcb.status) {
+            return Err(refuse(
+                "tcb_status",
+                format!(
+                    "the client certificate was issued for TCB status {}, which the app's \
+                     certificate policy no longer accepts ({accepted:?})",
+                    tcb.status
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Re-seal every config under the primary key (master key rotation).

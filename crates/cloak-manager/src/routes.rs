@@ -983,9 +983,12 @@ async fn new_nonce(
 async fn request_certificate(
     S(state): S<State>,
     axum::Extension(rid): axum::Extension<crate::http::RequestId>,
+    addr: Option<axum::Extension<ClientAddr>>,
+    headers: http::HeaderMap,
     JsonBody(req): JsonBody<certs::CertificateRequest>,
 ) -> Result<Response> {
-    Ok(created(certs::request(&state, req, &rid.0).await?))
+    let client = client_addr(&state, &headers, addr.as_deref());
+    Ok(created(certs::request(&state, req, &rid.0, &client).await?))
 }
 
 async fn get_certificate(

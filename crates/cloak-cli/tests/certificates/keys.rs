@@ -154,3 +154,75 @@ fn rsa_and_ec_csrs_get_certificates_for_the_key_type_their_build_names() {
         "{why}"
     );
 }
+
+/// The certificates a build may get are approved with it: after approval one writer cannot
+/// rename them (e.g. give a test build's enclave the production service's name), while other
+/// advanced settings stay editable; a PENDING build's can still change.
+#[test]
+fn an_approved_builds_certificates_cannot_be_changed_by_one_writer() {
+    let now = 1_780_000_000;
+    let s = Server::start(false, now);
+    let admin = s.admin();
+    let anon = s.anonymous();
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "names", "input_image_name": "r/in", "output_image_name": "r/out",
+                    "certificate_policy": {"require_nonce": false}}),
+        )
+        .unwrap();
+    let pcr = |b: u8| vec![b; 48];
+    let build: Build = admin
+        .post(
+            "/v1/builds",
+            &json!({"app_id": app.app_id,
+                    "docker_info": {"docker_image_name": "r/out", "docker_version": "1"},
+                    "attributes": {"nitro_enclave": {"pcr0": hex::encode(pcr(0xd0)), "pcr1": hex::encode(pcr(1)), "pcr2": hex::encode(pcr(2))}},
+                    "advanced_settings": {"certificates": [{"subject": "test-service"}]}}),
+        )
+        .unwrap();
+    let path = format!("/v1/builds/{}", build.build_id);
+    // PENDING: still the registrant's to edit.
+    let _: Build = admin
+        .patch(
+            &path,
+            &json!({"advanced_settings": {"certificates": [{"subject": "test-service"}], "note": "a"}}),
+        )
+        .unwrap();
+    approve(&admin, &build);
+    let renamed = json!({"advanced_settings": {"certificates": [{"subject": "payments"}]}});
+    match admin.patch::<_, Build>(&path, &renamed) {
+        Err(ClientError::Api { status, kind, .. }) => {
+            assert_eq!((status, kind.as_str()), (409, "conflict"))
+        }
+        other => panic!("renamed an approved build's certificates: {other:?}"),
+    }
+    let _: Build = admin
+        .patch(
+            &path,
+            &json!({"advanced_settings": {"certificates": [{"subject": "test-service"}], "note": "b"}}),
+        )
+        .unwrap();
+    // The enclave still gets only the approved name.
+    let (csr_pem, spki) = csr("payments");
+    let mut pcrs = std::collections::BTreeMap::new();
+    pcrs.insert(0u16, pcr(0xd0));
+    pcrs.insert(1, pcr(1));
+    pcrs.insert(2, pcr(2));
+    let ev = produce(
+        &s.sim_key,
+        &Document {
+            timestamp_ms: now as u64 * 1000,
+            measurements: Measurements::Pcrs(pcrs),
+            user_data: None,
+            nonce: None,
+            public_key: Some(spki),
+        },
+    )
+    .unwrap();
+    let (_, why) = refusal(anon.post(
+        "/v1/certificates",
+        &json!({"app_id": app.app_id, "csr": csr_pem, "evidence": b64(&ev)}),
+    ));
+    assert!(why.starts_with("subject_not_allowed:"), "{why}");
+}

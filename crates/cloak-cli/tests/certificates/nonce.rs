@@ -69,4 +69,76 @@ fn nonces_are_rate_limited_per_client_address_and_capped_overall() {
     let (status, _, body) = ask("192.0.2.1");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["nonce"].as_str().unwrap().len(), 64);
+
+    // An IPv6 host holds a whole /64: its addresses share one budget (else one host would
+    // have 2^64 budgets and could take every outstanding nonce, starving all launchers).
+    for i in 1..=5 {
+        let (status, _, body) = ask(&format!("2001:db8:1:2::{i:x}"));
+        assert_eq!(status, 200, "nonce {i}: {body}");
+    }
+    let (status, _, body) = ask("2001:db8:1:2:ffff:ffff:ffff:ffff");
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2001:db8:1:2::/64"),
+        "{body}"
+    );
+    let (status, _, body) = ask("2001:db8:1:3::1");
+    assert_eq!(status, 200, "another /64: {body}");
+}
+
+/// `POST /v1/certificates` is unauthenticated too. Refusals decided before a nonce of this
+/// manager was consumed (unknown, expired or reused nonces, malformed evidence) leave no
+/// certificate record and no audit record: otherwise anyone knowing an app id (it is in the
+/// image) could grow the database and the account's audit chain at line rate. Requests
+/// without a nonce (apps whose policy allows that) share the per-address budget of nonces.
+#[test]
+fn certificate_requests_without_a_fresh_nonce_leave_no_record_and_nonce_less_ones_are_rate_limited()
+{
+    let now: i64 = 1_780_000_000; // 40 s into its minute
+    let s = Server::start_with(false, now, |st| st.nonce_rate_per_minute = Some(5));
+    let admin = s.admin();
+    let anon = s.anonymous();
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "flooded", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
+        .unwrap();
+    for i in 0..20u8 {
+        let body = json!({"app_id": app.app_id, "evidence": b64(b"junk"),
+                          "nonce": hex::encode([i; 32])});
+        let (status, why) = refusal(anon.post("/v1/certificates", &body));
+        assert_eq!(status, 403, "{why}");
+        assert!(why.starts_with("nonce_unknown:"), "{why}");
+    }
+    let audited = |admin: &Client| -> usize {
+        let audit: Value = admin
+            .get("/v1/audit?action=Certificate%20Requested%20by%20Application&limit=100")
+            .unwrap();
+        audit["items"].as_array().unwrap().len()
+    };
+    assert_eq!(audited(&admin), 0);
+
+    let open: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "no-nonce", "input_image_name": "r/in2", "output_image_name": "r/out2",
+                    "certificate_policy": {"require_nonce": false}}),
+        )
+        .unwrap();
+    let body = json!({"app_id": open.app_id, "evidence": b64(b"junk")});
+    for i in 0..5 {
+        let (status, why) = refusal(anon.post("/v1/certificates", &body));
+        assert_ne!(status, 429, "request {i}: {why}");
+    }
+    let (status, why) = refusal(anon.post("/v1/certificates", &body));
+    assert_eq!(status, 429, "{why}");
+    assert!(why.starts_with("rate_limited:"), "{why}");
+    // A new minute, a new budget.
+    s.clock.0.store(now + 21, Ordering::SeqCst);
+    let (status, why) = refusal(anon.post("/v1/certificates", &body));
+    assert_ne!(status, 429, "{why}");
 }
