@@ -3,6 +3,9 @@
 //! installed, the config file and the environment variable the manager released, then serves
 //! HTTPS on ADDR with that key and certificate (plus CHAIN), answering every request with the
 //! same three facts. Built statically by the tests (not shipped, not part of cloak).
+//!
+//! `cloak-testapp --print-subject CERT`: print the certificate's subject and exit (the app of
+//! the attested Nitro image in scripts/demo.sh).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -19,6 +22,20 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, cert] = args.as_slice() {
+        if flag == "--print-subject" {
+            let pem = std::fs::read(cert).unwrap_or_else(|e| fail(cert, e));
+            let der = CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .unwrap_or_else(|| fail(cert, "no certificate"))
+                .unwrap_or_else(|e| fail(cert, e));
+            let subject = x509_cert::Certificate::from_der(&der)
+                .map(|c| c.tbs_certificate.subject.to_string())
+                .unwrap_or_else(|e| fail(cert, e));
+            println!("app: my certificate's subject is {subject}");
+            return;
+        }
+    }
     let [key, cert, chain, addr, file, var] = args.as_slice() else {
         fail("usage", "cloak-testapp KEY CERT CHAIN ADDR FILE VAR");
     };
