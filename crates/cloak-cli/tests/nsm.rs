@@ -58,16 +58,16 @@ fn attestation_requests_match_the_nsm_api_crate_byte_for_byte() {
     // Lengths at CBOR's header boundaries: 0, 23 (in the initial byte), 24 and 255 (one length
     // byte), 256 and 65535 (two), 65536 (four); 64/32/91/550 are what the launcher sends
     // (REPORTDATA binding, nonce, a P-256 SPKI, an RSA-4096 SPKI).
-    let cases: Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
-        (Some(pattern(64)), Some(pattern(32)), Some(pattern(91))),
-        (Some(pattern(64)), Some(pattern(32)), Some(pattern(550))),
-        (None, None, None),
-        (Some(vec![]), None, Some(vec![])),
-        (Some(pattern(23)), Some(pattern(24)), Some(pattern(255))),
-        (None, Some(pattern(256)), Some(pattern(65535))),
-        (Some(pattern(65536)), None, Some(pattern(1))),
+    let cases: Vec<[Option<Vec<u8>>; 3]> = vec![
+        [Some(pattern(64)), Some(pattern(32)), Some(pattern(91))],
+        [Some(pattern(64)), Some(pattern(32)), Some(pattern(550))],
+        [None, None, None],
+        [Some(vec![]), None, Some(vec![])],
+        [Some(pattern(23)), Some(pattern(24)), Some(pattern(255))],
+        [None, Some(pattern(256)), Some(pattern(65535))],
+        [Some(pattern(65536)), None, Some(pattern(1))],
     ];
-    for (user_data, nonce, public_key) in &cases {
+    for [user_data, nonce, public_key] in &cases {
         let ours = nsm_attestation_request(
             user_data.as_deref(),
             nonce.as_deref(),

@@ -411,11 +411,10 @@ fn serve(policy: &Policy, mut client: TcpStream, peer: &str) -> Result<(), Strin
         }
         first.extend_from_slice(&buf[..n]);
     };
-    let mut upstream = dial(policy).map_err(|e| {
+    let mut upstream = dial(policy).inspect_err(|e| {
         if reply.is_some() {
-            let _ = client.write_all(http_reply(502, &e).as_bytes());
+            let _ = client.write_all(http_reply(502, e).as_bytes());
         }
-        e
     })?;
     if let Some(r) = reply {
         client.write_all(r).map_err(|e| e.to_string())?;
