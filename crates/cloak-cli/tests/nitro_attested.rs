@@ -263,3 +263,34 @@ fn ca_root(chain: &Value) -> String {
     let last = text.rfind("-----BEGIN CERTIFICATE-----").unwrap();
     text[last..].to_string()
 }
+
+#[test]
+fn a_bad_simulation_key_is_refused_before_anything_boots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let eif = tmp.path().join("any.eif");
+    std::fs::write(&eif, b"not read: the key is checked first").unwrap();
+    let not_a_key = tmp.path().join("key.pem");
+    std::fs::write(
+        &not_a_key,
+        "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    for (key, says) in [
+        (not_a_key.clone(), "P-256 private key"),
+        (
+            tmp.path().join("missing.pem"),
+            "while reading --simulation-key",
+        ),
+    ] {
+        let e = common::fails(
+            cloak()
+                .args(["run", "--target", "nitro", "--simulation-key"])
+                .arg(&key)
+                .arg(&eif),
+        );
+        assert!(
+            e.contains(says) && e.contains(&key.display().to_string()),
+            "{e}"
+        );
+    }
+}
