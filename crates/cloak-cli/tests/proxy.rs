@@ -315,3 +315,57 @@ fn bad_proxy_arguments_are_refused_with_the_fix() {
     let e = common::fails(cloak().args(["proxy", "--listen", &addr, "--to", "manager:443"]));
     assert!(e.contains(&addr) && e.contains("free"), "{e}");
 }
+
+#[test]
+fn connections_beyond_the_limit_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A destination that is never dialled: no connection here sends anything to forward.
+    let dest = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest_addr = dest.local_addr().unwrap().to_string();
+    let log = dir.path().join("proxy.log");
+    let mut child = cloak()
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "1",
+            "--to",
+        ])
+        .arg(&dest_addr)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") && out.read(&mut b).unwrap() == 1 {
+        line.push(b[0]);
+    }
+    let line = String::from_utf8(line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    // The first connection holds the only slot (the proxy waits for its first bytes); the
+    // second, accepted after it, is closed without a byte.
+    let _first = TcpStream::connect(addr).unwrap();
+    let mut second = TcpStream::connect(addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = second.read(&mut buf).unwrap_or(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(n, 0, "the second connection got bytes");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("refused: 1 connections are open (--max-connections)"),
+        "{text}"
+    );
+}
