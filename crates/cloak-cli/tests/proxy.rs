@@ -369,3 +369,26 @@ fn connections_beyond_the_limit_are_closed_at_once() {
         "{text}"
     );
 }
+
+/// Without vsock loopback nothing here can connect to a vsock listener, but where AF_VSOCK
+/// exists (a VM with a virtio or vmci transport) the proxy's vsock listener itself is set up.
+#[test]
+fn the_vsock_listener_starts_where_af_vsock_exists() {
+    if let Err(e) = vsock_socket() {
+        test_path(
+            "cloak proxy --vsock-port listener",
+            false,
+            &format!("no AF_VSOCK sockets in this kernel: {e}"),
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = (20000 + (std::process::id() + 7919) % 40000).to_string();
+    let proxy = Proxy::start(dir.path(), &["--vsock-port", &port], "manager.example:443");
+    assert_eq!(proxy.vsock_port.to_string(), port);
+    test_path(
+        "cloak proxy --vsock-port listener",
+        true,
+        "bound and listening on VMADDR_CID_ANY",
+    );
+}

@@ -295,26 +295,64 @@ fn client_hello_sni(b: &[u8]) -> Sni {
     parse().unwrap_or(Sni::Malformed)
 }
 
-/// A listening socket: TCP, or vsock (its descriptor in a `TcpListener`, see [`vsock_listen`]).
-fn listen(args: &Args) -> anyhow::Result<(TcpListener, String)> {
+/// The listening socket. A vsock socket's descriptor is held in a `TcpListener` (see
+/// [`vsock_listen`]) but accepted by hand: std's accept turns the peer's address into an IP
+/// address and, for a `sockaddr_vm`, fails after accepting (closing the connection).
+enum Listener {
+    Tcp(TcpListener),
+    Vsock(TcpListener),
+}
+
+impl Listener {
+    /// The next connection and a description of its peer.
+    fn accept(&self) -> std::io::Result<(TcpStream, String)> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, a)| (s, a.to_string())),
+            Listener::Vsock(l) => {
+                use std::os::fd::{AsRawFd, FromRawFd};
+                // SAFETY: accept4 on our listening socket with a sockaddr_vm-sized buffer; the
+                // new descriptor is owned by the TcpStream that closes it.
+                unsafe {
+                    let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+                    let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+                    let fd = libc::accept4(
+                        l.as_raw_fd(),
+                        (&mut addr as *mut libc::sockaddr_vm).cast(),
+                        &mut len,
+                        libc::SOCK_CLOEXEC,
+                    );
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let peer = format!("vsock CID {} port {}", addr.svm_cid, addr.svm_port);
+                    Ok((TcpStream::from_raw_fd(fd), peer))
+                }
+            }
+        }
+    }
+}
+
+/// A listening socket: TCP, or vsock.
+fn listen(args: &Args) -> anyhow::Result<(Listener, String)> {
     if let Some(port) = args.vsock_port {
         let l = vsock_listen(port).with_context(|| {
             format!("while listening on vsock port {port} (is the vsock driver loaded, and the port free? on a machine without vsock use --listen ADDR)")
         })?;
-        return Ok((l, format!("vsock:{port}")));
+        return Ok((Listener::Vsock(l), format!("vsock:{port}")));
     }
     let addr = args.listen.as_deref().unwrap_or_default();
     let l = TcpListener::bind(addr).with_context(|| {
         format!("while listening on --listen {addr:?} (give a free HOST:PORT, e.g. 127.0.0.1:8443)")
     })?;
     let shown = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    Ok((l, shown))
+    Ok((Listener::Tcp(l), shown))
 }
 
 /// A vsock stream socket listening on `port` for any CID. Its descriptor is held by a
-/// `TcpListener`: accept, read, write, shutdown, timeouts and close are the same socket calls
-/// for every address family (only addresses differ, and the proxy never asks a vsock socket
-/// for its address).
+/// `TcpListener`, and accepted connections by `TcpStream`s: read, write, shutdown, timeouts,
+/// duplication and close are the same socket calls for every address family (only addresses
+/// differ: [`Listener::accept`] reads the peer's itself, and nothing asks a vsock socket for
+/// its address).
 fn vsock_listen(port: u32) -> std::io::Result<TcpListener> {
     use std::os::fd::FromRawFd;
     // SAFETY: a socket we own (closed by the TcpListener that takes it, or on error) and a
@@ -352,12 +390,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut serial = 0u64;
     loop {
         let (client, peer) = match listener.accept() {
-            Ok((s, a)) => (s, a.to_string()),
-            // A vsock peer has no IP address to show (std cannot read a sockaddr_vm).
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                eprintln!("cloak proxy: accept: {e}");
-                continue;
-            }
+            Ok(accepted) => accepted,
             Err(e) => {
                 eprintln!("cloak proxy: accept: {e}");
                 std::thread::sleep(Duration::from_millis(100));
