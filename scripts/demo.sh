@@ -4,7 +4,8 @@
 # files, copy it back into an OCI layout, encrypt and decrypt it (cross-checked with skopeo),
 # convert it for SGX and for Nitro Enclaves and boot the Nitro image under qemu; then start the
 # manager on its embedded default (SQLite), register both builds with their measurements, approve
-# them and verify the audit chain. Everything lives under .work/demo and is removed at the next
+# them, boot an attested Nitro image that gets its certificate from the manager after approval
+# (simulated evidence under qemu) and verify the audit chain. Everything lives under .work/demo and is removed at the next
 # run; the registry and the manager are stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,10 +90,21 @@ echo "-- booting (console follows)"
 echo "== cloak manager serve on its embedded default (SQLite in $work/manager, TLS, a free loopback port)"
 # The administrator's password is generated here and only ever passed through the environment
 # and stdin; the session token lands in a 0600 file under this demo's own config directory.
+# Its TLS certificate also names 10.0.2.2, where a qemu guest reaches this host; it accepts
+# simulated attestation (no TEE here) signed by a key made for the demo.
 export XDG_CONFIG_HOME="$work/config"
 admin_password=$(openssl rand -hex 16)
+(umask 077
+ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=cloak-demo-manager \
+   -addext "subjectAltName=IP:127.0.0.1,IP:10.0.2.2" \
+   -addext basicConstraints=critical,CA:FALSE -keyout "$work/manager-tls.key" \
+   -out "$work/manager-tls.crt" 2>/dev/null
+ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/simulation.pem")
+openssl pkey -in "$work/simulation.pem" -pubout -out "$work/simulation.pub"
 CLOAK_ADMIN_PASSWORD="$admin_password" "$cloak" manager serve --data-dir "$work/manager" \
-  --listen 127.0.0.1:0 --admin-user admin 2> "$work/manager.log" &
+  --listen 127.0.0.1:0 --admin-user admin --tls-cert "$work/manager-tls.crt" \
+  --tls-key "$work/manager-tls.key" --allow-simulated-attestation \
+  --simulation-public-key "$work/simulation.pub" 2> "$work/manager.log" &
 manager_pid=$!
 url=
 for _ in $(seq 1 600); do
@@ -102,7 +114,7 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$url" ] || { cat "$work/manager.log"; echo "the manager did not start in 60 s"; exit 1; }
-printf '%s\n' "$admin_password" | "$cloak" login --url "$url" --cacert "$work/manager/tls.crt" \
+printf '%s\n' "$admin_password" | "$cloak" login --url "$url" --cacert "$work/manager-tls.crt" \
   --user admin --password-stdin
 
 echo "== cloak app create, cloak build register (the measurements of the two conversions above)"
@@ -124,6 +136,8 @@ echo "== cloak task approve (the default policy: one approval by a WRITER or MAN
 "$cloak" task approve "$sgx_task" | grep -E "^(Approvals|Build)"
 "$cloak" task approve "$nitro_task" | grep -E "^(Approvals|Build)"
 "$cloak" build list
+source "$root/scripts/lib/attested-demo.sh"
+attested_nitro_demo
 echo "== cloak audit verify"
 "$cloak" audit verify
 "$cloak" audit list --limit 8

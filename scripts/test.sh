@@ -14,6 +14,8 @@ step "static launcher (used by conversion and launcher tests)"; bash scripts/bui
 step "kernel for Nitro boot tests (Debian cloud kernel)"; bash scripts/fetch-kernel.sh; done_step
 step "EIF oracle (aws-nitro-enclaves-image-format, own lock file)"
 cargo build --release --quiet --locked --manifest-path tools/eif-oracle/Cargo.toml; done_step
+step "NSM oracle (aws-nitro-enclaves-nsm-api, own lock file)"
+cargo build --release --quiet --locked --manifest-path tools/nsm-oracle/Cargo.toml; done_step
 # Tests whose path depends on the CPU or the host (AVX-512VL, O_DIRECT, ...) append one line per
 # path to this file: "tested" or "NOT TESTED", the path, why. Summarised below, pass or fail.
 export CLOAK_TEST_PATHS; CLOAK_TEST_PATHS=$(mktemp); : >"$CLOAK_TEST_PATHS"

@@ -60,6 +60,8 @@ enum Command {
     Decrypt(commands::decrypt::Args),
     /// Boot a Nitro image or EIF under qemu and exit with the application's status.
     Run(commands::run::Args),
+    /// On a Nitro parent: forward the enclave's vsock port to the manager, and nowhere else.
+    Proxy(commands::proxy::Args),
     /// Run and administer the manager service (apps, builds, approvals, audit).
     Manager(commands::manager::Args),
     /// Verify TEE evidence (SGX/TDX quotes, Nitro documents, RA-TLS certificates).
@@ -110,6 +112,7 @@ fn main() -> std::process::ExitCode {
         Command::Eif(args) => commands::eif::run(args),
         Command::DescribeEif(args) => commands::eif::describe(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Proxy(args) => commands::proxy::run(args),
         Command::Encrypt(args) => commands::encrypt::run(args),
         Command::Decrypt(args) => commands::decrypt::run(args),
         Command::Manager(args) => commands::manager::run(args),

@@ -755,3 +755,68 @@ fn sixty_second_certificates_are_renewed_atomically_until_the_build_is_revoked()
     // Renewal stopped: the files are those of the last renewal.
     assert_eq!(std::fs::read_to_string(&cert_path).unwrap(), renewed[1].0);
 }
+
+/// The launcher's own HTTPS client through `cloak proxy` to the manager, as on a Nitro parent:
+/// nonce, certificate and the configs over mutual TLS all pass through the one-destination
+/// forwarder. Its TCP mode: this kernel has no vsock loopback (tests/proxy.rs checks and says).
+#[test]
+fn the_launcher_provisions_through_cloak_proxy() {
+    use std::io::Read;
+    let s = Server::start();
+    let admin = s.admin();
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "proxied-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
+        .unwrap();
+    let build = register(&admin, &app, MRENCLAVE);
+    let _: Value = admin
+        .post(
+            "/v1/app_configs",
+            &json!({"name": "mode", "app_id": app.app_id,
+                    "app_config": {"env:APP_MODE": {"contents": "through-the-proxy"}}}),
+        )
+        .unwrap();
+    approve(&admin, &build);
+    let log = s.dir.path().join("proxy.log");
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_cloak"))
+        .args(["proxy", "--listen", "127.0.0.1:0", "--to"])
+        .arg(s.url.strip_prefix("https://").unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = Vec::new();
+    let mut out = proxy.stdout.take().unwrap();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\n") && out.read(&mut b).unwrap() == 1 {
+        line.push(b[0]);
+    }
+    let line = String::from_utf8(line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("cloak proxy said {line:?}"))
+        .to_string();
+
+    let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "proxied");
+    let run: RunConfig =
+        serde_json::from_slice(&std::fs::read(sys.root.join("cloak/run.json")).unwrap()).unwrap();
+    sys.client = ManagerClient::new(
+        run.manager.as_ref().unwrap(),
+        Some(provision::http::Route::Tcp(addr)),
+    )
+    .unwrap();
+    cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let last = sys.calls.last().unwrap().clone();
+    assert!(last.starts_with("exec [\"/bin/app\"]"), "{:?}", sys.calls);
+    assert!(last.contains("\"APP_MODE=through-the-proxy\""), "{last}");
+    assert!(sys.root.join("appcert.pem").exists());
+    // Nonce, certificate, configs: three connections, each forwarded to the manager.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("forwarding to").count(), 3, "{text}");
+}

@@ -78,6 +78,54 @@ pub fn network_ramdisk(modules: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A ramdisk with simulated-attestation material for a local boot: `key.pem` (the simulation
+/// signing key, 0600) and `measurements.json` (the PCRs the evidence claims) in the image root's
+/// `/cloak-simulation`, where the launcher looks when the image allows simulation. It is only
+/// added at boot, like the network ramdisk: the EIF and its PCRs do not change.
+pub fn simulation_ramdisk(key_pem: &[u8], measurements_json: &str, out: &Path) -> Result<()> {
+    use crate::cpio::{Entry, Kind, Writer};
+    let f = std::fs::File::create(out).map_err(|e| Error::io("create", out, e))?;
+    let mut w = Writer::new(std::io::BufWriter::new(f));
+    let meta = |name: &str, kind: Kind, mode: u32| Entry {
+        name: name.into(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        link_group: None,
+    };
+    let err = |e| Error::io("write", out, e);
+    w.entry(
+        &meta("rootfs/cloak-simulation", Kind::Dir, 0o700),
+        1,
+        true,
+        None,
+    )
+    .map_err(err)?;
+    let files: [(&str, &[u8], u32); 2] = [
+        ("rootfs/cloak-simulation/key.pem", key_pem, 0o600),
+        (
+            "rootfs/cloak-simulation/measurements.json",
+            measurements_json.as_bytes(),
+            0o644,
+        ),
+    ];
+    for (name, data, mode) in files {
+        let size = data.len() as u64;
+        let mut r: &[u8] = data;
+        w.entry(
+            &meta(name, Kind::File { size }, mode),
+            1,
+            true,
+            Some(&mut r),
+        )
+        .map_err(err)?;
+    }
+    w.finish().map_err(err)?;
+    Ok(())
+}
+
 /// The command line for a local boot with networking: Nitro's `pci=off` and `nomodules` would
 /// hide virtio-net. Only the local stand-in changes; the EIF and its PCRs do not.
 pub fn cmdline_with_network(cmdline: &str) -> String {

@@ -16,6 +16,7 @@ pub mod job;
 pub mod ls_files;
 pub mod manager;
 pub mod measure;
+pub mod proxy;
 pub mod registry_cred;
 pub mod run;
 pub mod sgx;

@@ -40,6 +40,12 @@ pub struct Args {
     /// Kernel modules for --publish (virtio-net and its dependencies, NN-name.ko).
     #[arg(long, value_name = "DIR", env = "CLOAK_KERNEL_MODULES")]
     pub kernel_modules: Option<PathBuf>,
+    /// Simulated attestation (images converted with --allow-simulated-attestation): the
+    /// simulation signing key (P-256 PEM) the manager's --simulation-public-key matches. It
+    /// reaches the launcher in a ramdisk added at boot, with the EIF's PCRs as the claimed
+    /// measurements; the EIF and its PCRs do not change.
+    #[arg(long, value_name = "FILE")]
+    pub simulation_key: Option<PathBuf>,
     #[command(flatten)]
     pub source: SourceArgs,
 }
@@ -49,6 +55,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.target != crate::commands::convert::Target::Nitro {
         anyhow::bail!("only --target nitro runs locally (under qemu); SGX images run with Gramine on SGX hardware");
     }
+    // The simulation key is checked before anything is extracted or booted.
+    let simulation_key = match &args.simulation_key {
+        Some(key_path) => {
+            let key = std::fs::read(key_path).with_context(|| {
+                format!("while reading --simulation-key {}", key_path.display())
+            })?;
+            cloak_attest::simulated::SimulationSigningKey::from_bytes(&key).map_err(|e| {
+                anyhow::anyhow!(
+                    "--simulation-key {}: {e} (give the P-256 private key, PEM, whose public half the manager has as --simulation-public-key)",
+                    key_path.display()
+                )
+            })?;
+            Some(key)
+        }
+        None => None,
+    };
     let work = tempfile::tempdir().context("while creating a temporary directory")?;
     let eif_path: PathBuf = if std::path::Path::new(&args.image).is_file() {
         PathBuf::from(&args.image)
@@ -74,6 +96,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         fs.content_path(entry).context("the EIF was not kept")?
     };
     let (kernel, mut cmdline, mut ramdisks) = eif::extract(&eif_path, work.path())?;
+    if let Some(key) = &simulation_key {
+        let m = eif::read(&eif_path)?.measurements;
+        let mut pcrs = serde_json::json!({"0": m.pcr0, "1": m.pcr1, "2": m.pcr2});
+        if let Some(p8) = m.pcr8 {
+            pcrs["8"] = p8.into();
+        }
+        let sim = work.path().join("simulation.cpio");
+        vm::simulation_ramdisk(key, &serde_json::json!({ "pcrs": pcrs }).to_string(), &sim)?;
+        ramdisks.push(sim);
+    }
     let publish = args
         .publish
         .iter()

@@ -263,15 +263,22 @@ pub fn parse_measurements(text: &str) -> Result<cloak_attest::Measurements, Stri
     ))
 }
 
+/// How far simulated evidence is back-dated (see [`Simulated`]'s `evidence`).
+const SIMULATED_BACKDATE_MS: u64 = 5_000;
+
 impl EvidenceSource for Simulated {
     fn name(&self) -> String {
         "simulated (no TEE)".into()
     }
     fn evidence(&mut self, spki: &[u8], nonce: &[u8]) -> Result<Vec<u8>, String> {
+        // Back-dated: a qemu guest's clock starts from the RTC (whole seconds) and runs up to
+        // a second or so ahead of the host's, and the manager refuses evidence from the future
+        // to the second (strictly, as it must for real TEEs). Found by the first qemu boot
+        // against a real manager (tests/nitro_attested.rs).
         let doc = cloak_attest::simulated::Document {
             timestamp_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
+                .map(|d| (d.as_millis() as u64).saturating_sub(SIMULATED_BACKDATE_MS))
                 .unwrap_or(0),
             measurements: self.measurements.clone(),
             user_data: None,

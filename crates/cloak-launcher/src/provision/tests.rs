@@ -118,8 +118,8 @@ fn nsm_request_bytes_match_serde_cbor_of_the_nsm_api() {
     // nonce: None, public_key: Some([2, 3]) } (src/api/mod.rs: an externally tagged enum, the
     // fields in that order, Option<ByteBuf> as a byte string or null), written out by hand
     // from serde_cbor's rules: a1 map(1), 6b "Attestation", a3 map(3), 69 "user_data" 41 01,
-    // 65 "nonce" f6, 6a "public_key" 42 02 03. Not yet checked against the crate itself (an
-    // oracle crate like tools/eif-oracle is the follow-up).
+    // 65 "nonce" f6, 6a "public_key" 42 02 03. The crate itself (tools/nsm-oracle) checks
+    // these bytes and CBOR's other length forms in crates/cloak-cli/tests/nsm.rs.
     let ours = nsm_attestation_request(Some(&[1]), None, Some(&[2, 3]));
     let expected = "a16b4174746573746174696f6ea369757365725f646174614101656e6f6e6365f66a7075626c69635f6b6579420203";
     assert_eq!(hex::encode(ours), expected);
