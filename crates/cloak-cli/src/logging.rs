@@ -2,11 +2,11 @@
 //! no request waits on stderr (a pipe to journald, a terminal, a container runtime).
 //!
 //! The channel is bounded: when the writer falls behind, loggers wait (no line is dropped).
-//! Lines keep their order; the writer flushes whenever it has nothing queued, and [`flush`]
-//! waits until everything sent before it is written (called before the process exits).
+//! Lines keep their order; the writer writes what is queued every 10 ms, and [`flush`] waits
+//! until everything sent before it is written (called before the process exits).
 
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -30,25 +30,45 @@ pub fn background() -> std::io::Result<Background> {
     Ok(Background(tx))
 }
 
+/// How often the writer looks for lines. It polls rather than sleeping in `recv`: waking it
+/// for each line (a futex call by every logger) cost a request more than formatting its line.
+const POLL: Duration = Duration::from_millis(10);
+
 fn write_lines(rx: Receiver<Msg>, out: &mut dyn Write) {
-    while let Ok(first) = rx.recv() {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
         let mut acks = Vec::new();
-        let mut buf = Vec::with_capacity(8192);
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m {
-                Msg::Line(l) => buf.extend_from_slice(&l),
-                Msg::Flush(ack) => acks.push(ack),
+        let mut more = false;
+        let mut gone = false;
+        loop {
+            if buf.len() >= 1 << 20 {
+                more = true;
+                break;
             }
-            if buf.len() < 1 << 20 {
-                next = rx.try_recv().ok();
+            match rx.try_recv() {
+                Ok(Msg::Line(l)) => buf.extend_from_slice(&l),
+                Ok(Msg::Flush(ack)) => acks.push(ack),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    gone = true;
+                    break;
+                }
             }
         }
         // stderr is unbuffered: one write for the whole batch. A failed write (stderr closed)
         // cannot be reported anywhere; the lines are dropped, the loggers never block on it.
-        let _ = out.write_all(&buf).and_then(|()| out.flush());
+        if !buf.is_empty() {
+            let _ = out.write_all(&buf).and_then(|()| out.flush());
+            buf.clear();
+        }
         for a in acks {
             let _ = a.send(());
+        }
+        if gone {
+            return;
+        }
+        if !more {
+            std::thread::sleep(POLL);
         }
     }
 }
