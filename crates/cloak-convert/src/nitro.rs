@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use cloak_image::build::{self, Amendment};
 use cloak_image::copy::Progress;
-use cloak_image::flatten::{flatten_streaming, ContentSink, EntryKind, FlatFs};
+use cloak_image::flatten::{flatten_streaming, ContentSink, EntryKind, FlatFs, ImageLimit};
 use cloak_image::image::{resolve, Dest, Image, RawManifest, Source};
 use cloak_image::layer::{source_date_epoch, write_layer, FileContent, LayerEntry};
 use cloak_image::name::escape;
@@ -68,6 +68,9 @@ pub struct NitroRequest {
     pub options: NitroOptions,
     /// Platform selected from a multi-arch input.
     pub platform: PlatformSpec,
+    /// The most bytes the input's layers may take, compressed and uncompressed (bounds the
+    /// EIF written to disk); `None`: unbounded.
+    pub limit: Option<ImageLimit>,
     /// Progress sink.
     pub progress: Arc<dyn Progress>,
 }
@@ -331,6 +334,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     )?;
     let src = Source::open(&req.input, &req.source_options).await?;
     let image = resolve(&src, &req.platform).await?;
+    cloak_image::flatten::check_size(&image, req.limit.as_ref())?;
     if image.config.architecture != "amd64" || image.config.os != "linux" {
         return Err(Error::Options(format!(
             "{} is a {}/{} image; Nitro Enclaves on x86_64 need linux/amd64 (pick another platform with --platform or rebuild the image)",
@@ -425,7 +429,13 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     // error and nothing appears at the EIF path. flatten, amend (the ramdisks) and measure
     // (PCRs while the EIF streams) run together here.
     crate::stage(req.progress.as_ref(), "flatten")?;
-    let flat = flatten_streaming(&src, &image, Box::new(StreamSink(ramdisk))).await;
+    let flat = flatten_streaming(
+        &src,
+        &image,
+        Box::new(StreamSink(ramdisk)),
+        req.limit.as_ref(),
+    )
+    .await;
     let written = match flat {
         Ok((fs, sink)) => {
             let any: Box<dyn std::any::Any> = sink;

@@ -81,6 +81,8 @@ pub struct State {
     pub principals: Arc<auth::PrincipalCache>,
     /// The CA, loaded on first use (see `ca::get`).
     pub ca: Arc<tokio::sync::OnceCell<Arc<ca::Ca>>>,
+    /// Synchronous conversion calls waiting for their jobs in this process.
+    pub waiters: Arc<jobs::Waiters>,
 }
 
 impl State {

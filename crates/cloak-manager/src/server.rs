@@ -118,6 +118,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
         clock,
         principals: Default::default(),
         ca: Default::default(),
+        waiters: Default::default(),
     })
 }
 
@@ -365,6 +366,7 @@ pub async fn run_workers(config: Config, workers: usize) -> Result<()> {
         clock: Arc::new(crate::SystemClock),
         principals: Default::default(),
         ca: Default::default(),
+        waiters: Default::default(),
     };
     // Held like a replica's: master key rotation refuses while workers run.
     let _replica = state.db.replica_guard().await?;

@@ -486,6 +486,7 @@ async fn prepare(
                 signer,
                 date: None,
                 platform: Default::default(),
+                limit: Some(image_limit(js)),
                 progress,
             })))
         }
@@ -516,9 +517,20 @@ async fn prepare(
                 signing: None,
                 options: c.spec.nitro.clone().unwrap_or_default(),
                 platform: Default::default(),
+                limit: Some(image_limit(js)),
                 progress,
             })))
         }
+    }
+}
+
+/// The operator's bound on a job's input image, and how a tenant gets it raised.
+fn image_limit(js: &JobSettings) -> cloak_image::flatten::ImageLimit {
+    cloak_image::flatten::ImageLimit {
+        max_bytes: js.max_image_bytes,
+        raise: "ask the manager's operator to raise --job-max-image-bytes (of `cloak manager \
+                serve` and `cloak manager worker`), or make the image smaller"
+            .into(),
     }
 }
 
