@@ -324,7 +324,7 @@ fn synchronous_waiters_are_bounded_per_account_and_per_replica() {
     };
     // A waiter in a thread; it holds its place once its job exists (taken before queueing).
     let wait_in_thread = |token: &str, have: usize| {
-        let (url, ca, token, body) = (m.url.clone(), m.ca(), token.to_string(), body.clone());
+        let (url, ca, bearer, body) = (m.url.clone(), m.ca(), token.to_string(), body.clone());
         let waiter = std::thread::spawn(move || {
             let http = reqwest::blocking::Client::builder()
                 .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
@@ -333,7 +333,7 @@ fn synchronous_waiters_are_bounded_per_account_and_per_replica() {
                 .unwrap();
             let resp = http
                 .post(format!("{url}/convert-image"))
-                .bearer_auth(token)
+                .bearer_auth(bearer)
                 .json(&body)
                 .send()
                 .unwrap();
@@ -342,7 +342,7 @@ fn synchronous_waiters_are_bounded_per_account_and_per_replica() {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         let job = loop {
-            let j = jobs_of(&token);
+            let j = jobs_of(token);
             if j.len() > have {
                 break j[0].clone();
             }
