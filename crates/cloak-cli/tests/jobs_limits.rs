@@ -2,8 +2,9 @@
 //! the operator's bound on an input image (a slightly bigger image and a gzip bomb fail their
 //! jobs, nothing is tagged), the bounded synchronous waiters (429 with the queued job beyond
 //! them, 202 and the job when the wait runs out), and a requester removed or demoted since
-//! submission (the job fails, no build). A real `docker-registry` with TLS and htpasswd,
-//! manager and worker processes.
+//! submission (the job fails, no build); and whose key signs a Nitro job's EIF (the app's,
+//! held by the manager: PCR8 checked against its certificate and by AWS's EIF crate). A real
+//! `docker-registry` with TLS and htpasswd, manager and worker processes.
 
 mod common;
 
@@ -494,4 +495,108 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     assert_eq!(Some(&builds.items[0].build_id), job.build_id.as_ref());
     let audit = m.sql("SELECT action FROM audit_log ORDER BY seq");
     assert_eq!(audit.matches("Image Conversion Failed").count(), 2, "{audit}");
+}
+
+/// SHA-384 of `data` by OpenSSL (an implementation independent of cloak's).
+fn openssl_sha384(dir: &Path, data: &[u8]) -> Vec<u8> {
+    let f = dir.join("sha384.in");
+    std::fs::write(&f, data).unwrap();
+    ok(Command::new("openssl")
+        .args(["dgst", "-sha384", "-binary"])
+        .arg(&f))
+    .stdout
+}
+
+#[test]
+fn nitro_jobs_sign_with_the_apps_key_and_pcr8_is_its_certificates() {
+    let env = setup();
+    let input = env.push(&busybox(&env.tmp.path().join("bb")), "sign/bb:1");
+    let m = env.manager(&["--workers", "1"]);
+    let t = token_of(&m, "admin", ADMIN_PASSWORD);
+    let admin = m.admin();
+    let out = |name: &str| format!("{}/sign/{name}:1", env.reg.addr());
+    let job = |app: &str, output: &str, signing: Value| {
+        // A build's measurements are unique in its app: each build of one app gets an env.
+        let body = json!({"app_id": app,
+            "input_image": {"name": input, "auth_config": auth()},
+            "output_image": {"name": output, "auth_config": auth()},
+            "converter_options": {"env_vars": [format!("OUT={output}")]},
+            "nitro_enclaves_options": signing});
+        let id = submit_async(&m, &t, "/v1/builds/convert-app/nitro-enclaves", &body);
+        let j = wait_end(&admin, &id);
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        let b: Build = admin
+            .get(&format!("/v1/builds/{}", j.build_id.unwrap()))
+            .unwrap();
+        b
+    };
+    let signed = json!({"signing_key": {"default": {}}});
+    let app_a = new_app(&admin, "sign-a", &out("a"));
+    let app_b = new_app(&admin, "sign-b", &out("b"));
+    let a = job(&app_a, &out("a"), signed.clone());
+    let b = job(&app_b, &out("b"), signed.clone());
+    let unsigned = job(&app_a, &out("a-unsigned"), json!({}));
+
+    // PCR8 = SHA-384(48 zero bytes ‖ SHA-384(DER of the signing certificate)), by OpenSSL.
+    let pcr8_of = |build: &Build| {
+        let pem = build.advanced_settings["signing_certificate"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no certificate: {}", build.advanced_settings));
+        let pem_file = env.tmp.path().join("cert.pem");
+        std::fs::write(&pem_file, pem).unwrap();
+        let der = ok(Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&pem_file))
+        .stdout;
+        let mut extend = vec![0u8; 48];
+        extend.extend(openssl_sha384(env.tmp.path(), &der));
+        hex::encode(openssl_sha384(env.tmp.path(), &extend))
+    };
+    let pcr8_a = a.attributes.nitro_enclave.as_ref().unwrap().pcr8.clone();
+    assert_eq!(pcr8_a.as_deref(), Some(pcr8_of(&a).as_str()));
+    let pcr8_b = b.attributes.nitro_enclave.as_ref().unwrap().pcr8.clone();
+    assert_eq!(pcr8_b.as_deref(), Some(pcr8_of(&b).as_str()));
+    assert_ne!(pcr8_a, pcr8_b, "each app has its own key");
+    assert_eq!(
+        unsigned.attributes.nitro_enclave.as_ref().unwrap().pcr8,
+        None,
+        "without signing_key the EIF is not signed"
+    );
+
+    // AWS's EIF crate reads the pushed EIF: the same PCR8, and the signature verifies.
+    let layout = env.tmp.path().join("pulled");
+    ok(Command::new("skopeo")
+        .args(["copy", "--src-cert-dir"])
+        .arg(env.reg.cert_dir())
+        .arg("--authfile")
+        .arg(env.reg.docker_config_dir().join("config.json"))
+        .arg(format!("docker://{}", out("a")))
+        .arg(format!("oci:{}:x", layout.display())));
+    let root = common::umoci_unpack(&layout, "x", &env.tmp.path().join("bundle"));
+    let oracle = workspace().join("tools/eif-oracle/target/release/eif-oracle");
+    assert!(oracle.exists(), "{} is missing: scripts/test.sh builds it", oracle.display());
+    let o: Value =
+        serde_json::from_slice(&ok(Command::new(oracle).arg(root.join("cloak/enclave.eif"))).stdout)
+            .unwrap();
+    assert_eq!(o["PCR8"].as_str(), pcr8_a.as_deref(), "{o}");
+    assert_eq!(o["signature_ok"], true, "{o}");
+
+    // The key is generated once per app and kept sealed: another signed build of the app (other
+    // PCR0 and PCR2) has the same PCR8; no private key is in the database or the log.
+    let again = job(&app_a, &out("a2"), signed);
+    let again = again.attributes.nitro_enclave.unwrap();
+    assert_ne!(Some(&again.pcr0), a.attributes.nitro_enclave.as_ref().map(|n| &n.pcr0));
+    assert_eq!(again.pcr8, pcr8_a);
+    assert!(!common::manager::contains(&m.raw_database(), "PRIVATE KEY"));
+    assert!(!m.log().contains("PRIVATE KEY"));
+    let (status, _, e) = post(
+        &m,
+        &t,
+        "/v1/builds/convert-app/nitro-enclaves",
+        &json!({"app_id": app_a, "input_image": {"name": input}, "output_image": {"name": out("x")},
+                "nitro_enclaves_options": {"signing_key": {"uri": "file:/etc/key.pem"}}}),
+        &[],
+    );
+    assert_eq!(status, 400, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("nitro_enclaves_options.signing_key"), "{e}");
 }

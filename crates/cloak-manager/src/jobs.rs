@@ -193,6 +193,22 @@ fn sgx_options(map: &serde_json::Map<String, Value>) -> Result<SgxOptions> {
 }
 
 fn nitro_options(r: &NitroConversionRequest) -> Result<NitroOptions> {
+    if let Some(k) = r.nitro_enclaves_options.get("signing_key") {
+        if k.get("sdkms").is_some() {
+            return Err(Error::field(
+                "nitro_enclaves_options.signing_key.sdkms",
+                "SDKMS keys are not supported: {\"default\": {}} signs with the app's key, \
+                 which the manager generates and keeps sealed",
+            ));
+        }
+        if k.get("uri").is_some() || k.get("default").is_none() {
+            return Err(Error::field(
+                "nitro_enclaves_options.signing_key",
+                "must be {\"default\": {}} (the app's key, held by the manager): requests name \
+                 no keys of the manager's host",
+            ));
+        }
+    }
     let field_prefix = |e: Error, prefix: &str| match e {
         Error::InvalidField { field, reason } => Error::field(format!("{prefix}.{field}"), reason),
         Error::InvalidBody(reason) => Error::field(prefix, reason),

@@ -295,6 +295,12 @@ fn nitro_options(a: &Args) -> anyhow::Result<NitroOptions> {
         }
         None => NitroOptions::default(),
     };
+    if o.nitro_enclaves_options.signing_key.is_some() {
+        anyhow::bail!(
+            "nitro_enclaves_options.signing_key asks a manager for the app's key; cloak convert \
+             signs with --signing-key KEY.pem --signing-cert CERT.pem: remove it from the options"
+        );
+    }
     let c = &mut o.converter_options;
     if let Some(v) = some_vec(&a.entrypoint) {
         c.entrypoint = Some(v);
@@ -575,6 +581,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     (None, None) => None,
                     _ => anyhow::bail!("--target nitro signs with both --signing-key KEY.pem and --signing-cert CERT.pem"),
                 },
+                signer: None,
                 options,
                 platform,
                 limit,
