@@ -199,7 +199,10 @@ fn busybox_with_data(dir: &Path, mib: usize) -> PathBuf {
         )
         .layer(
             Comp::Tar,
-            common::images::tar(&[T::Dir("data/", 0o755, 0), T::File("data/x", 0o644, 0, &data)]),
+            common::images::tar(&[
+                T::Dir("data/", 0o755, 0),
+                T::File("data/x", 0o644, 0, &data),
+            ]),
         )
         .finish("1", "amd64", json!({"Entrypoint": ["/bin/sh"]}));
     dir.to_path_buf()
@@ -234,7 +237,10 @@ fn an_image_over_the_operators_limit_fails_its_job_and_nothing_is_tagged() {
         &busybox_with_data(&env.tmp.path().join("big"), 9),
         "lim/big:1",
     );
-    let bomb = env.push(&busybox_with_bomb(&env.tmp.path().join("bomb")), "lim/bomb:1");
+    let bomb = env.push(
+        &busybox_with_bomb(&env.tmp.path().join("bomb")),
+        "lim/bomb:1",
+    );
     let m = env.manager(&["--workers", "1", "--job-max-image-bytes", "8M"]);
     let t = token_of(&m, "admin", ADMIN_PASSWORD);
     let admin = m.admin();
@@ -250,8 +256,20 @@ fn an_image_over_the_operators_limit_fails_its_job_and_nothing_is_tagged() {
     // while the layers stream).
     let nitro_app = new_app(&admin, "lim-bomb-nitro", &out("bomb-nitro"));
     let cases = [
-        ("/convert-image", sgx(&bigger, &out("big-sgx")), bigger.clone(), out("big-sgx"), "compressed"),
-        ("/convert-image", sgx(&bomb, &out("bomb-sgx")), bomb.clone(), out("bomb-sgx"), "uncompressed"),
+        (
+            "/convert-image",
+            sgx(&bigger, &out("big-sgx")),
+            bigger.clone(),
+            out("big-sgx"),
+            "compressed",
+        ),
+        (
+            "/convert-image",
+            sgx(&bomb, &out("bomb-sgx")),
+            bomb.clone(),
+            out("bomb-sgx"),
+            "uncompressed",
+        ),
         (
             "/v1/builds/convert-app/nitro-enclaves",
             json!({"app_id": nitro_app,
@@ -276,7 +294,11 @@ fn an_image_over_the_operators_limit_fails_its_job_and_nothing_is_tagged() {
             "--job-max-image-bytes",
             "operator",
         ] {
-            assert!(e.message.contains(part), "{part:?} missing in: {}", e.message);
+            assert!(
+                e.message.contains(part),
+                "{part:?} missing in: {}",
+                e.message
+            );
         }
         assert!(!env.tagged(output), "{output} was tagged");
     }
@@ -287,7 +309,11 @@ fn an_image_over_the_operators_limit_fails_its_job_and_nothing_is_tagged() {
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert!(env.tagged(&out("bb-sgx")));
     let builds: ListResponse<Build> = admin.get("/v1/builds").unwrap();
-    assert_eq!(builds.items.len(), 1, "only the image within the limit is a build");
+    assert_eq!(
+        builds.items.len(),
+        1,
+        "only the image within the limit is a build"
+    );
     assert!(!m.log().contains(PASSWORD));
 }
 
@@ -366,7 +392,11 @@ fn synchronous_waiters_are_bounded_per_account_and_per_replica() {
         assert!(detail.contains(&id) && detail.contains(whose), "{detail}");
         let c = m.client().with_token(token);
         let job: Job = c.get(&location).unwrap();
-        assert_eq!(job.state, JobState::Queued, "the refused call's job stays queued");
+        assert_eq!(
+            job.state,
+            JobState::Queued,
+            "the refused call's job stays queued"
+        );
         id
     };
     refused(&tokens[0], "--max-sync-waiters-per-account");
@@ -460,7 +490,10 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     let removed = submit(&token_of(&m, "removed-writer", ADMIN_PASSWORD), "removed");
     let kept = submit(&token_of(&m, "admin", ADMIN_PASSWORD), "kept");
     let _: Value = admin
-        .patch(&format!("/v1/users/{}", users[0].0), &json!({"role": "READER"}))
+        .patch(
+            &format!("/v1/users/{}", users[0].0),
+            &json!({"role": "READER"}),
+        )
         .unwrap();
     admin.delete(&format!("/v1/users/{}", users[1].0)).unwrap();
 
@@ -491,10 +524,18 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     let job = wait_end(&admin, &kept);
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     let builds: ListResponse<Build> = admin.get("/v1/builds").unwrap();
-    assert_eq!(builds.items.len(), 1, "only the admin's job registered a build");
+    assert_eq!(
+        builds.items.len(),
+        1,
+        "only the admin's job registered a build"
+    );
     assert_eq!(Some(&builds.items[0].build_id), job.build_id.as_ref());
     let audit = m.sql("SELECT action FROM audit_log ORDER BY seq");
-    assert_eq!(audit.matches("Image Conversion Failed").count(), 2, "{audit}");
+    assert_eq!(
+        audit.matches("Image Conversion Failed").count(),
+        2,
+        "{audit}"
+    );
 }
 
 /// SHA-384 of `data` by OpenSSL (an implementation independent of cloak's).
@@ -574,10 +615,15 @@ fn nitro_jobs_sign_with_the_apps_key_and_pcr8_is_its_certificates() {
         .arg(format!("oci:{}:x", layout.display())));
     let root = common::umoci_unpack(&layout, "x", &env.tmp.path().join("bundle"));
     let oracle = workspace().join("tools/eif-oracle/target/release/eif-oracle");
-    assert!(oracle.exists(), "{} is missing: scripts/test.sh builds it", oracle.display());
-    let o: Value =
-        serde_json::from_slice(&ok(Command::new(oracle).arg(root.join("cloak/enclave.eif"))).stdout)
-            .unwrap();
+    assert!(
+        oracle.exists(),
+        "{} is missing: scripts/test.sh builds it",
+        oracle.display()
+    );
+    let o: Value = serde_json::from_slice(
+        &ok(Command::new(oracle).arg(root.join("cloak/enclave.eif"))).stdout,
+    )
+    .unwrap();
     assert_eq!(o["PCR8"].as_str(), pcr8_a.as_deref(), "{o}");
     assert_eq!(o["signature_ok"], true, "{o}");
 
@@ -585,7 +631,10 @@ fn nitro_jobs_sign_with_the_apps_key_and_pcr8_is_its_certificates() {
     // PCR0 and PCR2) has the same PCR8; no private key is in the database or the log.
     let again = job(&app_a, &out("a2"), signed);
     let again = again.attributes.nitro_enclave.unwrap();
-    assert_ne!(Some(&again.pcr0), a.attributes.nitro_enclave.as_ref().map(|n| &n.pcr0));
+    assert_ne!(
+        Some(&again.pcr0),
+        a.attributes.nitro_enclave.as_ref().map(|n| &n.pcr0)
+    );
     assert_eq!(again.pcr8, pcr8_a);
     assert!(!common::manager::contains(&m.raw_database(), "PRIVATE KEY"));
     assert!(!m.log().contains("PRIVATE KEY"));
@@ -598,5 +647,11 @@ fn nitro_jobs_sign_with_the_apps_key_and_pcr8_is_its_certificates() {
         &[],
     );
     assert_eq!(status, 400, "{e}");
-    assert!(e["detail"].as_str().unwrap().contains("nitro_enclaves_options.signing_key"), "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nitro_enclaves_options.signing_key"),
+        "{e}"
+    );
 }

@@ -54,7 +54,8 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits);
-    let bad = || format!("{text:?} is not a size: write bytes, or a number with K, M, G or T (16G)");
+    let bad =
+        || format!("{text:?} is not a size: write bytes, or a number with K, M, G or T (16G)");
     let n: u64 = num.parse().map_err(|_| bad())?;
     let shift = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,

@@ -1095,9 +1095,13 @@ async fn current_role(
             };
             let status: String = row.try_get(1)?;
             if status != "ACTIVE" {
-                return Ok(Err(format!("{who} was removed from the account ({status})")));
+                return Ok(Err(format!(
+                    "{who} was removed from the account ({status})"
+                )));
             }
-            Ok(Ok(Role::parse(&row.try_get::<String, _>(0)?).unwrap_or(Role::Reader)))
+            Ok(Ok(
+                Role::parse(&row.try_get::<String, _>(0)?).unwrap_or(Role::Reader)
+            ))
         }
         "api_key" => {
             let row = sqlx::query(&format!(
@@ -1318,7 +1322,11 @@ mod tests {
         let _a2 = w.enter("a", 3, 2).unwrap();
         assert_eq!(w.enter("a", 3, 2).unwrap_err(), true, "the account's limit");
         let _b1 = w.enter("b", 3, 2).unwrap();
-        assert_eq!(w.enter("b", 3, 2).unwrap_err(), false, "the process's limit");
+        assert_eq!(
+            w.enter("b", 3, 2).unwrap_err(),
+            false,
+            "the process's limit"
+        );
         drop(a1);
         let _a3 = w.enter("a", 3, 2).unwrap();
         assert_eq!(w.enter("c", 3, 2).unwrap_err(), false);

@@ -673,9 +673,11 @@ async fn convert(
     let js = &state.config.jobs;
     // The place to wait is taken before the job is queued: a job that exists has its waiter.
     let slot = (!prefers_async(headers)).then(|| {
-        state
-            .waiters
-            .enter(&p.account_id, js.max_sync_waiters, js.max_sync_waiters_per_account)
+        state.waiters.enter(
+            &p.account_id,
+            js.max_sync_waiters,
+            js.max_sync_waiters_per_account,
+        )
     });
     let job = jobs::submit(state, p, submission).await?;
     let _slot = match slot {

@@ -92,21 +92,23 @@ pub async fn app_nitro_key(state: &State, p: &Principal, app_id: &str) -> Result
     }
     let now = state.clock.now();
     let name = format!("cloak EIF signing, app {app_id}");
-    let (key, cert) = tokio::task::spawn_blocking(move || -> std::result::Result<_, rcgen::Error> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let at = time::OffsetDateTime::from_unix_timestamp(now).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        params.not_before = at - time::Duration::minutes(5);
-        params.not_after = at + time::Duration::days(3653);
-        let cert = params.self_signed(&key)?;
-        Ok((key.serialize_pem(), cert.pem()))
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("key generation: {e}")))?
-    .map_err(|e| Error::Internal(format!("key generation: {e}")))?;
+    let (key, cert) =
+        tokio::task::spawn_blocking(move || -> std::result::Result<_, rcgen::Error> {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let at = time::OffsetDateTime::from_unix_timestamp(now)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            params.not_before = at - time::Duration::minutes(5);
+            params.not_after = at + time::Duration::days(3653);
+            let cert = params.self_signed(&key)?;
+            Ok((key.serialize_pem(), cert.pem()))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("key generation: {e}")))?
+        .map_err(|e| Error::Internal(format!("key generation: {e}")))?;
     let pcr8 = cloak_convert::nitro::pcr8(cert.as_bytes())
         .map_err(|e| Error::Internal(format!("key generation: {e}")))?;
     let sealed = state.master().seal(

@@ -133,7 +133,12 @@ impl EifSigner {
 
     /// A P-384 private key (PKCS#8 or SEC1 PEM) and its certificate (PEM) held in memory;
     /// `key_name` and `cert_name` name them in errors (the key's bytes never appear).
-    pub fn from_pem(key_pem: &str, cert_pem: Vec<u8>, key_name: &str, cert_name: &str) -> Result<Self> {
+    pub fn from_pem(
+        key_pem: &str,
+        cert_pem: Vec<u8>,
+        key_name: &str,
+        cert_name: &str,
+    ) -> Result<Self> {
         let key_obj = SigningKey::from_pkcs8_pem(key_pem)
             .or_else(|_| p384::SecretKey::from_sec1_pem(key_pem).map(SigningKey::from))
             .map_err(|_| {

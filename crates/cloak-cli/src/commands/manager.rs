@@ -218,7 +218,11 @@ struct ServeArgs {
     #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_SYNC_WAITERS")]
     max_sync_waiters: Option<u32>,
     /// The same per account (default 8).
-    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_SYNC_WAITERS_PER_ACCOUNT")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CLOAK_MANAGER_MAX_SYNC_WAITERS_PER_ACCOUNT"
+    )]
     max_sync_waiters_per_account: Option<u32>,
     /// Seconds such a call waits before it answers 202 and its job (default 600).
     #[arg(long, value_name = "SECONDS", env = "CLOAK_MANAGER_SYNC_WAIT_SECONDS")]

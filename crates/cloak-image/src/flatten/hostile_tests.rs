@@ -334,10 +334,8 @@ fn a_gzip_bomb_is_refused_while_it_decompresses_not_after() {
         .chain(io::repeat(0).take(FILE))
         .chain(io::Cursor::new(vec![0u8; 1024]));
     let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let gz = flate2::read::GzEncoder::new(
-        Tally(plain, consumed.clone()),
-        flate2::Compression::fast(),
-    );
+    let gz =
+        flate2::read::GzEncoder::new(Tally(plain, consumed.clone()), flate2::Compression::fast());
     let mut f = limited(4 << 20);
     let err = f.apply_layer("sha256:bomb", gz).unwrap_err();
     let msg = err.to_string();
@@ -352,7 +350,10 @@ fn a_gzip_bomb_is_refused_while_it_decompresses_not_after() {
     }
     // What was decompressed: the limit, the read-ahead (8 chunks of 256 KiB) and buffers.
     let n = consumed.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(n < 16 << 20, "{n} bytes were decompressed before the refusal");
+    assert!(
+        n < 16 << 20,
+        "{n} bytes were decompressed before the refusal"
+    );
 }
 
 #[test]
@@ -366,7 +367,10 @@ fn the_limit_counts_every_layer_of_the_image_and_an_exact_fit_passes() {
     let mut f = limited(2 * size - 1);
     f.apply_layer("L0", layer.as_slice()).unwrap();
     let err = f.apply_layer("L1", gzip(&layer).as_slice()).unwrap_err();
-    assert!(matches!(err, Error::ImageTooLarge { limit, .. } if limit == 2 * size - 1), "{err:?}");
+    assert!(
+        matches!(err, Error::ImageTooLarge { limit, .. } if limit == 2 * size - 1),
+        "{err:?}"
+    );
 }
 
 #[test]
