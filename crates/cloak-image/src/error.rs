@@ -205,7 +205,7 @@ pub fn human_bytes(n: u64) -> String {
         if n >= size {
             let whole = n / size;
             let tenths = (n % size) * 10 / size;
-            return if tenths == 0 && n % size == 0 {
+            return if n.is_multiple_of(size) {
                 format!("{whole} {unit} ({n} bytes)")
             } else {
                 format!("{whole}.{tenths} {unit} ({n} bytes)")

@@ -736,6 +736,15 @@ pub struct Waiters {
     counts: std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>,
 }
 
+/// Which bound refused a waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitLimit {
+    /// The account's (`--max-sync-waiters-per-account`).
+    Account,
+    /// This process's (`--max-sync-waiters`).
+    Replica,
+}
+
 /// A place among the [`Waiters`], given back when dropped.
 #[derive(Debug)]
 pub struct WaitSlot {
@@ -744,21 +753,20 @@ pub struct WaitSlot {
 }
 
 impl Waiters {
-    /// A slot for a caller of `account`, or which limit is reached: `Err(true)` the
-    /// account's, `Err(false)` this process's.
+    /// A slot for a caller of `account`, or which limit is reached.
     pub fn enter(
         self: &std::sync::Arc<Self>,
         account: &str,
         max_total: usize,
         max_per_account: usize,
-    ) -> std::result::Result<WaitSlot, bool> {
+    ) -> std::result::Result<WaitSlot, WaitLimit> {
         let mut c = self.counts.lock().expect("waiters lock");
         let mine = c.1.get(account).copied().unwrap_or(0);
         if mine >= max_per_account {
-            return Err(true);
+            return Err(WaitLimit::Account);
         }
         if c.0 >= max_total {
-            return Err(false);
+            return Err(WaitLimit::Replica);
         }
         c.0 += 1;
         c.1.insert(account.to_string(), mine + 1);
@@ -1320,16 +1328,12 @@ mod tests {
         let w = std::sync::Arc::new(Waiters::default());
         let a1 = w.enter("a", 3, 2).unwrap();
         let _a2 = w.enter("a", 3, 2).unwrap();
-        assert_eq!(w.enter("a", 3, 2).unwrap_err(), true, "the account's limit");
+        assert_eq!(w.enter("a", 3, 2).unwrap_err(), WaitLimit::Account);
         let _b1 = w.enter("b", 3, 2).unwrap();
-        assert_eq!(
-            w.enter("b", 3, 2).unwrap_err(),
-            false,
-            "the process's limit"
-        );
+        assert_eq!(w.enter("b", 3, 2).unwrap_err(), WaitLimit::Replica);
         drop(a1);
         let _a3 = w.enter("a", 3, 2).unwrap();
-        assert_eq!(w.enter("c", 3, 2).unwrap_err(), false);
+        assert_eq!(w.enter("c", 3, 2).unwrap_err(), WaitLimit::Replica);
     }
 
     #[test]

@@ -683,15 +683,16 @@ async fn convert(
     let _slot = match slot {
         None => return Ok(accepted(job)),
         Some(Ok(slot)) => slot,
-        Some(Err(per_account)) => {
-            let (whose, limit, flag) = if per_account {
-                (
+        Some(Err(which)) => {
+            let (whose, limit, flag) = match which {
+                jobs::WaitLimit::Account => (
                     "this account",
                     js.max_sync_waiters_per_account,
                     "--max-sync-waiters-per-account",
-                )
-            } else {
-                ("this manager", js.max_sync_waiters, "--max-sync-waiters")
+                ),
+                jobs::WaitLimit::Replica => {
+                    ("this manager", js.max_sync_waiters, "--max-sync-waiters")
+                }
             };
             return Err(Error::TooManyWaiters {
                 detail: format!(

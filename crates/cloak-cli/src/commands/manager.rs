@@ -22,7 +22,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run conversion workers only (no API): scale conversion capacity apart from the API.
     /// Needs the managers' database, master key and audit key.
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
     /// Apply the database migrations this manager needs, then exit.
     Migrate(StoreArgs),
     /// Audit log tools (offline: reads the database directly).
