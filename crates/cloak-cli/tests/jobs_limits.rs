@@ -655,3 +655,37 @@ fn nitro_jobs_sign_with_the_apps_key_and_pcr8_is_its_certificates() {
         "{e}"
     );
 }
+
+#[test]
+fn cloak_convert_takes_the_same_limit_and_writes_no_eif_past_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bomb = busybox_with_bomb(&tmp.path().join("bomb"));
+    let eif = tmp.path().join("out.eif");
+    let out = cloak()
+        .args(["convert", "--target", "nitro", "--quiet", "--max-image-bytes", "8M"])
+        .arg("--kernel")
+        .arg(kernel())
+        .arg("--eif")
+        .arg(&eif)
+        .arg(format!("oci:{}:1", bomb.display()))
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in ["8 MiB (8388608 bytes) uncompressed", "raise --max-image-bytes"] {
+        assert!(err.contains(part), "{part:?} missing in: {err}");
+    }
+    assert!(!eif.exists(), "an EIF was written past the limit");
+    let bad = cloak()
+        .args(["convert", "--target", "nitro", "--max-image-bytes", "lots"])
+        .arg(format!("oci:{}:1", bomb.display()))
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("\"lots\" is not a size"),
+        "{bad:?}"
+    );
+}
