@@ -467,19 +467,35 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     let env = setup();
     let input = env.push(&busybox(&env.tmp.path().join("bb")), "role/bb:1");
     // The API only queues; a worker process started later runs the jobs, after the changes.
-    let m = env.manager(&["--workers", "0"]);
+    // PostgreSQL: the re-check locks the requester's rows (SQLite's single writer serialises).
+    let mut args = env.operator_args();
+    args.extend(["--workers".to_string(), "0".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = Manager::start_with(Backend::Postgres, &args);
     let admin = m.admin();
     let app = new_app(&admin, "role-app", &format!("{}/role/out", env.reg.addr()));
     let mut users = Vec::new();
-    for name in ["demoted-writer", "removed-writer"] {
+    for (name, role) in [
+        ("demoted-writer", "WRITER"),
+        ("removed-writer", "WRITER"),
+        ("key-owner", "MANAGER"),
+    ] {
         let u: Value = admin
             .post(
                 "/v1/users",
-                &json!({"user_name": name, "password": ADMIN_PASSWORD, "role": "WRITER"}),
+                &json!({"user_name": name, "password": ADMIN_PASSWORD, "role": role}),
             )
             .unwrap();
         users.push((u["user_id"].as_str().unwrap().to_string(), name));
     }
+    // An API key acts for its creator: never above the creator's role now.
+    let owner = m
+        .client()
+        .with_token(token_of(&m, "key-owner", ADMIN_PASSWORD));
+    let key: Value = owner
+        .post("/v1/api_keys", &json!({"name": "ci-key", "role": "WRITER"}))
+        .unwrap();
+    let key_secret = key["secret"].as_str().unwrap().to_string();
     let submit = |token: &str, tag: &str| {
         let body = json!({"appId": app, "inputImageName": input,
             "outputImageName": format!("{}/role/out:{tag}", env.reg.addr()),
@@ -488,6 +504,7 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     };
     let demoted = submit(&token_of(&m, "demoted-writer", ADMIN_PASSWORD), "demoted");
     let removed = submit(&token_of(&m, "removed-writer", ADMIN_PASSWORD), "removed");
+    let by_key = submit(&key_secret, "by-key");
     let kept = submit(&token_of(&m, "admin", ADMIN_PASSWORD), "kept");
     let _: Value = admin
         .patch(
@@ -496,6 +513,12 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
         )
         .unwrap();
     admin.delete(&format!("/v1/users/{}", users[1].0)).unwrap();
+    let _: Value = admin
+        .patch(
+            &format!("/v1/users/{}", users[2].0),
+            &json!({"role": "READER"}),
+        )
+        .unwrap();
 
     let log = env.tmp.path().join("worker.log");
     let _worker = Worker(
@@ -512,6 +535,7 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     for (id, why) in [
         (&demoted, "\"demoted-writer\", who requested this job, is no longer a WRITER of the account (now READER)"),
         (&removed, "\"removed-writer\" was removed from the account (DISABLED)"),
+        (&by_key, "api key \"ci-key\", who requested this job, is no longer a WRITER of the account (now READER)"),
     ] {
         let job = wait_end(&admin, id);
         assert_eq!(job.state, JobState::Failed, "{job:?}");
@@ -533,7 +557,7 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     let audit = m.sql("SELECT action FROM audit_log ORDER BY seq");
     assert_eq!(
         audit.matches("Image Conversion Failed").count(),
-        2,
+        3,
         "{audit}"
     );
 }
@@ -662,7 +686,14 @@ fn cloak_convert_takes_the_same_limit_and_writes_no_eif_past_it() {
     let bomb = busybox_with_bomb(&tmp.path().join("bomb"));
     let eif = tmp.path().join("out.eif");
     let out = cloak()
-        .args(["convert", "--target", "nitro", "--quiet", "--max-image-bytes", "8M"])
+        .args([
+            "convert",
+            "--target",
+            "nitro",
+            "--quiet",
+            "--max-image-bytes",
+            "8M",
+        ])
         .arg("--kernel")
         .arg(kernel())
         .arg("--eif")
@@ -673,7 +704,10 @@ fn cloak_convert_takes_the_same_limit_and_writes_no_eif_past_it() {
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    for part in ["8 MiB (8388608 bytes) uncompressed", "raise --max-image-bytes"] {
+    for part in [
+        "8 MiB (8388608 bytes) uncompressed",
+        "raise --max-image-bytes",
+    ] {
         assert!(err.contains(part), "{part:?} missing in: {err}");
     }
     assert!(!eif.exists(), "an EIF was written past the limit");

@@ -1112,9 +1112,10 @@ async fn current_role(
             ))
         }
         "api_key" => {
+            // An inner join, as authentication's (PostgreSQL locks no outer join's null side).
             let row = sqlx::query(&format!(
                 "SELECT k.role, k.revoked_at, u.role, u.status, u.user_name FROM api_keys k \
-                 LEFT JOIN users u ON u.user_id = k.created_by_user_id \
+                 JOIN users u ON u.user_id = k.created_by_user_id \
                  WHERE k.key_id = $1 AND k.account_id = $2{lock}"
             ))
             .bind(&p.actor.id)
@@ -1122,22 +1123,22 @@ async fn current_role(
             .fetch_optional(&mut **tx)
             .await?;
             let Some(row) = row else {
-                return Ok(Err(format!("{who} no longer exists")));
+                return Ok(Err(format!(
+                    "{who}, or the user who created it, no longer exists"
+                )));
             };
             if row.try_get::<Option<i64>, _>(1)?.is_some() {
                 return Ok(Err(format!("{who} was revoked")));
             }
-            let creator_status: Option<String> = row.try_get(3)?;
-            if creator_status.as_deref() != Some("ACTIVE") {
-                let creator: Option<String> = row.try_get(4)?;
+            let creator_status: String = row.try_get(3)?;
+            if creator_status != "ACTIVE" {
+                let creator: String = row.try_get(4)?;
                 return Ok(Err(format!(
-                    "{who} acts for user {:?}, who was removed from the account",
-                    creator.unwrap_or_default()
+                    "{who} acts for user {creator:?}, who was removed from the account"
                 )));
             }
             let key = Role::parse(&row.try_get::<String, _>(0)?).unwrap_or(Role::Reader);
-            let creator = Role::parse(&row.try_get::<Option<String>, _>(2)?.unwrap_or_default())
-                .unwrap_or(Role::Reader);
+            let creator = Role::parse(&row.try_get::<String, _>(2)?).unwrap_or(Role::Reader);
             Ok(Ok(key.min(creator)))
         }
         // The manager itself (no person to lose a role).
