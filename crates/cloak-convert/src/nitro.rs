@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use cloak_image::build::{self, Amendment};
 use cloak_image::copy::Progress;
-use cloak_image::flatten::{flatten_streaming, ContentSink, EntryKind, FlatFs};
+use cloak_image::flatten::{flatten_streaming, ContentSink, EntryKind, FlatFs, ImageLimit};
 use cloak_image::image::{resolve, Dest, Image, RawManifest, Source};
 use cloak_image::layer::{source_date_epoch, write_layer, FileContent, LayerEntry};
 use cloak_image::name::escape;
@@ -31,6 +31,8 @@ use serde::Serialize;
 use crate::app::{app_spec, AppOverrides};
 use crate::error::{Error, Result};
 use crate::options::NitroOptions;
+
+pub use cloak_nitro::sign::{pcr8, EifSigner};
 
 /// nitro-cli's default x86_64 kernel command line.
 pub const DEFAULT_CMDLINE: &str =
@@ -64,10 +66,15 @@ pub struct NitroRequest {
     pub nsm_ko: Option<PathBuf>,
     /// P-384 key and certificate to sign the EIF with (adds PCR8).
     pub signing: Option<(PathBuf, PathBuf)>,
+    /// A signer held by the caller (the manager's sealed per-app key); wins over `signing`.
+    pub signer: Option<EifSigner>,
     /// CCM options.
     pub options: NitroOptions,
     /// Platform selected from a multi-arch input.
     pub platform: PlatformSpec,
+    /// The most bytes the input's layers may take, compressed and uncompressed (bounds the
+    /// EIF written to disk); `None`: unbounded.
+    pub limit: Option<ImageLimit>,
     /// Progress sink.
     pub progress: Arc<dyn Progress>,
 }
@@ -111,6 +118,9 @@ pub struct NitroReport {
     pub output_image: Option<String>,
     /// Things dropped or adjusted on the way (xattrs…).
     pub warnings: Vec<String>,
+    /// The certificate (PEM) of a signed EIF: PCR8 = SHA-384(48 zero bytes ‖ SHA-384(its DER)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_certificate: Option<String>,
     /// Which SHA-384 engine computed PCR0 and PCR2 on this CPU, and why (benchmarks and bug
     /// reports need it: the two engines differ in speed, never in result).
     pub pcr_engine: String,
@@ -303,7 +313,7 @@ pub fn check_options(o: &NitroOptions) -> Result<()> {
 }
 
 /// Convert an image into an EIF (and optionally an OCI image holding it).
-pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
+pub async fn convert(mut req: NitroRequest) -> Result<NitroReport> {
     crate::stage(req.progress.as_ref(), "resolve")?;
     check_options(&req.options)?;
     if req.output.is_none() && req.eif.is_none() {
@@ -312,10 +322,14 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         ));
     }
     cloak_nitro::eif::check_bzimage(&req.kernel)?;
-    let signer = match &req.signing {
-        Some((key, cert)) => Some(cloak_nitro::sign::EifSigner::from_files(key, cert)?),
-        None => None,
+    let signer = match (req.signer.take(), &req.signing) {
+        (Some(s), _) => Some(s),
+        (None, Some((key, cert))) => Some(cloak_nitro::sign::EifSigner::from_files(key, cert)?),
+        (None, None) => None,
     };
+    let signing_certificate = signer
+        .as_ref()
+        .map(|s| String::from_utf8_lossy(s.cert_pem()).into_owned());
     crate::launcher::check(&req.launcher)?;
     let co = &req.options.converter_options;
     let no = &req.options.nitro_enclaves_options;
@@ -331,6 +345,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     )?;
     let src = Source::open(&req.input, &req.source_options).await?;
     let image = resolve(&src, &req.platform).await?;
+    cloak_image::flatten::check_size(&image, req.limit.as_ref())?;
     if image.config.architecture != "amd64" || image.config.os != "linux" {
         return Err(Error::Options(format!(
             "{} is a {}/{} image; Nitro Enclaves on x86_64 need linux/amd64 (pick another platform with --platform or rebuild the image)",
@@ -425,7 +440,13 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
     // error and nothing appears at the EIF path. flatten, amend (the ramdisks) and measure
     // (PCRs while the EIF streams) run together here.
     crate::stage(req.progress.as_ref(), "flatten")?;
-    let flat = flatten_streaming(&src, &image, Box::new(StreamSink(ramdisk))).await;
+    let flat = flatten_streaming(
+        &src,
+        &image,
+        Box::new(StreamSink(ramdisk)),
+        req.limit.as_ref(),
+    )
+    .await;
     let written = match flat {
         Ok((fs, sink)) => {
             let any: Box<dyn std::any::Any> = sink;
@@ -580,6 +601,7 @@ pub async fn convert(req: NitroRequest) -> Result<NitroReport> {
         eif_size: real_size,
         output_image,
         warnings,
+        signing_certificate,
         pcr_engine: {
             let c = cloak_nitro::sha384x2::engine();
             match c.engine {

@@ -196,6 +196,10 @@ pub struct NitroEnclavesOptions {
     /// Keep overlay file system changes across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_overlay_filesystem_persistence: Option<bool>,
+    /// Sign the EIF (PCR8): `{"default": {}}` asks the manager for the app's key and
+    /// certificate (cloak's extension; `cloak convert` takes --signing-key and --signing-cert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<SigningKeyConfig>,
 }
 
 /// The Nitro options file: both seed objects.

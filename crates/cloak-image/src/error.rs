@@ -170,6 +170,20 @@ pub enum Error {
         available: Vec<String>,
     },
 
+    /// An image is larger than the caller lets one conversion read (see
+    /// `flatten::ImageLimit`); nothing past the limit was read or written.
+    #[error("{image}: its layers take more than {} {what} (the limit for one conversion): the conversion stopped there and tagged no image. To convert it, {raise}", human_bytes(*limit))]
+    ImageTooLarge {
+        /// The image.
+        image: String,
+        /// `compressed` (as its manifest announces) or `uncompressed` (as read).
+        what: String,
+        /// The limit in bytes.
+        limit: u64,
+        /// How the limit is raised.
+        raise: String,
+    },
+
     /// A layer could not be applied to the root file system.
     #[error("layer {layer}: {reason}")]
     Layer {
@@ -182,6 +196,23 @@ pub enum Error {
     /// An image or option is not valid for the requested operation.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// `16 GiB (17179869184 bytes)`: sizes said in errors, exact and readable.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size {
+            let whole = n / size;
+            let tenths = (n % size) * 10 / size;
+            return if n.is_multiple_of(size) {
+                format!("{whole} {unit} ({n} bytes)")
+            } else {
+                format!("{whole}.{tenths} {unit} ({n} bytes)")
+            };
+        }
+    }
+    format!("{n} bytes")
 }
 
 impl Error {

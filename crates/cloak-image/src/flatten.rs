@@ -36,6 +36,51 @@ pub const MAX_TREE_ENTRIES: usize = 1 << 20;
 /// Most bytes of paths held for the flattened tree of an image.
 pub const MAX_TREE_PATH_BYTES: u64 = 64 << 20;
 
+/// The most bytes one image may bring into a conversion: its layer blobs as announced, and
+/// their uncompressed tar streams as they are read (a gzip bomb is refused while it
+/// decompresses, after at most `max_bytes` of it). What fills a worker's disk or keeps it busy
+/// (spooled files, a Nitro EIF written while the layers stream) is bounded by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageLimit {
+    /// Bytes of compressed layers, and separately of uncompressed layers, at most.
+    pub max_bytes: u64,
+    /// How whoever hit the limit raises it (said in the error): `raise --max-image-bytes`.
+    pub raise: String,
+}
+
+/// Parses a size as operators write one: bytes (`1048576`), or a whole number with `K`, `M`,
+/// `G` or `T` (powers of 1024; `KiB`, `MB`, `GiB`… mean the same).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let bad =
+        || format!("{text:?} is not a size: write bytes, or a number with K, M, G or T (16G)");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?}: the size must be at least 1 byte and below 16 EiB"))
+}
+
+impl ImageLimit {
+    fn refuse(&self, image: &str, what: &str) -> Error {
+        Error::ImageTooLarge {
+            image: image.to_string(),
+            what: what.to_string(),
+            limit: self.max_bytes,
+            raise: self.raise.clone(),
+        }
+    }
+}
+
 /// Receives the content of every regular file while its layer is read, in layer order (see
 /// [`flatten_streaming`]): nothing is spooled, and the final tree names each file's content
 /// by [`Entry::content_id`]. Contents that later layers overwrite or delete were delivered
@@ -189,6 +234,10 @@ pub struct Flattener {
     /// already cleared: repeating one is a no-op.
     cleared: HashSet<String>,
     opaque: HashSet<String>,
+    /// The bound on uncompressed bytes and the image it is named by, if any.
+    limit: Option<(ImageLimit, String)>,
+    /// Uncompressed bytes of the layers applied so far.
+    unpacked: u64,
 }
 
 fn split(path: &str) -> Vec<String> {
@@ -231,6 +280,8 @@ impl Flattener {
             visits: 0,
             cleared: HashSet::new(),
             opaque: HashSet::new(),
+            limit: None,
+            unpacked: 0,
         })
     }
 
@@ -250,7 +301,20 @@ impl Flattener {
             visits: 0,
             cleared: HashSet::new(),
             opaque: HashSet::new(),
+            limit: None,
+            unpacked: 0,
         }
+    }
+
+    /// Refuse layers once their uncompressed bytes, all layers together, pass `limit`
+    /// (`image` names them in the error).
+    pub fn limit(&mut self, limit: ImageLimit, image: &str) {
+        self.limit = Some((limit, image.to_string()));
+    }
+
+    /// Uncompressed bytes of the layers applied so far.
+    pub fn unpacked_bytes(&self) -> u64 {
+        self.unpacked
     }
 
     /// Take the sink back (streaming mode), e.g. before [`Flattener::finish`].
@@ -533,7 +597,13 @@ impl Flattener {
         // Reading, verifying and decompressing the blob run on a second thread.
         std::thread::scope(|scope| {
             let plain = crate::layer::read_ahead(scope, move || decompress(blob), 8);
-            let hashed = HashingReader::new(plain);
+            let budget = Budget {
+                inner: plain,
+                n: 0,
+                used: self.unpacked,
+                limit: self.limit.clone(),
+            };
+            let hashed = HashingReader::new(budget);
             let mut archive = tar::Archive::new(limits::TarGuard::new(hashed, name));
             let entries = archive.entries().map_err(stream_err)?;
             for entry in entries {
@@ -549,7 +619,12 @@ impl Flattener {
             // Read to the very end so that the blob's digest and size are verified.
             let mut rest = archive.into_inner();
             io::copy(&mut rest, &mut io::sink()).map_err(stream_err)?;
-            Ok(rest.into_inner().finish())
+            let (digest, n) = rest.into_inner().finish_counted();
+            Ok((digest, n))
+        })
+        .map(|(digest, n)| {
+            self.unpacked += n;
+            digest
         })
     }
 
@@ -740,10 +815,8 @@ impl Flattener {
         path: &str,
         spool: bool,
     ) -> Result<(Option<Digest>, u64)> {
-        let stream_err = |e: io::Error| Error::Stream {
-            what: "layer entry".into(),
-            source: e,
-        };
+        // A refusal raised inside the stream (the image's limit) keeps its type.
+        let stream_err = |e: io::Error| Error::from_stream("layer entry", e);
         if let Some(Sink(sink)) = &mut self.sink {
             let size = entry.size();
             let mut counted = Counted {
@@ -828,6 +901,31 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+/// Counts the uncompressed bytes of a layer and refuses to pass more than `left` (the
+/// image's [`ImageLimit`] less what earlier layers used): the error comes before the bytes
+/// over the limit are handed on, so nothing past it is hashed, spooled or streamed.
+struct Budget<R> {
+    inner: R,
+    /// Bytes of this layer.
+    n: u64,
+    /// Bytes of the layers before.
+    used: u64,
+    limit: Option<(ImageLimit, String)>,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        if let Some((limit, image)) = &self.limit {
+            if self.used.saturating_add(self.n) > limit.max_bytes {
+                return Err(io::Error::other(limit.refuse(image, "uncompressed")));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// Hashes what is read through it (the uncompressed layer → its diff_id).
 struct HashingReader<R> {
     inner: R,
@@ -846,6 +944,14 @@ impl<R: Read> HashingReader<R> {
     fn finish(self) -> Digest {
         use sha2::Digest as _;
         Digest::from_sha256(self.hasher.finalize().into())
+    }
+}
+
+impl<R: Read> HashingReader<Budget<R>> {
+    /// The digest and the number of bytes.
+    fn finish_counted(self) -> (Digest, u64) {
+        let n = self.inner.n;
+        (self.finish(), n)
     }
 }
 
@@ -940,10 +1046,16 @@ impl FlatFs {
     }
 }
 
-/// Flatten `image` from `src`: stream each layer, verify its blob digest and its diff_id.
-pub async fn flatten(src: &Source, image: &Image, mode: ContentMode) -> Result<FlatFs> {
+/// Flatten `image` from `src`: stream each layer, verify its blob digest and its diff_id;
+/// within `limit` when one is given.
+pub async fn flatten(
+    src: &Source,
+    image: &Image,
+    mode: ContentMode,
+    limit: Option<&ImageLimit>,
+) -> Result<FlatFs> {
     let flattener = Flattener::new(mode)?;
-    Ok(apply_layers(src, image, flattener).await?.finish())
+    Ok(apply_layers(src, image, flattener, limit).await?.finish())
 }
 
 /// Flatten `image` from `src` handing every file's content to `sink` as it is read (no
@@ -952,15 +1064,42 @@ pub async fn flatten_streaming(
     src: &Source,
     image: &Image,
     sink: Box<dyn ContentSink>,
+    limit: Option<&ImageLimit>,
 ) -> Result<(FlatFs, Box<dyn ContentSink>)> {
-    let mut flattener = apply_layers(src, image, Flattener::streaming(sink)).await?;
+    let mut flattener = apply_layers(src, image, Flattener::streaming(sink), limit).await?;
     let sink = flattener
         .take_sink()
         .expect("a streaming flattener has its sink");
     Ok((flattener.finish(), sink))
 }
 
-async fn apply_layers(src: &Source, image: &Image, mut flattener: Flattener) -> Result<Flattener> {
+/// Refuse `image` when its layer blobs, as its manifest announces them, are over `limit`
+/// (before any is read).
+pub fn check_size(image: &Image, limit: Option<&ImageLimit>) -> Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let announced = image
+        .manifest
+        .layers
+        .iter()
+        .fold(0u64, |sum, l| sum.saturating_add(l.size));
+    if announced > limit.max_bytes {
+        return Err(limit.refuse(&image.reference, "compressed"));
+    }
+    Ok(())
+}
+
+async fn apply_layers(
+    src: &Source,
+    image: &Image,
+    mut flattener: Flattener,
+    limit: Option<&ImageLimit>,
+) -> Result<Flattener> {
+    check_size(image, limit)?;
+    if let Some(l) = limit {
+        flattener.limit(l.clone(), &image.reference);
+    }
     let diff_ids = &image.config.rootfs.diff_ids;
     if diff_ids.len() != image.manifest.layers.len() {
         return Err(Error::Invalid(format!(

@@ -44,6 +44,10 @@ pub struct Settings {
     pub job_max_attempts: Option<u32>,
     pub max_jobs_per_account: Option<u32>,
     pub max_running_jobs_per_account: Option<u32>,
+    pub job_max_image_bytes: Option<String>,
+    pub max_sync_waiters: Option<u32>,
+    pub max_sync_waiters_per_account: Option<u32>,
+    pub sync_wait_seconds: Option<u64>,
     pub workers: Option<u32>,
 }
 
@@ -87,6 +91,12 @@ impl Settings {
             max_running_jobs_per_account: self
                 .max_running_jobs_per_account
                 .or(other.max_running_jobs_per_account),
+            job_max_image_bytes: self.job_max_image_bytes.or(other.job_max_image_bytes),
+            max_sync_waiters: self.max_sync_waiters.or(other.max_sync_waiters),
+            max_sync_waiters_per_account: self
+                .max_sync_waiters_per_account
+                .or(other.max_sync_waiters_per_account),
+            sync_wait_seconds: self.sync_wait_seconds.or(other.sync_wait_seconds),
             workers: self.workers.or(other.workers),
         }
     }
@@ -166,6 +176,16 @@ pub struct JobSettings {
     pub max_jobs_per_account: i64,
     /// RUNNING jobs of one account at a time; the rest wait in the queue.
     pub max_running_per_account: i64,
+    /// Bytes an input image's layers may take, compressed or uncompressed (checked while
+    /// they stream: a tenant's image cannot fill the worker's disk or keep it busy past it).
+    pub max_image_bytes: u64,
+    /// Synchronous conversion calls (no `Prefer: respond-async`) waiting at once in this
+    /// process; more are answered 429 with their job, which stays queued.
+    pub max_sync_waiters: usize,
+    /// The same, per account.
+    pub max_sync_waiters_per_account: usize,
+    /// How long a synchronous call waits before it answers 202 and its job.
+    pub sync_wait: std::time::Duration,
     /// Workers `cloak manager serve` runs in its process.
     pub workers: usize,
 }
@@ -186,6 +206,10 @@ impl Default for JobSettings {
             max_attempts: 3,
             max_jobs_per_account: 50,
             max_running_per_account: 4,
+            max_image_bytes: 16 << 30,
+            max_sync_waiters: 64,
+            max_sync_waiters_per_account: 8,
+            sync_wait: std::time::Duration::from_secs(600),
             workers: 1,
         }
     }
@@ -298,7 +322,29 @@ impl Config {
                         "job-max-attempts must be between 1 and 100".into(),
                     ));
                 }
+                let max_image_bytes = match &s.job_max_image_bytes {
+                    Some(t) => cloak_image::flatten::parse_size(t)
+                        .map_err(|e| Error::Config(format!("--job-max-image-bytes: {e}")))?,
+                    None => d.max_image_bytes,
+                };
+                let sync_wait = s.sync_wait_seconds.unwrap_or(d.sync_wait.as_secs());
+                if !(1..=3600).contains(&sync_wait) {
+                    return Err(Error::Config(
+                        "sync-wait-seconds must be between 1 and 3600".into(),
+                    ));
+                }
+                let max_sync_waiters = s
+                    .max_sync_waiters
+                    .map_or(d.max_sync_waiters, |n| n as usize);
+                let max_sync_waiters_per_account = s
+                    .max_sync_waiters_per_account
+                    .map_or(d.max_sync_waiters_per_account, |n| n as usize)
+                    .min(max_sync_waiters);
                 JobSettings {
+                    max_image_bytes,
+                    max_sync_waiters,
+                    max_sync_waiters_per_account,
+                    sync_wait: std::time::Duration::from_secs(sync_wait),
                     sgx_runtime_image: s.sgx_runtime_image,
                     nitro_kernel: s.nitro_kernel,
                     nitro_blobs: s.nitro_blobs,

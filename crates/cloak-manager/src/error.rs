@@ -32,6 +32,14 @@ pub enum Error {
     /// Too many attempts; retry after the given seconds.
     #[error("{detail}")]
     RateLimited { detail: String, retry_after: u64 },
+    /// A conversion was queued, but too many calls already wait for theirs: the client polls
+    /// the job instead (`Location` names it).
+    #[error("{detail}")]
+    TooManyWaiters {
+        job_id: String,
+        detail: String,
+        retry_after: u64,
+    },
     /// The database failed or is unreachable.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -87,7 +95,9 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited { .. } | Error::TooManyWaiters { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::ConversionFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Refused { code, .. } => match *code {
                 "malformed_evidence"
@@ -121,6 +131,7 @@ impl Error {
             Error::NotFound { .. } => "not_found",
             Error::Conflict(_) => "conflict",
             Error::RateLimited { .. } => "rate_limited",
+            Error::TooManyWaiters { .. } => "too_many_waiters",
             Error::ConversionFailed { .. } => "conversion_failed",
             Error::Refused { code, .. } => code,
             Error::Database(sqlx::Error::PoolTimedOut) => "unavailable",
@@ -162,10 +173,25 @@ impl IntoResponse for Error {
             detail,
         };
         let mut resp = (status, axum::Json(body)).into_response();
-        if let Error::RateLimited { retry_after, .. } = self {
-            if let Ok(v) = retry_after.to_string().parse() {
-                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+        match self {
+            Error::RateLimited { retry_after, .. } => {
+                if let Ok(v) = retry_after.to_string().parse() {
+                    resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+                }
             }
+            Error::TooManyWaiters {
+                job_id,
+                retry_after,
+                ..
+            } => {
+                if let Ok(v) = retry_after.to_string().parse() {
+                    resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+                }
+                if let Ok(v) = format!("/v1/jobs/{job_id}").parse() {
+                    resp.headers_mut().insert(http::header::LOCATION, v);
+                }
+            }
+            _ => {}
         }
         resp
     }
@@ -210,6 +236,15 @@ mod tests {
                 "rate_limited",
             ),
             (
+                Error::TooManyWaiters {
+                    job_id: "j".into(),
+                    detail: "x".into(),
+                    retry_after: 5,
+                },
+                429,
+                "too_many_waiters",
+            ),
+            (
                 Error::Database(sqlx::Error::PoolTimedOut),
                 503,
                 "unavailable",
@@ -227,6 +262,18 @@ mod tests {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
             assert_eq!(err.code(), code, "{err:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_waiter_names_its_job_in_location_and_says_when_to_retry() {
+        let resp = Error::TooManyWaiters {
+            job_id: "0b6f".into(),
+            detail: "x".into(),
+            retry_after: 5,
+        }
+        .into_response();
+        assert_eq!(resp.headers()[http::header::LOCATION], "/v1/jobs/0b6f");
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "5");
     }
 
     #[tokio::test]

@@ -193,6 +193,22 @@ fn sgx_options(map: &serde_json::Map<String, Value>) -> Result<SgxOptions> {
 }
 
 fn nitro_options(r: &NitroConversionRequest) -> Result<NitroOptions> {
+    if let Some(k) = r.nitro_enclaves_options.get("signing_key") {
+        if k.get("sdkms").is_some() {
+            return Err(Error::field(
+                "nitro_enclaves_options.signing_key.sdkms",
+                "SDKMS keys are not supported: {\"default\": {}} signs with the app's key, \
+                 which the manager generates and keeps sealed",
+            ));
+        }
+        if k.get("uri").is_some() || k.get("default").is_none() {
+            return Err(Error::field(
+                "nitro_enclaves_options.signing_key",
+                "must be {\"default\": {}} (the app's key, held by the manager): requests name \
+                 no keys of the manager's host",
+            ));
+        }
+    }
     let field_prefix = |e: Error, prefix: &str| match e {
         Error::InvalidField { field, reason } => Error::field(format!("{prefix}.{field}"), reason),
         Error::InvalidBody(reason) => Error::field(prefix, reason),
@@ -715,6 +731,67 @@ pub async fn cancel(state: &State, p: &Principal, id: &str) -> Result<Job> {
     get(state, p, id).await
 }
 
+/// Synchronous conversion calls waiting for their jobs in this process: in all and per account
+/// (each waiter polls the database until its job ends, so they are bounded per replica).
+#[derive(Debug, Default)]
+pub struct Waiters {
+    counts: std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>,
+}
+
+/// Which bound refused a waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitLimit {
+    /// The account's (`--max-sync-waiters-per-account`).
+    Account,
+    /// This process's (`--max-sync-waiters`).
+    Replica,
+}
+
+/// A place among the [`Waiters`], given back when dropped.
+#[derive(Debug)]
+pub struct WaitSlot {
+    waiters: std::sync::Arc<Waiters>,
+    account: String,
+}
+
+impl Waiters {
+    /// A slot for a caller of `account`, or which limit is reached.
+    pub fn enter(
+        self: &std::sync::Arc<Self>,
+        account: &str,
+        max_total: usize,
+        max_per_account: usize,
+    ) -> std::result::Result<WaitSlot, WaitLimit> {
+        let mut c = self.counts.lock().expect("waiters lock");
+        let mine = c.1.get(account).copied().unwrap_or(0);
+        if mine >= max_per_account {
+            return Err(WaitLimit::Account);
+        }
+        if c.0 >= max_total {
+            return Err(WaitLimit::Replica);
+        }
+        c.0 += 1;
+        c.1.insert(account.to_string(), mine + 1);
+        Ok(WaitSlot {
+            waiters: self.clone(),
+            account: account.to_string(),
+        })
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        let mut c = self.waiters.counts.lock().expect("waiters lock");
+        c.0 -= 1;
+        if let Some(n) = c.1.get_mut(&self.account) {
+            *n -= 1;
+            if *n == 0 {
+                c.1.remove(&self.account);
+            }
+        }
+    }
+}
+
 /// Waits until a job ends, for at most `limit`; answers it as it is then.
 pub async fn wait(
     state: &State,
@@ -1004,17 +1081,106 @@ async fn end_attempt(
     Ok(true)
 }
 
+/// The role the requester of a job has in its account now: a user's, or an API key's (never
+/// more than its creator's); `Err` says why they have none any more (disabled, revoked, gone).
+/// The rows read are locked (PostgreSQL) so a role change waits for the transaction.
+async fn current_role(
+    state: &State,
+    tx: &mut crate::store::Tx,
+    p: &Principal,
+) -> Result<std::result::Result<Role, String>> {
+    let lock = state.db.for_update();
+    let who = format!("{} {:?}", p.actor.kind.replace('_', " "), p.actor.name);
+    match p.actor.kind {
+        "user" => {
+            let row = sqlx::query(&format!(
+                "SELECT role, status FROM users WHERE user_id = $1 AND account_id = $2{lock}"
+            ))
+            .bind(&p.actor.id)
+            .bind(&p.account_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Err(format!("{who} is no longer a member of the account")));
+            };
+            let status: String = row.try_get(1)?;
+            if status != "ACTIVE" {
+                return Ok(Err(format!(
+                    "{who} was removed from the account ({status})"
+                )));
+            }
+            Ok(Ok(
+                Role::parse(&row.try_get::<String, _>(0)?).unwrap_or(Role::Reader)
+            ))
+        }
+        "api_key" => {
+            // An inner join, as authentication's (PostgreSQL locks no outer join's null side).
+            let row = sqlx::query(&format!(
+                "SELECT k.role, k.revoked_at, u.role, u.status, u.user_name FROM api_keys k \
+                 JOIN users u ON u.user_id = k.created_by_user_id \
+                 WHERE k.key_id = $1 AND k.account_id = $2{lock}"
+            ))
+            .bind(&p.actor.id)
+            .bind(&p.account_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Err(format!(
+                    "{who}, or the user who created it, no longer exists"
+                )));
+            };
+            if row.try_get::<Option<i64>, _>(1)?.is_some() {
+                return Ok(Err(format!("{who} was revoked")));
+            }
+            let creator_status: String = row.try_get(3)?;
+            if creator_status != "ACTIVE" {
+                let creator: String = row.try_get(4)?;
+                return Ok(Err(format!(
+                    "{who} acts for user {creator:?}, who was removed from the account"
+                )));
+            }
+            let key = Role::parse(&row.try_get::<String, _>(0)?).unwrap_or(Role::Reader);
+            let creator = Role::parse(&row.try_get::<String, _>(2)?).unwrap_or(Role::Reader);
+            Ok(Ok(key.min(creator)))
+        }
+        // The manager itself (no person to lose a role).
+        _ => Ok(Ok(p.role)),
+    }
+}
+
 /// Ends a job that succeeded: registers its build (exactly as `POST /v1/builds`) in the same
-/// transaction that marks the job SUCCEEDED, so a lost lease registers nothing.
+/// transaction that marks the job SUCCEEDED, so a lost lease registers nothing. The
+/// requester's role is read again there: someone removed or demoted below WRITER since they
+/// submitted the job gets no build (the job fails, saying so).
 pub async fn succeed(
     state: &State,
     c: &Claim,
     nb: crate::builds::NewBuild,
     result: Option<Value>,
 ) -> Result<bool> {
-    let p = &c.principal;
-    let app = crate::builds::prepare(state, p, &nb).await?;
+    let app = crate::builds::prepare(state, &c.principal, &nb).await?;
     let mut tx = state.db.begin().await?;
+    let role = match current_role(state, &mut tx, &c.principal).await? {
+        Ok(role) if role >= Role::Writer => Ok(role),
+        Ok(role) => Err(format!(
+            "{} {:?}, who requested this job, is no longer a WRITER of the account (now {})",
+            c.principal.actor.kind.replace('_', " "),
+            c.principal.actor.name,
+            role.as_str()
+        )),
+        Err(why) => Err(why),
+    }
+    .map_err(|why| {
+        Error::Forbidden(format!(
+            "{why}: no build is registered for the image pushed to {}; a current WRITER of \
+             the account may submit the conversion again",
+            c.spec.output
+        ))
+    })?;
+    let p = &Principal {
+        role,
+        ..c.principal.clone()
+    };
     if !end_attempt(&mut tx, c, "SUCCEEDED", "SUCCEEDED", None).await? {
         return Ok(false);
     }
@@ -1158,6 +1324,19 @@ mod tests {
             assert!(!shown.contains(pw), "{shown}");
             assert!(shown.contains(MASK), "{shown}");
         }
+    }
+
+    #[test]
+    fn waiters_are_bounded_per_account_and_in_all_and_leave_when_dropped() {
+        let w = std::sync::Arc::new(Waiters::default());
+        let a1 = w.enter("a", 3, 2).unwrap();
+        let _a2 = w.enter("a", 3, 2).unwrap();
+        assert_eq!(w.enter("a", 3, 2).unwrap_err(), WaitLimit::Account);
+        let _b1 = w.enter("b", 3, 2).unwrap();
+        assert_eq!(w.enter("b", 3, 2).unwrap_err(), WaitLimit::Replica);
+        drop(a1);
+        let _a3 = w.enter("a", 3, 2).unwrap();
+        assert_eq!(w.enter("c", 3, 2).unwrap_err(), WaitLimit::Replica);
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct State {
     pub ca: Arc<tokio::sync::OnceCell<Arc<ca::Ca>>>,
     /// Outstanding nonces as last counted (see `certs::nonce`).
     pub nonce_gauge: Arc<certs::NonceGauge>,
+    /// Synchronous conversion calls waiting for their jobs in this process.
+    pub waiters: Arc<jobs::Waiters>,
 }
 
 impl State {

@@ -197,7 +197,7 @@ pub static ROUTES: &[Route] = &[
         req: None, resp: None, status: 204),
     route!(post "/v1/builds/{build_id}/revoke", Writer, "revokeBuild", "Revoke a build (REJECTED, with a reason).", revoke_build,
         req: Some(s::<RevokeRequest>), resp: Some(s::<Build>), status: 200),
-    route!(post "/convert-image", Writer, "convertImage", "Convert an image for SGX (EnclaveOS's request and response); waits for the result unless `Prefer: respond-async` (then 202 and the job). `Idempotency-Key` makes a retry return the same job.", convert_sgx,
+    route!(post "/convert-image", Writer, "convertImage", "Convert an image for SGX (EnclaveOS's request and response); waits for the result unless `Prefer: respond-async` (then 202 and the job). A wait past the operator's --sync-wait-seconds (default 600) answers 202 and the job; beyond the operator's limits on waiting calls, 429 `too_many_waiters` with the queued job in `Location`. `Idempotency-Key` makes a retry return the same job.", convert_sgx,
         req: Some(s::<ConvertImageRequest>), resp: Some(s::<ConvertImageResponse>), status: 200),
     route!(post "/v1/tools/converter/convert-app", Writer, "convertApp", "Convert an image for SGX (IBM Data Shield's converter; the EnclaveOS request and response); `Prefer: respond-async` answers 202 and the job.", convert_sgx,
         req: Some(s::<ConvertImageRequest>), resp: Some(s::<ConvertImageResponse>), status: 200),
@@ -632,9 +632,6 @@ async fn revoke_build(
 
 // ---- conversion jobs ----
 
-/// How long a call without `Prefer: respond-async` waits before answering 202 and the job.
-const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
-
 fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>> {
     headers
         .get("idempotency-key")
@@ -675,11 +672,41 @@ async fn convert(
         request,
         idempotency_key: idempotency_key(headers)?,
     };
+    let js = &state.config.jobs;
+    // The place to wait is taken before the job is queued: a job that exists has its waiter.
+    let slot = (!prefers_async(headers)).then(|| {
+        state.waiters.enter(
+            &p.account_id,
+            js.max_sync_waiters,
+            js.max_sync_waiters_per_account,
+        )
+    });
     let job = jobs::submit(state, p, submission).await?;
-    if prefers_async(headers) {
-        return Ok(accepted(job));
-    }
-    let job = jobs::wait(state, p, &job.job_id, SYNC_WAIT).await?;
+    let _slot = match slot {
+        None => return Ok(accepted(job)),
+        Some(Ok(slot)) => slot,
+        Some(Err(which)) => {
+            let (whose, limit, flag) = match which {
+                jobs::WaitLimit::Account => (
+                    "this account",
+                    js.max_sync_waiters_per_account,
+                    "--max-sync-waiters-per-account",
+                ),
+                jobs::WaitLimit::Replica => {
+                    ("this manager", js.max_sync_waiters, "--max-sync-waiters")
+                }
+            };
+            return Err(Error::TooManyWaiters {
+                detail: format!(
+                    "job {id} is queued, but {limit} calls of {whose} already wait for their                      conversions (the operator's {flag}): poll GET /v1/jobs/{id} for its                      result, and send `Prefer: respond-async` to get the job at once",
+                    id = job.job_id
+                ),
+                job_id: job.job_id,
+                retry_after: 5,
+            });
+        }
+    };
+    let job = jobs::wait(state, p, &job.job_id, js.sync_wait).await?;
     match job.state {
         JobState::Succeeded => Ok(Json(job.result.unwrap_or_default()).into_response()),
         JobState::Failed => {

@@ -119,6 +119,7 @@ pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<State> {
         principals: Default::default(),
         nonce_gauge: Default::default(),
         ca: Default::default(),
+        waiters: Default::default(),
     })
 }
 
@@ -367,6 +368,7 @@ pub async fn run_workers(config: Config, workers: usize) -> Result<()> {
         principals: Default::default(),
         nonce_gauge: Default::default(),
         ca: Default::default(),
+        waiters: Default::default(),
     };
     // Held like a replica's: master key rotation refuses while workers run.
     let _replica = state.db.replica_guard().await?;

@@ -70,6 +70,86 @@ pub async fn account_sgx_key(state: &State, p: &Principal) -> Result<String> {
         .ok_or_else(|| Error::Internal("the account's signing key vanished".into()))
 }
 
+/// An app's EIF signing key and certificate (PEM each), generated and sealed on first use:
+/// P-384 and a self-signed certificate valid for ten years (nitro-cli refuses to run an EIF
+/// whose signing certificate has expired), so PCR8 names the app across its builds. Kept in
+/// `signing_keys` as kind `nitro:APP_ID`, key and certificate sealed together.
+pub async fn app_nitro_key(state: &State, p: &Principal, app_id: &str) -> Result<(String, String)> {
+    let kind = format!("nitro:{app_id}");
+    let parse = |plain: String| -> Result<(String, String)> {
+        let v: serde_json::Value = serde_json::from_str(&plain).map_err(|_| Error::Decrypt {
+            what: context(&p.account_id, &kind),
+        })?;
+        match (v["key"].as_str(), v["cert"].as_str()) {
+            (Some(k), Some(c)) => Ok((k.to_string(), c.to_string())),
+            _ => Err(Error::Decrypt {
+                what: context(&p.account_id, &kind),
+            }),
+        }
+    };
+    if let Some(plain) = load(state, &p.account_id, &kind).await? {
+        return parse(plain);
+    }
+    let now = state.clock.now();
+    let name = format!("cloak EIF signing, app {app_id}");
+    let (key, cert) =
+        tokio::task::spawn_blocking(move || -> std::result::Result<_, rcgen::Error> {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let at = time::OffsetDateTime::from_unix_timestamp(now)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            params.not_before = at - time::Duration::minutes(5);
+            params.not_after = at + time::Duration::days(3653);
+            let cert = params.self_signed(&key)?;
+            Ok((key.serialize_pem(), cert.pem()))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("key generation: {e}")))?
+        .map_err(|e| Error::Internal(format!("key generation: {e}")))?;
+    let pcr8 = cloak_convert::nitro::pcr8(cert.as_bytes())
+        .map_err(|e| Error::Internal(format!("key generation: {e}")))?;
+    let sealed = state.master().seal(
+        &context(&p.account_id, &kind),
+        json!({"key": key, "cert": cert}).to_string().as_bytes(),
+    );
+    let mut tx = state.db.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO signing_keys (account_id, kind, key_sealed, key_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, kind) DO NOTHING",
+    )
+    .bind(&p.account_id)
+    .bind(&kind)
+    .bind(sealed)
+    .bind(&pcr8)
+    .bind(state.clock.now())
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 1 {
+        audit::record(
+            state,
+            tx,
+            p,
+            Event {
+                action: "Signing Key Generated",
+                entity_type: "signing_key",
+                entity_id: &pcr8,
+                details: json!({"kind": "nitro", "app_id": app_id, "pcr8": pcr8,
+                                "note": "P-384 and a self-signed certificate, sealed under the master key"}),
+            },
+        )
+        .await?;
+    } else {
+        tx.commit().await?;
+    }
+    let plain = load(state, &p.account_id, &kind)
+        .await?
+        .ok_or_else(|| Error::Internal("the app's signing key vanished".into()))?;
+    parse(plain)
+}
+
 async fn load(state: &State, account_id: &str, kind: &str) -> Result<Option<String>> {
     let row =
         sqlx::query("SELECT key_sealed FROM signing_keys WHERE account_id = $1 AND kind = $2")

@@ -536,6 +536,7 @@ async fn prepare(
                 signer,
                 date: None,
                 platform: Default::default(),
+                limit: Some(image_limit(js)),
                 progress,
             })))
         }
@@ -552,6 +553,27 @@ async fn prepare(
                     .into(),
             ))?;
             let cmdline = blob("cmdline").and_then(|p| std::fs::read_to_string(p).ok());
+            let options = c.spec.nitro.clone().unwrap_or_default();
+            // `signing_key: {"default": {}}`: the app's key, generated on first use, sealed.
+            let signer = match &options.nitro_enclaves_options.signing_key {
+                Some(_) => {
+                    let (key, cert) =
+                        crate::signing::app_nitro_key(state, &c.principal, &c.spec.app_id)
+                            .await
+                            .map_err(internal)?;
+                    let what = format!("the EIF signing key of app {}", c.spec.app_id);
+                    Some(
+                        cloak_convert::nitro::EifSigner::from_pem(
+                            &key,
+                            cert.into_bytes(),
+                            &what,
+                            "its certificate",
+                        )
+                        .map_err(|e| ("resolve", e.to_string()))?,
+                    )
+                }
+                None => None,
+            };
             Ok(Plan::Nitro(Box::new(NitroRequest {
                 input,
                 output: Some(output),
@@ -564,11 +586,23 @@ async fn prepare(
                 cmdline,
                 nsm_ko: blob("nsm.ko"),
                 signing: None,
-                options: c.spec.nitro.clone().unwrap_or_default(),
+                signer,
+                options,
                 platform: Default::default(),
+                limit: Some(image_limit(js)),
                 progress,
             })))
         }
+    }
+}
+
+/// The operator's bound on a job's input image, and how a tenant gets it raised.
+fn image_limit(js: &JobSettings) -> cloak_image::flatten::ImageLimit {
+    cloak_image::flatten::ImageLimit {
+        max_bytes: js.max_image_bytes,
+        raise: "ask the manager's operator to raise --job-max-image-bytes (of `cloak manager \
+                serve` and `cloak manager worker`), or make the image smaller"
+            .into(),
     }
 }
 
@@ -661,6 +695,9 @@ fn register_as(c: &Claim, produced: Produced) -> Result<(NewBuild, Option<Value>
             if let Some(m) = advanced.as_object_mut() {
                 m.insert("cpu_count".into(), json!(r.cpu_count));
                 m.insert("eif_size".into(), json!(r.eif_size));
+                if let Some(cert) = &r.signing_certificate {
+                    m.insert("signing_certificate".into(), json!(cert));
+                }
                 if !r.warnings.is_empty() {
                     m.insert("warnings".into(), json!(r.warnings));
                 }

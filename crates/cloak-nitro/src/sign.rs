@@ -121,22 +121,35 @@ impl EifSigner {
     pub fn from_files(key: &std::path::Path, cert: &std::path::Path) -> Result<Self> {
         let pem =
             std::fs::read_to_string(key).map_err(|e| Error::io("read signing key", key, e))?;
-        let key_obj = SigningKey::from_pkcs8_pem(&pem)
-            .or_else(|_| p384::SecretKey::from_sec1_pem(&pem).map(SigningKey::from))
-            .map_err(|_| {
-                Error::Input(format!(
-                    "{}: not a P-384 private key in PEM (create one with `openssl ecparam -name secp384r1 -genkey -noout -out key.pem`)",
-                    key.display()
-                ))
-            })?;
         let cert_pem =
             std::fs::read(cert).map_err(|e| Error::io("read signing certificate", cert, e))?;
+        Self::from_pem(
+            &pem,
+            cert_pem,
+            &key.display().to_string(),
+            &cert.display().to_string(),
+        )
+    }
+
+    /// A P-384 private key (PKCS#8 or SEC1 PEM) and its certificate (PEM) held in memory;
+    /// `key_name` and `cert_name` name them in errors (the key's bytes never appear).
+    pub fn from_pem(
+        key_pem: &str,
+        cert_pem: Vec<u8>,
+        key_name: &str,
+        cert_name: &str,
+    ) -> Result<Self> {
+        let key_obj = SigningKey::from_pkcs8_pem(key_pem)
+            .or_else(|_| p384::SecretKey::from_sec1_pem(key_pem).map(SigningKey::from))
+            .map_err(|_| {
+                Error::Input(format!(
+                    "{key_name}: not a P-384 private key in PEM (create one with `openssl ecparam -name secp384r1 -genkey -noout -out key.pem`)"
+                ))
+            })?;
         let public = public_key(&cert_der(&cert_pem)?)?;
         if public != *key_obj.verifying_key() {
             return Err(Error::Input(format!(
-                "{} does not certify the key in {}",
-                cert.display(),
-                key.display()
+                "{cert_name} does not certify the key in {key_name}"
             )));
         }
         Ok(EifSigner {

@@ -40,6 +40,11 @@ pub struct Args {
     /// Platform to select from a multi-arch input.
     #[arg(long, default_value = "linux/amd64")]
     pub platform: String,
+    /// Refuse an input whose layers take more than SIZE, compressed or uncompressed (bytes,
+    /// or 16G, 500M…), checked while they stream: bounds the disk and time an untrusted
+    /// image can take (a gzip bomb stops at SIZE). Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = cloak_image::flatten::parse_size)]
+    pub max_image_bytes: Option<u64>,
 
     /// SGX: image with Gramine installed under /usr/lib/x86_64-linux-gnu/gramine.
     #[arg(long, value_name = "IMAGE")]
@@ -290,6 +295,12 @@ fn nitro_options(a: &Args) -> anyhow::Result<NitroOptions> {
         }
         None => NitroOptions::default(),
     };
+    if o.nitro_enclaves_options.signing_key.is_some() {
+        anyhow::bail!(
+            "nitro_enclaves_options.signing_key asks a manager for the app's key; cloak convert \
+             signs with --signing-key KEY.pem --signing-cert CERT.pem: remove it from the options"
+        );
+    }
     let c = &mut o.converter_options;
     if let Some(v) = some_vec(&a.entrypoint) {
         c.entrypoint = Some(v);
@@ -471,6 +482,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
     let platform: PlatformSpec = args.platform.parse()?;
+    let limit = args
+        .max_image_bytes
+        .map(|max_bytes| cloak_image::flatten::ImageLimit {
+            max_bytes,
+            raise: "raise --max-image-bytes".into(),
+        });
     match args.target {
         Target::Sgx => {
             let options = sgx_options(&args)?;
@@ -497,6 +514,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 signer: None,
                 date: args.date.clone(),
                 platform,
+                limit,
                 progress: crate::progress::for_stderr(args.quiet),
             };
             let mut report = runtime()?
@@ -563,8 +581,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     (None, None) => None,
                     _ => anyhow::bail!("--target nitro signs with both --signing-key KEY.pem and --signing-cert CERT.pem"),
                 },
+                signer: None,
                 options,
                 platform,
+                limit,
                 progress: crate::progress::for_stderr(args.quiet),
             };
             let mut report = runtime()?

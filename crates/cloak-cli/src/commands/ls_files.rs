@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .block_on(async {
             let src = Source::open(&reference, &opts).await?;
             let image = resolve(&src, &platform).await?;
-            flatten(&src, &image, ContentMode::HashOnly).await
+            flatten(&src, &image, ContentMode::HashOnly, None).await
         })
         .with_context(|| format!("while listing the files of {reference}"))?;
     for w in fs.warnings() {

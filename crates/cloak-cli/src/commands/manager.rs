@@ -22,7 +22,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run conversion workers only (no API): scale conversion capacity apart from the API.
     /// Needs the managers' database, master key and audit key.
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
     /// Apply the database migrations this manager needs, then exit.
     Migrate(StoreArgs),
     /// Audit log tools (offline: reads the database directly).
@@ -213,6 +213,20 @@ struct ServeArgs {
     /// Conversion workers in this process (0: only `cloak manager worker` processes convert).
     #[arg(long, value_name = "N", env = "CLOAK_MANAGER_WORKERS")]
     workers: Option<u32>,
+    /// Conversion calls without `Prefer: respond-async` that may wait for their job at once in
+    /// this process (default 64); beyond it they are answered 429 with their queued job.
+    #[arg(long, value_name = "N", env = "CLOAK_MANAGER_MAX_SYNC_WAITERS")]
+    max_sync_waiters: Option<u32>,
+    /// The same per account (default 8).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CLOAK_MANAGER_MAX_SYNC_WAITERS_PER_ACCOUNT"
+    )]
+    max_sync_waiters_per_account: Option<u32>,
+    /// Seconds such a call waits before it answers 202 and its job (default 600).
+    #[arg(long, value_name = "SECONDS", env = "CLOAK_MANAGER_SYNC_WAIT_SECONDS")]
+    sync_wait_seconds: Option<u64>,
     #[command(flatten)]
     jobs: JobArgs,
 }
@@ -277,6 +291,11 @@ struct JobArgs {
     /// Running jobs of one account at a time.
     #[arg(long, value_name = "N")]
     max_running_jobs_per_account: Option<u32>,
+    /// Most bytes a job's input image may take, compressed or uncompressed (bytes, or 16G,
+    /// 500M…; default 16G): checked while the layers stream, so a tenant's image (a gzip
+    /// bomb) cannot fill this host's disk; a bigger image fails its job, naming this flag.
+    #[arg(long, value_name = "SIZE", env = "CLOAK_MANAGER_JOB_MAX_IMAGE_BYTES")]
+    job_max_image_bytes: Option<String>,
 }
 
 impl JobArgs {
@@ -297,6 +316,7 @@ impl JobArgs {
             job_max_attempts: self.job_max_attempts,
             max_jobs_per_account: self.max_jobs_per_account,
             max_running_jobs_per_account: self.max_running_jobs_per_account,
+            job_max_image_bytes: self.job_max_image_bytes.clone(),
             ..Default::default()
         }
     }
@@ -410,6 +430,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         nonce_rate_per_minute: a.nonce_rate_per_minute,
         max_outstanding_nonces: a.max_outstanding_nonces,
         workers: a.workers,
+        max_sync_waiters: a.max_sync_waiters,
+        max_sync_waiters_per_account: a.max_sync_waiters_per_account,
+        sync_wait_seconds: a.sync_wait_seconds,
         ..a.jobs.settings()
     };
     let config = Config::resolve(flags.or(a.store.settings()?))?;

@@ -86,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     &src,
                     &image,
                     ContentMode::SpoolUnder(dir, vec!["/cloak".into()]),
+                    None,
                 )
                 .await
             })

@@ -92,6 +92,7 @@ fn image_file(
             &src,
             &img,
             ContentMode::SpoolUnder(work.path().to_path_buf(), vec![dir]),
+            None,
         )
         .await
     })?;

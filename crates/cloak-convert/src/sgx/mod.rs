@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use cloak_image::build::{self, Amendment};
 use cloak_image::copy::Progress;
-use cloak_image::flatten::{flatten, ContentMode};
+use cloak_image::flatten::{flatten, ContentMode, ImageLimit};
 use cloak_image::image::{resolve, Dest, Source};
 use cloak_image::layer::{source_date_epoch, write_layer, FileContent, LayerEntry};
 use cloak_image::{Digest, ImageRef, PlatformSpec, RegistryOptions};
@@ -61,6 +61,9 @@ pub struct SgxRequest {
     pub date: Option<String>,
     /// Platform selected from a multi-arch input.
     pub platform: PlatformSpec,
+    /// The most bytes the input's layers may take, compressed and uncompressed (the
+    /// operator's bound on one conversion); `None`: unbounded.
+    pub limit: Option<ImageLimit>,
     /// Progress sink.
     pub progress: Arc<dyn Progress>,
 }
@@ -292,6 +295,8 @@ async fn resolve_stage(req: &mut SgxRequest) -> Result<Resolved> {
     })?;
     let src = Source::open(&req.input, &req.source_options).await?;
     let image = resolve(&src, &req.platform).await?;
+    // Refused before any layer moves (the destination gets nothing).
+    cloak_image::flatten::check_size(&image, req.limit.as_ref())?;
     let app = app_spec(
         &image.reference,
         &image.config,
@@ -312,6 +317,7 @@ async fn resolve_stage(req: &mut SgxRequest) -> Result<Resolved> {
         &rt_src,
         &rt_image,
         ContentMode::Spool(work.path().join("runtime")),
+        None,
     )
     .await?;
     let runtime = runtime::collect(&rt_fs, &rt_image.reference, runtime::GRAMINE_DIR)?;
@@ -335,14 +341,13 @@ async fn resolve_stage(req: &mut SgxRequest) -> Result<Resolved> {
 }
 
 /// flatten: the input's files, hashed as they stream, while its layers are copied over; an
-/// input that already holds `/cloak` is refused.
+/// input that already holds `/cloak` is refused. The first error stops both (a layer over
+/// the limit stops the copy too).
 async fn flatten_stage(req: &SgxRequest, r: &Resolved) -> Result<cloak_image::flatten::FlatFs> {
-    let (fs, copied) = tokio::join!(
-        flatten(&r.src, &r.image, ContentMode::HashOnly),
+    let (fs, ()) = tokio::try_join!(
+        flatten(&r.src, &r.image, ContentMode::HashOnly, req.limit.as_ref()),
         build::copy_base_layers(&r.src, &r.image, &r.dst, &req.progress)
-    );
-    let fs = fs?;
-    copied?;
+    )?;
     if let Some(e) = fs
         .entries()
         .iter()

@@ -441,6 +441,7 @@ pub async fn measure_image(
         src,
         &image,
         ContentMode::SpoolUnder(work.path().to_path_buf(), vec!["/cloak".into()]),
+        None,
     )
     .await?;
     let variants = vec![

@@ -299,3 +299,94 @@ fn a_whiteout_of_a_directory_keeps_the_way_to_what_its_own_layer_added() {
     let fs = apply(&[lower, upper]).unwrap();
     assert_eq!(paths(&fs), ["/a", "/a/new"]);
 }
+
+/// A reader that counts what is read from it (shared with the test).
+struct Tally<R>(R, std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl<R: Read> Read for Tally<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn limited(max_bytes: u64) -> Flattener {
+    let mut f = Flattener::new(ContentMode::HashOnly).unwrap();
+    f.limit(
+        ImageLimit {
+            max_bytes,
+            raise: "raise --max-image-bytes".into(),
+        },
+        "registry.example/bomb:1",
+    );
+    f
+}
+
+#[test]
+fn a_gzip_bomb_is_refused_while_it_decompresses_not_after() {
+    // One file announcing 1 GiB of zeros, compressed while it is read (about 1 MiB of gzip):
+    // the flattener must stop near the 4 MiB limit, long before the encoder is asked for
+    // the gigabyte.
+    const FILE: u64 = 1 << 30;
+    let plain = io::Cursor::new(header(b"bomb", FILE, b'0', b""))
+        .chain(io::repeat(0).take(FILE))
+        .chain(io::Cursor::new(vec![0u8; 1024]));
+    let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let gz =
+        flate2::read::GzEncoder::new(Tally(plain, consumed.clone()), flate2::Compression::fast());
+    let mut f = limited(4 << 20);
+    let err = f.apply_layer("sha256:bomb", gz).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::ImageTooLarge { .. }), "{err:?}");
+    for part in [
+        "registry.example/bomb:1",
+        "4 MiB (4194304 bytes) uncompressed",
+        "raise --max-image-bytes",
+        "tagged no image",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing in: {msg}");
+    }
+    // What was decompressed: the limit, the read-ahead (8 chunks of 256 KiB) and buffers.
+    let n = consumed.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        n < 16 << 20,
+        "{n} bytes were decompressed before the refusal"
+    );
+}
+
+#[test]
+fn the_limit_counts_every_layer_of_the_image_and_an_exact_fit_passes() {
+    let layer = archive(&[file(b"a", &[1u8; 1000])]);
+    let size = layer.len() as u64; // header, data padded to 1024, two end blocks
+    let mut f = limited(2 * size);
+    f.apply_layer("L0", gzip(&layer).as_slice()).unwrap();
+    f.apply_layer("L1", layer.as_slice()).unwrap();
+    assert_eq!(f.unpacked_bytes(), 2 * size);
+    let mut f = limited(2 * size - 1);
+    f.apply_layer("L0", layer.as_slice()).unwrap();
+    let err = f.apply_layer("L1", gzip(&layer).as_slice()).unwrap_err();
+    assert!(
+        matches!(err, Error::ImageTooLarge { limit, .. } if limit == 2 * size - 1),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn sizes_are_read_as_operators_write_them() {
+    for (text, bytes) in [
+        ("1048576", 1u64 << 20),
+        ("16G", 16 << 30),
+        ("16GiB", 16 << 30),
+        ("500M", 500 << 20),
+        ("2 TB", 2 << 40),
+        ("4k", 4096),
+    ] {
+        assert_eq!(parse_size(text), Ok(bytes), "{text}");
+    }
+    for bad in ["", "G", "1.5G", "-1", "0", "16X", "99999999999T"] {
+        let e = parse_size(bad).unwrap_err();
+        assert!(e.contains(bad), "{bad}: {e}");
+    }
+}
