@@ -174,7 +174,7 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     rand::rngs::OsRng.fill_bytes(&mut n);
     let now = state.clock.now();
     let mut tx = state.db.begin().await?;
-    if rand::rngs::OsRng.next_u32() % 64 == 0 {
+    if rand::rngs::OsRng.next_u32().is_multiple_of(64) {
         sqlx::query("DELETE FROM nonces WHERE expires_at < $1")
             .bind(now - NONCE_TTL)
             .execute(&mut *tx)
@@ -183,11 +183,10 @@ pub async fn nonce(state: &State, client: &str) -> Result<NonceResponse> {
     let outstanding = match state.nonce_gauge.fresh(now) {
         Some(n) => n,
         None => {
-            let n: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM nonces WHERE expires_at > $1")
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM nonces WHERE expires_at > $1")
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
             state.nonce_gauge.counted(now, n);
             n
         }
@@ -238,7 +237,7 @@ async fn take_slot(
     let client = &rate_key(client);
     {
         use rand::RngCore;
-        if rand::rngs::OsRng.next_u32() % 64 == 0 {
+        if rand::rngs::OsRng.next_u32().is_multiple_of(64) {
             sqlx::query("DELETE FROM nonce_rate WHERE window_start < $1")
                 .bind(window)
                 .execute(&mut **tx)
