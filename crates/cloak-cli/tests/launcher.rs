@@ -214,10 +214,7 @@ impl Sys for TestSys {
         owner: Option<(u32, u32)>,
     ) -> Result<Vec<String>, Failure> {
         self.calls.push("provision".into());
-        let target = Target {
-            root: self.root.clone(),
-            owner,
-        };
+        let target = Target::new(self.root.clone(), owner);
         provision::provision(manager, &self.client, &mut self.source, &target).map(|(i, _)| i.env)
     }
 }
@@ -697,10 +694,7 @@ fn sixty_second_certificates_are_renewed_atomically_until_the_build_is_revoked()
         serde_json::from_str(&std::fs::read_to_string(sys.root.join("cloak/run.json")).unwrap())
             .unwrap();
     let manager = cfg.manager.unwrap();
-    let target = Target {
-        root: sys.root.clone(),
-        owner: None,
-    };
+    let target = Target::new(sys.root.clone(), None);
     let now = cloak_manager::now();
     let certs = vec![(manager.certificates[0].clone(), now, now + 60)];
     let mut waits = Vec::new();

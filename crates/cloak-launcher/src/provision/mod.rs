@@ -7,6 +7,7 @@
 
 pub mod evidence;
 pub mod http;
+pub mod place;
 pub mod renew;
 
 use std::path::{Path, PathBuf};
@@ -77,44 +78,32 @@ pub struct Installed {
 /// The parts of the system provisioning touches, so tests run it in a directory as any user.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The image root paths are written under (`/` in an image).
-    pub root: PathBuf,
+    /// The image root paths are written under (`/` in an image), and what was written there.
+    root: place::Root,
     /// Owner of the key and config files (the app's user), when running as root.
     pub owner: Option<(u32, u32)>,
 }
 
 impl Target {
-    fn path(&self, p: &str) -> PathBuf {
-        self.root.join(p.trim_start_matches('/'))
+    /// Paths under `root` (`/` in an image); key and config files owned by `owner`.
+    pub fn new(root: impl Into<PathBuf>, owner: Option<(u32, u32)>) -> Target {
+        Target {
+            root: place::Root::new(root),
+            owner,
+        }
     }
 
-    /// Write `data` at `p` atomically (a temporary beside it, then rename), with `mode`.
-    fn write(&self, p: &str, data: &[u8], mode: u32) -> Result<(), Failure> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let dest = self.path(p);
-        let fail = |e: std::io::Error| Failure::new("install", "install", format!("{p}: {e}"));
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
-        }
-        let tmp = dest.with_file_name(format!(
-            ".{}.cloak-tmp",
-            dest.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-        ));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(data).and_then(|_| f.sync_all()).map_err(fail)?;
-        // SAFETY: geteuid has no preconditions.
-        if let (Some((uid, gid)), 0) = (self.owner, unsafe { libc::geteuid() }) {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(fail)?;
-        }
-        drop(f);
-        std::fs::rename(&tmp, &dest).map_err(fail)
+    /// Write `data` at `p` atomically (a temporary beside it, then rename), with `mode`,
+    /// never through a symbolic link, under the rules of `origin` (see [`place`]).
+    fn write(&self, p: &str, data: &[u8], mode: u32, origin: place::Origin) -> Result<(), Failure> {
+        self.root
+            .write(p, data, mode, self.owner, origin)
+            .map_err(|e| match e {
+                place::PlaceError::Refused(why) => {
+                    Failure::new(format!("writing {p:?}"), "path_refused", why)
+                }
+                place::PlaceError::Io(e) => Failure::new("install", "install", format!("{p}: {e}")),
+            })
     }
 }
 
@@ -328,10 +317,11 @@ pub fn obtain(
 /// chain 0644 (`chain_path` None: not written). Each file is replaced atomically.
 pub fn write_issued(target: &Target, spec: &CertSpec, issued: &Issued) -> Result<(), Failure> {
     let key_pem = pem("PRIVATE KEY", &issued.key.pkcs8);
-    target.write(&spec.key_path, key_pem.as_bytes(), 0o600)?;
-    target.write(&spec.cert_path, issued.certificate.as_bytes(), 0o644)?;
+    let m = place::Origin::Measured;
+    target.write(&spec.key_path, key_pem.as_bytes(), 0o600, m)?;
+    target.write(&spec.cert_path, issued.certificate.as_bytes(), 0o644, m)?;
     if let Some(chain) = &spec.chain_path {
-        target.write(chain, issued.chain.as_bytes(), 0o644)?;
+        target.write(chain, issued.chain.as_bytes(), 0o644, m)?;
     }
     Ok(())
 }
@@ -393,8 +383,8 @@ pub fn install_configs(
             source
                 .install_mount_key(key_name, &key)
                 .map_err(|e| Failure::new(step, "install", e))?;
-        } else if name.starts_with('/') && !name.split('/').any(|c| c == "..") {
-            target.write(name, contents.as_bytes(), 0o600)?;
+        } else if name.starts_with('/') {
+            install_file(cfg, target, name, contents)?;
         } else {
             return Err(Failure::new(
                 step,
@@ -406,6 +396,59 @@ pub fn install_configs(
     Ok(installed)
 }
 
+/// Write config file `name` if the rules of [`config_path_allowed`] and [`place`] allow it.
+fn install_file(
+    cfg: &ManagerConfig,
+    target: &Target,
+    name: &str,
+    contents: &str,
+) -> Result<(), Failure> {
+    let step = "app configs";
+    let refused = |why: String| {
+        Failure::new(
+            step,
+            "path_refused",
+            format!("config {name:?} is refused: {why}; the application is not started"),
+        )
+    };
+    config_path_allowed(cfg, name).map_err(refused)?;
+    target
+        .write(name, contents.as_bytes(), 0o600, place::Origin::Config)
+        .map_err(|f| {
+            if f.code == "path_refused" {
+                refused(f.detail)
+            } else {
+                f
+            }
+        })
+}
+
+/// Whether the manager may write config file `name`: a clean absolute path, not one of the
+/// certificates' files, not under [`place::RESERVED`]. (That it does not replace a file of the
+/// image, and no symbolic link is followed, is checked as it is written.)
+fn config_path_allowed(cfg: &ManagerConfig, name: &str) -> Result<(), String> {
+    let parts = place::components(name)?;
+    if let Some(r) = place::reserved(&parts) {
+        return Err(format!(
+            "{r} holds the image's code, its loader's configuration or the launcher's own files; put configs elsewhere (e.g. under /run or the app's directory)"
+        ));
+    }
+    for spec in &cfg.certificates {
+        let own = [
+            Some(&spec.key_path),
+            Some(&spec.cert_path),
+            spec.chain_path.as_ref(),
+        ];
+        if own.into_iter().flatten().any(|p| p == name) {
+            return Err(format!(
+                "it is the key, certificate or chain path of certificate {:?}, which only the launcher writes",
+                spec.subject
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Append the pinned CA to the image's trust stores that exist (add_ccm_ca_certificates).
 fn add_to_trust_store(cfg: &ManagerConfig, target: &Target) -> Result<(), Failure> {
     for store in [
@@ -413,13 +456,13 @@ fn add_to_trust_store(cfg: &ManagerConfig, target: &Target) -> Result<(), Failur
         "/etc/pki/tls/certs/ca-bundle.crt",
         "/etc/ssl/cert.pem",
     ] {
-        let p = target.path(store);
-        if let Ok(mut text) = std::fs::read_to_string(&p) {
+        let text = target.root.read(store).map(String::from_utf8);
+        if let Some(Ok(mut text)) = text {
             if !text.ends_with('\n') && !text.is_empty() {
                 text.push('\n');
             }
             text.push_str(&cfg.ca_pem);
-            target.write(store, text.as_bytes(), 0o644)?;
+            target.write(store, text.as_bytes(), 0o644, place::Origin::Measured)?;
         }
     }
     Ok(())

@@ -142,10 +142,7 @@ fn keys_are_generated_and_sign_their_csr(#[case] spec: KeySpec) {
 #[test]
 fn issued_files_have_their_modes_and_chain_none_is_not_written() {
     let dir = tempfile::tempdir().unwrap();
-    let target = Target {
-        root: dir.path().to_path_buf(),
-        owner: None,
-    };
+    let target = Target::new(dir.path().to_path_buf(), None);
     let spec = CertSpec {
         subject: "web".into(),
         key: KeySpec::Ec { curve: 256 },
@@ -212,4 +209,118 @@ fn renewal_is_due_before_expiry(
     #[case] due: i64,
 ) {
     assert_eq!(renew::renew_at(issued, not_after, before), due);
+}
+
+/// An image root with code, a config the image ships, a certificate spec, and symbolic links
+/// that point out of the root (to `outside`).
+fn hostile_image() -> (tempfile::TempDir, tempfile::TempDir, ManagerConfig, Target) {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    std::fs::write(r.join("bin/app"), "APPROVED").unwrap();
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    std::fs::write(r.join("etc/app.conf"), "IMAGE").unwrap();
+    std::os::unix::fs::symlink(outside.path(), r.join("data")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("f"), r.join("etc/link.conf")).unwrap();
+    let cfg = ManagerConfig {
+        url: "https://manager.invalid".into(),
+        ca_pem: String::new(),
+        app_id: "a".into(),
+        certificates: vec![CertSpec {
+            subject: "web".into(),
+            key: KeySpec::Ec { curve: 256 },
+            key_path: "/run/app.key".into(),
+            cert_path: "/run/app.crt".into(),
+            chain_path: Some("/run/chain.pem".into()),
+        }],
+        allow_simulated: false,
+        retry_seconds: 1,
+        vsock_port: None,
+        add_ca_to_trust_store: false,
+        renew_before_seconds: 0,
+    };
+    let target = Target::new(r.to_path_buf(), None);
+    (dir, outside, cfg, target)
+}
+
+#[rstest::rstest]
+#[case::code_of_the_image("/bin/app", "/bin holds the image's code")]
+#[case::new_file_among_code("/usr/lib/x.so", "/usr holds the image's code")]
+#[case::loader_preload("/etc/ld.so.preload", "/etc/ld.so.preload holds")]
+#[case::launcher_run_config("/cloak/run.json", "/cloak holds")]
+#[case::the_private_key(
+    "/run/app.key",
+    "key, certificate or chain path of certificate \"web\""
+)]
+#[case::the_chain("/run/chain.pem", "key, certificate or chain path")]
+#[case::a_file_the_image_ships("/etc/app.conf", "exists in the image")]
+#[case::through_a_linked_directory("/data/evil", "/data is a symbolic link")]
+#[case::a_linked_file("/etc/link.conf", "is a symbolic link")]
+#[case::dot_dot("/etc/../bin/app", "`..` component")]
+#[case::dot("/etc/./app.conf", "`.` or `..` component")]
+fn config_files_never_replace_the_image_nor_follow_links(#[case] name: &str, #[case] why: &str) {
+    let (dir, outside, cfg, target) = hostile_image();
+    let f = install_file(&cfg, &target, name, "EVIL").unwrap_err();
+    assert_eq!(f.code, "path_refused", "{f}");
+    assert_eq!(f.exit_status(), EXIT_REFUSED);
+    let text = f.to_string();
+    assert!(
+        text.contains(&format!("config {name:?} is refused")),
+        "{text}"
+    );
+    assert!(text.contains(why), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("bin/app")).unwrap(),
+        "APPROVED"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("etc/app.conf")).unwrap(),
+        "IMAGE"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing outside the root"
+    );
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn config_files_may_add_files_and_replace_their_own() {
+    let (dir, _outside, cfg, target) = hostile_image();
+    install_file(&cfg, &target, "/srv/conf/app.json", "ONE").unwrap();
+    let p = dir.path().join("srv/conf/app.json");
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "ONE");
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // a file this launcher wrote in this boot may be written again
+    install_file(&cfg, &target, "/srv/conf/app.json", "TWO").unwrap();
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "TWO");
+    // a fresh boot (a new Target) sees it as the image's file
+    let again = Target::new(dir.path().to_path_buf(), None);
+    let f = install_file(&cfg, &again, "/srv/conf/app.json", "THREE").unwrap_err();
+    assert!(f.detail.contains("exists in the image"), "{f}");
+}
+
+#[test]
+fn renewal_does_not_write_through_a_link_the_app_planted() {
+    let (dir, outside, cfg, target) = hostile_image();
+    let spec = &cfg.certificates[0];
+    let issued = Issued {
+        key: generate_key(spec.key).unwrap(),
+        certificate: "CERT\n".into(),
+        chain: "CHAIN\n".into(),
+        not_after: None,
+    };
+    write_issued(&target, spec, &issued).unwrap();
+    // The app (its user owns the key) swaps the directory for a link to elsewhere.
+    std::fs::rename(dir.path().join("run"), dir.path().join("run.old")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("run")).unwrap();
+    let f = write_issued(&target, spec, &issued).unwrap_err();
+    assert_eq!(f.code, "path_refused", "{f}");
+    assert!(f.detail.contains("/run is a symbolic link"), "{f}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
