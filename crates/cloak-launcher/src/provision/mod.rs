@@ -7,6 +7,7 @@
 
 pub mod evidence;
 pub mod http;
+pub mod issued;
 pub mod place;
 pub mod renew;
 
@@ -305,10 +306,19 @@ pub fn obtain(
             "the manager answered without a certificate",
         ));
     }
+    let chain = rec["chain"].as_str().unwrap_or_default().to_string();
+    // Nothing is written for an answer that is not a certificate for this key under its chain.
+    issued::check(&key.spki, &certificate, &chain).map_err(|e| {
+        Failure::new(
+            &step,
+            "bad_certificate",
+            format!("{e}; nothing was written and the application is not started"),
+        )
+    })?;
     Ok(Issued {
         key,
         certificate,
-        chain: rec["chain"].as_str().unwrap_or_default().to_string(),
+        chain,
         not_after: rec["not_after"].as_i64(),
     })
 }

@@ -324,3 +324,69 @@ fn renewal_does_not_write_through_a_link_the_app_planted() {
     assert!(f.detail.contains("/run is a symbolic link"), "{f}");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
+
+/// A root and issuing CA like the manager's (`cloak_manager::ca`), and a leaf signed for
+/// `spki` by the issuing CA: (leaf PEM, chain PEM).
+fn issue(spki: &[u8], ca_name: &str) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca = |cn: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p
+    };
+    let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let root = ca(&format!("{ca_name} root"))
+        .self_signed(&root_key)
+        .unwrap();
+    let root_issuer = Issuer::new(ca(&format!("{ca_name} root")), root_key);
+    let issuing_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let issuing = ca(&format!("{ca_name} issuing"))
+        .signed_by(&issuing_key, &root_issuer)
+        .unwrap();
+    let issuer = Issuer::new(ca(&format!("{ca_name} issuing")), issuing_key);
+    let mut leaf = CertificateParams::new(vec!["web".to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, "web");
+    let spki = rcgen::SubjectPublicKeyInfo::from_der(spki).unwrap();
+    let leaf = leaf.signed_by(&spki, &issuer).unwrap();
+    (leaf.pem(), format!("{}{}", issuing.pem(), root.pem()))
+}
+
+#[test]
+fn the_issued_certificate_must_be_for_our_key_under_its_chain() {
+    let key = generate_key(KeySpec::Ec { curve: 256 }).unwrap();
+    let other = generate_key(KeySpec::Ec { curve: 256 }).unwrap();
+    let (leaf, chain) = issue(&key.spki, "manager");
+    issued::check(&key.spki, &leaf, &chain).unwrap();
+
+    let refused = |leaf: &str, chain: &str| issued::check(&key.spki, leaf, chain).unwrap_err();
+    // a certificate for a key the manager (or a man in the middle) holds
+    let (theirs, their_chain) = issue(&other.spki, "manager");
+    assert!(refused(&theirs, &their_chain).contains("not for the key this launcher generated"));
+    // our key, but a chain that did not sign it
+    let (_, foreign_chain) = issue(&key.spki, "other");
+    let e = refused(&leaf, &foreign_chain);
+    assert!(e.contains("issuer") && e.contains("other issuing"), "{e}");
+    // a chain whose issuing CA is not signed by the root that follows
+    let (_, c2) = issue(&key.spki, "manager");
+    let mixed = format!(
+        "{}{}",
+        chain
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap(),
+        c2.split_inclusive("-----END CERTIFICATE-----\n")
+            .nth(1)
+            .unwrap()
+    );
+    assert!(
+        refused(&leaf, &mixed).contains("signature does not verify"),
+        "{}",
+        refused(&leaf, &mixed)
+    );
+    assert!(refused(&leaf, "").contains("no chain"));
+    assert!(refused("CERT\n", &chain).contains("instead of one"));
+    assert!(refused(&format!("{leaf}{leaf}"), &chain).contains("2 certificates"));
+    let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    assert!(refused(garbage, &chain).contains("not an X.509 certificate"));
+}
