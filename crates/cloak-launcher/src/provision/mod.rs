@@ -371,14 +371,7 @@ pub fn install_configs(
     for (name, item) in entries {
         let contents = item["contents"].as_str().unwrap_or_default();
         if let Some(var) = name.strip_prefix("env:") {
-            if var.is_empty() || var.contains('=') {
-                return Err(Failure::new(
-                    step,
-                    "install",
-                    format!("config {name:?}: not a variable name"),
-                ));
-            }
-            installed.env.push(format!("{var}={contents}"));
+            installed.env.push(env_entry(var, contents)?);
         } else if let Some(key_name) = name.strip_prefix("sgx-key:") {
             let key: [u8; 16] = hex::decode(contents.trim())
                 .ok()
@@ -404,6 +397,31 @@ pub fn install_configs(
         }
     }
     Ok(installed)
+}
+
+/// The `NAME=value` entry of config `env:NAME`, refused when execve could not carry it (a
+/// NUL byte would otherwise make exec fail after everything was installed, with a vaguer
+/// error, or silently cut the value).
+fn env_entry(var: &str, contents: &str) -> Result<String, Failure> {
+    let refuse = |why: &str| {
+        Failure::new(
+            "app configs",
+            "install",
+            format!(
+                "config \"env:{}\": {why}; fix the app's config at the manager",
+                var.escape_default()
+            ),
+        )
+    };
+    if var.is_empty() || var.contains('=') || var.contains('\0') {
+        return Err(refuse("not a variable name"));
+    }
+    if contents.contains('\0') {
+        return Err(refuse(
+            "the value contains a NUL byte, which an environment variable cannot hold",
+        ));
+    }
+    Ok(format!("{var}={contents}"))
 }
 
 /// Write config file `name` if the rules of [`config_path_allowed`] and [`place`] allow it.

@@ -390,3 +390,23 @@ fn the_issued_certificate_must_be_for_our_key_under_its_chain() {
     let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
     assert!(refused(garbage, &chain).contains("not an X.509 certificate"));
 }
+
+#[rstest::rstest]
+#[case::nul_in_the_value("TOKEN", "ab\0cd", "contains a NUL byte")]
+#[case::nul_in_the_name("TO\0KEN", "x", "not a variable name")]
+#[case::equals_in_the_name("A=B", "x", "not a variable name")]
+#[case::empty_name("", "x", "not a variable name")]
+fn env_configs_execve_cannot_carry_are_refused_at_provisioning(
+    #[case] var: &str,
+    #[case] value: &str,
+    #[case] why: &str,
+) {
+    let f = env_entry(var, value).unwrap_err();
+    assert_eq!(f.step, "app configs");
+    assert_eq!(f.exit_status(), EXIT_REFUSED);
+    assert!(
+        f.detail.contains(why) && f.detail.contains("config \"env:"),
+        "{f}"
+    );
+    assert_eq!(env_entry("TOKEN", "abc").unwrap(), "TOKEN=abc");
+}
