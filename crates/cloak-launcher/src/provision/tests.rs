@@ -410,3 +410,67 @@ fn env_configs_execve_cannot_carry_are_refused_at_provisioning(
     );
     assert_eq!(env_entry("TOKEN", "abc").unwrap(), "TOKEN=abc");
 }
+
+#[rstest::rstest]
+#[case::first_attempt_when_due(1_000, None, 0, 1_000)]
+#[case::due_later_than_the_floor(1_100, Some(1_000), 0, 1_100)]
+#[case::expiry_in_the_past(500, Some(1_000), 0, 1_030)]
+#[case::after_one_failure(500, Some(1_000), 1, 1_030)]
+#[case::after_two_failures(500, Some(1_000), 2, 1_060)]
+#[case::after_three_failures(500, Some(1_000), 3, 1_120)]
+#[case::backoff_is_capped(500, Some(1_000), 40, 1_900)]
+fn renewal_attempts_are_spaced(
+    #[case] due: i64,
+    #[case] last: Option<i64>,
+    #[case] failures: u32,
+    #[case] at: i64,
+) {
+    assert_eq!(renew::next_attempt(due, last, failures), at);
+}
+
+/// A clock that moves only when slept on, recording each wait.
+struct SteppedClock {
+    now: i64,
+    waits: Vec<u64>,
+}
+
+impl renew::Timer for SteppedClock {
+    fn now(&mut self) -> i64 {
+        self.now
+    }
+    fn sleep(&mut self, d: std::time::Duration) {
+        self.waits.push(d.as_secs());
+        self.now += d.as_secs() as i64;
+    }
+}
+
+#[test]
+fn an_unreachable_manager_is_retried_with_backoff_until_expiry_never_in_a_tight_loop() {
+    let (_dir, _outside, mut cfg, target) = hostile_image();
+    // Nothing listens on port 1; no retries inside the client.
+    cfg.url = "https://127.0.0.1:1".into();
+    cfg.retry_seconds = 0;
+    cfg.ca_pem = issue(&generate_key(KeySpec::Ec { curve: 256 }).unwrap().spki, "m").1;
+    let client = Client::new(&cfg, None).unwrap();
+    struct Unused;
+    impl EvidenceSource for Unused {
+        fn name(&self) -> String {
+            "unused".into()
+        }
+        fn evidence(&mut self, _: &[u8], _: &[u8]) -> Result<Vec<u8>, String> {
+            unreachable!("no nonce, no evidence")
+        }
+    }
+    let mut source = Unused;
+    let mut clock = SteppedClock {
+        now: 10_000,
+        waits: Vec::new(),
+    };
+    // Renewal is overdue (issued long ago), and the certificate expires in 1000 s.
+    let certs = vec![(cfg.certificates[0].clone(), 0, 11_000)];
+    let f = renew::renew_until_refused(&cfg, &client, &mut source, &target, certs, &mut clock);
+    assert_eq!(f.code, "unreachable", "{f}");
+    // At once (overdue), then 30, 60, 120, 240, 480 s apart; the attempt at 10 930 is the last
+    // before expiry, and the next (900 s later: the cap) finds the certificate expired and stops.
+    assert_eq!(clock.waits, [30, 60, 120, 240, 480, 900]);
+}
