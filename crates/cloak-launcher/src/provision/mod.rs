@@ -160,11 +160,16 @@ fn csr(subject: &str, key: &Key) -> Result<String, String> {
 }
 
 /// Retry policy for an unreachable manager: exponential backoff from 250 ms to 8 s, until
-/// `budget` has passed.
+/// `budget` has passed. Every request, reads included, ends by the budget's end, or
+/// `min_request` after it started when less is left: a call takes at most
+/// `budget + min_request`.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     /// Total time allowed.
     pub budget: Duration,
+    /// Time one request always gets (the manager's issuance takes a moment even when the
+    /// budget is spent or 0).
+    pub min_request: Duration,
 }
 
 /// The manager client used by [`provision`]: the route and pinned CA, and the retry policy.
@@ -183,6 +188,7 @@ impl Client {
             manager,
             retry: Retry {
                 budget: Duration::from_secs(cfg.retry_seconds),
+                min_request: Duration::from_secs(15),
             },
         })
     }
@@ -200,7 +206,8 @@ impl Client {
         let start = Instant::now();
         let mut wait = Duration::from_millis(250);
         loop {
-            let last = match m.request(method, path, body) {
+            let deadline = (start + self.retry.budget).max(Instant::now() + self.retry.min_request);
+            let last = match m.request_until(method, path, body, deadline) {
                 Ok((status, bytes)) if (200..300).contains(&status) => {
                     return serde_json::from_slice(&bytes).map_err(|e| {
                         Failure::new(

@@ -474,3 +474,38 @@ fn an_unreachable_manager_is_retried_with_backoff_until_expiry_never_in_a_tight_
     // before expiry, and the next (900 s later: the cap) finds the certificate expired and stops.
     assert_eq!(clock.waits, [30, 60, 120, 240, 480, 900]);
 }
+
+#[test]
+fn a_manager_that_accepts_and_never_answers_is_given_up_on_by_the_deadline() {
+    // The kernel completes the TCP handshake for the listener's backlog; nobody ever reads or
+    // writes, like a Nitro parent holding the vsock connection open.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_dir, _outside, mut cfg, _target) = hostile_image();
+    cfg.url = format!("https://localhost:{}", stall.local_addr().unwrap().port());
+    cfg.ca_pem = issue(&generate_key(KeySpec::Ec { curve: 256 }).unwrap().spki, "m").1;
+    let mut client = Client::new(
+        &cfg,
+        Some(http::Route::Tcp(stall.local_addr().unwrap().to_string())),
+    )
+    .unwrap();
+    client.retry = Retry {
+        budget: std::time::Duration::from_secs(1),
+        min_request: std::time::Duration::from_millis(300),
+    };
+    let started = std::time::Instant::now();
+    let f = client
+        .call(
+            &client.manager,
+            "nonce",
+            "POST",
+            "/v1/attestation/nonce",
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(f.code, "unreachable", "{f}");
+    assert_eq!(f.exit_status(), EXIT_UNREACHABLE);
+    assert!(f.detail.contains("within the time the image allows"), "{f}");
+    // Without the deadline the read blocks forever (vsock) or 60 s per attempt (TCP); a
+    // generous bound that only a missing deadline exceeds.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
