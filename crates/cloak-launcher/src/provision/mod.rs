@@ -97,14 +97,31 @@ impl Target {
     /// Write `data` at `p` atomically (a temporary beside it, then rename), with `mode`,
     /// never through a symbolic link, under the rules of `origin` (see [`place`]).
     fn write(&self, p: &str, data: &[u8], mode: u32, origin: place::Origin) -> Result<(), Failure> {
+        self.stage(p, data, mode, origin)?
+            .commit()
+            .map_err(|e| place_failure(p, e))
+    }
+
+    /// The first half of [`Target::write`]: checked and written beside its place.
+    fn stage(
+        &self,
+        p: &str,
+        data: &[u8],
+        mode: u32,
+        origin: place::Origin,
+    ) -> Result<place::Staged, Failure> {
         self.root
-            .write(p, data, mode, self.owner, origin)
-            .map_err(|e| match e {
-                place::PlaceError::Refused(why) => {
-                    Failure::new(format!("writing {p:?}"), "path_refused", why)
-                }
-                place::PlaceError::Io(e) => Failure::new("install", "install", format!("{p}: {e}")),
-            })
+            .stage(p, data, mode, self.owner, origin)
+            .map_err(|e| place_failure(p, e))
+    }
+}
+
+fn place_failure(p: &str, e: place::PlaceError) -> Failure {
+    match e {
+        place::PlaceError::Refused(why) => {
+            Failure::new(format!("writing {p:?}"), "path_refused", why)
+        }
+        place::PlaceError::Io(e) => Failure::new("install", "install", format!("{p}: {e}")),
     }
 }
 
@@ -331,14 +348,30 @@ pub fn obtain(
 }
 
 /// Write an issued certificate's files: key 0600 (owned by the app's user), certificate and
-/// chain 0644 (`chain_path` None: not written). Each file is replaced atomically.
+/// chain 0644 (`chain_path` None: not written). All are checked and written beside their
+/// places first, so a refused or failing path replaces none of them; then renamed chain, key,
+/// certificate last: an app that reloads when its certificate changes reads a matching pair,
+/// and a new key sits beside the old certificate only between two renames.
 pub fn write_issued(target: &Target, spec: &CertSpec, issued: &Issued) -> Result<(), Failure> {
     let key_pem = pem("PRIVATE KEY", &issued.key.pkcs8);
     let m = place::Origin::Measured;
-    target.write(&spec.key_path, key_pem.as_bytes(), 0o600, m)?;
-    target.write(&spec.cert_path, issued.certificate.as_bytes(), 0o644, m)?;
+    let mut staged = Vec::new();
     if let Some(chain) = &spec.chain_path {
-        target.write(chain, issued.chain.as_bytes(), 0o644, m)?;
+        staged.push((
+            chain,
+            target.stage(chain, issued.chain.as_bytes(), 0o644, m)?,
+        ));
+    }
+    staged.push((
+        &spec.key_path,
+        target.stage(&spec.key_path, key_pem.as_bytes(), 0o600, m)?,
+    ));
+    staged.push((
+        &spec.cert_path,
+        target.stage(&spec.cert_path, issued.certificate.as_bytes(), 0o644, m)?,
+    ));
+    for (p, s) in staged {
+        s.commit().map_err(|e| place_failure(p, e))?;
     }
     Ok(())
 }

@@ -143,6 +143,49 @@ fn open_dir_at(dir: &OwnedFd, name: &CString) -> Result<OwnedFd, std::io::Error>
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A file written beside its place, not yet renamed into it.
+#[derive(Debug)]
+pub struct Staged {
+    dir: OwnedFd,
+    tmp: Option<CString>,
+    name: CString,
+    path: String,
+    written: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Staged {
+    /// Rename the temporary over the file (atomic: readers see the old or the new file).
+    pub fn commit(mut self) -> Result<(), PlaceError> {
+        let tmp = self.tmp.take().expect("committed once");
+        // SAFETY: valid descriptor and NUL-terminated names.
+        let r = unsafe {
+            libc::renameat(
+                self.dir.as_raw_fd(),
+                tmp.as_ptr(),
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+            )
+        };
+        if r != 0 {
+            self.tmp = Some(tmp);
+            return Err(last_err());
+        }
+        if let Ok(mut w) = self.written.lock() {
+            w.insert(self.path.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            // SAFETY: valid descriptor and NUL-terminated name.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), tmp.as_ptr(), 0) };
+        }
+    }
+}
+
 impl Root {
     /// The image root at `dir` (`/` in an image), nothing written yet.
     pub fn new(dir: impl Into<PathBuf>) -> Root {
@@ -208,6 +251,19 @@ impl Root {
         owner: Option<(u32, u32)>,
         origin: Origin,
     ) -> Result<(), PlaceError> {
+        self.stage(p, data, mode, owner, origin)?.commit()
+    }
+
+    /// Check `p` and write `data` into a temporary beside it; [`Staged::commit`] renames it
+    /// into place. Dropping a staged file removes the temporary.
+    pub fn stage(
+        &self,
+        p: &str,
+        data: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+        origin: Origin,
+    ) -> Result<Staged, PlaceError> {
         let parts = components(p).map_err(PlaceError::Refused)?;
         let dir = self.parent(p, &parts)?;
         let file = parts[parts.len() - 1];
@@ -256,22 +312,13 @@ impl Root {
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(PlaceError::Io)?;
         }
         drop(f);
-        // SAFETY: valid descriptor and NUL-terminated names.
-        if unsafe {
-            libc::renameat(
-                dir.as_raw_fd(),
-                tmp.as_ptr(),
-                dir.as_raw_fd(),
-                name.as_ptr(),
-            )
-        } != 0
-        {
-            return Err(last_err());
-        }
-        if let Ok(mut w) = self.written.lock() {
-            w.insert(p.to_string());
-        }
-        Ok(())
+        Ok(Staged {
+            dir,
+            tmp: Some(tmp),
+            name,
+            path: p.to_string(),
+            written: self.written.clone(),
+        })
     }
 
     /// Read a regular file at `p` without following symbolic links; None when absent or not a

@@ -509,3 +509,43 @@ fn a_manager_that_accepts_and_never_answers_is_given_up_on_by_the_deadline() {
     // generous bound that only a missing deadline exceeds.
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn a_certificate_whose_files_cannot_all_be_written_replaces_none_of_them() {
+    let (dir, outside, cfg, target) = hostile_image();
+    let spec = &cfg.certificates[0];
+    let first = Issued {
+        key: generate_key(spec.key).unwrap(),
+        certificate: "CERT1\n".into(),
+        chain: "CHAIN1\n".into(),
+        not_after: None,
+    };
+    write_issued(&target, spec, &first).unwrap();
+    let key1 = std::fs::read(dir.path().join("run/app.key")).unwrap();
+    // The app replaces its certificate file with a link: the renewal is refused as a whole.
+    std::fs::remove_file(dir.path().join("run/app.crt")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("x"), dir.path().join("run/app.crt")).unwrap();
+    let second = Issued {
+        key: generate_key(spec.key).unwrap(),
+        certificate: "CERT2\n".into(),
+        chain: "CHAIN2\n".into(),
+        not_after: None,
+    };
+    let f = write_issued(&target, spec, &second).unwrap_err();
+    assert_eq!(f.code, "path_refused", "{f}");
+    assert_eq!(
+        std::fs::read(dir.path().join("run/app.key")).unwrap(),
+        key1,
+        "old key kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("run/chain.pem")).unwrap(),
+        "CHAIN1\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("cloak-tmp")), "{names:?}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
