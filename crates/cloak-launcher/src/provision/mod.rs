@@ -439,6 +439,44 @@ pub fn install_configs(
     Ok(installed)
 }
 
+/// Variables that make the loader or an interpreter load code from a path or an option
+/// string: with a config file beside it, `env:LD_PRELOAD` would run code the build was not
+/// approved with. A list, so not complete for every runtime; images that need one of these
+/// set it in their own (measured) environment.
+const CODE_VARIABLES: &[&str] = &[
+    "PATH",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5OPT",
+    "RUBYLIB",
+    "RUBYOPT",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "BASH_ENV",
+    "ENV",
+    "PROMPT_COMMAND",
+];
+
+/// Why `var` may not come from a config, if it may not.
+fn code_loading_variable(var: &str) -> Option<String> {
+    if var.starts_with("LD_") {
+        return Some(format!("{var} steers the dynamic loader"));
+    }
+    CODE_VARIABLES
+        .contains(&var)
+        .then(|| format!("{var} names code or options the runtime loads"))
+}
+
 /// The `NAME=value` entry of config `env:NAME`, refused when execve could not carry it (a
 /// NUL byte would otherwise make exec fail after everything was installed, with a vaguer
 /// error, or silently cut the value).
@@ -455,6 +493,11 @@ fn env_entry(var: &str, contents: &str) -> Result<String, Failure> {
     };
     if var.is_empty() || var.contains('=') || var.contains('\0') {
         return Err(refuse("not a variable name"));
+    }
+    if let Some(why) = code_loading_variable(var) {
+        return Err(refuse(&format!(
+            "{why}: a config may not set it (it would load code the build was not approved with)"
+        )));
     }
     if contents.contains('\0') {
         return Err(refuse(

@@ -396,6 +396,11 @@ fn the_issued_certificate_must_be_for_our_key_under_its_chain() {
 #[case::nul_in_the_name("TO\0KEN", "x", "not a variable name")]
 #[case::equals_in_the_name("A=B", "x", "not a variable name")]
 #[case::empty_name("", "x", "not a variable name")]
+#[case::preload("LD_PRELOAD", "/srv/x.so", "LD_PRELOAD steers the dynamic loader")]
+#[case::library_path("LD_LIBRARY_PATH", "/srv", "steers the dynamic loader")]
+#[case::path("PATH", "/srv", "PATH names code")]
+#[case::python("PYTHONPATH", "/srv", "PYTHONPATH names code")]
+#[case::node("NODE_OPTIONS", "--require /srv/x.js", "NODE_OPTIONS names code")]
 fn env_configs_execve_cannot_carry_are_refused_at_provisioning(
     #[case] var: &str,
     #[case] value: &str,
