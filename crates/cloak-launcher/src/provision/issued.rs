@@ -17,7 +17,7 @@ fn ders(what: &str, pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 
 fn parse<'a>(what: &str, der: &'a [u8]) -> Result<X509Certificate<'a>, String> {
     match X509Certificate::from_der(der) {
-        Ok((rest, c)) if rest.is_empty() => Ok(c),
+        Ok((&[], c)) => Ok(c),
         Ok(_) => Err(format!("the {what} has bytes after its certificate")),
         Err(e) => Err(format!("the {what} is not an X.509 certificate: {e}")),
     }
