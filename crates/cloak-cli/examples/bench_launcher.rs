@@ -149,10 +149,7 @@ fn main() {
         key: SimulationSigningKey::from_bytes(&kp.serialize_der()).unwrap(),
         measurements: measurements.clone(),
     };
-    let target = Target {
-        root: dir.path().join("root"),
-        owner: None,
-    };
+    let target = Target::new(dir.path().join("root"), None);
     let http = provision::http::Manager::new(&url, &ca, None).unwrap();
 
     let (mut issuance, mut launcher) = (Vec::new(), Vec::new());

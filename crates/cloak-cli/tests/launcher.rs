@@ -214,10 +214,7 @@ impl Sys for TestSys {
         owner: Option<(u32, u32)>,
     ) -> Result<Vec<String>, Failure> {
         self.calls.push("provision".into());
-        let target = Target {
-            root: self.root.clone(),
-            owner,
-        };
+        let target = Target::new(self.root.clone(), owner);
         provision::provision(manager, &self.client, &mut self.source, &target).map(|(i, _)| i.env)
     }
 }
@@ -697,10 +694,7 @@ fn sixty_second_certificates_are_renewed_atomically_until_the_build_is_revoked()
         serde_json::from_str(&std::fs::read_to_string(sys.root.join("cloak/run.json")).unwrap())
             .unwrap();
     let manager = cfg.manager.unwrap();
-    let target = Target {
-        root: sys.root.clone(),
-        owner: None,
-    };
+    let target = Target::new(sys.root.clone(), None);
     let now = cloak_manager::now();
     let certs = vec![(manager.certificates[0].clone(), now, now + 60)];
     let mut waits = Vec::new();
@@ -819,4 +813,45 @@ fn the_launcher_provisions_through_cloak_proxy() {
     // Nonce, certificate, configs: three connections, each forwarded to the manager.
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("forwarding to").count(), 3, "{text}");
+}
+
+/// One account writer sets a config that would replace the approved image's program: the
+/// launcher refuses it before the app starts, with the entry and the reason, and the program
+/// stays the one that was measured.
+#[test]
+fn a_config_that_would_replace_the_images_code_stops_the_launch() {
+    let s = Server::start();
+    let admin = s.admin();
+    let app: App = admin
+        .post(
+            "/v1/apps",
+            &json!({"name": "guarded", "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
+        .unwrap();
+    let build = register(&admin, &app, MRENCLAVE);
+    approve(&admin, &build);
+    let _: Value = admin
+        .post(
+            "/v1/app_configs",
+            &json!({"name": "evil", "description": "replaces the program", "app_id": app.app_id,
+                    "app_config": {"/bin/app": {"contents": "#!/bin/sh\necho unapproved\n"}}}),
+        )
+        .unwrap();
+    let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "guarded");
+    std::fs::create_dir_all(sys.root.join("bin")).unwrap();
+    std::fs::write(sys.root.join("bin/app"), "APPROVED").unwrap();
+    let err = cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
+    let text = err.to_string();
+    assert!(
+        text.contains("config \"/bin/app\" is refused")
+            && text.contains("/bin holds the image's code")
+            && text.contains("the application is not started"),
+        "{text}"
+    );
+    assert_eq!(err.exit_status(), provision::EXIT_REFUSED);
+    assert_eq!(sys.calls, ["provision"], "nothing of the app ran");
+    assert_eq!(
+        std::fs::read_to_string(sys.root.join("bin/app")).unwrap(),
+        "APPROVED"
+    );
 }

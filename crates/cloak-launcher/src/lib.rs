@@ -508,10 +508,7 @@ impl Sys for RealSys {
             .filter(|_| std::env::var_os(init::USER_NET_ENV).is_none())
             .map(provision::http::Route::Vsock);
         let client = provision::Client::new(manager, route)?;
-        let target = provision::Target {
-            root: "/".into(),
-            owner,
-        };
+        let target = provision::Target::new("/", owner);
         let (installed, issued) = provision::provision(manager, &client, source.as_mut(), &target)?;
         if !issued.is_empty() {
             start_renewal(manager, &client, source, &target, issued);

@@ -4,7 +4,9 @@
 //! binary and needs four requests.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -25,27 +27,112 @@ pub enum Route {
 /// Largest response body read (app configs included).
 const MAX_RESPONSE: usize = 4 << 20;
 
+/// Longest a single read or write may block, whatever the deadline.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A socket (TCP or vsock) whose every read and write ends by `deadline`: the kernel's
+/// timeouts are set to the time left before each call, so a peer that stalls (a hostile Nitro
+/// parent holding a vsock connection, a manager that trickles bytes) cannot hold the launcher
+/// past the time the image allows.
+struct Timed<S> {
+    sock: S,
+    deadline: Instant,
+}
+
+/// `SO_RCVTIMEO` and `SO_SNDTIMEO` of `fd`.
+fn set_timeouts(fd: &impl AsRawFd, d: Duration) -> std::io::Result<()> {
+    // At least 1 ms: a zero timeval means "block forever".
+    let d = d.max(Duration::from_millis(1));
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: a valid descriptor and a timeval that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl<S: AsRawFd> Timed<S> {
+    /// Arm the socket's timeouts with the time left, or fail when none is.
+    fn arm(&self) -> std::io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        set_timeouts(&self.sock, left.min(IO_TIMEOUT))
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no complete answer within the time the image allows",
+    )
+}
+
+/// A blocking socket whose timeout expired reports EAGAIN: say what it means.
+fn expired(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        timed_out()
+    } else {
+        e
+    }
+}
+
+impl<S: Read + AsRawFd> Read for Timed<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.sock.read(buf).map_err(expired)
+    }
+}
+
+impl<S: Write + AsRawFd> Write for Timed<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        self.sock.write(buf).map_err(expired)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sock.flush()
+    }
+}
+
 impl Route {
-    fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+    fn connect(&self, deadline: Instant) -> std::io::Result<Box<dyn Stream>> {
         match self {
             Route::Tcp(addr) => {
                 use std::net::ToSocketAddrs;
                 let mut last = std::io::Error::other(format!("{addr}: no address"));
                 for a in addr.to_socket_addrs()? {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(timed_out());
+                    }
                     match std::net::TcpStream::connect_timeout(
                         &a,
-                        std::time::Duration::from_secs(10),
+                        left.min(Duration::from_secs(10)),
                     ) {
-                        Ok(s) => {
-                            s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-                            return Ok(Box::new(s));
-                        }
+                        Ok(sock) => return Ok(Box::new(Timed { sock, deadline })),
                         Err(e) => last = e,
                     }
                 }
                 Err(last)
             }
-            Route::Vsock(port) => vsock_connect(3, *port).map(|f| Box::new(f) as Box<dyn Stream>),
+            // The kernel bounds a vsock connect itself (2 s by default).
+            Route::Vsock(port) => vsock_connect(3, *port)
+                .map(|sock| Box::new(Timed { sock, deadline }) as Box<dyn Stream>),
         }
     }
 }
@@ -176,15 +263,27 @@ impl Manager {
         })
     }
 
-    /// One request; returns the status and the body.
+    /// One request, given a minute; returns the status and the body.
     pub fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, Vec<u8>), HttpError> {
+        self.request_until(method, path, body, Instant::now() + IO_TIMEOUT)
+    }
+
+    /// One request that ends (answered or not) by `deadline`: connect, TLS, the request and
+    /// the whole answer; returns the status and the body.
+    pub fn request_until(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        deadline: Instant,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
         let t = |e: std::io::Error| HttpError::Transport(format!("{}: {e}", self.host));
-        let stream = self.route.connect().map_err(t)?;
+        let stream = self.route.connect(deadline).map_err(t)?;
         let conn = rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone())
             .map_err(|e| HttpError::Tls(e.to_string()))?;
         let mut tls = rustls::StreamOwned::new(conn, stream);

@@ -7,6 +7,8 @@
 
 pub mod evidence;
 pub mod http;
+pub mod issued;
+pub mod place;
 pub mod renew;
 
 use std::path::{Path, PathBuf};
@@ -77,44 +79,49 @@ pub struct Installed {
 /// The parts of the system provisioning touches, so tests run it in a directory as any user.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The image root paths are written under (`/` in an image).
-    pub root: PathBuf,
+    /// The image root paths are written under (`/` in an image), and what was written there.
+    root: place::Root,
     /// Owner of the key and config files (the app's user), when running as root.
     pub owner: Option<(u32, u32)>,
 }
 
 impl Target {
-    fn path(&self, p: &str) -> PathBuf {
-        self.root.join(p.trim_start_matches('/'))
+    /// Paths under `root` (`/` in an image); key and config files owned by `owner`.
+    pub fn new(root: impl Into<PathBuf>, owner: Option<(u32, u32)>) -> Target {
+        Target {
+            root: place::Root::new(root),
+            owner,
+        }
     }
 
-    /// Write `data` at `p` atomically (a temporary beside it, then rename), with `mode`.
-    fn write(&self, p: &str, data: &[u8], mode: u32) -> Result<(), Failure> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let dest = self.path(p);
-        let fail = |e: std::io::Error| Failure::new("install", "install", format!("{p}: {e}"));
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
+    /// Write `data` at `p` atomically (a temporary beside it, then rename), with `mode`,
+    /// never through a symbolic link, under the rules of `origin` (see [`place`]).
+    fn write(&self, p: &str, data: &[u8], mode: u32, origin: place::Origin) -> Result<(), Failure> {
+        self.stage(p, data, mode, origin)?
+            .commit()
+            .map_err(|e| place_failure(p, e))
+    }
+
+    /// The first half of [`Target::write`]: checked and written beside its place.
+    fn stage(
+        &self,
+        p: &str,
+        data: &[u8],
+        mode: u32,
+        origin: place::Origin,
+    ) -> Result<place::Staged, Failure> {
+        self.root
+            .stage(p, data, mode, self.owner, origin)
+            .map_err(|e| place_failure(p, e))
+    }
+}
+
+fn place_failure(p: &str, e: place::PlaceError) -> Failure {
+    match e {
+        place::PlaceError::Refused(why) => {
+            Failure::new(format!("writing {p:?}"), "path_refused", why)
         }
-        let tmp = dest.with_file_name(format!(
-            ".{}.cloak-tmp",
-            dest.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-        ));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(data).and_then(|_| f.sync_all()).map_err(fail)?;
-        // SAFETY: geteuid has no preconditions.
-        if let (Some((uid, gid)), 0) = (self.owner, unsafe { libc::geteuid() }) {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(fail)?;
-        }
-        drop(f);
-        std::fs::rename(&tmp, &dest).map_err(fail)
+        place::PlaceError::Io(e) => Failure::new("install", "install", format!("{p}: {e}")),
     }
 }
 
@@ -170,11 +177,16 @@ fn csr(subject: &str, key: &Key) -> Result<String, String> {
 }
 
 /// Retry policy for an unreachable manager: exponential backoff from 250 ms to 8 s, until
-/// `budget` has passed.
+/// `budget` has passed. Every request, reads included, ends by the budget's end, or
+/// `min_request` after it started when less is left: a call takes at most
+/// `budget + min_request`.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     /// Total time allowed.
     pub budget: Duration,
+    /// Time one request always gets (the manager's issuance takes a moment even when the
+    /// budget is spent or 0).
+    pub min_request: Duration,
 }
 
 /// The manager client used by [`provision`]: the route and pinned CA, and the retry policy.
@@ -193,6 +205,7 @@ impl Client {
             manager,
             retry: Retry {
                 budget: Duration::from_secs(cfg.retry_seconds),
+                min_request: Duration::from_secs(15),
             },
         })
     }
@@ -210,7 +223,8 @@ impl Client {
         let start = Instant::now();
         let mut wait = Duration::from_millis(250);
         loop {
-            let last = match m.request(method, path, body) {
+            let deadline = (start + self.retry.budget).max(Instant::now() + self.retry.min_request);
+            let last = match m.request_until(method, path, body, deadline) {
                 Ok((status, bytes)) if (200..300).contains(&status) => {
                     return serde_json::from_slice(&bytes).map_err(|e| {
                         Failure::new(
@@ -316,22 +330,48 @@ pub fn obtain(
             "the manager answered without a certificate",
         ));
     }
+    let chain = rec["chain"].as_str().unwrap_or_default().to_string();
+    // Nothing is written for an answer that is not a certificate for this key under its chain.
+    issued::check(&key.spki, &certificate, &chain).map_err(|e| {
+        Failure::new(
+            &step,
+            "bad_certificate",
+            format!("{e}; nothing was written and the application is not started"),
+        )
+    })?;
     Ok(Issued {
         key,
         certificate,
-        chain: rec["chain"].as_str().unwrap_or_default().to_string(),
+        chain,
         not_after: rec["not_after"].as_i64(),
     })
 }
 
 /// Write an issued certificate's files: key 0600 (owned by the app's user), certificate and
-/// chain 0644 (`chain_path` None: not written). Each file is replaced atomically.
+/// chain 0644 (`chain_path` None: not written). All are checked and written beside their
+/// places first, so a refused or failing path replaces none of them; then renamed chain, key,
+/// certificate last: an app that reloads when its certificate changes reads a matching pair,
+/// and a new key sits beside the old certificate only between two renames.
 pub fn write_issued(target: &Target, spec: &CertSpec, issued: &Issued) -> Result<(), Failure> {
     let key_pem = pem("PRIVATE KEY", &issued.key.pkcs8);
-    target.write(&spec.key_path, key_pem.as_bytes(), 0o600)?;
-    target.write(&spec.cert_path, issued.certificate.as_bytes(), 0o644)?;
+    let m = place::Origin::Measured;
+    let mut staged = Vec::new();
     if let Some(chain) = &spec.chain_path {
-        target.write(chain, issued.chain.as_bytes(), 0o644)?;
+        staged.push((
+            chain,
+            target.stage(chain, issued.chain.as_bytes(), 0o644, m)?,
+        ));
+    }
+    staged.push((
+        &spec.key_path,
+        target.stage(&spec.key_path, key_pem.as_bytes(), 0o600, m)?,
+    ));
+    staged.push((
+        &spec.cert_path,
+        target.stage(&spec.cert_path, issued.certificate.as_bytes(), 0o644, m)?,
+    ));
+    for (p, s) in staged {
+        s.commit().map_err(|e| place_failure(p, e))?;
     }
     Ok(())
 }
@@ -371,14 +411,7 @@ pub fn install_configs(
     for (name, item) in entries {
         let contents = item["contents"].as_str().unwrap_or_default();
         if let Some(var) = name.strip_prefix("env:") {
-            if var.is_empty() || var.contains('=') {
-                return Err(Failure::new(
-                    step,
-                    "install",
-                    format!("config {name:?}: not a variable name"),
-                ));
-            }
-            installed.env.push(format!("{var}={contents}"));
+            installed.env.push(env_entry(var, contents)?);
         } else if let Some(key_name) = name.strip_prefix("sgx-key:") {
             let key: [u8; 16] = hex::decode(contents.trim())
                 .ok()
@@ -393,8 +426,8 @@ pub fn install_configs(
             source
                 .install_mount_key(key_name, &key)
                 .map_err(|e| Failure::new(step, "install", e))?;
-        } else if name.starts_with('/') && !name.split('/').any(|c| c == "..") {
-            target.write(name, contents.as_bytes(), 0o600)?;
+        } else if name.starts_with('/') {
+            install_file(cfg, target, name, contents)?;
         } else {
             return Err(Failure::new(
                 step,
@@ -406,6 +439,127 @@ pub fn install_configs(
     Ok(installed)
 }
 
+/// Variables that make the loader or an interpreter load code from a path or an option
+/// string: with a config file beside it, `env:LD_PRELOAD` would run code the build was not
+/// approved with. A list, so not complete for every runtime; images that need one of these
+/// set it in their own (measured) environment.
+const CODE_VARIABLES: &[&str] = &[
+    "PATH",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5OPT",
+    "RUBYLIB",
+    "RUBYOPT",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "BASH_ENV",
+    "ENV",
+    "PROMPT_COMMAND",
+];
+
+/// Why `var` may not come from a config, if it may not.
+fn code_loading_variable(var: &str) -> Option<String> {
+    if var.starts_with("LD_") {
+        return Some(format!("{var} steers the dynamic loader"));
+    }
+    CODE_VARIABLES
+        .contains(&var)
+        .then(|| format!("{var} names code or options the runtime loads"))
+}
+
+/// The `NAME=value` entry of config `env:NAME`, refused when execve could not carry it (a
+/// NUL byte would otherwise make exec fail after everything was installed, with a vaguer
+/// error, or silently cut the value).
+fn env_entry(var: &str, contents: &str) -> Result<String, Failure> {
+    let refuse = |why: &str| {
+        Failure::new(
+            "app configs",
+            "install",
+            format!(
+                "config \"env:{}\": {why}; fix the app's config at the manager",
+                var.escape_default()
+            ),
+        )
+    };
+    if var.is_empty() || var.contains('=') || var.contains('\0') {
+        return Err(refuse("not a variable name"));
+    }
+    if let Some(why) = code_loading_variable(var) {
+        return Err(refuse(&format!(
+            "{why}: a config may not set it (it would load code the build was not approved with)"
+        )));
+    }
+    if contents.contains('\0') {
+        return Err(refuse(
+            "the value contains a NUL byte, which an environment variable cannot hold",
+        ));
+    }
+    Ok(format!("{var}={contents}"))
+}
+
+/// Write config file `name` if the rules of [`config_path_allowed`] and [`place`] allow it.
+fn install_file(
+    cfg: &ManagerConfig,
+    target: &Target,
+    name: &str,
+    contents: &str,
+) -> Result<(), Failure> {
+    let step = "app configs";
+    let refused = |why: String| {
+        Failure::new(
+            step,
+            "path_refused",
+            format!("config {name:?} is refused: {why}; the application is not started"),
+        )
+    };
+    config_path_allowed(cfg, name).map_err(refused)?;
+    target
+        .write(name, contents.as_bytes(), 0o600, place::Origin::Config)
+        .map_err(|f| {
+            if f.code == "path_refused" {
+                refused(f.detail)
+            } else {
+                f
+            }
+        })
+}
+
+/// Whether the manager may write config file `name`: a clean absolute path, not one of the
+/// certificates' files, not under [`place::RESERVED`]. (That it does not replace a file of the
+/// image, and no symbolic link is followed, is checked as it is written.)
+fn config_path_allowed(cfg: &ManagerConfig, name: &str) -> Result<(), String> {
+    let parts = place::components(name)?;
+    if let Some(r) = place::reserved(&parts) {
+        return Err(format!(
+            "{r} holds the image's code, its loader's configuration or the launcher's own files; put configs elsewhere (e.g. under /run or the app's directory)"
+        ));
+    }
+    for spec in &cfg.certificates {
+        let own = [
+            Some(&spec.key_path),
+            Some(&spec.cert_path),
+            spec.chain_path.as_ref(),
+        ];
+        if own.into_iter().flatten().any(|p| p == name) {
+            return Err(format!(
+                "it is the key, certificate or chain path of certificate {:?}, which only the launcher writes",
+                spec.subject
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Append the pinned CA to the image's trust stores that exist (add_ccm_ca_certificates).
 fn add_to_trust_store(cfg: &ManagerConfig, target: &Target) -> Result<(), Failure> {
     for store in [
@@ -413,13 +567,13 @@ fn add_to_trust_store(cfg: &ManagerConfig, target: &Target) -> Result<(), Failur
         "/etc/pki/tls/certs/ca-bundle.crt",
         "/etc/ssl/cert.pem",
     ] {
-        let p = target.path(store);
-        if let Ok(mut text) = std::fs::read_to_string(&p) {
+        let text = target.root.read(store).map(String::from_utf8);
+        if let Some(Ok(mut text)) = text {
             if !text.ends_with('\n') && !text.is_empty() {
                 text.push('\n');
             }
             text.push_str(&cfg.ca_pem);
-            target.write(store, text.as_bytes(), 0o644)?;
+            target.write(store, text.as_bytes(), 0o644, place::Origin::Measured)?;
         }
     }
     Ok(())

@@ -43,8 +43,28 @@ impl Timer for SystemTimer {
     }
 }
 
+/// Least time (seconds) between two attempts for one certificate: a `not_after` in the past
+/// or absurdly near (a hostile or misconfigured manager) must not make the launcher ask again
+/// in a tight loop.
+pub const MIN_INTERVAL: i64 = 30;
+/// Longest wait (seconds) between attempts while the manager stays unreachable.
+pub const MAX_BACKOFF: i64 = 15 * 60;
+
+/// When to try a certificate due at `due` again, after an attempt at `last` (None: never) and
+/// `failures` unreachable attempts since the last success: never sooner than
+/// [`MIN_INTERVAL`] after the last attempt, doubling from the second failure on, up to
+/// [`MAX_BACKOFF`].
+pub fn next_attempt(due: i64, last: Option<i64>, failures: u32) -> i64 {
+    let Some(last) = last else {
+        return due;
+    };
+    let gap = (MIN_INTERVAL << failures.saturating_sub(1).min(10)).min(MAX_BACKOFF);
+    due.max(last + gap)
+}
+
 /// Renew `certs` ((spec, issued_at, not_after)) until the manager refuses one; returns that
-/// refusal (or the last failure once the retry budget is spent).
+/// refusal. An unreachable manager (after the client's own retry budget) is tried again with
+/// backoff until that certificate has expired, then its last failure is returned.
 pub fn renew_until_refused(
     cfg: &ManagerConfig,
     client: &Client,
@@ -53,23 +73,28 @@ pub fn renew_until_refused(
     mut certs: Vec<(CertSpec, i64, i64)>,
     timer: &mut dyn Timer,
 ) -> Failure {
+    // Per certificate: the last attempt and the unreachable attempts since the last success.
+    let mut tries: Vec<(Option<i64>, u32)> = vec![(None, 0); certs.len()];
     loop {
-        let Some((i, due)) = certs
+        let Some((i, at)) = certs
             .iter()
+            .zip(&tries)
             .enumerate()
-            .map(|(i, (_, issued, not_after))| {
-                (i, renew_at(*issued, *not_after, cfg.renew_before_seconds))
+            .map(|(i, ((_, issued, not_after), (last, failures)))| {
+                let due = renew_at(*issued, *not_after, cfg.renew_before_seconds);
+                (i, next_attempt(due, *last, *failures))
             })
-            .min_by_key(|(_, due)| *due)
+            .min_by_key(|(_, at)| *at)
         else {
             return Failure::new("renewal", "nothing_to_renew", "no certificate");
         };
         let now = timer.now();
-        if due > now {
-            timer.sleep(Duration::from_secs((due - now) as u64));
+        if at > now {
+            timer.sleep(Duration::from_secs((at - now) as u64));
         }
         let spec = certs[i].0.clone();
         let issued_at = timer.now();
+        tries[i].0 = Some(issued_at);
         match obtain(client, cfg, &spec, source).and_then(|new| {
             write_issued(target, &spec, &new)?;
             Ok(new.not_after)
@@ -81,6 +106,15 @@ pub fn renew_until_refused(
                     spec.subject
                 );
                 certs[i] = (spec, issued_at, not_after);
+                tries[i].1 = 0;
+            }
+            Err(f) if f.code == "unreachable" && issued_at < certs[i].2 => {
+                tries[i].1 += 1;
+                eprintln!(
+                    "cloak-launcher: renewal of {:?}: {f}; trying again in {} s",
+                    spec.subject,
+                    next_attempt(issued_at, Some(issued_at), tries[i].1) - issued_at
+                );
             }
             Err(f) => {
                 eprintln!("cloak-launcher: renewal stopped: {f}; the app keeps its certificate until it expires");
