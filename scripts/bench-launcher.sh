@@ -3,9 +3,8 @@
 # the manager's own issuance time, in one run, with the manager in-process on a loopback port
 # (SQLite); and RSA-3072 key generation on its own. See crates/cloak-cli/examples/bench_launcher.rs.
 # Goal (issue 14): overhead <= 50 ms beyond issuance with an EC key.
-# Usage: scripts/bench-launcher.sh ; environment: RUNS (30).
-# The example is built in the dev profile, whose dependencies (ring, rustls, rcgen, rsa, sqlx)
-# are optimised (opt-level 2, see Cargo.toml) while cloak's own crates are not.
+# Usage: scripts/bench-launcher.sh ; environment: RUNS (30), BENCH_PROFILE (release, the
+# default, or dev: dependencies optimised at opt-level 2, cloak's own crates not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --quiet --locked -p cloak-cli --example bench_launcher
+cargo run --quiet --locked --profile "${BENCH_PROFILE:-release}" -p cloak-cli --example bench_launcher

@@ -59,6 +59,9 @@ fn main() {
         admin_password_file: Some(pw),
         allow_simulated_attestation: Some(true),
         simulation_public_key: Some(dir.path().join("sim.pub")),
+        // Two nonces a run from one address: the default budget (60 a minute) would refuse
+        // the runs past the thirtieth.
+        nonce_rate_per_minute: Some(1_000_000),
         ..Default::default()
     })
     .unwrap();
@@ -149,7 +152,9 @@ fn main() {
         key: SimulationSigningKey::from_bytes(&kp.serialize_der()).unwrap(),
         measurements: measurements.clone(),
     };
-    let target = Target::new(dir.path().join("root"), None);
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let target = Target::new(root, None);
     let http = provision::http::Manager::new(&url, &ca, None).unwrap();
 
     let (mut issuance, mut launcher) = (Vec::new(), Vec::new());

@@ -11,8 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cloak_api::{Build, Client, Job, JobAttempt, JobState, ListResponse};
-use common::images::{busybox, gramine_runtime, Comp, Layout, T};
+use common::images::{busybox, Comp, Layout, T};
 use common::manager::{Backend, Manager};
+use common::operator::Operator;
 use common::registry::Registry;
 use common::{cloak, ok};
 use serde_json::{json, Value};
@@ -20,82 +21,20 @@ use serde_json::{json, Value};
 const USER: &str = "jobs-user";
 const PASSWORD: &str = "Reg1stry-Pa55word-for-jobs";
 
-/// A TLS + htpasswd registry holding the test images, a Gramine runtime image and a signing
-/// key: what an operator sets up once.
-struct Env {
-    reg: Registry,
-    tmp: tempfile::TempDir,
-    runtime: PathBuf,
-    key: PathBuf,
-}
+/// The operator's registry, runtime image and key (tests/common/operator.rs).
+type Env = Operator;
 
 fn setup() -> Env {
-    let reg = Registry::tls_htpasswd(USER, PASSWORD);
-    let tmp = tempfile::tempdir().unwrap();
-    let runtime = gramine_runtime(&tmp.path().join("runtime"), true);
-    let key = tmp.path().join("enclave-key.pem");
-    ok(Command::new("openssl")
-        .args(["genrsa", "-3", "-out"])
-        .arg(&key)
-        .arg("3072"));
-    Env {
-        reg,
-        tmp,
-        runtime,
-        key,
-    }
+    Operator::new(USER, PASSWORD)
 }
 
-impl Env {
-    /// Pushes an OCI layout's tag `1` to `name` in the registry; returns `host:port/name`.
-    fn push(&self, layout: &Path, name: &str) -> String {
-        let image = format!("{}/{name}", self.reg.addr());
-        ok(cloak()
-            .env("DOCKER_CONFIG", self.reg.docker_config_dir())
-            .args(["copy", "--dest-cert-dir"])
-            .arg(self.reg.cert_dir())
-            .arg(format!("oci:{}:1", layout.display()))
-            .arg(format!("docker://{image}")));
-        image
-    }
+/// Checks of what a job pushed.
+trait Pushed {
+    fn measure_expecting(&self, image: &str, mrenclave: &Value);
+    fn skopeo_inspect(&self, image: &str) -> Value;
+}
 
-    /// The operator's flags of a manager or worker converting against this registry.
-    fn operator_args(&self, ca: Option<&str>) -> Vec<String> {
-        let mut a = self.keyless_args(ca);
-        a.push("--sgx-signing-key".into());
-        a.push(format!("file:{}", self.key.display()));
-        a
-    }
-
-    /// The operator's flags without a signing key (the account keys sign).
-    fn keyless_args(&self, ca: Option<&str>) -> Vec<String> {
-        let ca = ca
-            .map(String::from)
-            .unwrap_or_else(|| self.reg.cert_dir().join("ca.crt").display().to_string());
-        vec![
-            "--sgx-runtime-image".into(),
-            format!("oci:{}:1", self.runtime.display()),
-            "--registry-ca".into(),
-            ca,
-            "--nitro-kernel".into(),
-            kernel().display().to_string(),
-            // The test registry is on loopback, which the address policy refuses unless listed.
-            "--allow-private-registry".into(),
-            self.reg.addr(),
-        ]
-    }
-
-    fn manager(&self, backend: Backend, extra: &[&str]) -> Manager {
-        self.manager_with_ca(backend, None, extra)
-    }
-
-    fn manager_with_ca(&self, backend: Backend, ca: Option<&str>, extra: &[&str]) -> Manager {
-        let mut args = self.operator_args(ca);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Manager::start_with(backend, &args)
-    }
-
+impl Pushed for Env {
     fn measure_expecting(&self, image: &str, mrenclave: &Value) {
         measure_expecting(&self.reg, image, mrenclave)
     }
@@ -135,18 +74,6 @@ fn skopeo_inspect(reg: &Registry, image: &str) -> Value {
         .arg(reg.docker_config_dir().join("config.json"))
         .arg(format!("docker://{image}")));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn kernel() -> PathBuf {
-    let k = workspace().join(".work/kernel/vmlinuz");
-    if !k.exists() {
-        ok(Command::new("bash").arg(workspace().join("scripts/fetch-kernel.sh")));
-    }
-    k
 }
 
 /// A POST with headers; the status, the headers and the JSON answer.

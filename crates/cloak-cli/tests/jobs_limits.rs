@@ -13,87 +13,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cloak_api::{Build, Client, Job, JobState, ListResponse};
-use common::images::{busybox, gramine_runtime, Comp, Layout, T};
+use common::images::{busybox, Comp, Layout, T};
 use common::manager::{Backend, Manager, ADMIN_PASSWORD};
-use common::registry::Registry;
+use common::operator::{kernel, workspace, Operator};
 use common::{cloak, ok};
 use serde_json::{json, Value};
 
 const USER: &str = "limits-user";
 const PASSWORD: &str = "Reg1stry-Pa55word-for-limits";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn kernel() -> PathBuf {
-    let k = workspace().join(".work/kernel/vmlinuz");
-    if !k.exists() {
-        ok(Command::new("bash").arg(workspace().join("scripts/fetch-kernel.sh")));
-    }
-    k
-}
-
-/// The registry, a Gramine runtime image and an SGX signing key: what an operator sets up.
-struct Env {
-    reg: Registry,
-    tmp: tempfile::TempDir,
-    runtime: PathBuf,
-    key: PathBuf,
-}
-
 fn setup() -> Env {
-    let reg = Registry::tls_htpasswd(USER, PASSWORD);
-    let tmp = tempfile::tempdir().unwrap();
-    let runtime = gramine_runtime(&tmp.path().join("runtime"), true);
-    let key = tmp.path().join("enclave-key.pem");
-    ok(Command::new("openssl")
-        .args(["genrsa", "-3", "-out"])
-        .arg(&key)
-        .arg("3072"));
-    Env {
-        reg,
-        tmp,
-        runtime,
-        key,
-    }
+    Operator::new(USER, PASSWORD)
 }
 
-impl Env {
-    /// Pushes an OCI layout's tag `1` to `name`; returns `host:port/name`.
-    fn push(&self, layout: &Path, name: &str) -> String {
-        let image = format!("{}/{name}", self.reg.addr());
-        ok(cloak()
-            .env("DOCKER_CONFIG", self.reg.docker_config_dir())
-            .args(["copy", "--dest-cert-dir"])
-            .arg(self.reg.cert_dir())
-            .arg(format!("oci:{}:1", layout.display()))
-            .arg(format!("docker://{image}")));
-        image
-    }
+/// The operator's registry, runtime image and key (tests/common/operator.rs).
+type Env = Operator;
 
-    fn operator_args(&self) -> Vec<String> {
-        vec![
-            "--sgx-runtime-image".into(),
-            format!("oci:{}:1", self.runtime.display()),
-            "--sgx-signing-key".into(),
-            format!("file:{}", self.key.display()),
-            "--registry-ca".into(),
-            self.reg.cert_dir().join("ca.crt").display().to_string(),
-            "--nitro-kernel".into(),
-            kernel().display().to_string(),
-            "--allow-private-registry".into(),
-            self.reg.addr(),
-        ]
-    }
+/// What these tests ask of it beyond the shared setup.
+trait Limits {
+    fn tagged(&self, image: &str) -> bool;
+}
 
-    fn manager(&self, extra: &[&str]) -> Manager {
-        let mut args = self.operator_args();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Manager::start_with(Backend::Sqlite, &args)
-    }
-
+impl Limits for Env {
     /// Whether the registry has a manifest under `image` (skopeo, an independent client).
     fn tagged(&self, image: &str) -> bool {
         Command::new("skopeo")
@@ -241,7 +182,10 @@ fn an_image_over_the_operators_limit_fails_its_job_and_nothing_is_tagged() {
         &busybox_with_bomb(&env.tmp.path().join("bomb")),
         "lim/bomb:1",
     );
-    let m = env.manager(&["--workers", "1", "--job-max-image-bytes", "8M"]);
+    let m = env.manager(
+        Backend::Sqlite,
+        &["--workers", "1", "--job-max-image-bytes", "8M"],
+    );
     let t = token_of(&m, "admin", ADMIN_PASSWORD);
     let admin = m.admin();
     let sgx = |input: &str, output: &str| {
@@ -468,7 +412,7 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
     let input = env.push(&busybox(&env.tmp.path().join("bb")), "role/bb:1");
     // The API only queues; a worker process started later runs the jobs, after the changes.
     // PostgreSQL: the re-check locks the requester's rows (SQLite's single writer serialises).
-    let mut args = env.operator_args();
+    let mut args = env.operator_args(None);
     args.extend(["--workers".to_string(), "0".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let m = Manager::start_with(Backend::Postgres, &args);
@@ -525,7 +469,7 @@ fn a_requester_removed_or_demoted_since_submission_gets_no_build() {
         Command::new(env!("CARGO_BIN_EXE_cloak"))
             .args(["manager", "worker"])
             .args(m.store_args())
-            .args(env.operator_args())
+            .args(env.operator_args(None))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -576,7 +520,7 @@ fn openssl_sha384(dir: &Path, data: &[u8]) -> Vec<u8> {
 fn nitro_jobs_sign_with_the_apps_key_and_pcr8_is_its_certificates() {
     let env = setup();
     let input = env.push(&busybox(&env.tmp.path().join("bb")), "sign/bb:1");
-    let m = env.manager(&["--workers", "1"]);
+    let m = env.manager(Backend::Sqlite, &["--workers", "1"]);
     let t = token_of(&m, "admin", ADMIN_PASSWORD);
     let admin = m.admin();
     let out = |name: &str| format!("{}/sign/{name}:1", env.reg.addr());

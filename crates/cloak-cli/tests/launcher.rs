@@ -222,6 +222,20 @@ impl Sys for TestSys {
 const MRENCLAVE: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const MRSIGNER: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 
+fn new_app(admin: &Client, name: &str) -> App {
+    admin
+        .post(
+            "/v1/apps",
+            &json!({"name": name, "input_image_name": "r/in", "output_image_name": "r/out"}),
+        )
+        .unwrap()
+}
+
+/// `POST /v1/app_configs` with `body`.
+fn add_config(admin: &Client, body: Value) {
+    let _: Value = admin.post("/v1/app_configs", &body).unwrap();
+}
+
 fn register(admin: &Client, app: &App, mrenclave: &str) -> Build {
     admin
         .post(
@@ -349,22 +363,15 @@ fn client_chain(s: &Server, root: &Path) {
 fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app() {
     let s = Server::start();
     let admin = s.admin();
-    let app: App = admin
-        .post(
-            "/v1/apps",
-            &json!({"name": "sgx-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
-        )
-        .unwrap();
+    let app = new_app(&admin, "sgx-app");
     let build = register(&admin, &app, MRENCLAVE);
-    let _: Value = admin
-        .post(
-            "/v1/app_configs",
-            &json!({"name": "db", "description": "database access", "app_id": app.app_id,
+    add_config(
+        &admin,
+        json!({"name": "db", "description": "database access", "app_id": app.app_id,
                     "app_config": {"/etc/app/db.conf": {"contents": format!("password={SECRET}\n")},
                                    "env:APP_MODE": {"contents": "production"},
                                    "sgx-key:default": {"contents": MOUNT_KEY}}}),
-        )
-        .unwrap();
+    );
 
     // Before approval: the app does not start; the reason is the manager's.
     let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "pending");
@@ -477,13 +484,11 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
     // certificate, and the first build's certificate does not get it.
     let other = register(&admin, &app, &"c3".repeat(32));
     approve(&admin, &other);
-    let _: Value = admin
-        .post(
-            "/v1/app_configs",
-            &json!({"name": "other-only", "build_id": other.build_id,
+    add_config(
+        &admin,
+        json!({"name": "other-only", "build_id": other.build_id,
                     "app_config": {"env:OTHER_ONLY": {"contents": "for the other build"}}}),
-        )
-        .unwrap();
+    );
     let (code, body) = curl_configs(&s, Some(&sys.root));
     assert_eq!(code, 200);
     assert!(
@@ -553,21 +558,14 @@ fn sgx_exec_mode_attests_installs_key_cert_configs_and_mount_key_before_the_app(
 fn configs_follow_the_evidence_policy_of_now_not_of_issuance() {
     let s = Server::start();
     let admin = s.admin();
-    let app: App = admin
-        .post(
-            "/v1/apps",
-            &json!({"name": "sim-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
-        )
-        .unwrap();
+    let app = new_app(&admin, "sim-app");
     let build = register(&admin, &app, MRENCLAVE);
     approve(&admin, &build);
-    let _: Value = admin
-        .post(
-            "/v1/app_configs",
-            &json!({"name": "db", "app_id": app.app_id,
+    add_config(
+        &admin,
+        json!({"name": "db", "app_id": app.app_id,
                     "app_config": {"env:DB_PASSWORD": {"contents": SECRET}}}),
-        )
-        .unwrap();
+    );
     let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "simulated");
     cloak_launcher::launch(&mut sys, &BTreeMap::new(), &[]);
     assert!(sys.root.join("appcert.pem").exists(), "{:?}", sys.calls);
@@ -624,12 +622,7 @@ fn configs_follow_the_evidence_policy_of_now_not_of_issuance() {
 fn a_manager_without_the_pinned_ca_is_refused_before_any_key_material_is_sent() {
     let s = Server::start();
     let admin = s.admin();
-    let app: App = admin
-        .post(
-            "/v1/apps",
-            &json!({"name": "sgx-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
-        )
-        .unwrap();
+    let app = new_app(&admin, "sgx-app");
     approve(&admin, &register(&admin, &app, MRENCLAVE));
     // Another manager's CA (same host names).
     let other =
@@ -758,20 +751,13 @@ fn the_launcher_provisions_through_cloak_proxy() {
     use std::io::Read;
     let s = Server::start();
     let admin = s.admin();
-    let app: App = admin
-        .post(
-            "/v1/apps",
-            &json!({"name": "proxied-app", "input_image_name": "r/in", "output_image_name": "r/out"}),
-        )
-        .unwrap();
+    let app = new_app(&admin, "proxied-app");
     let build = register(&admin, &app, MRENCLAVE);
-    let _: Value = admin
-        .post(
-            "/v1/app_configs",
-            &json!({"name": "mode", "app_id": app.app_id,
+    add_config(
+        &admin,
+        json!({"name": "mode", "app_id": app.app_id,
                     "app_config": {"env:APP_MODE": {"contents": "through-the-proxy"}}}),
-        )
-        .unwrap();
+    );
     approve(&admin, &build);
     let log = s.dir.path().join("proxy.log");
     let mut proxy = Command::new(env!("CARGO_BIN_EXE_cloak"))
@@ -822,21 +808,14 @@ fn the_launcher_provisions_through_cloak_proxy() {
 fn a_config_that_would_replace_the_images_code_stops_the_launch() {
     let s = Server::start();
     let admin = s.admin();
-    let app: App = admin
-        .post(
-            "/v1/apps",
-            &json!({"name": "guarded", "input_image_name": "r/in", "output_image_name": "r/out"}),
-        )
-        .unwrap();
+    let app = new_app(&admin, "guarded");
     let build = register(&admin, &app, MRENCLAVE);
     approve(&admin, &build);
-    let _: Value = admin
-        .post(
-            "/v1/app_configs",
-            &json!({"name": "evil", "description": "replaces the program", "app_id": app.app_id,
+    add_config(
+        &admin,
+        json!({"name": "evil", "description": "replaces the program", "app_id": app.app_id,
                     "app_config": {"/bin/app": {"contents": "#!/bin/sh\necho unapproved\n"}}}),
-        )
-        .unwrap();
+    );
     let mut sys = image(&s, &app, MRENCLAVE, &s.tls_ca, "guarded");
     std::fs::create_dir_all(sys.root.join("bin")).unwrap();
     std::fs::write(sys.root.join("bin/app"), "APPROVED").unwrap();

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod fake;
 pub mod images;
 pub mod manager;
+pub mod operator;
 pub mod postgres;
 pub mod registry;
 pub mod tree;
