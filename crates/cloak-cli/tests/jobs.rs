@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cloak_api::{Build, Client, Job, JobAttempt, JobState, ListResponse};
 use common::images::{busybox, Comp, Layout, T};
-use common::manager::{Backend, Manager};
+use common::manager::{post, Backend, Manager};
 use common::operator::Operator;
 use common::registry::Registry;
 use common::{cloak, ok};
@@ -74,34 +74,6 @@ fn skopeo_inspect(reg: &Registry, image: &str) -> Value {
         .arg(reg.docker_config_dir().join("config.json"))
         .arg(format!("docker://{image}")));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// A POST with headers; the status, the headers and the JSON answer.
-fn post(
-    m: &Manager,
-    token: &str,
-    path: &str,
-    body: &Value,
-    headers: &[(&str, &str)],
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let http = reqwest::blocking::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&m.ca()).unwrap()])
-        .timeout(Duration::from_secs(900))
-        .build()
-        .unwrap();
-    let mut req = http
-        .post(format!("{}{path}", m.url))
-        .bearer_auth(token)
-        .json(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().unwrap();
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    let text = resp.text().unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-    (status, h, v)
 }
 
 fn token(m: &Manager) -> String {

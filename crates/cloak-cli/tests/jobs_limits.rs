@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cloak_api::{Build, Client, Job, JobState, ListResponse};
 use common::images::{busybox, Comp, Layout, T};
-use common::manager::{Backend, Manager, ADMIN_PASSWORD};
+use common::manager::{post, Backend, Manager, ADMIN_PASSWORD};
 use common::operator::{kernel, workspace, Operator};
 use common::{cloak, ok};
 use serde_json::{json, Value};
@@ -49,34 +49,6 @@ impl Limits for Env {
             .unwrap()
             .success()
     }
-}
-
-/// A POST with headers: the status, the headers and the JSON answer.
-fn post(
-    m: &Manager,
-    token: &str,
-    path: &str,
-    body: &Value,
-    headers: &[(&str, &str)],
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let http = reqwest::blocking::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&m.ca()).unwrap()])
-        .timeout(Duration::from_secs(900))
-        .build()
-        .unwrap();
-    let mut req = http
-        .post(format!("{}{path}", m.url))
-        .bearer_auth(token)
-        .json(body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().unwrap();
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    let text = resp.text().unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-    (status, h, v)
 }
 
 fn token_of(m: &Manager, user: &str, password: &str) -> String {

@@ -359,3 +359,32 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
 }
+
+/// A POST with headers and a bearer token, waiting up to 15 minutes (synchronous conversions);
+/// the status, the headers and the JSON answer.
+pub fn post(
+    m: &Manager,
+    token: &str,
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let http = reqwest::blocking::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&m.ca()).unwrap()])
+        .timeout(std::time::Duration::from_secs(900))
+        .build()
+        .unwrap();
+    let mut req = http
+        .post(format!("{}{path}", m.url))
+        .bearer_auth(token)
+        .json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let text = resp.text().unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, h, v)
+}
