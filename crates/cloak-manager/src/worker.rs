@@ -44,6 +44,10 @@ pub struct JobProgress {
     /// Where the conversion asks, right before its manifest is written, whether the job may
     /// still get its tag (answered by the job's loop from the database).
     gate: Mutex<Option<tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::SyncSender<bool>>>>,
+    /// The pre-manifest check said yes: the manifest is being written. From here the job's
+    /// loop no longer stops the conversion for a cancel or the time limit (a push cut off
+    /// midway may still have reached the registry); the outcome is what the push gives.
+    committing: std::sync::atomic::AtomicBool,
 }
 
 impl JobProgress {
@@ -105,7 +109,11 @@ impl Progress for JobProgress {
         if gate.send(tx).is_err() {
             return false;
         }
-        rx.recv_timeout(GATE_WAIT).unwrap_or(false)
+        let yes = rx.recv_timeout(GATE_WAIT).unwrap_or(false);
+        if yes {
+            self.committing.store(true, Ordering::SeqCst);
+        }
+        yes
     }
 }
 
@@ -248,7 +256,8 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                     }
                 }
             }
-            _ = &mut over_time, if !timed_out && stopped.is_none() => {
+            _ = &mut over_time, if !timed_out && stopped.is_none()
+                && !progress.committing.load(Ordering::SeqCst) => {
                 tracing::warn!(job = %c.job_id, limit_s = time_limit.as_secs(), "the conversion ran out of time: stopping it");
                 timed_out = true;
                 progress.cancel.store(true, Ordering::SeqCst);
@@ -266,6 +275,10 @@ async fn run_job(state: &State, c: Claim) -> Result<()> {
                 let sent_at = Instant::now();
                 match beat(state, &c, &progress).await {
                     Ok(Heartbeat::Continue) => progress.renewed(sent_at, safe_for),
+                    // Too late for a cancel: the manifest is being written.
+                    Ok(Heartbeat::Cancel) if progress.committing.load(Ordering::SeqCst) => {
+                        progress.renewed(sent_at, safe_for)
+                    }
                     Ok(h) => {
                         tracing::info!(job = %c.job_id, reason = ?h, "stopping the conversion");
                         stopped = Some(h);
@@ -804,6 +817,13 @@ mod tests {
             });
             assert_eq!(p.may_commit(), answer);
             job_loop.join().unwrap();
+            if answer {
+                assert!(
+                    p.committing.load(Ordering::SeqCst),
+                    "a yes marks the commit under way"
+                );
+                p.committing.store(false, Ordering::SeqCst);
+            }
         }
         // The last loop has ended (its receiver dropped): nobody would register the build.
         assert!(!p.may_commit());
