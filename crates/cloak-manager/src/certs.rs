@@ -121,9 +121,9 @@ fn refuse(code: &'static str, detail: impl Into<String>) -> Refusal {
 
 /// The count of outstanding nonces as last taken from the database, plus what this replica
 /// issued since. Counting is a scan of up to `max_outstanding_nonces` index entries, so it is
-/// taken at most once a second: within one replica the limit stays exact, across replicas it
-/// may be passed by what the others issued within that second (each client address is still
-/// held to its own rate).
+/// taken at most once a second. The cap may be passed by the requests in flight at once on a
+/// replica (they read the same count), and across replicas by what the others issued within
+/// that second; each client address is still held to its own rate.
 #[derive(Debug, Default)]
 pub struct NonceGauge(std::sync::Mutex<Option<Count>>);
 
